@@ -1,1 +1,23 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod cache;
+mod config;
+mod error;
+pub mod format;
+mod fsutil;
+mod key;
+pub mod layout;
+pub mod lock;
+mod maintenance;
+mod stats;
+
+pub use cache::{
+    Artifact, ArtifactKind, Cache, Compiler, Fetched, Outcome, Timings, MEMO_RACY_WINDOW,
+    TOUCH_INTERVAL,
+};
+pub use config::{CacheConfig, Clock};
+pub use error::{BoxError, Error, ForKey, Result};
+pub use key::{Fingerprint, Key, ModuleHash, KEY_CONTEXT, KEY_FORMAT_VERSION, RAYON_THRESHOLD};
+pub use lock::KeyLock;
+pub use maintenance::{EntryInfo, GcReport, VerifyReport, MEMO_MAX_AGE};
+pub use stats::Stats;

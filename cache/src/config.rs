@@ -1,0 +1,79 @@
+//! Configuration of a [`crate::Cache`], and the clock it reads (injectable for tests).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Where "now" comes from for created/last-used stamps and age-based clean-up. Tests inject a fake
+/// one to check LRU order without sleeping.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Clock(Arc::new(SystemTime::now))
+    }
+
+    /// A clock backed by any function.
+    pub fn from_fn(f: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(f))
+    }
+
+    /// Reads the clock.
+    pub fn now(&self) -> SystemTime {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// Settings of a cache. Build with [`CacheConfig::new`] and adjust the public fields.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Cache root; created (mode 0700) if missing. Must be owned by the effective user and not
+    /// writable by group or others.
+    pub root: PathBuf,
+    /// Size cap in bytes; after each publish, least-recently-used entries are evicted down to it.
+    /// `None` (the default) means unbounded; [`crate::Cache::gc`] can still be called explicitly.
+    pub max_size: Option<u64>,
+    /// How long a caller waits for the per-key lock (another process compiling the same module)
+    /// and, separately, for a compile slot. Default 10 minutes: large modules can take minutes to
+    /// compile at high optimisation levels.
+    pub lock_timeout: Duration,
+    /// Most compiles running at once across all processes sharing `root`. Default: number of CPUs.
+    pub max_concurrent_compiles: usize,
+    /// Check the full blake3 digest of an artifact the first time this process hands it out
+    /// (default `true`). When `false`, the digest is only checked when the artifact's identity
+    /// (dev, inode, size, mtime, ctime) differs from the one recorded at publish.
+    pub verify_on_first_use: bool,
+    /// Source of "now" for created/last-used stamps and age-based clean-up.
+    pub clock: Clock,
+}
+
+impl CacheConfig {
+    /// Defaults for a cache at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        CacheConfig {
+            root: root.into(),
+            max_size: None,
+            lock_timeout: Duration::from_secs(600),
+            max_concurrent_compiles: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            verify_on_first_use: true,
+            clock: Clock::system(),
+        }
+    }
+}
