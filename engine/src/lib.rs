@@ -1,1 +1,333 @@
-//! placeholder
+//! The one place in the project that talks to WasmEdge.
+//!
+//! Everything else (the shim, the cache, the fork server) deals in paths, bytes and exit
+//! codes; this crate turns them into WasmEdge calls: AOT-compile a module into a shared
+//! library, load a module (from its Wasm bytes for the interpreter, or from a compiled
+//! shared library so the kernel maps and shares its native code), instantiate it with WASI
+//! and run its `_start`.
+//!
+//! The seam is deliberately narrow ([`Engine`], [`Loaded`], [`WasiPlan`], [`Outcome`]) so
+//! the process model around it can change without touching WasmEdge code.
+
+use std::path::{Path, PathBuf};
+
+use wasmedge_sys::{Compiler, Config, Executor, Loader, Module, Store, Validator, WasiModule};
+use wasmedge_sys::AsInstance;
+use wasmedge_types::error::{CoreCommonError, CoreError, WasmEdgeError};
+use wasmedge_types::{CompilerOptimizationLevel, CompilerOutputFormat};
+
+/// WasmEdge version this crate was built against; part of every AOT fingerprint.
+pub const WASMEDGE_VERSION: &str = "0.14.1";
+
+/// Exit code of a module that trapped, as wasmtime and a `SIGABRT` give.
+pub const TRAP_EXIT_CODE: i32 = 134;
+
+/// Errors from the engine; each names the module and the phase that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("create wasmedge {what}: {source}")]
+    Create {
+        what: &'static str,
+        source: Box<WasmEdgeError>,
+    },
+    #[error("load module {path}: {source}")]
+    Load {
+        path: PathBuf,
+        source: Box<WasmEdgeError>,
+    },
+    #[error("validate module {path}: {source}")]
+    Validate {
+        path: PathBuf,
+        source: Box<WasmEdgeError>,
+    },
+    #[error("aot-compile {path}: {source}")]
+    Compile {
+        path: PathBuf,
+        source: Box<WasmEdgeError>,
+    },
+    #[error("instantiate module {path}: {source}")]
+    Instantiate {
+        path: PathBuf,
+        source: Box<WasmEdgeError>,
+    },
+    #[error("module {path} has no `_start` export (not a WASI command)")]
+    NoStart { path: PathBuf },
+    #[error("wasi argument or environment contains a NUL byte: {0:?}")]
+    Nul(String),
+}
+
+/// Options that change what the compiler produces. Every field is part of the cache key
+/// (see [`Options::fingerprint_options`]), so changing one never loads a stale artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// LLVM optimization level, 0..=3.
+    pub opt_level: u8,
+    /// Emit checks so that a running module can be interrupted from another thread.
+    pub interruptible: bool,
+    /// Count instructions and cost (statistics); slows native code down.
+    pub statistics: bool,
+    /// Proposals enabled beyond WasmEdge's defaults.
+    pub threads: bool,
+    pub exception_handling: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            opt_level: 2,
+            interruptible: true,
+            statistics: false,
+            threads: false,
+            exception_handling: false,
+        }
+    }
+}
+
+impl Options {
+    /// The compile options as ordered key/value pairs for the cache fingerprint.
+    pub fn fingerprint_options(&self) -> Vec<(String, String)> {
+        vec![
+            ("opt_level".into(), self.opt_level.to_string()),
+            ("interruptible".into(), self.interruptible.to_string()),
+            ("statistics".into(), self.statistics.to_string()),
+            ("threads".into(), self.threads.to_string()),
+            ("exception_handling".into(), self.exception_handling.to_string()),
+            ("output".into(), "native-shared-library".into()),
+        ]
+    }
+
+    fn config(&self) -> Result<Config, EngineError> {
+        let mut c = Config::create().map_err(|source| EngineError::Create {
+            what: "config",
+            source,
+        })?;
+        c.set_aot_optimization_level(match self.opt_level {
+            0 => CompilerOptimizationLevel::O0,
+            1 => CompilerOptimizationLevel::O1,
+            2 => CompilerOptimizationLevel::O2,
+            _ => CompilerOptimizationLevel::O3,
+        });
+        // A native shared library, not the "universal" Wasm-with-a-section format: the
+        // kernel maps it straight from the page cache and shares it across processes.
+        c.set_aot_compiler_output_format(CompilerOutputFormat::Native);
+        c.interruptible(self.interruptible);
+        c.count_instructions(self.statistics);
+        c.measure_cost(self.statistics);
+        c.threads(self.threads);
+        c.exception_handling(self.exception_handling);
+        Ok(c)
+    }
+}
+
+/// How a module gets its code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// WasmEdge's interpreter, from the Wasm bytes.
+    Interpreter,
+    /// Native code from an AOT-compiled shared library.
+    Native,
+}
+
+/// A configured WasmEdge: one per process, reused for every module it loads.
+pub struct Engine {
+    options: Options,
+    config: Config,
+}
+
+/// A parsed and validated module, ready to instantiate any number of times.
+pub struct Loaded {
+    module: std::sync::Arc<Module>,
+    path: PathBuf,
+    tier: Tier,
+}
+
+/// What a WASI command gets from its container.
+#[derive(Debug, Clone, Default)]
+pub struct WasiPlan {
+    /// argv, with argv\[0\] as the program name.
+    pub args: Vec<String>,
+    /// `NAME=VALUE` pairs.
+    pub env: Vec<String>,
+    /// `GUEST:HOST` or `GUEST:HOST:readonly` directory mappings.
+    pub preopens: Vec<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `_start` returned, or the module called `proc_exit`.
+    Exited(i32),
+    /// The module trapped; the message says why.
+    Trapped(String),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Exited(code) => *code,
+            Outcome::Trapped(_) => TRAP_EXIT_CODE,
+        }
+    }
+}
+
+/// An instantiated module with its WASI environment, ready to run `_start`.
+pub struct Instance {
+    // Field order is drop order: the instance goes before the store and the imports it uses.
+    instance: wasmedge_sys::Instance,
+    executor: Executor,
+    _store: Store,
+    wasi: WasiModule,
+    path: PathBuf,
+}
+
+impl Engine {
+    pub fn new(options: Options) -> Result<Engine, EngineError> {
+        let config = options.config()?;
+        Ok(Engine { options, config })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// AOT-compiles the module at `wasm` into a native shared library at `out`.
+    pub fn compile(&self, wasm: &Path, out: &Path) -> Result<(), EngineError> {
+        let compiler = Compiler::create(Some(&self.config)).map_err(|source| EngineError::Create {
+            what: "compiler",
+            source,
+        })?;
+        let bytes = std::fs::read(wasm).map_err(|e| EngineError::Compile {
+            path: wasm.to_owned(),
+            source: Box::new(WasmEdgeError::Operation(e.to_string())),
+        })?;
+        compiler
+            .compile_from_bytes(&bytes, out)
+            .map_err(|source| EngineError::Compile {
+                path: wasm.to_owned(),
+                source,
+            })
+    }
+
+    /// Parses and validates Wasm bytes for the interpreter. `path` only names the module in
+    /// errors.
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Loaded, EngineError> {
+        let loader = self.loader()?;
+        let module = loader.from_bytes(bytes).map_err(|source| EngineError::Load {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.validated(module, path, Tier::Interpreter)
+    }
+
+    /// Loads an AOT-compiled shared library (its file name must end in `.so`); WasmEdge maps
+    /// it with `dlopen`, so its code pages are shared with every process that maps it.
+    pub fn load_native(&self, so: &Path) -> Result<Loaded, EngineError> {
+        let loader = self.loader()?;
+        let module = loader.from_file(so).map_err(|source| EngineError::Load {
+            path: so.to_owned(),
+            source,
+        })?;
+        self.validated(module, so, Tier::Native)
+    }
+
+    fn loader(&self) -> Result<Loader, EngineError> {
+        Loader::create(Some(&self.config)).map_err(|source| EngineError::Create {
+            what: "loader",
+            source,
+        })
+    }
+
+    fn validated(
+        &self,
+        module: std::sync::Arc<Module>,
+        path: &Path,
+        tier: Tier,
+    ) -> Result<Loaded, EngineError> {
+        let validator = Validator::create(Some(&self.config)).map_err(|source| EngineError::Create {
+            what: "validator",
+            source,
+        })?;
+        validator
+            .validate(&module)
+            .map_err(|source| EngineError::Validate {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Loaded {
+            module,
+            path: path.to_owned(),
+            tier,
+        })
+    }
+
+    /// Instantiates `loaded` with a fresh WASI environment built from `plan`. Host stdio is
+    /// the process's fds 0, 1 and 2.
+    pub fn instantiate(&self, loaded: &Loaded, plan: &WasiPlan) -> Result<Instance, EngineError> {
+        for s in plan.args.iter().chain(&plan.env).chain(&plan.preopens) {
+            if s.contains('\0') {
+                return Err(EngineError::Nul(s.clone()));
+            }
+        }
+        let path = loaded.path.clone();
+        let inst_err = |source| EngineError::Instantiate {
+            path: path.clone(),
+            source,
+        };
+        let wasi = WasiModule::create(
+            Some(plan.args.iter().map(String::as_str).collect()),
+            Some(plan.env.iter().map(String::as_str).collect()),
+            Some(plan.preopens.iter().map(String::as_str).collect()),
+        )
+        .map_err(inst_err)?;
+        let mut store = Store::create().map_err(inst_err)?;
+        let mut executor = Executor::create(Some(&self.config), None).map_err(inst_err)?;
+        executor
+            .register_import_module(&mut store, wasi.as_ref())
+            .map_err(inst_err)?;
+        let instance = executor
+            .register_active_module(&mut store, &loaded.module)
+            .map_err(inst_err)?;
+        if instance.get_func("_start").is_err() {
+            return Err(EngineError::NoStart { path });
+        }
+        Ok(Instance {
+            instance,
+            executor,
+            _store: store,
+            wasi,
+            path,
+        })
+    }
+}
+
+impl Loaded {
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+}
+
+impl Instance {
+    /// Runs `_start` to the end.
+    pub fn run(mut self) -> Outcome {
+        let mut start = match self.instance.get_func_mut("_start") {
+            Ok(f) => f,
+            Err(_) => {
+                return Outcome::Trapped(format!("module {} has no `_start`", self.path.display()))
+            }
+        };
+        match self.executor.call_func(&mut start, []) {
+            Ok(_) => Outcome::Exited(self.wasi.exit_code() as i32),
+            Err(e) => match *e {
+                WasmEdgeError::Core(CoreError::Common(CoreCommonError::Terminated)) => {
+                    Outcome::Exited(self.wasi.exit_code() as i32)
+                }
+                other => Outcome::Trapped(other.to_string()),
+            },
+        }
+    }
+}
+
+/// Whether `bytes` start like a core Wasm module (magic and version 1).
+pub fn looks_like_wasm(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}

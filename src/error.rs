@@ -1,0 +1,98 @@
+//! The shim's errors, and their one mapping to the ttrpc codes containerd understands.
+
+use containerd_shim::protos::ttrpc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("container {0} not found")]
+    NotFound(String),
+    #[error("container {0} already exists")]
+    AlreadyExists(String),
+    #[error("container {id}: {message}")]
+    FailedPrecondition { id: String, message: String },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0} is not supported by the wasmedge shim")]
+    Unsupported(&'static str),
+    #[error("container {id}: {context}: {message}")]
+    Create {
+        id: String,
+        context: &'static str,
+        message: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Shim(#[from] containerd_shim::Error),
+}
+
+impl ShimError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
+        let context = context.into();
+        move |source| ShimError::Io { context, source }
+    }
+
+    fn code(&self) -> ttrpc::Code {
+        match self {
+            ShimError::NotFound(_) => ttrpc::Code::NOT_FOUND,
+            ShimError::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
+            ShimError::FailedPrecondition { .. } => ttrpc::Code::FAILED_PRECONDITION,
+            ShimError::InvalidArgument(_) | ShimError::Create { .. } => {
+                ttrpc::Code::INVALID_ARGUMENT
+            }
+            ShimError::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
+            ShimError::Io { .. } | ShimError::Shim(_) => ttrpc::Code::INTERNAL,
+        }
+    }
+}
+
+impl From<ShimError> for ttrpc::Error {
+    fn from(e: ShimError) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(e: ShimError) -> ttrpc::Code {
+        match ttrpc::Error::from(e) {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_map_to_the_codes_containerd_checks() {
+        assert_eq!(code_of(ShimError::NotFound("a".into())), ttrpc::Code::NOT_FOUND);
+        assert_eq!(
+            code_of(ShimError::AlreadyExists("a".into())),
+            ttrpc::Code::ALREADY_EXISTS
+        );
+        assert_eq!(
+            code_of(ShimError::Unsupported("exec")),
+            ttrpc::Code::UNIMPLEMENTED
+        );
+        assert_eq!(
+            code_of(ShimError::FailedPrecondition {
+                id: "a".into(),
+                message: "running".into()
+            }),
+            ttrpc::Code::FAILED_PRECONDITION
+        );
+    }
+
+    #[test]
+    fn messages_name_the_container() {
+        let e = ShimError::Create {
+            id: "c1".into(),
+            context: "load module",
+            message: "magic header not detected".into(),
+        };
+        assert_eq!(e.to_string(), "container c1: load module: magic header not detected");
+    }
+}

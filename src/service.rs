@@ -1,0 +1,518 @@
+//! The shim v2 glue: containerd's `start`/`delete` commands and the ttrpc task service.
+//! Thin on purpose: the work is in [`crate::container`] and [`crate::zygote`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use containerd_shim::api::{self, DeleteResponse};
+use containerd_shim::asynchronous::monitor::monitor_subscribe;
+use containerd_shim::asynchronous::util::{read_spec, write_str_to_file};
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::monitor::{Subject, Topic};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::shim_async::Task;
+use containerd_shim::protos::topics::{
+    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC,
+    TASK_START_EVENT_TOPIC,
+};
+use containerd_shim::protos::ttrpc::context::Context;
+use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::util::convert_to_timestamp;
+use containerd_shim::{Config, Flags, StartOpts, TtrpcResult};
+use log::{debug, info, warn};
+use time::OffsetDateTime;
+
+use crate::container::{Container, Status};
+use crate::error::ShimError;
+use crate::zygote::Zygote;
+
+/// The name containerd knows this runtime by.
+pub const RUNTIME_ID: &str = "io.containerd.wasmedge.v1";
+/// The annotation CRI puts on every container of a pod.
+const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// Binary the shim forks containers from; found next to the shim binary.
+pub const RUNNER_BINARY: &str = "wasmedge-shim-runner";
+
+/// The shim process: what containerd's `start` and `delete` commands and the daemon share.
+pub struct WasmEdgeShim {
+    namespace: String,
+    id: String,
+    exit: Arc<ExitSignal>,
+}
+
+#[async_trait]
+impl Shim for WasmEdgeShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        WasmEdgeShim {
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
+        // `start` runs in the bundle: group the containers of one pod into one shim.
+        let grouping = read_spec(".")
+            .await
+            .ok()
+            .and_then(|spec| spec.annotations().clone())
+            .and_then(|a| a.get(SANDBOX_ID_ANNOTATION).cloned())
+            .unwrap_or_else(|| opts.id.clone());
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        write_str_to_file("address", &address).await?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
+        // Clean-up after a shim that died: kill what it left and unmount the rootfs.
+        let bundle = std::env::current_dir().unwrap_or_default();
+        if let Ok(pid) = std::fs::read_to_string(bundle.join(PID_FILE)) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let rootfs = bundle.join("rootfs");
+        let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
+        info!("cleaned up after dead shim of {} in {}", self.id, self.namespace);
+        Ok(DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: Some(convert_to_timestamp(Some(OffsetDateTime::now_utc()))).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let service = TaskService {
+            inner: Arc::new(Inner {
+                namespace: self.namespace.clone(),
+                containers: Mutex::new(HashMap::new()),
+                zygote: tokio::sync::OnceCell::new(),
+                publisher,
+                exit: self.exit.clone(),
+                unclaimed_exits: Mutex::new(HashMap::new()),
+            }),
+        };
+        service.watch_exits().await;
+        // Start the runner now: its dynamic linking overlaps containerd's work before Create.
+        let inner = service.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = inner.zygote().await {
+                warn!("{e}");
+            }
+        });
+        service
+    }
+}
+
+/// Pid of a container's process, kept in its bundle for [`Shim::delete_shim`].
+const PID_FILE: &str = "wasm.pid";
+
+#[derive(Clone)]
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    zygote: tokio::sync::OnceCell<Arc<Zygote>>,
+    publisher: RemotePublisher,
+    exit: Arc<ExitSignal>,
+    /// Exits reaped before their container knew its pid (a process that dies during create).
+    unclaimed_exits: Mutex<HashMap<i32, i32>>,
+}
+
+impl Inner {
+    async fn zygote(&self) -> Result<Arc<Zygote>, ShimError> {
+        self.zygote
+            .get_or_try_init(|| async {
+                let runner = runner_path();
+                let (reader, writer) = std::io::pipe().map_err(ShimError::io("runner stderr pipe"))?;
+                let z = Zygote::start(&runner, writer.into()).map_err(|e| ShimError::Io {
+                    context: "start the runner".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                forward_lines(reader);
+                debug!("runner {} started as pid {}", runner.display(), z.pid());
+                Ok(Arc::new(z))
+            })
+            .await
+            .cloned()
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Container>, ShimError> {
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(id.to_string()))
+    }
+
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Err(e) = self
+            .publisher
+            .publish(Context::default(), topic, &self.namespace, event)
+            .await
+        {
+            warn!("publish {topic}: {e}");
+        }
+    }
+
+    async fn on_exit(&self, pid: i32, code: i32) {
+        let container = self
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|c| c.pid == pid)
+            .cloned();
+        let Some(c) = container else {
+            self.unclaimed_exits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pid, code);
+            return;
+        };
+        if c.set_exited(code) {
+            debug!("container {} (pid {pid}) exited with {code}", c.id);
+            if let Status::Stopped { at, .. } = c.status() {
+                let ev = TaskExit {
+                    container_id: c.id.clone(),
+                    id: c.id.clone(),
+                    pid: pid as u32,
+                    exit_status: code as u32,
+                    exited_at: Some(convert_to_timestamp(Some(at))).into(),
+                    ..Default::default()
+                };
+                self.publish(TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
+            }
+        }
+    }
+}
+
+impl TaskService {
+    async fn watch_exits(&self) {
+        let mut sub = match monitor_subscribe(Topic::Pid).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("subscribe to exits: {e}");
+                return;
+            }
+        };
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = sub.rx.recv().await {
+                if let Subject::Pid(pid) = ev.subject {
+                    inner.on_exit(pid, ev.exit_code).await;
+                }
+            }
+        });
+    }
+}
+
+fn runner_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("WASMEDGE_SHIM_RUNNER") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(RUNNER_BINARY)))
+        .unwrap_or_else(|| PathBuf::from(RUNNER_BINARY))
+}
+
+/// Copies what the runner prints into the shim log, a line at a time.
+fn forward_lines(reader: std::io::PipeReader) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(reader).lines().map_while(Result::ok) {
+            warn!("runner: {line}");
+        }
+    });
+}
+
+fn timestamp(at: OffsetDateTime) -> containerd_shim::protos::protobuf::MessageField<
+    containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp,
+> {
+    Some(convert_to_timestamp(Some(at))).into()
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let inner = &self.inner;
+        if inner.get(&req.id).is_ok() {
+            return Err(ShimError::AlreadyExists(req.id).into());
+        }
+        let zygote = inner.zygote().await?;
+        let container = match Container::create(&req, &zygote).await {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                warn!("create {}: {e}", req.id);
+                return Err(e.into());
+            }
+        };
+        let pid = container.pid;
+        let _ = std::fs::write(Path::new(&req.bundle).join(PID_FILE), pid.to_string());
+        inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req.id.clone(), container.clone());
+        if let Some(code) = inner
+            .unclaimed_exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid)
+        {
+            container.set_exited(code);
+        }
+        let ev = TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: Some(TaskIO {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+                ..Default::default()
+            })
+            .into(),
+            pid: pid as u32,
+            ..Default::default()
+        };
+        inner.publish(TASK_CREATE_EVENT_TOPIC, Box::new(ev)).await;
+        info!("created {} as pid {pid}", req.id);
+        Ok(api::CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        if !req.exec_id.is_empty() {
+            return Err(ShimError::Unsupported("exec").into());
+        }
+        let c = self.inner.get(&req.id)?;
+        c.start().await?;
+        let ev = TaskStart {
+            container_id: c.id.clone(),
+            pid: c.pid as u32,
+            ..Default::default()
+        };
+        self.inner.publish(TASK_START_EVENT_TOPIC, Box::new(ev)).await;
+        Ok(api::StartResponse {
+            pid: c.pid as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let c = self.inner.get(&req.id)?;
+        let mut resp = api::StateResponse {
+            id: c.id.clone(),
+            bundle: c.bundle.to_string_lossy().into_owned(),
+            pid: c.pid as u32,
+            stdin: c.stdio.stdin.clone(),
+            stdout: c.stdio.stdout.clone(),
+            stderr: c.stdio.stderr.clone(),
+            ..Default::default()
+        };
+        resp.status = match c.status() {
+            Status::Created => api::Status::CREATED,
+            Status::Running => api::Status::RUNNING,
+            Status::Stopped { code, at } => {
+                resp.exit_status = code as u32;
+                resp.exited_at = timestamp(at);
+                api::Status::STOPPED
+            }
+        }
+        .into();
+        Ok(resp)
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        let c = self.inner.get(&req.id)?;
+        let (code, at) = c.wait().await;
+        Ok(api::WaitResponse {
+            exit_status: code as u32,
+            exited_at: timestamp(at),
+            ..Default::default()
+        })
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        if !req.exec_id.is_empty() {
+            return Err(ShimError::Unsupported("exec").into());
+        }
+        let c = self.inner.get(&req.id)?;
+        c.kill(req.signal, req.all)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        if !req.exec_id.is_empty() {
+            return Err(ShimError::Unsupported("exec").into());
+        }
+        let c = self.inner.get(&req.id)?;
+        if c.status() == Status::Running {
+            return Err(ShimError::FailedPrecondition {
+                id: c.id.clone(),
+                message: "cannot delete a running container: kill it first".into(),
+            }
+            .into());
+        }
+        c.discard().await;
+        c.cleanup();
+        let (code, at) = match c.status() {
+            Status::Stopped { code, at } => (code, at),
+            _ => (128 + libc::SIGKILL, OffsetDateTime::now_utc()),
+        };
+        self.inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req.id);
+        let ev = TaskDelete {
+            container_id: c.id.clone(),
+            id: c.id.clone(),
+            pid: c.pid as u32,
+            exit_status: code as u32,
+            exited_at: timestamp(at),
+            ..Default::default()
+        };
+        self.inner.publish(TASK_DELETE_EVENT_TOPIC, Box::new(ev)).await;
+        Ok(api::DeleteResponse {
+            pid: c.pid as u32,
+            exit_status: code as u32,
+            exited_at: timestamp(at),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        let c = self.inner.get(&req.id)?;
+        let mut resp = api::PidsResponse::default();
+        if !matches!(c.status(), Status::Stopped { .. }) {
+            resp.processes.push(containerd_shim::protos::types::task::ProcessInfo {
+                pid: c.pid as u32,
+                ..Default::default()
+            });
+        }
+        Ok(resp)
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let c = self.inner.get(&req.id)?;
+        if matches!(c.status(), Status::Stopped { .. }) {
+            return Err(ShimError::NotFound(format!("{}: process already finished", c.id)).into());
+        }
+        let stats = crate::cgroup::metrics(c.pid as u32).map_err(|e| ShimError::Io {
+            context: format!("stats of container {}", c.id),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(api::StatsResponse {
+            stats: Some(stats).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(ShimError::Unsupported("exec into a wasm container").into())
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(ShimError::Unsupported("a terminal (tty) for a wasm container").into())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        // The container process holds its stdin itself; there is nothing to close here.
+        self.inner.get(&req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.inner.get(&req.id).map(|c| c.pid as u32).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let empty = self
+            .inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if empty {
+            self.inner.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+}

@@ -1,0 +1,283 @@
+//! The fork server ("zygote") that runs container processes.
+//!
+//! Loading libwasmedge costs every process ~10 ms of dynamic linking and ~7.7 MB of private
+//! memory (libLLVM's relocations). So the shim itself never links WasmEdge: it starts one
+//! runner process per shim, which links and warms WasmEdge once, and asks it to fork a
+//! child for every container. Children share the runner's relocated pages copy-on-write,
+//! so a container costs only what its module touches.
+//!
+//! The runner double-forks: the short-lived middle process exits at once, so each container
+//! process is re-parented to the shim (a child subreaper) and the shim reaps it and learns
+//! its exit status like any child of its own. The runner keeps no per-container state, and
+//! if it dies, running containers carry on.
+//!
+//! Wire protocol (shim → runner), over a `SOCK_SEQPACKET` socket on the runner's fd 0: one
+//! datagram per container, a JSON [`SpawnRequest`] carrying four fds as `SCM_RIGHTS`:
+//! stdin, stdout, stderr, and the container's control stream. The control stream
+//! (`SOCK_STREAM`, one JSON line per message) then belongs to shim and container alone: the
+//! container reports a [`Report`] once it is ready to run (or why it cannot), then waits for
+//! the line `start`; end of stream before that means "never mind" and it exits.
+
+use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Plan;
+
+/// Upper bound of one request; a plan is argv, env and a few paths.
+const MAX_REQUEST: usize = 1 << 20;
+
+/// What the runner needs to start one container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    pub id: String,
+    pub plan: Plan,
+    /// How the module gets its code; see [`CodeSource`].
+    pub code: CodeSource,
+}
+
+/// Where a container's code comes from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum CodeSource {
+    /// The interpreter, from the module's Wasm bytes (`plan.module`).
+    Interpreter,
+    /// A native shared library compiled from the module.
+    Native(PathBuf),
+}
+
+/// A container's first and only message to the shim.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Report {
+    /// Loaded and instantiated; waiting for `start`.
+    Ready { pid: i32, timings: Timings },
+    /// Could not be made ready; the process exits after sending this.
+    Failed { pid: i32, error: String },
+}
+
+/// Microseconds spent in each phase of a container's create, as measured in the container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Timings {
+    pub load_us: u64,
+    pub instantiate_us: u64,
+    pub tier: String,
+}
+
+/// The fds a container process inherits.
+#[derive(Debug)]
+pub struct ContainerFds {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub control: UnixStream,
+}
+
+/// Shim side: a handle on the runner process.
+#[derive(Debug)]
+pub struct Zygote {
+    sock: Mutex<OwnedFd>,
+    pid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZygoteError {
+    #[error("start runner {path}: {source}")]
+    Start {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("send spawn request for container {id} to the runner: {source}")]
+    Send { id: String, source: nix::Error },
+    #[error("encode spawn request for container {id}: {source}")]
+    Encode {
+        id: String,
+        source: serde_json::Error,
+    },
+}
+
+impl Zygote {
+    /// Starts the runner binary at `runner`, its fd 0 being our end of the request socket.
+    /// `stderr` receives whatever the runner itself prints (not the containers' output).
+    pub fn start(runner: &Path, stderr: Stdio) -> Result<Zygote, ZygoteError> {
+        let err = |source| ZygoteError::Start {
+            path: runner.to_owned(),
+            source,
+        };
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| err(e.into()))?;
+        let child = Command::new(runner)
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(err)?;
+        Ok(Zygote {
+            sock: Mutex::new(ours),
+            pid: child.id(),
+        })
+        // The Child handle is dropped without waiting: the shim's reaper collects it.
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Asks the runner to fork a container process with these fds. Returns once the
+    /// request is sent; the container reports on `fds[3]`, the control stream.
+    pub fn spawn(&self, req: &SpawnRequest, fds: [BorrowedFd<'_>; 4]) -> Result<(), ZygoteError> {
+        let body = serde_json::to_vec(req).map_err(|source| ZygoteError::Encode {
+            id: req.id.clone(),
+            source,
+        })?;
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+        sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(&body)],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(|source| ZygoteError::Send {
+            id: req.id.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+}
+
+/// Runner side: serves requests on `sock` until the shim closes it, forking a container
+/// process for each and calling `container` in it. `container` never returns: it ends the
+/// process with the container's exit code.
+///
+/// Must be called while the process is single-threaded (fork is only safe then).
+pub fn serve(sock: OwnedFd, mut container: impl FnMut(SpawnRequest, ContainerFds) -> i32) -> ! {
+    let mut buf = vec![0u8; MAX_REQUEST];
+    loop {
+        let (req, fds) = match receive(sock.as_fd(), &mut buf) {
+            Ok(Some(r)) => r,
+            Ok(None) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("wasmedge-shim-runner: bad request: {e}");
+                continue;
+            }
+        };
+        // SAFETY: the runner is single-threaded (documented precondition), so the child
+        // may run arbitrary code after fork.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                // SAFETY: still single-threaded, in the middle process.
+                match unsafe { nix::unistd::fork() } {
+                    Ok(nix::unistd::ForkResult::Child) => {
+                        drop(sock);
+                        let code = container(req, fds);
+                        std::process::exit(code);
+                    }
+                    Ok(nix::unistd::ForkResult::Parent { .. }) => {
+                        // SAFETY: _exit skips atexit handlers and stdio flushing that
+                        // belong to the runner, not to this throwaway process.
+                        unsafe { libc::_exit(0) }
+                    }
+                    Err(e) => {
+                        let _ = report(
+                            &fds.control,
+                            &Report::Failed {
+                                pid: 0,
+                                error: format!("fork container process: {e}"),
+                            },
+                        );
+                        // SAFETY: as above.
+                        unsafe { libc::_exit(1) }
+                    }
+                }
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                drop(fds);
+                let _ = nix::sys::wait::waitpid(child, None);
+            }
+            Err(e) => {
+                let _ = report(
+                    &fds.control,
+                    &Report::Failed {
+                        pid: 0,
+                        error: format!("fork: {e}"),
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn receive(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> Result<Option<(SpawnRequest, ContainerFds)>, String> {
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.map_err(|e| format!("recvmsg: {e}"))?,
+        }
+    };
+    let len = msg.bytes;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for c in msg.cmsgs().map_err(|e| format!("cmsgs: {e}"))? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these fds in our table for us alone.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    if len == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err("request truncated".into());
+    }
+    let req: SpawnRequest =
+        serde_json::from_slice(&buf[..len]).map_err(|e| format!("decode request: {e}"))?;
+    let [stdin, stdout, stderr, control]: [OwnedFd; 4] = fds
+        .try_into()
+        .map_err(|v: Vec<OwnedFd>| format!("expected 4 fds, got {}", v.len()))?;
+    Ok(Some((
+        req,
+        ContainerFds {
+            stdin,
+            stdout,
+            stderr,
+            control: UnixStream::from(control),
+        },
+    )))
+}
+
+/// Sends the container's one report on its control stream.
+pub fn report(control: &UnixStream, report: &Report) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(report)?;
+    line.push(b'\n');
+    (&*control).write_all(&line)
+}
+
+/// Waits on the control stream for the shim's `start`. `false` means the shim went away or
+/// gave up on the container.
+pub fn wait_for_start(control: &UnixStream) -> bool {
+    let mut line = String::new();
+    matches!(BufReader::new(control).read_line(&mut line), Ok(n) if n > 0 && line.trim() == "start")
+}
