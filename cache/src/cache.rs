@@ -132,6 +132,8 @@ pub struct Fetched {
     pub artifact: Artifact,
     pub outcome: Outcome,
     pub timings: Timings,
+    /// The module's hash came from the hash memo (the module was not read).
+    pub from_memo: bool,
 }
 
 /// Result of checking one entry.
@@ -202,6 +204,11 @@ impl Cache {
     /// blake3 of the module's bytes. A file whose identity (dev, inode, size, mtime, ctime) is in
     /// the memo is not read at all.
     pub fn hash_module(&self, module: &Path) -> Result<ModuleHash> {
+        Ok(self.hash_module_memo(module)?.0)
+    }
+
+    /// Like [`Cache::hash_module`]; the flag says whether the memo answered.
+    fn hash_module_memo(&self, module: &Path) -> Result<(ModuleHash, bool)> {
         let file = File::open(module).ctx("open module", module, None)?;
         let m = file.metadata().ctx("inspect module", module, None)?;
         if !m.is_file() {
@@ -214,11 +221,11 @@ impl Cache {
         }
         let id = FileId::of(&m);
         if let Some(h) = self.memo.lock().expect("memo lock").get(&id) {
-            return Ok(*h);
+            return Ok((*h, true));
         }
         if let Some(h) = self.memo_read(&id) {
             self.memo.lock().expect("memo lock").insert(id, h);
-            return Ok(h);
+            return Ok((h, true));
         }
         let start = SystemTime::now();
         let h = hash_open_file(&file, m.len()).ctx("hash module", module, None)?;
@@ -239,7 +246,7 @@ impl Cache {
             self.memo.lock().expect("memo lock").insert(id, h);
             self.memo_write(&id, &h);
         }
-        Ok(h)
+        Ok((h, false))
     }
 
     fn memo_read(&self, id: &FileId) -> Option<ModuleHash> {
@@ -455,7 +462,7 @@ impl Cache {
     ) -> Result<Fetched> {
         let mut t = Timings::default();
         let start = Instant::now();
-        let mh = self.hash_module(module)?;
+        let (mh, from_memo) = self.hash_module_memo(module)?;
         let key = Key::derive(&mh, fp);
         t.hash = start.elapsed();
 
@@ -469,6 +476,7 @@ impl Cache {
                 artifact,
                 outcome: Outcome::Hit,
                 timings: t,
+                from_memo,
             });
         }
 
@@ -486,6 +494,7 @@ impl Cache {
                 artifact: *a,
                 outcome: Outcome::WaitedHit,
                 timings: t,
+                from_memo,
             });
         }
         t.lookup += start.elapsed();
@@ -539,6 +548,7 @@ impl Cache {
             artifact,
             outcome: Outcome::Compiled,
             timings: t,
+            from_memo,
         })
     }
 
