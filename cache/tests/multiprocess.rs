@@ -1,0 +1,302 @@
+//! Cross-process behaviour, with real processes: this test binary re-executes itself with
+//! `CACHE_TEST_ROLE` set, and the `child` test below then plays that role instead of testing.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use wasmedge_aot_cache::{Cache, CacheConfig, Error, Outcome};
+
+const ROLE: &str = "CACHE_TEST_ROLE";
+
+fn env_path(name: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(name).unwrap_or_else(|| panic!("{name} not set")))
+}
+
+/// Child entry point; a no-op in a normal test run.
+#[test]
+fn child() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let root = env_path("CACHE_TEST_ROOT");
+    let module = env_path("CACHE_TEST_MODULE");
+    let log = env_path("CACHE_TEST_LOG");
+    let results = env_path("CACHE_TEST_RESULTS");
+    let mut cfg = CacheConfig::new(&root);
+    if let Ok(n) = std::env::var("CACHE_TEST_SLOTS") {
+        cfg.max_concurrent_compiles = n.parse().unwrap();
+    }
+    let pause = Duration::from_millis(
+        std::env::var("CACHE_TEST_PAUSE_MS")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0),
+    );
+    let compiler = FakeCompiler {
+        pause,
+        halfway_marker: std::env::var_os("CACHE_TEST_MARKER").map(PathBuf::from),
+        ..FakeCompiler::logging(&log)
+    };
+    // Start together to make the race real.
+    if let Some(go) = std::env::var_os("CACHE_TEST_GO") {
+        while !Path::new(&go).exists() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(role, "get");
+    let cache = Cache::open(cfg).unwrap();
+    match cache.get_or_compile(&module, &fingerprint(), &compiler) {
+        Ok(r) => append_line(
+            &results,
+            &format!("{:?} {}", r.outcome, hex(&r.artifact.digest)),
+        ),
+        Err(e) => append_line(&results, &format!("error {e}")),
+    }
+    drop(cache);
+    std::process::exit(0);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    log: PathBuf,
+    results: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        Env {
+            root: dir.path().join("cache"),
+            log: dir.path().join("compile.log"),
+            results: dir.path().join("results"),
+            dir,
+        }
+    }
+
+    fn module(&self, name: &str) -> PathBuf {
+        write_module(self.dir.path(), name, format!("module {name}").as_bytes())
+    }
+
+    fn spawn(&self, module: &Path, extra: &[(&str, String)]) -> Child {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
+            .env(ROLE, "get")
+            .env("CACHE_TEST_ROOT", &self.root)
+            .env("CACHE_TEST_MODULE", module)
+            .env("CACHE_TEST_LOG", &self.log)
+            .env("CACHE_TEST_RESULTS", &self.results)
+            .stdout(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.spawn().unwrap()
+    }
+
+    fn results(&self) -> Vec<String> {
+        fs::read_to_string(&self.results)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn wait_for(path: &Path, timeout: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < timeout,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn racing_processes_compile_once() {
+    let env = Env::new();
+    let m = env.module("shared.wasm");
+    let go = env.dir.path().join("go");
+    let children: Vec<Child> = (0..6)
+        .map(|_| {
+            env.spawn(
+                &m,
+                &[
+                    ("CACHE_TEST_GO", go.display().to_string()),
+                    ("CACHE_TEST_PAUSE_MS", "300".into()),
+                ],
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    fs::write(&go, b"").unwrap();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    assert_eq!(count_lines(&env.log, "start "), 1, "exactly one compile");
+    let results = env.results();
+    assert_eq!(results.len(), 6, "{results:?}");
+    let compiled = results
+        .iter()
+        .filter(|r| r.starts_with("Compiled "))
+        .count();
+    let waited = results
+        .iter()
+        .filter(|r| r.starts_with("WaitedHit "))
+        .count();
+    assert_eq!(compiled, 1, "{results:?}");
+    assert!(waited >= 1, "some callers must have waited: {results:?}");
+    let digests: std::collections::HashSet<_> = results
+        .iter()
+        .map(|r| r.split(' ').nth(1).unwrap())
+        .collect();
+    assert_eq!(digests.len(), 1, "{results:?}");
+    let s = Cache::open(CacheConfig::new(&env.root))
+        .unwrap()
+        .stats()
+        .unwrap();
+    assert_eq!((s.compiles, s.misses, s.hits), (1, 1, 5), "{s:?}");
+}
+
+#[test]
+fn compile_slots_bound_concurrency_across_processes() {
+    let env = Env::new();
+    let go = env.dir.path().join("go");
+    let children: Vec<Child> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            env.spawn(
+                &env.module(n),
+                &[
+                    ("CACHE_TEST_GO", go.display().to_string()),
+                    ("CACHE_TEST_PAUSE_MS", "150".into()),
+                    ("CACHE_TEST_SLOTS", "1".into()),
+                ],
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    fs::write(&go, b"").unwrap();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let log = fs::read_to_string(&env.log).unwrap();
+    let events: Vec<(&str, u128)> = log
+        .lines()
+        .map(|l| {
+            let v: Vec<&str> = l.split(' ').collect();
+            (v[0], v[2].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(events.len(), 6, "{log}");
+    let mut sorted = events.clone();
+    sorted.sort_by_key(|e| e.1);
+    let mut running = 0;
+    for (kind, _) in sorted {
+        running += if kind == "start" { 1 } else { -1 };
+        assert!(
+            running <= 1,
+            "two compiles overlapped with one slot:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn compiler_killed_midway_leaves_no_entry_and_next_caller_recompiles() {
+    let env = Env::new();
+    let m = env.module("victim.wasm");
+    let marker = env.dir.path().join("halfway");
+    let mut child = env.spawn(
+        &m,
+        &[
+            ("CACHE_TEST_MARKER", marker.display().to_string()),
+            ("CACHE_TEST_PAUSE_MS", "60000".into()),
+        ],
+    );
+    wait_for(&marker, Duration::from_secs(30));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    assert_eq!(count_lines(&env.log, "start "), 1);
+    assert_eq!(count_lines(&env.log, "end "), 0);
+
+    let staging = tree(&env.root.join("v1/tmp"));
+    assert!(
+        !staging.is_empty(),
+        "the killed compile should have left a staging directory"
+    );
+    // Opening cleans the leftover (its key lock died with its owner) and shows no entry.
+    let cache = Cache::open(CacheConfig::new(&env.root)).unwrap();
+    assert!(tree(&env.root.join("v1/tmp")).is_empty());
+    assert!(cache.list().unwrap().is_empty());
+    let key = cache.key_for(&m, &fingerprint()).unwrap();
+    assert!(cache.lookup(&key).unwrap().is_none());
+
+    let started = Instant::now();
+    let r = cache
+        .get_or_compile(&m, &fingerprint(), &FakeCompiler::logging(&env.log))
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Compiled);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the dead compiler's lock must be free"
+    );
+    assert_eq!(count_lines(&env.log, "start "), 2);
+    assert_eq!(cache.verify().unwrap().ok, vec![key]);
+}
+
+#[test]
+fn waiting_for_a_busy_key_times_out_with_a_clear_error() {
+    let env = Env::new();
+    let m = env.module("slow.wasm");
+    let marker = env.dir.path().join("halfway");
+    let mut child = env.spawn(
+        &m,
+        &[
+            ("CACHE_TEST_MARKER", marker.display().to_string()),
+            ("CACHE_TEST_PAUSE_MS", "60000".into()),
+        ],
+    );
+    wait_for(&marker, Duration::from_secs(30));
+    let mut cfg = CacheConfig::new(&env.root);
+    cfg.lock_timeout = Duration::from_millis(300);
+    let cache = Cache::open(cfg).unwrap();
+    let started = Instant::now();
+    let e = cache
+        .get_or_compile(&m, &fingerprint(), &FakeCompiler::logging(&env.log))
+        .unwrap_err();
+    let waited = started.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    let key = cache.key_for(&m, &fingerprint()).unwrap();
+    assert!(matches!(e, Error::LockTimeout { .. }), "{e:?}");
+    let msg = e.to_string();
+    let lock = env.root.join(format!("v1/locks/{key}.lock"));
+    assert!(msg.starts_with("timed out after 3"), "{msg}");
+    assert!(
+        msg.ends_with(&format!(
+            "waiting for key lock {} for key {key}",
+            lock.display()
+        )),
+        "{msg}"
+    );
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5));
+    assert_eq!(
+        count_lines(&env.log, "start "),
+        1,
+        "the waiter must not compile"
+    );
+}
