@@ -16,9 +16,10 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
+use crate::config::{Policy, POLICY_ANNOTATION};
 use crate::error::ShimError;
 use crate::spec;
-use crate::zygote::{CodeSource, Report, SpawnRequest, Zygote};
+use crate::zygote::{Report, SpawnRequest, Timings, Zygote};
 
 /// The lifecycle states containerd distinguishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub struct Container {
     pub bundle: PathBuf,
     pub stdio: StdioPaths,
     pub pid: i32,
+    /// What the create cost, phase by phase.
+    pub timings: Timings,
     rootfs: Option<PathBuf>,
     cgroup: Option<String>,
     control: tokio::sync::Mutex<Option<tokio::net::UnixStream>>,
@@ -56,7 +59,9 @@ impl Container {
     pub async fn create(req: &CreateTaskRequest, zygote: &Zygote) -> Result<Container, ShimError> {
         let id = req.id.clone();
         if req.terminal {
-            return Err(ShimError::Unsupported("a terminal (tty) for a wasm container"));
+            return Err(ShimError::Unsupported(
+                "a terminal (tty) for a wasm container",
+            ));
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = read_spec(&bundle).await?;
@@ -75,6 +80,7 @@ impl Container {
                 stderr: req.stderr.clone(),
             },
             pid: 0,
+            timings: Timings::default(),
             rootfs: None,
             cgroup: None,
             control: tokio::sync::Mutex::new(None),
@@ -122,12 +128,26 @@ impl Container {
             }
         };
         let plan = spec::plan(spec, rootfs).map_err(|e| create_err("entrypoint")(&e))?;
+        let policy = match spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(POLICY_ANNOTATION))
+        {
+            Some(v) => Some(
+                v.parse::<Policy>()
+                    .map_err(|e| create_err("annotation")(&e))?,
+            ),
+            None => None,
+        };
         check_wasm(&plan.module).map_err(|e| create_err("entrypoint")(&e))?;
 
         if let Some(path) = &plan.cgroups_path {
             match crate::cgroup::create(path, spec) {
                 Ok(()) => self.cgroup = Some(path.clone()),
-                Err(e) => warn!("container {}: cgroup {path}: {e}; running without one", self.id),
+                Err(e) => warn!(
+                    "container {}: cgroup {path}: {e}; running without one",
+                    self.id
+                ),
             }
         }
 
@@ -141,14 +161,23 @@ impl Container {
         let req = SpawnRequest {
             id: self.id.clone(),
             plan,
-            code: CodeSource::Interpreter,
+            policy,
         };
         zygote
-            .spawn(&req, [stdin.as_fd(), stdout.as_fd(), stderr.as_fd(), theirs.as_fd()])
+            .spawn(
+                &req,
+                [
+                    stdin.as_fd(),
+                    stdout.as_fd(),
+                    stderr.as_fd(),
+                    theirs.as_fd(),
+                ],
+            )
             .map_err(|e| create_err("start container process")(&e))?;
         drop((stdin, stdout, stderr, theirs));
 
-        ours.set_nonblocking(true).map_err(ShimError::io("control socket"))?;
+        ours.set_nonblocking(true)
+            .map_err(ShimError::io("control socket"))?;
         let mut control =
             tokio::net::UnixStream::from_std(ours).map_err(ShimError::io("control socket"))?;
         let mut line = String::new();
@@ -162,15 +191,28 @@ impl Container {
             message: "the container process died before reporting".into(),
         })?;
         match report {
-            Report::Ready { pid, timings } => {
+            Report::Ready {
+                pid,
+                timings: t,
+                warning,
+            } => {
+                if let Some(w) = warning {
+                    warn!("container {}: {w}", self.id);
+                }
                 debug!(
-                    "container {}: create {} µs (load {} µs, instantiate {} µs, tier {})",
+                    "container {}: create {} µs: hash {} µs, lookup {} µs, compile {} µs, \
+                     load {} µs, instantiate {} µs; cache {}, tier {}",
                     self.id,
                     started.elapsed().as_micros(),
-                    timings.load_us,
-                    timings.instantiate_us,
-                    timings.tier
+                    t.hash_us,
+                    t.lookup_us,
+                    t.compile_us,
+                    t.load_us,
+                    t.instantiate_us,
+                    t.cache,
+                    t.tier
                 );
+                self.timings = t;
                 *self.control.get_mut() = Some(control);
                 Ok(pid)
             }
@@ -244,7 +286,10 @@ impl Container {
 
     pub fn kill(&self, signal: u32, all: bool) -> Result<(), ShimError> {
         if matches!(self.status(), Status::Stopped { .. }) {
-            return Err(ShimError::NotFound(format!("{}: process already finished", self.id)));
+            return Err(ShimError::NotFound(format!(
+                "{}: process already finished",
+                self.id
+            )));
         }
         let sig = nix::sys::signal::Signal::try_from(signal as i32)
             .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
@@ -276,7 +321,8 @@ impl Container {
         }
         *cleaned = true;
         if let Some(rootfs) = &self.rootfs {
-            if let Err(e) = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH)
+            if let Err(e) =
+                containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH)
             {
                 warn!("container {}: unmount {}: {e}", self.id, rootfs.display());
             }
@@ -301,7 +347,10 @@ fn check_wasm(path: &Path) -> Result<(), String> {
         .and_then(|mut f| f.read(&mut head))
         .map_err(|e| format!("read {}: {e}", path.display()))?;
     if n < 8 || head[..4] != *b"\0asm" {
-        return Err(format!("{} is not a wasm module (no \\0asm magic)", path.display()));
+        return Err(format!(
+            "{} is not a wasm module (no \\0asm magic)",
+            path.display()
+        ));
     }
     if head[4..8] != [1, 0, 0, 0] {
         return Err(format!(
@@ -314,7 +363,11 @@ fn check_wasm(path: &Path) -> Result<(), String> {
 }
 
 fn dev_null(write: bool) -> std::io::Result<OwnedFd> {
-    Ok(OpenOptions::new().read(!write).write(write).open("/dev/null")?.into())
+    Ok(OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open("/dev/null")?
+        .into())
 }
 
 fn fifo_path(uri: &str) -> Result<&str, std::io::Error> {
@@ -341,7 +394,11 @@ fn open_output(uri: &str) -> std::io::Result<OwnedFd> {
         m.file_type().is_fifo()
     });
     if !matches!(is_fifo, Ok(true)) {
-        return Ok(OpenOptions::new().append(true).create(true).open(path)?.into());
+        return Ok(OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)?
+            .into());
     }
     let file = match OpenOptions::new()
         .write(true)

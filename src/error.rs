@@ -68,7 +68,10 @@ mod tests {
 
     #[test]
     fn errors_map_to_the_codes_containerd_checks() {
-        assert_eq!(code_of(ShimError::NotFound("a".into())), ttrpc::Code::NOT_FOUND);
+        assert_eq!(
+            code_of(ShimError::NotFound("a".into())),
+            ttrpc::Code::NOT_FOUND
+        );
         assert_eq!(
             code_of(ShimError::AlreadyExists("a".into())),
             ttrpc::Code::ALREADY_EXISTS
@@ -93,6 +96,9 @@ mod tests {
             context: "load module",
             message: "magic header not detected".into(),
         };
-        assert_eq!(e.to_string(), "container c1: load module: magic header not detected");
+        assert_eq!(
+            e.to_string(),
+            "container c1: load module: magic header not detected"
+        );
     }
 }

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+pub mod aot;
 pub mod cgroup;
+pub mod config;
 pub mod container;
 pub mod error;
 pub mod service;

@@ -15,8 +15,7 @@ use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, Ta
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::topics::{
-    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC,
-    TASK_START_EVENT_TOPIC,
+    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
 use containerd_shim::protos::ttrpc::context::Context;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
@@ -82,7 +81,10 @@ impl Shim for WasmEdgeShim {
         }
         let rootfs = bundle.join("rootfs");
         let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
-        info!("cleaned up after dead shim of {} in {}", self.id, self.namespace);
+        info!(
+            "cleaned up after dead shim of {} in {}",
+            self.id, self.namespace
+        );
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: Some(convert_to_timestamp(Some(OffsetDateTime::now_utc()))).into(),
@@ -140,7 +142,8 @@ impl Inner {
         self.zygote
             .get_or_try_init(|| async {
                 let runner = runner_path();
-                let (reader, writer) = std::io::pipe().map_err(ShimError::io("runner stderr pipe"))?;
+                let (reader, writer) =
+                    std::io::pipe().map_err(ShimError::io("runner stderr pipe"))?;
                 let z = Zygote::start(&runner, writer.into()).map_err(|e| ShimError::Io {
                     context: "start the runner".into(),
                     source: std::io::Error::other(e.to_string()),
@@ -238,13 +241,18 @@ fn runner_path() -> PathBuf {
 fn forward_lines(reader: std::io::PipeReader) {
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(reader).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(reader)
+            .lines()
+            .map_while(Result::ok)
+        {
             warn!("runner: {line}");
         }
     });
 }
 
-fn timestamp(at: OffsetDateTime) -> containerd_shim::protos::protobuf::MessageField<
+fn timestamp(
+    at: OffsetDateTime,
+) -> containerd_shim::protos::protobuf::MessageField<
     containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp,
 > {
     Some(convert_to_timestamp(Some(at))).into()
@@ -322,7 +330,9 @@ impl Task for TaskService {
             pid: c.pid as u32,
             ..Default::default()
         };
-        self.inner.publish(TASK_START_EVENT_TOPIC, Box::new(ev)).await;
+        self.inner
+            .publish(TASK_START_EVENT_TOPIC, Box::new(ev))
+            .await;
         Ok(api::StartResponse {
             pid: c.pid as u32,
             ..Default::default()
@@ -415,7 +425,9 @@ impl Task for TaskService {
             exited_at: timestamp(at),
             ..Default::default()
         };
-        self.inner.publish(TASK_DELETE_EVENT_TOPIC, Box::new(ev)).await;
+        self.inner
+            .publish(TASK_DELETE_EVENT_TOPIC, Box::new(ev))
+            .await;
         Ok(api::DeleteResponse {
             pid: c.pid as u32,
             exit_status: code as u32,
@@ -432,10 +444,11 @@ impl Task for TaskService {
         let c = self.inner.get(&req.id)?;
         let mut resp = api::PidsResponse::default();
         if !matches!(c.status(), Status::Stopped { .. }) {
-            resp.processes.push(containerd_shim::protos::types::task::ProcessInfo {
-                pid: c.pid as u32,
-                ..Default::default()
-            });
+            resp.processes
+                .push(containerd_shim::protos::types::task::ProcessInfo {
+                    pid: c.pid as u32,
+                    ..Default::default()
+                });
         }
         Ok(resp)
     }

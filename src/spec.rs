@@ -113,7 +113,10 @@ pub fn plan(spec: &Spec, rootfs: &Path) -> Result<Plan, SpecError> {
     let mut preopens = vec![Preopen {
         guest: "/".into(),
         host: rootfs.to_owned(),
-        readonly: spec.root().as_ref().is_some_and(|r| r.readonly() == Some(true)),
+        readonly: spec
+            .root()
+            .as_ref()
+            .is_some_and(|r| r.readonly() == Some(true)),
     }];
     if cwd != "/" {
         preopens.push(Preopen {
@@ -271,7 +274,13 @@ mod tests {
 
     fn spec(args: &[&str], cwd: &str) -> SpecBuilder {
         let mut b = SpecBuilder::default();
-        b = b.root(RootBuilder::default().path("rootfs").readonly(false).build().unwrap());
+        b = b.root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(false)
+                .build()
+                .unwrap(),
+        );
         b.process(
             ProcessBuilder::default()
                 .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -290,7 +299,10 @@ mod tests {
         assert_eq!(p.args, vec!["/top.wasm", "x"]);
         assert_eq!(p.env, vec!["A=1", "PATH=/bin"]);
         assert_eq!(p.preopens.len(), 1);
-        assert_eq!(p.preopens[0].to_wasmedge(), format!("/:{}", r.path().display()));
+        assert_eq!(
+            p.preopens[0].to_wasmedge(),
+            format!("/:{}", r.path().display())
+        );
     }
 
     #[test]
@@ -306,7 +318,13 @@ mod tests {
     fn a_read_only_root_is_preopened_read_only() {
         let r = rootfs();
         let s = spec(&["/top.wasm"], "/")
-            .root(RootBuilder::default().path("rootfs").readonly(true).build().unwrap())
+            .root(
+                RootBuilder::default()
+                    .path("rootfs")
+                    .readonly(true)
+                    .build()
+                    .unwrap(),
+            )
             .build()
             .unwrap();
         let p = plan(&s, r.path()).unwrap();
@@ -326,12 +344,20 @@ mod tests {
     #[test]
     fn dotdot_and_symlink_escapes_are_refused() {
         let r = rootfs();
-        for p in ["/../etc/passwd", "/app/../../x", "/app/out-link", "/nope/../../x"] {
+        for p in [
+            "/../etc/passwd",
+            "/app/../../x",
+            "/app/out-link",
+            "/nope/../../x",
+        ] {
             let err = resolve_in_root(r.path(), p).unwrap_err();
             assert!(matches!(err, SpecError::Escape { .. }), "{p}: {err:?}");
         }
         let err = plan(&spec(&["/app/out-link"], "/").build().unwrap(), r.path()).unwrap_err();
-        assert!(err.to_string().contains("leaves the container root"), "{err}");
+        assert!(
+            err.to_string().contains("leaves the container root"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -345,7 +371,13 @@ mod tests {
     fn missing_entrypoint_and_directory_entrypoint_are_clear_errors() {
         let r = rootfs();
         let err = plan(&spec(&["/missing.wasm"], "/").build().unwrap(), r.path()).unwrap_err();
-        assert_eq!(err.to_string(), format!("entrypoint \"/missing.wasm\" not found in {}", r.path().display()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "entrypoint \"/missing.wasm\" not found in {}",
+                r.path().display()
+            )
+        );
         let err = plan(&spec(&["/app"], "/").build().unwrap(), r.path()).unwrap_err();
         assert!(matches!(err, SpecError::NotAFile { .. }), "{err:?}");
         let err = plan(&spec(&[], "/").build().unwrap(), r.path()).unwrap_err();
@@ -379,9 +411,16 @@ mod tests {
             .build()
             .unwrap();
         let p = plan(&s, r.path()).unwrap();
-        let got: Vec<_> = p.preopens.iter().map(|p| (p.guest.as_str(), p.readonly)).collect();
+        let got: Vec<_> = p
+            .preopens
+            .iter()
+            .map(|p| (p.guest.as_str(), p.readonly))
+            .collect();
         assert_eq!(got, vec![("/", false), ("/data", true), ("/rw", false)]);
-        assert_eq!(p.preopens[1].to_wasmedge(), format!("/data:{}:readonly", data.path().display()));
+        assert_eq!(
+            p.preopens[1].to_wasmedge(),
+            format!("/data:{}:readonly", data.path().display())
+        );
     }
 
     #[test]

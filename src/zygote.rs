@@ -31,6 +31,7 @@ use nix::sys::socket::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::config::Policy;
 use crate::spec::Plan;
 
 /// Upper bound of one request; a plan is argv, env and a few paths.
@@ -41,8 +42,8 @@ const MAX_REQUEST: usize = 1 << 20;
 pub struct SpawnRequest {
     pub id: String,
     pub plan: Plan,
-    /// How the module gets its code; see [`CodeSource`].
-    pub code: CodeSource,
+    /// The compile policy a pod's annotation asked for, overriding the node's.
+    pub policy: Option<Policy>,
 }
 
 /// Where a container's code comes from.
@@ -58,7 +59,12 @@ pub enum CodeSource {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Report {
     /// Loaded and instantiated; waiting for `start`.
-    Ready { pid: i32, timings: Timings },
+    Ready {
+        pid: i32,
+        timings: Timings,
+        /// Something the operator should know (e.g. why native code is not used).
+        warning: Option<String>,
+    },
     /// Could not be made ready; the process exits after sending this.
     Failed { pid: i32, error: String },
 }
@@ -66,9 +72,15 @@ pub enum Report {
 /// Microseconds spent in each phase of a container's create, as measured in the container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Timings {
+    pub hash_us: u64,
+    pub lookup_us: u64,
+    pub compile_us: u64,
     pub load_us: u64,
     pub instantiate_us: u64,
+    /// `native` or `interpreter`.
     pub tier: String,
+    /// What the cache did; see [`crate::aot::Resolved::outcome`].
+    pub cache: String,
 }
 
 /// The fds a container process inherits.
@@ -243,7 +255,10 @@ fn receive(
     for c in msg.cmsgs().map_err(|e| format!("cmsgs: {e}"))? {
         if let ControlMessageOwned::ScmRights(raw) = c {
             // SAFETY: the kernel just installed these fds in our table for us alone.
-            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
     if len == 0 && fds.is_empty() {

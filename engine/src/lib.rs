@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
-use wasmedge_sys::{Compiler, Config, Executor, Loader, Module, Store, Validator, WasiModule};
 use wasmedge_sys::AsInstance;
+use wasmedge_sys::{Compiler, Config, Executor, Loader, Module, Store, Validator, WasiModule};
 use wasmedge_types::error::{CoreCommonError, CoreError, WasmEdgeError};
 use wasmedge_types::{CompilerOptimizationLevel, CompilerOutputFormat};
 
@@ -91,7 +91,10 @@ impl Options {
             ("interruptible".into(), self.interruptible.to_string()),
             ("statistics".into(), self.statistics.to_string()),
             ("threads".into(), self.threads.to_string()),
-            ("exception_handling".into(), self.exception_handling.to_string()),
+            (
+                "exception_handling".into(),
+                self.exception_handling.to_string(),
+            ),
             ("output".into(), "native-shared-library".into()),
         ]
     }
@@ -131,7 +134,11 @@ pub enum Tier {
 /// A configured WasmEdge: one per process, reused for every module it loads.
 pub struct Engine {
     options: Options,
+    /// For compiling and for loading native code: exactly the fingerprinted options.
     config: Config,
+    /// For the interpreter: the same, plus every proposal 0.14.1 can interpret, so that a
+    /// module the compiler refuses (e.g. one using exception handling) still runs.
+    interp_config: Config,
 }
 
 /// A parsed and validated module, ready to instantiate any number of times.
@@ -182,8 +189,20 @@ pub struct Instance {
 
 impl Engine {
     pub fn new(options: Options) -> Result<Engine, EngineError> {
+        // WasmEdge logs to the process's stderr, which in a container process is the
+        // container's own stderr; errors reach the user through our results instead.
+        wasmedge_sys::utils::log_off();
         let config = options.config()?;
-        Ok(Engine { options, config })
+        let mut interp_config = options.config()?;
+        interp_config.exception_handling(true);
+        interp_config.threads(true);
+        interp_config.tail_call(true);
+        interp_config.function_references(true);
+        Ok(Engine {
+            options,
+            config,
+            interp_config,
+        })
     }
 
     pub fn options(&self) -> &Options {
@@ -192,10 +211,11 @@ impl Engine {
 
     /// AOT-compiles the module at `wasm` into a native shared library at `out`.
     pub fn compile(&self, wasm: &Path, out: &Path) -> Result<(), EngineError> {
-        let compiler = Compiler::create(Some(&self.config)).map_err(|source| EngineError::Create {
-            what: "compiler",
-            source,
-        })?;
+        let compiler =
+            Compiler::create(Some(&self.config)).map_err(|source| EngineError::Create {
+                what: "compiler",
+                source,
+            })?;
         let bytes = std::fs::read(wasm).map_err(|e| EngineError::Compile {
             path: wasm.to_owned(),
             source: Box::new(WasmEdgeError::Operation(e.to_string())),
@@ -211,11 +231,17 @@ impl Engine {
     /// Parses and validates Wasm bytes for the interpreter. `path` only names the module in
     /// errors.
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Loaded, EngineError> {
-        let loader = self.loader()?;
-        let module = loader.from_bytes(bytes).map_err(|source| EngineError::Load {
-            path: path.to_owned(),
-            source,
-        })?;
+        let loader =
+            Loader::create(Some(&self.interp_config)).map_err(|source| EngineError::Create {
+                what: "loader",
+                source,
+            })?;
+        let module = loader
+            .from_bytes(bytes)
+            .map_err(|source| EngineError::Load {
+                path: path.to_owned(),
+                source,
+            })?;
         self.validated(module, path, Tier::Interpreter)
     }
 
@@ -237,15 +263,24 @@ impl Engine {
         })
     }
 
+    fn config_for(&self, tier: Tier) -> &Config {
+        match tier {
+            Tier::Interpreter => &self.interp_config,
+            Tier::Native => &self.config,
+        }
+    }
+
     fn validated(
         &self,
         module: std::sync::Arc<Module>,
         path: &Path,
         tier: Tier,
     ) -> Result<Loaded, EngineError> {
-        let validator = Validator::create(Some(&self.config)).map_err(|source| EngineError::Create {
-            what: "validator",
-            source,
+        let validator = Validator::create(Some(self.config_for(tier))).map_err(|source| {
+            EngineError::Create {
+                what: "validator",
+                source,
+            }
         })?;
         validator
             .validate(&module)
@@ -280,7 +315,8 @@ impl Engine {
         )
         .map_err(inst_err)?;
         let mut store = Store::create().map_err(inst_err)?;
-        let mut executor = Executor::create(Some(&self.config), None).map_err(inst_err)?;
+        let mut executor =
+            Executor::create(Some(self.config_for(loaded.tier)), None).map_err(inst_err)?;
         executor
             .register_import_module(&mut store, wasi.as_ref())
             .map_err(inst_err)?;
@@ -325,6 +361,32 @@ impl Instance {
             },
         }
     }
+}
+
+/// Name of the AOT output format, part of the cache fingerprint: a native shared library
+/// as WasmEdge 0.14 writes and loads it.
+pub const AOT_FORMAT: &str = "wasmedge-native-so";
+/// Bumped whenever how this crate produces artifacts changes.
+pub const AOT_FORMAT_VERSION: u32 = 1;
+
+/// The target triple native code is compiled for.
+pub fn target() -> String {
+    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+}
+
+/// The host CPU's feature flags: WasmEdge compiles for the host CPU, so an artifact made
+/// on one CPU must never be loaded on a node whose CPU lacks a feature it uses.
+pub fn cpu_features() -> Vec<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mut flags: Vec<String> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags") || l.starts_with("Features"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    flags.sort();
+    flags.dedup();
+    flags
 }
 
 /// Whether `bytes` start like a core Wasm module (magic and version 1).

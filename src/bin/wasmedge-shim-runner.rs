@@ -7,8 +7,40 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Instant;
 
+use wasmedge_aot_cache::{BoxError, Cache, CacheConfig, Compiler, Fingerprint};
 use wasmedge_aot_engine::{Engine, Loaded, Options, Outcome, WasiPlan};
+use wasmedge_aot_shim::aot;
+use wasmedge_aot_shim::config::Config;
 use wasmedge_aot_shim::zygote::{self, CodeSource, ContainerFds, Report, SpawnRequest, Timings};
+
+/// Everything a container process inherits from the runner, set up once before any fork.
+struct Runner {
+    engine: Engine,
+    config: Config,
+    cache: Result<Cache, String>,
+    fingerprint: Fingerprint,
+}
+
+/// WasmEdge's AOT compiler behind the cache's [`Compiler`] seam.
+struct WasmEdgeCompiler<'a>(&'a Engine);
+
+impl Compiler for WasmEdgeCompiler<'_> {
+    fn compile(&self, module: &Path, out: &Path) -> Result<(), BoxError> {
+        Ok(self.0.compile(module, out)?)
+    }
+}
+
+/// The cache key's view of this engine: everything that changes the compiled code.
+fn fingerprint(engine: &Engine) -> Fingerprint {
+    Fingerprint {
+        engine: "wasmedge".into(),
+        engine_version: wasmedge_aot_engine::WASMEDGE_VERSION.into(),
+        aot_format_version: wasmedge_aot_engine::AOT_FORMAT_VERSION,
+        target: wasmedge_aot_engine::target(),
+        options: engine.options().fingerprint_options(),
+        cpu_features: wasmedge_aot_engine::cpu_features(),
+    }
+}
 
 /// The smallest WASI command: an empty `_start`. Running it once before serving makes the
 /// runner touch WasmEdge's lazily initialised state, so children share it instead of each
@@ -22,7 +54,15 @@ const WARM_UP_MODULE: &[u8] = &[
 ];
 
 fn main() {
-    let engine = match Engine::new(Options::default()) {
+    let config = Config::load().unwrap_or_else(|e| {
+        eprintln!("wasmedge-shim-runner: {e}; using the defaults");
+        Config::default()
+    });
+    let options = Options {
+        opt_level: config.opt_level,
+        ..Options::default()
+    };
+    let engine = match Engine::new(options) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("wasmedge-shim-runner: {e}");
@@ -30,10 +70,26 @@ fn main() {
         }
     };
     warm_up(&engine);
+    let mut cache_config = CacheConfig::new(&config.cache_dir);
+    cache_config.max_size = (config.cache_max_bytes > 0).then_some(config.cache_max_bytes);
+    cache_config.max_concurrent_compiles = config.max_concurrent_compiles;
+    // Container starts check an artifact's identity against its record; full digests are
+    // for `wasmedge-shimctl verify` (see ARCHITECTURE.md, "Integrity").
+    cache_config.verify_on_first_use = false;
+    let cache = Cache::open(cache_config).map_err(|e| e.to_string());
+    if let Err(e) = &cache {
+        eprintln!("wasmedge-shim-runner: aot cache unusable, modules run in the interpreter: {e}");
+    }
+    let runner = Runner {
+        fingerprint: fingerprint(&engine),
+        engine,
+        config,
+        cache,
+    };
     // SAFETY: the shim starts us with our end of the request socket as fd 0, and nothing
     // else in this process owns fd 0.
     let sock = unsafe { OwnedFd::from_raw_fd(0) };
-    zygote::serve(sock, |req, fds| container_main(&engine, req, fds))
+    zygote::serve(sock, |req, fds| container_main(&runner, req, fds))
 }
 
 fn warm_up(engine: &Engine) {
@@ -55,14 +111,17 @@ fn warm_up(engine: &Engine) {
 }
 
 /// Runs in the container process; returns its exit code.
-fn container_main(engine: &Engine, req: SpawnRequest, fds: ContainerFds) -> i32 {
+fn container_main(runner: &Runner, req: SpawnRequest, fds: ContainerFds) -> i32 {
     let pid = std::process::id() as i32;
     let control = fds.control;
-    match prepare(engine, &req, fds.stdin, fds.stdout, fds.stderr) {
-        Ok((instance, timings)) => {
-            if zygote::report(&control, &Report::Ready { pid, timings }).is_err()
-                || !zygote::wait_for_start(&control)
-            {
+    match prepare(runner, &req, fds.stdin, fds.stdout, fds.stderr) {
+        Ok((instance, timings, warning)) => {
+            let ready = Report::Ready {
+                pid,
+                timings,
+                warning,
+            };
+            if zygote::report(&control, &ready).is_err() || !zygote::wait_for_start(&control) {
                 // The shim gave up on this container before starting it.
                 return 0;
             }
@@ -71,7 +130,13 @@ fn container_main(engine: &Engine, req: SpawnRequest, fds: ContainerFds) -> i32 
                 Outcome::Exited(code) => code,
                 trapped @ Outcome::Trapped(_) => {
                     if let Outcome::Trapped(msg) = &trapped {
-                        eprintln!("wasm trap in {}: {msg}", req.plan.module.display());
+                        let name = req
+                            .plan
+                            .args
+                            .first()
+                            .map(String::as_str)
+                            .unwrap_or("module");
+                        eprintln!("wasm trap in {name}: {msg}");
                     }
                     trapped.exit_code()
                 }
@@ -84,13 +149,52 @@ fn container_main(engine: &Engine, req: SpawnRequest, fds: ContainerFds) -> i32 
     }
 }
 
+/// Forks a detached process that compiles `module` into the cache (tiered policy). It is
+/// re-parented to the shim, outside the container's cgroup, and the container does not wait.
+fn compile_in_background(runner: &Runner, module: &Path) {
+    let Ok(cache) = &runner.cache else { return };
+    // SAFETY: the container process is single-threaded (forked from the single-threaded
+    // runner), so the children may run arbitrary code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: as above.
+            if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
+                let _ = nix::unistd::setsid();
+                let code = match cache.get_or_compile(
+                    module,
+                    &runner.fingerprint,
+                    &WasmEdgeCompiler(&runner.engine),
+                ) {
+                    Ok(_) => 0,
+                    Err(e) => {
+                        eprintln!("background aot compile of {}: {e}", module.display());
+                        1
+                    }
+                };
+                let _ = cache.flush_stats();
+                // SAFETY: _exit: this process owns nothing that needs flushing at exit.
+                unsafe { libc::_exit(code) }
+            }
+            // SAFETY: the middle process only exists to re-parent the compiler.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+        Err(e) => eprintln!("fork background compile: {e}"),
+    }
+}
+
+type Prepared = (wasmedge_aot_engine::Instance, Timings, Option<String>);
+
 fn prepare(
-    engine: &Engine,
+    runner: &Runner,
     req: &SpawnRequest,
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
-) -> Result<(wasmedge_aot_engine::Instance, Timings), String> {
+) -> Result<Prepared, String> {
+    let engine = &runner.engine;
     let plan = &req.plan;
     // Own session: a signal for the process group reaches nothing outside the container.
     let _ = nix::unistd::setsid();
@@ -101,6 +205,24 @@ fn prepare(
             return Err(format!("dup2 stdio: {}", std::io::Error::last_os_error()));
         }
     }
+    // Before joining the cgroup: a compile is the node's cost, not the pod's.
+    let module_bytes = std::fs::metadata(&plan.module)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let policy = runner.config.effective_policy(req.policy, module_bytes);
+    let resolved = aot::resolve(
+        runner.cache.as_ref().map_err(String::as_str),
+        &plan.module,
+        &runner.fingerprint,
+        policy,
+        &WasmEdgeCompiler(engine),
+        || compile_in_background(runner, &plan.module),
+    );
+    if let Ok(cache) = &runner.cache {
+        let _ = cache.flush_stats();
+    }
+    let mut warning = resolved.warning.clone();
+
     if let Some(path) = &plan.cgroups_path {
         wasmedge_aot_shim::cgroup::join(path, std::process::id())
             .map_err(|e| format!("join cgroup {path}: {e}"))?;
@@ -112,15 +234,23 @@ fn prepare(
     }
 
     let started = Instant::now();
-    let loaded: Loaded = match &req.code {
-        CodeSource::Interpreter => {
-            let bytes = std::fs::read(&plan.module)
-                .map_err(|e| format!("read {}: {e}", plan.module.display()))?;
-            engine.load_bytes(&plan.module, &bytes)
-        }
-        CodeSource::Native(so) => engine.load_native(so),
-    }
-    .map_err(|e| e.to_string())?;
+    let interpret = || -> Result<Loaded, String> {
+        let bytes = std::fs::read(&plan.module)
+            .map_err(|e| format!("read {}: {e}", plan.module.display()))?;
+        engine
+            .load_bytes(&plan.module, &bytes)
+            .map_err(|e| e.to_string())
+    };
+    let loaded: Loaded = match &resolved.code {
+        CodeSource::Interpreter => interpret()?,
+        CodeSource::Native(so) => match engine.load_native(so) {
+            Ok(l) => l,
+            Err(e) => {
+                warning = Some(format!("{e}; running it in the interpreter"));
+                interpret()?
+            }
+        },
+    };
     let load_us = started.elapsed().as_micros() as u64;
 
     let started = Instant::now();
@@ -129,13 +259,20 @@ fn prepare(
         env: plan.env.clone(),
         preopens: plan.preopens.iter().map(|p| p.to_wasmedge()).collect(),
     };
-    let instance = engine.instantiate(&loaded, &wasi).map_err(|e| e.to_string())?;
+    let instance = engine
+        .instantiate(&loaded, &wasi)
+        .map_err(|e| e.to_string())?;
     Ok((
         instance,
         Timings {
+            hash_us: resolved.hash.as_micros() as u64,
+            lookup_us: resolved.lookup.as_micros() as u64,
+            compile_us: resolved.compile.as_micros() as u64,
             load_us,
             instantiate_us: started.elapsed().as_micros() as u64,
             tier: format!("{:?}", loaded.tier()).to_lowercase(),
+            cache: resolved.outcome.to_string(),
         },
+        warning,
     ))
 }

@@ -1,0 +1,185 @@
+//! Node configuration of the shim: where the AOT cache lives and when modules are compiled.
+//!
+//! Read from the TOML file named by `WASMEDGE_AOT_SHIM_CONFIG`, else
+//! [`DEFAULT_CONFIG_PATH`]; a missing file means the defaults. Every shim process on a node
+//! reads the same file, so they share one cache. A pod may override the compile policy with
+//! the [`POLICY_ANNOTATION`] annotation.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_ENV: &str = "WASMEDGE_AOT_SHIM_CONFIG";
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/wasmedge-aot-shim/config.toml";
+pub const DEFAULT_CACHE_DIR: &str = "/var/lib/wasmedge-aot-shim/cache";
+/// Per-pod (or per-container) override of [`Config::compile_policy`].
+pub const POLICY_ANNOTATION: &str = "wasmedge-aot-shim.io/compile-policy";
+
+/// When a module that is not in the cache gets compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Compile before the first start; every start runs native code.
+    Sync,
+    /// Start at once in the interpreter and compile in the background; later starts run
+    /// native code.
+    Tiered,
+    /// Compile synchronously when the module is at most [`Config::sync_max_module_bytes`],
+    /// else tiered: a small module compiles in well under a second, a large one can take
+    /// minutes that no pod should wait for.
+    #[default]
+    Auto,
+    /// Interpreter only; the cache is not touched.
+    Off,
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sync" => Ok(Policy::Sync),
+            "tiered" => Ok(Policy::Tiered),
+            "auto" => Ok(Policy::Auto),
+            "off" => Ok(Policy::Off),
+            other => Err(format!(
+                "unknown compile policy {other:?} (expected sync, tiered, auto or off)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Root of the node-wide AOT cache.
+    pub cache_dir: PathBuf,
+    pub compile_policy: Policy,
+    /// Largest module compiled synchronously under [`Policy::Auto`].
+    pub sync_max_module_bytes: u64,
+    /// Size cap of the cache in bytes (least recently used entries are evicted); 0 = none.
+    pub cache_max_bytes: u64,
+    /// Most compiles at once on the node (they can take gigabytes each).
+    pub max_concurrent_compiles: usize,
+    /// LLVM optimization level of AOT compiles, 0..=3.
+    pub opt_level: u8,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
+            compile_policy: Policy::Auto,
+            sync_max_module_bytes: 4 << 20,
+            cache_max_bytes: 0,
+            max_concurrent_compiles: 1,
+            opt_level: 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parse config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// The path the shim reads its configuration from.
+    pub fn path() -> PathBuf {
+        std::env::var_os(CONFIG_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+    }
+
+    /// Loads [`Config::path`]; a missing file gives the defaults.
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::load_from(&Self::path())
+    }
+
+    pub fn load_from(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text).map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        if c.opt_level > 3 {
+            return Err(format!("opt_level {} is not in 0..=3", c.opt_level));
+        }
+        Ok(c)
+    }
+
+    /// The policy for one module, after a pod's annotation override and `auto`.
+    pub fn effective_policy(&self, annotation: Option<Policy>, module_bytes: u64) -> Policy {
+        match annotation.unwrap_or(self.compile_policy) {
+            Policy::Auto if module_bytes <= self.sync_max_module_bytes => Policy::Sync,
+            Policy::Auto => Policy::Tiered,
+            p => p,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults_and_fields_parse() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        let c = Config::parse(
+            "cache_dir = \"/tmp/c\"\ncompile_policy = \"tiered\"\ncache_max_bytes = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(c.cache_dir, PathBuf::from("/tmp/c"));
+        assert_eq!(c.compile_policy, Policy::Tiered);
+        assert_eq!(c.cache_max_bytes, 1000);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_errors_that_say_what() {
+        let e = Config::parse("cache_dri = \"/x\"").unwrap_err();
+        assert!(e.contains("cache_dri"), "{e}");
+        let e = Config::parse("compile_policy = \"fast\"").unwrap_err();
+        assert!(e.contains("fast"), "{e}");
+        let e = Config::parse("opt_level = 7").unwrap_err();
+        assert!(e.contains("opt_level 7"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_defaults_but_unreadable_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Config::load_from(&dir.path().join("none.toml")).unwrap(),
+            Config::default()
+        );
+        let e = Config::load_from(dir.path()).unwrap_err();
+        assert!(e.to_string().starts_with("read config"), "{e}");
+    }
+
+    #[test]
+    fn auto_compiles_small_modules_synchronously_and_large_ones_tiered() {
+        let c = Config::default();
+        assert_eq!(c.effective_policy(None, 100_000), Policy::Sync);
+        assert_eq!(c.effective_policy(None, 100 << 20), Policy::Tiered);
+        assert_eq!(c.effective_policy(Some(Policy::Off), 10), Policy::Off);
+        assert_eq!(
+            c.effective_policy(Some(Policy::Sync), 100 << 20),
+            Policy::Sync
+        );
+        assert_eq!("TIERED".parse::<Policy>(), Ok(Policy::Tiered));
+    }
+}
