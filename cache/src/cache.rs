@@ -292,7 +292,10 @@ impl Cache {
 
     fn lookup_inner(&self, key: &Key) -> Result<Option<Artifact>> {
         match self.check_entry(key, false) {
-            Check::Valid(a) => Ok(Some(*a)),
+            Check::Valid(a) => {
+                self.touch(key);
+                Ok(Some(*a))
+            }
             Check::Missing => Ok(None),
             Check::Invalid(reason) => {
                 let lock_path = self.layout.key_lock(key);
@@ -344,6 +347,13 @@ impl Cache {
     /// Checks one entry. `full` forces the digest check regardless of the policy.
     pub(crate) fn check_entry(&self, key: &Key, full: bool) -> Check {
         let dir = self.layout.entry_dir(key);
+        let shard = dir.parent().expect("entry has a shard");
+        match fs::symlink_metadata(shard) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Check::Missing,
+            Ok(m) if m.is_dir() => {}
+            // Never followed; publish replaces it with a real directory.
+            _ => return Check::Missing,
+        }
         match fs::symlink_metadata(&dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Check::Missing,
             Err(e) => return Check::Invalid(format!("cannot inspect {}: {e}", dir.display())),
@@ -420,7 +430,6 @@ impl Cache {
                 .expect("verified lock")
                 .insert(*key, id);
         }
-        self.touch(&meta_file);
         Check::Valid(Box::new(Artifact {
             key: *key,
             path,
@@ -433,9 +442,14 @@ impl Cache {
     }
 
     /// Records a use: the mtime of `meta` is the entry's last-used time, refreshed at most once
-    /// per [`TOUCH_INTERVAL`] so most hits write nothing.
-    fn touch(&self, meta: &File) {
+    /// per [`TOUCH_INTERVAL`] so most hits write nothing. Best effort: a lost touch only makes
+    /// the entry look older to eviction.
+    fn touch(&self, key: &Key) {
         let now = self.cfg.clock.now();
+        let Ok(meta) = open_nofollow(&self.layout.entry_dir(key).join(crate::layout::META_FILE))
+        else {
+            return;
+        };
         let Ok(m) = meta.metadata() else { return };
         let Ok(last) = m.modified() else { return };
         let stale = match now.duration_since(last) {
@@ -487,6 +501,7 @@ impl Cache {
         let start = Instant::now();
         self.remove_if_invalid_locked(&key)?;
         if let Check::Valid(a) = self.check_entry(&key, false) {
+            self.touch(&key);
             t.lookup += start.elapsed();
             self.deltas.add(stats::HITS, 1);
             self.maybe_flush();
@@ -512,13 +527,24 @@ impl Cache {
         let (stage, guard) = self.new_staging(&key)?;
         let out = stage.join(kind.file_name());
         let start = Instant::now();
-        compiler
-            .compile(module, &out)
-            .map_err(|source| Error::Compile {
-                module: module.to_owned(),
-                key,
-                source,
-            })?;
+        compiler.compile(module, &out).map_err(|source| {
+            match source.downcast::<io::Error>() {
+                // Out of space in the cache: say so plainly, naming the file being written.
+                Ok(e) if crate::error::is_no_space(&e) => {
+                    Error::io("compiling into", &out, Some(key), *e)
+                }
+                Ok(e) => Error::Compile {
+                    module: module.to_owned(),
+                    key,
+                    source: e,
+                },
+                Err(source) => Error::Compile {
+                    module: module.to_owned(),
+                    key,
+                    source,
+                },
+            }
+        })?;
         t.compile = start.elapsed();
         drop(slot);
         // The compiler read the file by path after we hashed it: make sure it compiled what the
@@ -645,9 +671,17 @@ impl Cache {
 
         let dir = self.layout.entry_dir(key);
         let shard = dir.parent().expect("entry has a shard").to_owned();
-        if !shard.exists() {
-            fsutil::mkdir(&shard).ctx("create shard", &shard, k)?;
-            sync_dir(&self.layout.entries()).ctx("sync directory", &self.layout.entries(), k)?;
+        match fs::symlink_metadata(&shard) {
+            Ok(m) if m.is_dir() => {}
+            other => {
+                if other.is_ok() {
+                    // A symlink or file where a shard should be: never publish through it.
+                    fs::remove_file(&shard).ctx("remove bad shard", &shard, k)?;
+                }
+                fsutil::mkdir(&shard).ctx("create shard", &shard, k)?;
+                let entries = self.layout.entries();
+                sync_dir(&entries).ctx("sync directory", &entries, k)?;
+            }
         }
         if let Err(e) = fs::rename(stage, &dir) {
             // We hold the key lock and found no valid entry, so whatever is there is debris

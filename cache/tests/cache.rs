@@ -347,7 +347,7 @@ fn untrusted_roots_are_clear_errors() {
         );
         std::os::unix::fs::chown(&f.root, Some(0), None).unwrap();
     } else {
-        println!("skipping the wrong-owner case: needs root to chown");
+        eprintln!("skipping the wrong-owner case: needs root to chown");
     }
 
     let link = f.root.with_file_name("link");
@@ -562,7 +562,7 @@ fn full_disk_is_a_clear_error_and_leaves_a_consistent_cache() {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        println!("skipping full-disk test: cannot mount a tmpfs (needs root or CAP_SYS_ADMIN)");
+        eprintln!("skipping full-disk test: cannot mount a tmpfs (needs root or CAP_SYS_ADMIN)");
         return;
     }
     let _mount = Mount(mnt.clone());
@@ -591,7 +591,15 @@ fn full_disk_is_a_clear_error_and_leaves_a_consistent_cache() {
     let m = write_module(modules.path(), "b", b"b");
     let e = cache.get_or_compile(&m, &fingerprint(), &huge).unwrap_err();
     assert!(e.is_no_space(), "{e}");
-    assert!(e.to_string().contains("No space left on device"), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("no space left on device (ENOSPC) while compiling into "),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("No space left on device (os error 28)"),
+        "{msg}"
+    );
 
     // 2. The compiler succeeds, then the disk fills before the record is written.
     let filler = mnt.join("filler");
