@@ -69,7 +69,7 @@ impl Default for Config {
         Config {
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
             compile_policy: Policy::Auto,
-            sync_max_module_bytes: 4 << 20,
+            sync_max_module_bytes: 1 << 20,
             cache_max_bytes: 0,
             max_concurrent_compiles: 1,
             opt_level: 2,
@@ -174,6 +174,8 @@ mod tests {
     fn auto_compiles_small_modules_synchronously_and_large_ones_tiered() {
         let c = Config::default();
         assert_eq!(c.effective_policy(None, 100_000), Policy::Sync);
+        assert_eq!(c.effective_policy(None, 1 << 20), Policy::Sync);
+        assert_eq!(c.effective_policy(None, (1 << 20) + 1), Policy::Tiered);
         assert_eq!(c.effective_policy(None, 100 << 20), Policy::Tiered);
         assert_eq!(c.effective_policy(Some(Policy::Off), 10), Policy::Off);
         assert_eq!(

@@ -37,9 +37,16 @@ pub struct StdioPaths {
     pub stderr: String,
 }
 
+/// The annotation CRI puts on a pod's sandbox ("pause") container.
+const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+
 #[derive(Debug)]
 pub struct Container {
     pub id: String,
+    /// A pod sandbox: it runs nothing. CRI only needs a task that lives as long as the pod;
+    /// the pod's network namespace is made by CRI and joined by each Wasm container, so no
+    /// pause process is needed. Its pid is the shim's own.
+    pub sandbox: bool,
     pub bundle: PathBuf,
     pub stdio: StdioPaths,
     pub pid: i32,
@@ -71,8 +78,14 @@ impl Container {
                 .map(|r| r.path().clone())
                 .unwrap_or_else(|| "rootfs".into()),
         );
+        let sandbox = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION))
+            .is_some_and(|t| t == "sandbox");
         let mut c = Container {
             id: id.clone(),
+            sandbox,
             bundle,
             stdio: StdioPaths {
                 stdin: req.stdin.clone(),
@@ -87,6 +100,10 @@ impl Container {
             status: watch::channel(Status::Created).0,
             cleaned: Mutex::new(false),
         };
+        if sandbox {
+            c.pid = std::process::id() as i32;
+            return Ok(c);
+        }
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs).map_err(ShimError::io(format!(
                 "create rootfs dir {}",
@@ -230,6 +247,9 @@ impl Container {
 
     /// Lets the module run.
     pub async fn start(&self) -> Result<(), ShimError> {
+        if self.sandbox {
+            return self.set_running();
+        }
         let mut control = self.control.lock().await;
         let Some(stream) = control.as_mut() else {
             return Err(self.precondition("already started"));
@@ -242,6 +262,10 @@ impl Container {
             .await
             .map_err(ShimError::io(format!("start container {}", self.id)))?;
         *control = None;
+        self.set_running()
+    }
+
+    fn set_running(&self) -> Result<(), ShimError> {
         self.status.send_if_modified(|s| {
             if *s == Status::Created {
                 *s = Status::Running;
@@ -293,6 +317,14 @@ impl Container {
         }
         let sig = nix::sys::signal::Signal::try_from(signal as i32)
             .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
+        if self.sandbox {
+            // Nothing runs; any terminating signal ends the sandbox as it would end a pause
+            // process. The caller publishes the exit.
+            if !matches!(sig, nix::sys::signal::Signal::SIGCHLD | nix::sys::signal::Signal::SIGWINCH) {
+                self.set_exited(128 + signal as i32);
+            }
+            return Ok(());
+        }
         // The container process leads its own session, so `all` reaches anything it forked.
         let target = if all { -self.pid } else { self.pid };
         match nix::sys::signal::kill(nix::unistd::Pid::from_raw(target), sig) {
@@ -306,7 +338,9 @@ impl Container {
 
     /// Kills a container that never ran (containerd deletes created tasks without start).
     pub async fn discard(&self) {
-        if self.status() == Status::Created {
+        if self.sandbox {
+            self.set_exited(128 + libc::SIGKILL);
+        } else if self.status() == Status::Created {
             *self.control.lock().await = None;
             let _ = self.kill(libc::SIGKILL as u32, false);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.wait()).await;

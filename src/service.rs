@@ -73,10 +73,15 @@ impl Shim for WasmEdgeShim {
         let bundle = std::env::current_dir().unwrap_or_default();
         if let Ok(pid) = std::fs::read_to_string(bundle.join(PID_FILE)) {
             if let Ok(pid) = pid.trim().parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                // The file outlives the process if the shim died; make sure the pid still
+                // names a container process before killing it.
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                if exe.file_name().is_some_and(|n| n == RUNNER_BINARY) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
             }
         }
         let rootfs = bundle.join("rootfs");
@@ -184,25 +189,34 @@ impl Inner {
             .find(|c| c.pid == pid)
             .cloned();
         let Some(c) = container else {
-            self.unclaimed_exits
+            let mut unclaimed = self
+                .unclaimed_exits
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(pid, code);
+                .unwrap_or_else(|p| p.into_inner());
+            // Background compiles are re-parented to the shim too; their exits are noise.
+            if unclaimed.len() > 256 {
+                unclaimed.clear();
+            }
+            unclaimed.insert(pid, code);
             return;
         };
         if c.set_exited(code) {
             debug!("container {} (pid {pid}) exited with {code}", c.id);
-            if let Status::Stopped { at, .. } = c.status() {
-                let ev = TaskExit {
-                    container_id: c.id.clone(),
-                    id: c.id.clone(),
-                    pid: pid as u32,
-                    exit_status: code as u32,
-                    exited_at: Some(convert_to_timestamp(Some(at))).into(),
-                    ..Default::default()
-                };
-                self.publish(TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
-            }
+            self.publish_exit(&c).await;
+        }
+    }
+
+    async fn publish_exit(&self, c: &Container) {
+        if let Status::Stopped { code, at } = c.status() {
+            let ev = TaskExit {
+                container_id: c.id.clone(),
+                id: c.id.clone(),
+                pid: c.pid as u32,
+                exit_status: code as u32,
+                exited_at: timestamp(at),
+                ..Default::default()
+            };
+            self.publish(TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
         }
     }
 }
@@ -278,7 +292,9 @@ impl Task for TaskService {
             }
         };
         let pid = container.pid;
-        let _ = std::fs::write(Path::new(&req.bundle).join(PID_FILE), pid.to_string());
+        if !container.sandbox {
+            let _ = std::fs::write(Path::new(&req.bundle).join(PID_FILE), pid.to_string());
+        }
         inner
             .containers
             .lock()
@@ -386,7 +402,11 @@ impl Task for TaskService {
             return Err(ShimError::Unsupported("exec").into());
         }
         let c = self.inner.get(&req.id)?;
+        let was_stopped = matches!(c.status(), Status::Stopped { .. });
         c.kill(req.signal, req.all)?;
+        if c.sandbox && !was_stopped && matches!(c.status(), Status::Stopped { .. }) {
+            self.inner.publish_exit(&c).await;
+        }
         Ok(api::Empty::new())
     }
 
@@ -408,6 +428,7 @@ impl Task for TaskService {
         }
         c.discard().await;
         c.cleanup();
+        let _ = std::fs::remove_file(c.bundle.join(PID_FILE));
         let (code, at) = match c.status() {
             Status::Stopped { code, at } => (code, at),
             _ => (128 + libc::SIGKILL, OffsetDateTime::now_utc()),
