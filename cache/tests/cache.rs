@@ -635,3 +635,39 @@ fn full_disk_is_a_clear_error_and_leaves_a_consistent_cache() {
     assert_eq!(r.outcome, Outcome::Compiled);
     drop(cache);
 }
+
+#[test]
+fn shard_replaced_by_symlink_is_never_followed() {
+    let f = fixture();
+    let c = FakeCompiler::logging(&f.log);
+    let m = f.module("a.wasm");
+    let a = f
+        .open()
+        .get_or_compile(&m, &fingerprint(), &c)
+        .unwrap()
+        .artifact;
+    let shard = entry_dir(&f.root, &a.key).parent().unwrap().to_owned();
+    let keep = tempfile::tempdir().unwrap();
+    let decoy = keep.path().join("shard");
+    Command::new("cp")
+        .arg("-a")
+        .arg(&shard)
+        .arg(&decoy)
+        .status()
+        .unwrap();
+    fs::rename(&shard, keep.path().join("moved")).unwrap();
+    symlink(&decoy, &shard).unwrap();
+    let cache = f.open();
+    assert!(cache.lookup(&a.key).unwrap().is_none());
+    let r = cache.get_or_compile(&m, &fingerprint(), &c).unwrap();
+    assert_eq!(r.outcome, Outcome::Compiled);
+    assert!(
+        fs::symlink_metadata(&shard).unwrap().is_dir(),
+        "symlink replaced by a directory"
+    );
+    let decoy_entry = decoy.join(a.key.to_hex());
+    assert!(
+        decoy_entry.join("meta").exists(),
+        "the symlink target must not be touched"
+    );
+}
