@@ -56,6 +56,7 @@ pub struct Container {
     cgroup: Option<String>,
     control: tokio::sync::Mutex<Option<tokio::net::UnixStream>>,
     status: watch::Sender<Status>,
+    started_at: Mutex<Option<Instant>>,
     cleaned: Mutex<bool>,
 }
 
@@ -98,6 +99,7 @@ impl Container {
             cgroup: None,
             control: tokio::sync::Mutex::new(None),
             status: watch::channel(Status::Created).0,
+            started_at: Mutex::new(None),
             cleaned: Mutex::new(false),
         };
         if sandbox {
@@ -265,7 +267,17 @@ impl Container {
         self.set_running()
     }
 
+    /// How long the module has run (until now, or until it exited if called on exit).
+    pub fn run_time(&self) -> std::time::Duration {
+        self.started_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
     fn set_running(&self) -> Result<(), ShimError> {
+        *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.status.send_if_modified(|s| {
             if *s == Status::Created {
                 *s = Status::Running;
@@ -320,7 +332,10 @@ impl Container {
         if self.sandbox {
             // Nothing runs; any terminating signal ends the sandbox as it would end a pause
             // process. The caller publishes the exit.
-            if !matches!(sig, nix::sys::signal::Signal::SIGCHLD | nix::sys::signal::Signal::SIGWINCH) {
+            if !matches!(
+                sig,
+                nix::sys::signal::Signal::SIGCHLD | nix::sys::signal::Signal::SIGWINCH
+            ) {
                 self.set_exited(128 + signal as i32);
             }
             return Ok(());

@@ -110,6 +110,9 @@ impl Shim for WasmEdgeShim {
                 publisher,
                 exit: self.exit.clone(),
                 unclaimed_exits: Mutex::new(HashMap::new()),
+                phases: crate::phases::file_for(
+                    &crate::config::Config::load().unwrap_or_default().cache_dir,
+                ),
             }),
         };
         service.watch_exits().await;
@@ -140,6 +143,8 @@ struct Inner {
     exit: Arc<ExitSignal>,
     /// Exits reaped before their container knew its pid (a process that dies during create).
     unclaimed_exits: Mutex<HashMap<i32, i32>>,
+    /// Node-wide per-phase totals, see [`crate::phases`].
+    phases: PathBuf,
 }
 
 impl Inner {
@@ -201,8 +206,19 @@ impl Inner {
             return;
         };
         if c.set_exited(code) {
-            debug!("container {} (pid {pid}) exited with {code}", c.id);
+            let run = c.run_time();
+            debug!(
+                "container {} (pid {pid}) exited with {code} after running {} µs",
+                c.id,
+                run.as_micros()
+            );
             self.publish_exit(&c).await;
+            let (path, timings) = (self.phases.clone(), c.timings.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = crate::phases::record(&path, &timings, run.as_micros() as u64) {
+                    debug!("record phase timings in {}: {e}", path.display());
+                }
+            });
         }
     }
 

@@ -389,6 +389,25 @@ pub fn cpu_features() -> Vec<String> {
     flags
 }
 
+/// The cache key's view of this engine: everything that changes the compiled code.
+pub fn fingerprint(engine: &Engine) -> wasmedge_aot_cache::Fingerprint {
+    wasmedge_aot_cache::Fingerprint {
+        engine: "wasmedge".into(),
+        engine_version: WASMEDGE_VERSION.into(),
+        aot_format_version: AOT_FORMAT_VERSION,
+        target: target(),
+        options: engine.options().fingerprint_options(),
+        cpu_features: cpu_features(),
+    }
+}
+
+/// WasmEdge's AOT compiler behind the cache's compiler seam.
+impl wasmedge_aot_cache::Compiler for Engine {
+    fn compile(&self, module: &Path, out: &Path) -> Result<(), wasmedge_aot_cache::BoxError> {
+        Ok(Engine::compile(self, module, out)?)
+    }
+}
+
 /// Whether `bytes` start like a core Wasm module (magic and version 1).
 pub fn looks_like_wasm(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]

@@ -7,8 +7,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Instant;
 
-use wasmedge_aot_cache::{BoxError, Cache, CacheConfig, Compiler, Fingerprint};
-use wasmedge_aot_engine::{Engine, Loaded, Options, Outcome, WasiPlan};
+use wasmedge_aot_cache::{Cache, CacheConfig, Fingerprint};
+use wasmedge_aot_engine::{fingerprint, Engine, Loaded, Options, Outcome, WasiPlan};
 use wasmedge_aot_shim::aot;
 use wasmedge_aot_shim::config::Config;
 use wasmedge_aot_shim::zygote::{self, CodeSource, ContainerFds, Report, SpawnRequest, Timings};
@@ -19,27 +19,6 @@ struct Runner {
     config: Config,
     cache: Result<Cache, String>,
     fingerprint: Fingerprint,
-}
-
-/// WasmEdge's AOT compiler behind the cache's [`Compiler`] seam.
-struct WasmEdgeCompiler<'a>(&'a Engine);
-
-impl Compiler for WasmEdgeCompiler<'_> {
-    fn compile(&self, module: &Path, out: &Path) -> Result<(), BoxError> {
-        Ok(self.0.compile(module, out)?)
-    }
-}
-
-/// The cache key's view of this engine: everything that changes the compiled code.
-fn fingerprint(engine: &Engine) -> Fingerprint {
-    Fingerprint {
-        engine: "wasmedge".into(),
-        engine_version: wasmedge_aot_engine::WASMEDGE_VERSION.into(),
-        aot_format_version: wasmedge_aot_engine::AOT_FORMAT_VERSION,
-        target: wasmedge_aot_engine::target(),
-        options: engine.options().fingerprint_options(),
-        cpu_features: wasmedge_aot_engine::cpu_features(),
-    }
 }
 
 /// The smallest WASI command: an empty `_start`. Running it once before serving makes the
@@ -160,11 +139,7 @@ fn compile_in_background(runner: &Runner, module: &Path) {
             // SAFETY: as above.
             if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
                 let _ = nix::unistd::setsid();
-                let code = match cache.get_or_compile(
-                    module,
-                    &runner.fingerprint,
-                    &WasmEdgeCompiler(&runner.engine),
-                ) {
+                let code = match cache.get_or_compile(module, &runner.fingerprint, &runner.engine) {
                     Ok(_) => 0,
                     Err(e) => {
                         eprintln!("background aot compile of {}: {e}", module.display());
@@ -215,7 +190,7 @@ fn prepare(
         &plan.module,
         &runner.fingerprint,
         policy,
-        &WasmEdgeCompiler(engine),
+        engine,
         || compile_in_background(runner, &plan.module),
     );
     if let Ok(cache) = &runner.cache {
