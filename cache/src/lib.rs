@@ -6,8 +6,8 @@ mod error;
 pub mod format;
 mod fsutil;
 mod key;
-pub mod layout;
-pub mod lock;
+mod layout;
+mod lock;
 mod maintenance;
 mod stats;
 
