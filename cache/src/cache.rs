@@ -335,7 +335,11 @@ impl Cache {
                 if let Some(shard) = dir.parent() {
                     let _ = sync_dir(shard);
                 }
-                fsutil::remove_any(&trash).ctx("remove entry", &trash, Some(*key))?;
+                // The entry is already gone from `entries/`; if deleting the trash fails (or races
+                // with another process's clean-up), `cleanup_temps` finishes it later.
+                if let Err(e) = fsutil::remove_any(&trash) {
+                    log::warn!("cannot remove {} of key {key}: {e}", trash.display());
+                }
             }
             // A symlink or stray file where an entry should be: unlink it, never follow it.
             _ => fs::remove_file(&dir).ctx("remove entry", &dir, Some(*key))?,
@@ -758,6 +762,16 @@ impl Cache {
 impl Drop for Cache {
     fn drop(&mut self) {
         self.flush_stats_logged();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cache_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Cache>();
+        assert_send_sync::<super::Artifact>();
     }
 }
 

@@ -53,6 +53,8 @@ pub struct CacheConfig {
     /// compile at high optimisation levels.
     pub lock_timeout: Duration,
     /// Most compiles running at once across all processes sharing `root`. Default: number of CPUs.
+    /// It is the number of slot lock files a process tries, so processes sharing a root should
+    /// agree on it; if they do not, the largest value is the effective bound.
     pub max_concurrent_compiles: usize,
     /// Check the full blake3 digest of an artifact the first time this process hands it out
     /// (default `true`). When `false`, the digest is only checked when the artifact's identity
