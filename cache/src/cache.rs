@@ -765,16 +765,6 @@ impl Drop for Cache {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cache_is_shareable_between_threads() {
-        fn assert_send_sync<T: Send + Sync>() {}
-        assert_send_sync::<super::Cache>();
-        assert_send_sync::<super::Artifact>();
-    }
-}
-
 /// blake3 of an open file through a read-only mapping (rayon above the threshold).
 pub(crate) fn hash_open_file(file: &File, len: u64) -> io::Result<ModuleHash> {
     if len == 0 {
@@ -786,4 +776,14 @@ pub(crate) fn hash_open_file(file: &File, len: u64) -> io::Result<ModuleHash> {
     // worst case is SIGBUS, not a wrong hash being trusted: identity is re-checked after hashing.
     let map = unsafe { Mmap::map(file)? };
     Ok(ModuleHash::of_bytes(&map))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cache_is_shareable_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Cache>();
+        assert_send_sync::<super::Artifact>();
+    }
 }
