@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod install;
 pub mod phases;
 pub mod service;
 pub mod spec;
