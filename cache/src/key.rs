@@ -35,11 +35,19 @@ pub const KEY_CONTEXT: &str = "wasmedge-aot-cache 2026-11-28 artifact key v1";
 pub const KEY_FORMAT_VERSION: u32 = 1;
 
 /// Module size from which hashing uses rayon (`Hasher::update_rayon`), chosen by measurement
-/// (`benches/cache.rs`, 2-core machine shared with concurrent builds, medians): single-threaded
-/// blake3 runs at 5.0-5.7 GiB/s up to 1 MiB and 3.3-3.9 GiB/s at 16-64 MiB; rayon loses below
-/// 1 MiB (1.9-2.5 GiB/s at 64 KiB, 3.8-4.4 GiB/s at 256 KiB, 4.8-5.0 GiB/s at 1 MiB) and only
-/// breaks even from 16 MiB (3.7-3.9 GiB/s). With two busy cores there is nothing to win below
-/// that; above it, larger nodes gain and this one loses nothing on average.
+/// (`benches/cache.rs`, two runs on a 2-core machine shared with concurrent builds, medians):
+///
+/// | size   | single GiB/s | rayon GiB/s |
+/// |--------|--------------|-------------|
+/// | 64 KiB | 5.7 - 5.7    | 2.5 - 2.5   |
+/// | 256 KiB| 4.2 - 5.3    | 3.8 - 3.9   |
+/// | 1 MiB  | 4.8 - 5.6    | 4.8 - 5.0   |
+/// | 16 MiB | 3.1 - 3.5    | 3.7 - 3.9   |
+/// | 64 MiB | 3.3 - 3.6    | 2.3 - 3.7   |
+///
+/// Rayon loses below 1 MiB, is a toss-up at 1 MiB and only wins (slightly) from 16 MiB: with
+/// two busy cores there is nothing to gain below that. Larger nodes would gain earlier, but the
+/// memo makes module hashing a once-per-file cost anyway.
 pub const RAYON_THRESHOLD: usize = 16 * 1024 * 1024;
 
 /// Everything about the engine that changes the compiled output, supplied by the caller.
