@@ -81,8 +81,8 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> InstallError
     move |source| InstallError::Io { context, source }
 }
 
-/// containerd config file versions we can edit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// containerd config file versions we can edit (serialized as the number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigVersion {
     /// `version = 2`, containerd 1.x.
     V2,
@@ -113,6 +113,12 @@ impl ConfigVersion {
             2 => Some(ConfigVersion::V3),
             _ => None,
         }
+    }
+}
+
+impl Serialize for ConfigVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.number())
     }
 }
 
@@ -1190,6 +1196,7 @@ root = "/var/lib/containerd"   # keep this comment
         assert!(r2.to_string().contains("nothing changed"), "{r2}");
         let json = serde_json::to_value(&r2).unwrap();
         assert_eq!(json["config"]["action"], "unchanged");
+        assert_eq!(json["config"]["version"], 2);
         assert_eq!(json["restart"], "not_needed");
         assert_eq!(json["changed"], false);
 

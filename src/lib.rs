@@ -2,9 +2,11 @@
 
 pub mod aot;
 pub mod cgroup;
+pub mod check;
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod logger;
 pub mod install;
 pub mod phases;
 pub mod service;
