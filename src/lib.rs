@@ -6,7 +6,6 @@ pub mod check;
 pub mod config;
 pub mod container;
 pub mod error;
-pub mod logger;
 pub mod install;
 pub mod phases;
 pub mod service;
