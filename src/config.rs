@@ -48,9 +48,25 @@ impl std::str::FromStr for Policy {
     }
 }
 
+/// Which containers share a shim process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Grouping {
+    /// One shim (and one runner) for every Wasm container of a containerd namespace on the
+    /// node: the runner's WasmEdge is linked and warmed once, so a container costs only its
+    /// own process. Modules still run in separate processes, so a module that traps, runs
+    /// out of memory or is killed takes down nothing else.
+    #[default]
+    Node,
+    /// One shim per pod (by the CRI sandbox-id annotation, else per container), as runc
+    /// does: a shim failure is confined to one pod, at ~10 MB and a runner start per pod.
+    Pod,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub grouping: Grouping,
     /// Root of the node-wide AOT cache.
     pub cache_dir: PathBuf,
     pub compile_policy: Policy,
@@ -67,6 +83,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            grouping: Grouping::Node,
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
             compile_policy: Policy::Auto,
             sync_max_module_bytes: 1 << 20,
@@ -147,6 +164,11 @@ mod tests {
         assert_eq!(c.cache_dir, PathBuf::from("/tmp/c"));
         assert_eq!(c.compile_policy, Policy::Tiered);
         assert_eq!(c.cache_max_bytes, 1000);
+        assert_eq!(c.grouping, Grouping::Node);
+        assert_eq!(
+            Config::parse("grouping = \"pod\"").unwrap().grouping,
+            Grouping::Pod
+        );
     }
 
     #[test]

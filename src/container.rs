@@ -160,6 +160,7 @@ impl Container {
         };
         check_wasm(&plan.module).map_err(|e| create_err("entrypoint")(&e))?;
 
+        let cgroup_started = Instant::now();
         if let Some(path) = &plan.cgroups_path {
             match crate::cgroup::create(path, spec) {
                 Ok(()) => self.cgroup = Some(path.clone()),
@@ -176,6 +177,7 @@ impl Container {
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(ShimError::io("control socketpair"))?;
 
+        let cgroup_us = cgroup_started.elapsed().as_micros();
         let started = Instant::now();
         let req = SpawnRequest {
             id: self.id.clone(),
@@ -219,13 +221,14 @@ impl Container {
                     warn!("container {}: {w}", self.id);
                 }
                 debug!(
-                    "container {}: create {} µs: hash {} µs, lookup {} µs, compile {} µs, \
-                     load {} µs, instantiate {} µs; cache {}, tier {}",
+                    "container {}: cgroup {cgroup_us} µs, stdio+spawn {} µs: hash {} µs, lookup {} µs, compile {} µs, \
+                     enter {} µs, load {} µs, instantiate {} µs; cache {}, tier {}",
                     self.id,
                     started.elapsed().as_micros(),
                     t.hash_us,
                     t.lookup_us,
                     t.compile_us,
+                    t.enter_us,
                     t.load_us,
                     t.instantiate_us,
                     t.cache,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod container;
 pub mod error;
 pub mod install;
+pub mod logger;
 pub mod phases;
 pub mod service;
 pub mod spec;

@@ -102,6 +102,7 @@ mod tests {
             hash_us: 1,
             lookup_us: 2,
             compile_us: 3,
+            enter_us: 0,
             load_us: 4,
             instantiate_us: 5,
             tier: tier.into(),

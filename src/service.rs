@@ -21,9 +21,13 @@ use containerd_shim::protos::ttrpc::context::Context;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::convert_to_timestamp;
-use containerd_shim::{Config, Flags, StartOpts, TtrpcResult};
+use containerd_shim::{Flags, StartOpts, TtrpcResult};
 use log::{debug, info, warn};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use time::OffsetDateTime;
+
+use crate::config::{Config, Grouping};
 
 use crate::container::{Container, Status};
 use crate::error::ShimError;
@@ -36,10 +40,22 @@ const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// Binary the shim forks containers from; found next to the shim binary.
 pub const RUNNER_BINARY: &str = "wasmedge-shim-runner";
 
+/// Grouping key of the node-wide shim; the socket address also hashes containerd's address
+/// and the namespace, so each namespace gets its own shim.
+const NODE_GROUP: &str = "wasmedge-node";
+/// How long an idle node-wide shim waits for new containers before it exits. Exiting at the
+/// instant the last task goes would race with a `start` that just found our socket alive.
+const NODE_IDLE_GRACE: Duration = Duration::from_secs(30);
+/// Where a node-wide shim keeps its working directory (it outlives the bundle it starts in).
+const STATE_ROOT: &str = "/run/wasmedge-aot-shim";
+
 /// The shim process: what containerd's `start` and `delete` commands and the daemon share.
 pub struct WasmEdgeShim {
     namespace: String,
     id: String,
+    socket: String,
+    debug: bool,
+    config: Config,
     exit: Arc<ExitSignal>,
 }
 
@@ -47,22 +63,28 @@ pub struct WasmEdgeShim {
 impl Shim for WasmEdgeShim {
     type T = TaskService;
 
-    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut containerd_shim::Config) -> Self {
         WasmEdgeShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
+            socket: args.socket.clone(),
+            debug: args.debug,
+            config: Config::load().unwrap_or_default(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
-        // `start` runs in the bundle: group the containers of one pod into one shim.
-        let grouping = read_spec(".")
-            .await
-            .ok()
-            .and_then(|spec| spec.annotations().clone())
-            .and_then(|a| a.get(SANDBOX_ID_ANNOTATION).cloned())
-            .unwrap_or_else(|| opts.id.clone());
+        // `start` runs in the bundle.
+        let grouping = match self.config.grouping {
+            Grouping::Node => NODE_GROUP.to_string(),
+            Grouping::Pod => read_spec(".")
+                .await
+                .ok()
+                .and_then(|spec| spec.annotations().clone())
+                .and_then(|a| a.get(SANDBOX_ID_ANNOTATION).cloned())
+                .unwrap_or_else(|| opts.id.clone()),
+        };
         let address = spawn(opts, &grouping, Vec::new()).await?;
         write_str_to_file("address", &address).await?;
         Ok(address)
@@ -102,17 +124,26 @@ impl Shim for WasmEdgeShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        if let Err(e) = crate::logger::init(Path::new("log"), self.debug) {
+            eprintln!("open shim log: {e}");
+        }
+        if self.config.grouping == Grouping::Node {
+            // The bundle we started in is deleted with its task; move out of it.
+            if let Err(e) = self.leave_bundle().await {
+                warn!("node shim: {e}");
+            }
+        }
         let service = TaskService {
             inner: Arc::new(Inner {
                 namespace: self.namespace.clone(),
                 containers: Mutex::new(HashMap::new()),
-                zygote: tokio::sync::OnceCell::new(),
+                zygote: tokio::sync::Mutex::new(None),
                 publisher,
                 exit: self.exit.clone(),
                 unclaimed_exits: Mutex::new(HashMap::new()),
-                phases: crate::phases::file_for(
-                    &crate::config::Config::load().unwrap_or_default().cache_dir,
-                ),
+                phases: crate::phases::file_for(&self.config.cache_dir),
+                grouping: self.config.grouping,
+                generation: AtomicU64::new(0),
             }),
         };
         service.watch_exits().await;
@@ -127,6 +158,27 @@ impl Shim for WasmEdgeShim {
     }
 }
 
+impl WasmEdgeShim {
+    /// Moves the daemon's working directory to a directory of its own, with the `address`
+    /// file the shim framework reads at exit to remove the socket.
+    async fn leave_bundle(&self) -> Result<(), ShimError> {
+        let name: String = self
+            .socket
+            .rsplit('/')
+            .next()
+            .unwrap_or("shim")
+            .chars()
+            .take(16)
+            .collect();
+        let dir = Path::new(STATE_ROOT).join(format!("{}-{name}", self.namespace));
+        std::fs::create_dir_all(&dir)
+            .map_err(ShimError::io(format!("create {}", dir.display())))?;
+        std::fs::write(dir.join("address"), &self.socket)
+            .map_err(ShimError::io(format!("write {}/address", dir.display())))?;
+        std::env::set_current_dir(&dir).map_err(ShimError::io(format!("chdir {}", dir.display())))
+    }
+}
+
 /// Pid of a container's process, kept in its bundle for [`Shim::delete_shim`].
 const PID_FILE: &str = "wasm.pid";
 
@@ -138,32 +190,43 @@ pub struct TaskService {
 struct Inner {
     namespace: String,
     containers: Mutex<HashMap<String, Arc<Container>>>,
-    zygote: tokio::sync::OnceCell<Arc<Zygote>>,
+    zygote: tokio::sync::Mutex<Option<Arc<Zygote>>>,
     publisher: RemotePublisher,
     exit: Arc<ExitSignal>,
     /// Exits reaped before their container knew its pid (a process that dies during create).
     unclaimed_exits: Mutex<HashMap<i32, i32>>,
     /// Node-wide per-phase totals, see [`crate::phases`].
     phases: PathBuf,
+    grouping: Grouping,
+    /// Bumped by every create; an idle node shim exits only if none came during its grace.
+    generation: AtomicU64,
 }
 
 impl Inner {
+    /// The runner, started on first use and again if it has died.
     async fn zygote(&self) -> Result<Arc<Zygote>, ShimError> {
-        self.zygote
-            .get_or_try_init(|| async {
-                let runner = runner_path();
-                let (reader, writer) =
-                    std::io::pipe().map_err(ShimError::io("runner stderr pipe"))?;
-                let z = Zygote::start(&runner, writer.into()).map_err(|e| ShimError::Io {
-                    context: "start the runner".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-                forward_lines(reader);
-                debug!("runner {} started as pid {}", runner.display(), z.pid());
-                Ok(Arc::new(z))
-            })
-            .await
-            .cloned()
+        let mut slot = self.zygote.lock().await;
+        if let Some(z) = slot.as_ref().filter(|z| z.is_alive()) {
+            return Ok(z.clone());
+        }
+        let runner = runner_path();
+        let (reader, writer) = std::io::pipe().map_err(ShimError::io("runner stderr pipe"))?;
+        let z = Zygote::start(&runner, writer.into()).map_err(|e| ShimError::Io {
+            context: "start the runner".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        forward_lines(reader);
+        debug!("runner {} started as pid {}", runner.display(), z.pid());
+        let z = Arc::new(z);
+        *slot = Some(z.clone());
+        Ok(z)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     fn get(&self, id: &str) -> Result<Arc<Container>, ShimError> {
@@ -299,11 +362,14 @@ impl Task for TaskService {
         if inner.get(&req.id).is_ok() {
             return Err(ShimError::AlreadyExists(req.id).into());
         }
+        inner.generation.fetch_add(1, Ordering::SeqCst);
+        crate::logger::attach_task(&req.id, Path::new(&req.bundle));
         let zygote = inner.zygote().await?;
         let container = match Container::create(&req, &zygote).await {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 warn!("create {}: {e}", req.id);
+                crate::logger::detach_task(&req.id);
                 return Err(e.into());
             }
         };
@@ -554,14 +620,22 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
-        let empty = self
-            .inner
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty();
-        if empty {
-            self.inner.exit.signal();
+        let inner = self.inner.clone();
+        if !inner.is_idle() {
+            return Ok(api::Empty::new());
+        }
+        match inner.grouping {
+            Grouping::Pod => inner.exit.signal(),
+            Grouping::Node => {
+                let generation = inner.generation.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    tokio::time::sleep(NODE_IDLE_GRACE).await;
+                    if inner.is_idle() && inner.generation.load(Ordering::SeqCst) == generation {
+                        info!("node shim idle for {NODE_IDLE_GRACE:?}, exiting");
+                        inner.exit.signal();
+                    }
+                });
+            }
         }
         Ok(api::Empty::new())
     }

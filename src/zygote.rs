@@ -75,6 +75,8 @@ pub struct Timings {
     pub hash_us: u64,
     pub lookup_us: u64,
     pub compile_us: u64,
+    /// Joining the container's cgroup and network namespace.
+    pub enter_us: u64,
     pub load_us: u64,
     pub instantiate_us: u64,
     /// `native` or `interpreter`.
@@ -145,6 +147,17 @@ impl Zygote {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether the runner still runs (it may have crashed; the next create starts another).
+    pub fn is_alive(&self) -> bool {
+        // Signal 0 checks existence; a zombie counts as dead once the shim reaped it.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), None).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
     }
 
     /// Asks the runner to fork a container process with these fds. Returns once the

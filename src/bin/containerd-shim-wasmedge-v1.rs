@@ -7,5 +7,11 @@ use wasmedge_aot_shim::service::{WasmEdgeShim, RUNTIME_ID};
 // container processes, and every extra thread would cost memory on a dense node.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    containerd_shim::asynchronous::run::<WasmEdgeShim>(RUNTIME_ID, None).await;
+    // The shim keeps its own logger: it writes to the log pipe of every live task, because
+    // a node-wide shim outlives the bundle (and log pipe) it was started with.
+    let config = containerd_shim::Config {
+        no_setup_logger: true,
+        ..Default::default()
+    };
+    containerd_shim::asynchronous::run::<WasmEdgeShim>(RUNTIME_ID, Some(config)).await;
 }

@@ -198,6 +198,7 @@ fn prepare(
     }
     let mut warning = resolved.warning.clone();
 
+    let entered = Instant::now();
     if let Some(path) = &plan.cgroups_path {
         wasmedge_aot_shim::cgroup::join(path, std::process::id())
             .map_err(|e| format!("join cgroup {path}: {e}"))?;
@@ -208,6 +209,7 @@ fn prepare(
             .map_err(|e| format!("enter netns {}: {e}", ns.display()))?;
     }
 
+    let enter_us = entered.elapsed().as_micros() as u64;
     let started = Instant::now();
     let interpret = || -> Result<Loaded, String> {
         let bytes = std::fs::read(&plan.module)
@@ -243,6 +245,7 @@ fn prepare(
             hash_us: resolved.hash.as_micros() as u64,
             lookup_us: resolved.lookup.as_micros() as u64,
             compile_us: resolved.compile.as_micros() as u64,
+            enter_us,
             load_us,
             instantiate_us: started.elapsed().as_micros() as u64,
             tier: format!("{:?}", loaded.tier()).to_lowercase(),
