@@ -49,6 +49,7 @@ fn main() {
         }
     };
     warm_up(&engine);
+    release_compiler_pages();
     let mut cache_config = CacheConfig::new(&config.cache_dir);
     cache_config.max_size = (config.cache_max_bytes > 0).then_some(config.cache_max_bytes);
     cache_config.max_concurrent_compiles = config.max_concurrent_compiles;
@@ -86,6 +87,45 @@ fn warm_up(engine: &Engine) {
     };
     if let Err(e) = run() {
         eprintln!("wasmedge-shim-runner: warm-up failed: {e}");
+    }
+}
+
+/// Libraries that libwasmedge links only for its AOT compiler.
+const COMPILER_ONLY_LIBS: &[&str] = &["libLLVM", "libz3", "libicu", "libxml2"];
+
+/// Gives back the pages of the compiler's libraries that loading them touched (libLLVM's
+/// static constructors and relocation fault in ~40 MB of its text). Containers that run or
+/// load native code never execute them, and every container forked from us would otherwise
+/// count them in its PSS. A later compile faults them in again from the page cache.
+/// `MADV_PAGEOUT` only reclaims clean file pages of read-only mappings here; it never
+/// changes what a mapping reads as.
+fn release_compiler_pages() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let path = fields.nth(3).unwrap_or("");
+        if perms.contains('w') || !COMPILER_ONLY_LIBS.iter().any(|l| path.contains(l)) {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: the range is a whole mapping of ours, read-only and file-backed;
+        // MADV_PAGEOUT does not change its contents, only whether its pages are resident.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT);
+        }
     }
 }
 
