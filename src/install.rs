@@ -42,6 +42,9 @@ pub const BINARIES: [&str; 3] = [
     "wasmedge-shimctl",
 ];
 
+/// How errors of the pure string functions name the config, before `install` names its file.
+const CONFIG_TEXT: &str = "containerd config";
+
 /// CRI plugin id of config version 2 (containerd 1.x).
 pub const CRI_PLUGIN_V2: &str = "io.containerd.grpc.v1.cri";
 /// CRI runtime plugin id of config version 3 (containerd 2.x).
@@ -183,14 +186,14 @@ pub fn minimal_config(version: ConfigVersion, name: &str) -> String {
 fn parse_doc(text: &str) -> Result<DocumentMut, InstallError> {
     text.parse::<DocumentMut>()
         .map_err(|e| InstallError::Parse {
-            path: String::new(),
+            path: CONFIG_TEXT.to_string(),
             message: e.to_string().trim_end().to_string(),
         })
 }
 
 fn doc_version(doc: &DocumentMut) -> Result<ConfigVersion, InstallError> {
     let unsupported = |v: String| InstallError::UnsupportedVersion {
-        path: String::new(),
+        path: CONFIG_TEXT.to_string(),
         version: v,
     };
     match doc.get("version") {
@@ -211,14 +214,18 @@ fn ensure_tables<'a>(
 ) -> Result<&'a mut Table, InstallError> {
     let mut walked = Vec::new();
     for key in path {
-        walked.push(*key);
+        walked.push(if key.contains('.') {
+            format!("{key:?}")
+        } else {
+            key.to_string()
+        });
         let item = table.entry(key).or_insert_with(|| {
             let mut t = Table::new();
             t.set_implicit(true);
             Item::Table(t)
         });
         table = item.as_table_mut().ok_or_else(|| InstallError::NotATable {
-            path: String::new(),
+            path: CONFIG_TEXT.to_string(),
             key: walked.join("."),
         })?;
     }
@@ -287,7 +294,7 @@ pub fn register_runtime(text: &str, name: &str, force: bool) -> Result<Edit, Ins
             }
             if !force {
                 return Err(InstallError::Conflict {
-                    path: String::new(),
+                    path: CONFIG_TEXT.to_string(),
                     name: name.to_string(),
                     existing,
                 });
@@ -709,6 +716,16 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
     let src_dir = source_dir(opts)?;
     std::fs::create_dir_all(&opts.bin_dir)
         .map_err(io(format!("create {}", opts.bin_dir.display())))?;
+    // All or nothing: a missing source is found before anything is copied.
+    for name in BINARIES {
+        let src = src_dir.join(name);
+        if !src.is_file() {
+            return Err(InstallError::Io {
+                context: format!("install {name}: {} is not a file", src.display()),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+    }
     let mut binaries = Vec::new();
     for name in BINARIES {
         let src = src_dir.join(name);
@@ -872,12 +889,6 @@ pub fn restart_containerd() -> Result<String, String> {
     let init = std::fs::read_to_string("/proc/1/comm")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    if init != "systemd" {
-        return Err(format!(
-            "containerd is not managed by systemd here (pid 1 is {:?})",
-            if init.is_empty() { "unknown" } else { &init }
-        ));
-    }
     let same_ns = match (
         std::fs::read_link("/proc/self/ns/mnt"),
         std::fs::read_link("/proc/1/ns/mnt"),
@@ -885,25 +896,16 @@ pub fn restart_containerd() -> Result<String, String> {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
+    let argv = systemctl_argv(&init, same_ns)?;
     let command = |args: &[&str]| {
-        let mut c = if same_ns {
-            Command::new("systemctl")
-        } else {
-            let mut c = Command::new("nsenter");
-            c.args(["-t", "1", "-m", "--", "systemctl"]);
-            c
-        };
-        c.args(args);
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..]).args(args);
         c
     };
-    let how = if same_ns {
-        "systemctl restart containerd"
-    } else {
-        "nsenter -t 1 -m -- systemctl restart containerd"
-    };
+    let how = format!("{} restart containerd", argv.join(" "));
     let out = command(&["show", "--property=LoadState", "--value", "containerd"])
         .output()
-        .map_err(|e| format!("run systemctl: {e}"))?;
+        .map_err(|e| format!("run {}: {e}", argv.join(" ")))?;
     let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if state != "loaded" {
         return Err(format!(
@@ -920,7 +922,27 @@ pub fn restart_containerd() -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    Ok(how.to_string())
+    Ok(how)
+}
+
+/// The command that reaches the host's systemd, given pid 1's name and whether this process
+/// shares pid 1's mount namespace.
+fn systemctl_argv(init_comm: &str, same_mount_ns: bool) -> Result<Vec<&'static str>, String> {
+    if init_comm != "systemd" {
+        return Err(format!(
+            "containerd is not managed by systemd here (pid 1 is {:?})",
+            if init_comm.is_empty() {
+                "unknown"
+            } else {
+                init_comm
+            }
+        ));
+    }
+    Ok(if same_mount_ns {
+        vec!["systemctl"]
+    } else {
+        vec!["nsenter", "-t", "1", "-m", "--", "systemctl"]
+    })
 }
 
 #[cfg(test)]
@@ -1107,6 +1129,28 @@ root = "/var/lib/containerd"   # keep this comment
     }
 
     #[test]
+    fn insert_next_to_dotted_keys_and_refuse_inline_tables() {
+        let dotted = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes.runc.runtime_type = \"io.containerd.runc.v2\"\n";
+        let e = register_runtime(dotted, "wasmedge", false).unwrap();
+        assert_only_our_block_added(dotted, &e.text, OUR_V2);
+        assert_eq!(registered_runtimes(&e.text).unwrap().len(), 2);
+        toml::from_str::<toml::Value>(&e.text).unwrap();
+
+        let root_dotted =
+            "version = 2\nplugins.\"io.containerd.grpc.v1.cri\".sandbox_image = \"x\"\n";
+        let e = register_runtime(root_dotted, "wasmedge", false).unwrap();
+        assert_only_our_block_added(root_dotted, &e.text, OUR_V2);
+        toml::from_str::<toml::Value>(&e.text).unwrap();
+
+        let inline = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes = { runc = { runtime_type = \"io.containerd.runc.v2\" } }\n";
+        let e = register_runtime(inline, "wasmedge", false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "containerd config: plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes is not a table, cannot add the runtime under it"
+        );
+    }
+
+    #[test]
     fn registered_runtimes_reads_dotted_and_inline_forms() {
         let text = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes.runc.runtime_type = \"io.containerd.runc.v2\"\nruntimes.x = { runtime_type = \"io.containerd.x.v1\" }\nruntimes.bare = {}\n";
         assert_eq!(
@@ -1228,6 +1272,26 @@ root = "/var/lib/containerd"   # keep this comment
     }
 
     #[test]
+    fn a_missing_source_binary_copies_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(BINARIES[0]), "x").unwrap();
+        let e = install(&InstallOptions {
+            source_dir: Some(tmp.path().to_path_buf()),
+            bin_dir: tmp.path().join("bin"),
+            containerd_config: tmp.path().join("config.toml"),
+            config_version: Some(ConfigVersion::V2),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("install wasmedge-shim-runner: "),
+            "{e}"
+        );
+        assert!(!tmp.path().join("bin").join(BINARIES[0]).exists());
+        assert!(!tmp.path().join("config.toml").exists());
+    }
+
+    #[test]
     fn a_missing_config_is_created_with_the_requested_version() {
         let tmp = tempfile::tempdir().unwrap();
         fake_binaries(tmp.path());
@@ -1246,6 +1310,29 @@ root = "/var/lib/containerd"   # keep this comment
             std::fs::read_to_string(&config).unwrap(),
             format!("version = 3\n{OUR_V3}")
         );
+    }
+
+    #[test]
+    fn restart_goes_through_the_hosts_systemd_or_says_why_not() {
+        assert_eq!(systemctl_argv("systemd", true).unwrap(), ["systemctl"]);
+        assert_eq!(
+            systemctl_argv("systemd", false).unwrap().join(" "),
+            "nsenter -t 1 -m -- systemctl"
+        );
+        let e = systemctl_argv("tini", true).unwrap_err();
+        assert_eq!(
+            e,
+            "containerd is not managed by systemd here (pid 1 is \"tini\")"
+        );
+        // Where systemd is not pid 1 (CI), asking for a restart reports why it failed.
+        if std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() != "systemd") {
+            assert!(matches!(
+                restart_outcome(true, true),
+                RestartOutcome::Failed { reason } if reason.contains("not managed by systemd")
+            ));
+        }
+        assert_eq!(restart_outcome(false, true), RestartOutcome::NotNeeded);
+        assert_eq!(restart_outcome(true, false), RestartOutcome::Required);
     }
 
     #[test]
