@@ -1,0 +1,514 @@
+//! Test harness: a real containerd that the tests start themselves, with a private config,
+//! root, state, sockets and shim configuration under a temporary directory, and the shim
+//! binaries of this build first on its PATH. It never touches the system's containerd.
+//!
+//! One containerd serves all the tests of a test binary ([`containerd`]); each test uses its
+//! own container ids. Tests need root (mounts, cgroups); without it they say so and return,
+//! unless `WASMEDGE_SHIM_REQUIRE_ROOT_TESTS=1` (set by CI), which turns the skip into a failure.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const RUNTIME: &str = "io.containerd.wasmedge.v1";
+pub const NAMESPACE: &str = "wasmedge-tests";
+
+/// The shim binaries under test; cargo builds them before any integration test.
+pub fn shim_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_containerd-shim-wasmedge-v1"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn runner_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wasmedge-shim-runner"))
+}
+
+fn target_dir() -> PathBuf {
+    // <target>/<profile>/containerd-shim-wasmedge-v1 → <target>
+    shim_dir().parent().unwrap().to_owned()
+}
+
+/// Whether this process may run the containerd tests. Prints why not, once per test.
+pub fn can_run(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("WASMEDGE_SHIM_REQUIRE_ROOT_TESTS").is_some_and(|v| v == "1") {
+        panic!("{test}: needs root (containerd, mounts, cgroups) and CI requires it");
+    }
+    eprintln!("skipped {test}: needs root (it starts a real containerd)");
+    false
+}
+
+/// The test programs of tests/fixtures, built once per test binary (and cached on disk).
+pub fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = target_dir().join("fixtures");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/build.sh");
+        let status = Command::new("bash").arg(&script).arg(&out).status().unwrap();
+        assert!(status.success(), "{} failed", script.display());
+        out
+    })
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
+/// A directory to use as a container's rootfs (`ctr run --rootfs`), holding copies of files.
+pub struct Rootfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Rootfs {
+    pub fn with(files: &[(&str, &Path)]) -> Rootfs {
+        let dir = tempfile::Builder::new().prefix("rootfs").tempdir().unwrap();
+        for (dst, src) in files {
+            let to = dir.path().join(dst.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(src, &to).unwrap();
+        }
+        Rootfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, path: &str, contents: &str) {
+        let to = self.dir.path().join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, contents).unwrap();
+    }
+}
+
+/// A private containerd.
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub address: PathBuf,
+    pub cache_dir: PathBuf,
+    child: Mutex<Child>,
+}
+
+/// How a container is run.
+#[derive(Default, Clone)]
+pub struct Run {
+    pub id: String,
+    /// An image reference, or `None` with `rootfs` set.
+    pub image: Option<String>,
+    pub rootfs: Option<PathBuf>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    /// `type=bind,src=..,dst=..,options=rbind:ro` strings for `ctr run --mount`.
+    pub mounts: Vec<String>,
+    pub annotations: Vec<String>,
+    pub runtime: Option<String>,
+    pub timeout: Option<Duration>,
+}
+
+impl Run {
+    pub fn rootfs(id: &str, rootfs: &Path, args: &[&str]) -> Run {
+        Run {
+            id: id.into(),
+            rootfs: Some(rootfs.to_owned()),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Run::default()
+        }
+    }
+
+    pub fn image(id: &str, image: &str, args: &[&str]) -> Run {
+        Run {
+            id: id.into(),
+            image: Some(image.into()),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Run::default()
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RunResult {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: Option<i32>,
+    pub elapsed: Duration,
+}
+
+static SHARED: OnceLock<Containerd> = OnceLock::new();
+
+/// The containerd shared by the tests of this binary, started on first use.
+pub fn containerd() -> &'static Containerd {
+    SHARED.get_or_init(|| Containerd::start(false))
+}
+
+impl Containerd {
+    /// Starts a containerd of our own. `cri` enables the CRI plugin (Kubernetes tests).
+    pub fn start(cri: bool) -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("wasmedge-ctd")
+            .tempdir_in("/tmp")
+            .unwrap()
+            .keep();
+        let address = dir.join("containerd.sock");
+        let cache_dir = dir.join("var/cache");
+        let shim_config = dir.join("shim.toml");
+        std::fs::write(
+            &shim_config,
+            format!("cache_dir = \"{}\"\n", cache_dir.display()),
+        )
+        .unwrap();
+        let cri_config = if cri {
+            format!(
+                r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  sandbox_image = "registry.k8s.io/pause:3.8"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmedge]
+      runtime_type = "{RUNTIME}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/net.d"
+"#,
+                d = dir.display()
+            )
+        } else {
+            format!(
+                r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmedge]
+  runtime_type = "{RUNTIME}"
+"#
+            )
+        };
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+{cri_config}
+[grpc]
+  address = "{a}"
+[ttrpc]
+  address = "{a}.ttrpc"
+[debug]
+  level = "debug"
+"#,
+            d = dir.display(),
+            a = address.display(),
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let path = format!(
+            "{}:{}",
+            shim_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("PATH", path)
+            .env("WASMEDGE_AOT_SHIM_CONFIG", &shim_config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // containerd dies with the test process (the parent thread below never exits).
+        let child = spawn_with_parent_death_signal(cmd);
+        let ctd = Containerd {
+            dir,
+            address,
+            cache_dir,
+            child: Mutex::new(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ctd.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer:\n{}",
+                ctd.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ctd
+    }
+
+    /// Runs `ctr -a SOCK -n NAMESPACE args...`.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&self.address)
+            .arg("-n")
+            .arg(NAMESPACE)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `ctr` that must succeed; returns its stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}\n--- containerd log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn import(&self, archive: &Path) {
+        self.ctr_ok(&["images", "import", archive.to_str().unwrap()]);
+    }
+
+    fn run_args(&self, r: &Run, detach: bool) -> Vec<String> {
+        let mut a: Vec<String> = vec!["run".into()];
+        a.push(if detach { "-d" } else { "--rm" }.into());
+        a.push("--runtime".into());
+        a.push(r.runtime.clone().unwrap_or_else(|| RUNTIME.into()));
+        a.push("--fifo-dir".into());
+        a.push(self.dir.join("fifo").display().to_string());
+        for e in &r.env {
+            a.push("--env".into());
+            a.push(e.clone());
+        }
+        if let Some(cwd) = &r.cwd {
+            a.push("--cwd".into());
+            a.push(cwd.clone());
+        }
+        for m in &r.mounts {
+            a.push("--mount".into());
+            a.push(m.clone());
+        }
+        for an in &r.annotations {
+            a.push("--annotation".into());
+            a.push(an.clone());
+        }
+        match (&r.image, &r.rootfs) {
+            (Some(image), _) => a.push(image.clone()),
+            (None, Some(rootfs)) => {
+                a.push("--rootfs".into());
+                a.push(rootfs.display().to_string());
+            }
+            (None, None) => panic!("run {} needs an image or a rootfs", r.id),
+        }
+        a.push(r.id.clone());
+        a.extend(r.args.iter().cloned());
+        a
+    }
+
+    /// `ctr run --rm`: runs the container to its end and removes it.
+    pub fn run(&self, r: &Run) -> RunResult {
+        let args = self.run_args(r, false);
+        let started = Instant::now();
+        let mut child = Command::new("ctr")
+            .arg("-a")
+            .arg(&self.address)
+            .arg("-n")
+            .arg(NAMESPACE)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let timeout = r.timeout.unwrap_or(Duration::from_secs(60));
+        let out = wait_with_timeout(&mut child, timeout).unwrap_or_else(|| {
+            panic!(
+                "ctr run {} did not finish in {timeout:?}\n{}",
+                r.id,
+                self.log_tail()
+            )
+        });
+        RunResult {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: out.status.code(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// `ctr run -d`: starts the container and returns at once.
+    pub fn run_detached(&self, r: &Run) {
+        let args = self.run_args(r, true);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ctr_ok(&args);
+    }
+
+    /// The task's status column in `ctr task ls` (`RUNNING`, `STOPPED`, ...), if listed.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr_ok(&["task", "ls"]);
+        out.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3 && f[0] == id).then(|| f[2].to_string())
+            })
+            .next()
+    }
+
+    pub fn task_pid(&self, id: &str) -> Option<i32> {
+        let out = self.ctr_ok(&["task", "ls"]);
+        out.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3 && f[0] == id).then(|| f[1].parse().ok())
+            })
+            .next()
+            .flatten()
+    }
+
+    /// Waits until the task reaches `status`, or panics after `timeout`.
+    pub fn wait_status(&self, id: &str, status: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.task_status(id).as_deref() == Some(status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} did not reach {status} in {timeout:?} (now {:?})\n{}",
+                self.task_status(id),
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Removes task and container, whatever state they are in.
+    pub fn remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.task_status(id).is_some_and(|s| s != "STOPPED") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.ctr(&["task", "rm", id]);
+        let _ = self.ctr(&["container", "rm", id]);
+    }
+
+    /// The last lines of containerd's log (with the shim's), for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The bundle directory containerd gives a task of ours.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(NAMESPACE)
+            .join(id)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+}
+
+/// Spawns `cmd` from a thread that lives as long as the process, with `PR_SET_PDEATHSIG`,
+/// so that the child is killed when the test process ends (statics are never dropped).
+fn spawn_with_parent_death_signal(mut cmd: Command) -> Child {
+    use std::os::unix::process::CommandExt;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        tx.send(cmd.spawn().unwrap()).unwrap();
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().unwrap()
+}
+
+/// Waits for `child` up to `timeout`, killing it after; `None` on timeout.
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<Output> {
+    let deadline = Instant::now() + timeout;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let out_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(s) = stdout.as_mut() {
+            std::io::Read::read_to_end(s, &mut buf).ok();
+        }
+        buf
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            std::io::Read::read_to_end(s, &mut buf).ok();
+        }
+        buf
+    });
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(Output {
+                status,
+                stdout: out_thread.join().unwrap(),
+                stderr: err_thread.join().unwrap(),
+            });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Processes whose command line mentions `needle` (for leak checks).
+pub fn processes_matching(needle: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Mount points at or below `path`.
+pub fn mounts_under(path: &Path) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = path.display().to_string();
+    mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&p))
+        .collect()
+}
+
+/// Writes `text` to a new file in a fresh temp dir and returns both.
+pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    (dir, path)
+}
