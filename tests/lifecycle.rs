@@ -13,8 +13,11 @@ fn probe_rootfs() -> Rootfs {
     r.write("etc/greeting", "hello from the image\n");
     r.write("app/data/x", "relative file\n");
     std::os::unix::fs::symlink("/etc/greeting", r.path().join("etc/link-inside")).unwrap();
-    std::os::unix::fs::symlink("../../../../../../etc/hostname", r.path().join("etc/link-out"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        "../../../../../../etc/hostname",
+        r.path().join("etc/link-out"),
+    )
+    .unwrap();
     r
 }
 
@@ -46,7 +49,8 @@ fn exit_codes_come_from_proc_exit_and_a_trap_is_non_zero_with_its_message() {
     let trap = run("trap", &r, &["trap"]);
     assert_eq!(trap.code, Some(134), "{trap:?}");
     assert!(
-        trap.stderr.contains("wasm trap in /probe.wasm: unreachable"),
+        trap.stderr
+            .contains("wasm trap in /probe.wasm: unreachable"),
         "{trap:?}"
     );
 }
@@ -89,25 +93,41 @@ fn files_in_the_image_and_in_bind_mounts_are_readable_and_ro_mounts_refuse_write
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("x"), "from the host\n").unwrap();
     let ctd = containerd();
-    let mount = |opts: &str| format!("type=bind,src={},dst=/data,options=rbind:{opts}", data.path().display());
+    let mount = |opts: &str| {
+        format!(
+            "type=bind,src={},dst=/data,options=rbind:{opts}",
+            data.path().display()
+        )
+    };
 
     let mut ro = Run::rootfs("mount-ro", r.path(), &["/probe.wasm", "cat", "/data/x"]);
     ro.mounts = vec![mount("ro")];
     let out = ctd.run(&ro);
     assert_eq!(out.stdout, "from the host\n", "{out:?}");
 
-    let mut ro_write = Run::rootfs("mount-ro-w", r.path(), &["/probe.wasm", "write", "/data/new", "x"]);
+    let mut ro_write = Run::rootfs(
+        "mount-ro-w",
+        r.path(),
+        &["/probe.wasm", "write", "/data/new", "x"],
+    );
     ro_write.mounts = vec![mount("ro")];
     let out = ctd.run(&ro_write);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("open /data/new"), "{out:?}");
     assert!(!data.path().join("new").exists());
 
-    let mut rw_write = Run::rootfs("mount-rw-w", r.path(), &["/probe.wasm", "write", "/data/new", "x"]);
+    let mut rw_write = Run::rootfs(
+        "mount-rw-w",
+        r.path(),
+        &["/probe.wasm", "write", "/data/new", "x"],
+    );
     rw_write.mounts = vec![mount("rw")];
     let out = ctd.run(&rw_write);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(std::fs::read_to_string(data.path().join("new")).unwrap(), "x");
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("new")).unwrap(),
+        "x"
+    );
 }
 
 #[test]
@@ -152,7 +172,10 @@ fn sigterm_and_sigkill_end_a_spinning_module_within_a_second() {
     }
     let ctd = containerd();
     let r = probe_rootfs();
-    for (id, signal, code) in [("spin-term", "SIGTERM", "143"), ("spin-kill", "SIGKILL", "137")] {
+    for (id, signal, code) in [
+        ("spin-term", "SIGTERM", "143"),
+        ("spin-kill", "SIGKILL", "137"),
+    ] {
         ctd.run_detached(&Run::rootfs(id, r.path(), &["/probe.wasm", "spin"]));
         ctd.wait_status(id, "RUNNING", Duration::from_secs(10));
         let start = Instant::now();
@@ -172,18 +195,24 @@ fn delete_leaves_no_process_mount_or_state_behind() {
     }
     let ctd = containerd();
     let r = probe_rootfs();
-    ctd.run_detached(&Run::rootfs("clean", r.path(), &["/probe.wasm", "sleep", "100"]));
+    ctd.run_detached(&Run::rootfs(
+        "clean",
+        r.path(),
+        &["/probe.wasm", "sleep", "100"],
+    ));
     ctd.wait_status("clean", "RUNNING", Duration::from_secs(10));
     let pid = ctd.task_pid("clean").unwrap();
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     let bundle = ctd.bundle("clean");
     assert!(bundle.exists());
     ctd.remove("clean");
-    assert!(!std::path::Path::new(&format!("/proc/{pid}/stat")).exists() || {
-        // a zombie not yet reaped would still show; give the reaper a moment
-        std::thread::sleep(Duration::from_millis(200));
-        !std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
-    });
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/stat")).exists() || {
+            // a zombie not yet reaped would still show; give the reaper a moment
+            std::thread::sleep(Duration::from_millis(200));
+            !std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+        }
+    );
     assert!(!bundle.exists(), "bundle {} left behind", bundle.display());
     assert!(common::mounts_under(&bundle).is_empty());
     assert_eq!(ctd.task_status("clean"), None);
@@ -218,7 +247,11 @@ fn bad_modules_fail_their_container_clearly_while_others_carry_on() {
     }
     let ctd = containerd();
     let good = probe_rootfs();
-    ctd.run_detached(&Run::rootfs("bystander", good.path(), &["/probe.wasm", "sleep", "100"]));
+    ctd.run_detached(&Run::rootfs(
+        "bystander",
+        good.path(),
+        &["/probe.wasm", "sleep", "100"],
+    ));
     ctd.wait_status("bystander", "RUNNING", Duration::from_secs(10));
 
     let bad = Rootfs::with(&[
@@ -228,12 +261,19 @@ fn bad_modules_fail_their_container_clearly_while_others_carry_on() {
     let cases = [
         ("bad-corrupt", "/corrupt.wasm", "load module"),
         ("bad-notwasm", "/script.sh", "is not a wasm module"),
-        ("bad-missing", "/missing.wasm", "entrypoint \"/missing.wasm\" not found"),
+        (
+            "bad-missing",
+            "/missing.wasm",
+            "entrypoint \"/missing.wasm\" not found",
+        ),
     ];
     for (id, entry, message) in cases {
         let out = ctd.run(&Run::rootfs(id, bad.path(), &[entry]));
         assert_ne!(out.code, Some(0), "{id}: {out:?}");
-        assert!(out.stderr.contains(message), "{id}: expected {message:?} in {out:?}");
+        assert!(
+            out.stderr.contains(message),
+            "{id}: expected {message:?} in {out:?}"
+        );
         let _ = ctd.ctr(&["container", "rm", id]);
     }
     assert_eq!(ctd.task_status("bystander").as_deref(), Some("RUNNING"));
@@ -249,7 +289,11 @@ fn exec_and_terminal_are_refused_clearly() {
     }
     let ctd = containerd();
     let r = probe_rootfs();
-    ctd.run_detached(&Run::rootfs("noexec", r.path(), &["/probe.wasm", "sleep", "100"]));
+    ctd.run_detached(&Run::rootfs(
+        "noexec",
+        r.path(),
+        &["/probe.wasm", "sleep", "100"],
+    ));
     ctd.wait_status("noexec", "RUNNING", Duration::from_secs(10));
     let out = ctd.ctr(&["task", "exec", "--exec-id", "e1", "noexec", "/probe.wasm"]);
     assert!(!out.status.success());

@@ -52,7 +52,11 @@ pub fn fixtures() -> &'static Path {
     DIR.get_or_init(|| {
         let out = target_dir().join("fixtures");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/build.sh");
-        let status = Command::new("bash").arg(&script).arg(&out).status().unwrap();
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(&out)
+            .status()
+            .unwrap();
         assert!(status.success(), "{} failed", script.display());
         out
     })
@@ -152,6 +156,12 @@ pub fn containerd() -> &'static Containerd {
 impl Containerd {
     /// Starts a containerd of our own. `cri` enables the CRI plugin (Kubernetes tests).
     pub fn start(cri: bool) -> Containerd {
+        Self::start_with(cri, "")
+    }
+
+    /// Like [`Containerd::start`], with extra lines for the shim's config file (a
+    /// `cache_dir` line there overrides the private default).
+    pub fn start_with(cri: bool, shim_config_extra: &str) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("wasmedge-ctd")
             .tempdir_in("/tmp")
@@ -160,11 +170,15 @@ impl Containerd {
         let address = dir.join("containerd.sock");
         let cache_dir = dir.join("var/cache");
         let shim_config = dir.join("shim.toml");
-        std::fs::write(
-            &shim_config,
-            format!("cache_dir = \"{}\"\n", cache_dir.display()),
-        )
-        .unwrap();
+        let shim_config_text = if shim_config_extra.contains("cache_dir") {
+            shim_config_extra.to_string()
+        } else {
+            format!(
+                "cache_dir = \"{}\"\n{shim_config_extra}",
+                cache_dir.display()
+            )
+        };
+        std::fs::write(&shim_config, shim_config_text).unwrap();
         let cri_config = if cri {
             format!(
                 r#"
@@ -473,6 +487,37 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<Output>
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A copy of the probe module made unique by a custom section, so that it has a cache key
+/// no other test shares. Returns a rootfs holding it at `/probe.wasm`.
+pub fn unique_probe(tag: &str) -> Rootfs {
+    let mut bytes = std::fs::read(fixture("probe.wasm")).unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let name = b"test-unique";
+    let payload = format!("{tag}-{nanos}-{}", std::process::id());
+    let body_len = 1 + name.len() + payload.len();
+    assert!(body_len < 128 && name.len() < 128);
+    bytes.push(0); // custom section
+    bytes.push(body_len as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload.as_bytes());
+    let r = Rootfs::with(&[]);
+    std::fs::write(r.path().join("probe.wasm"), bytes).unwrap();
+    r
+}
+
+/// The shim's create line for container `id` in containerd's log: `(cache outcome, tier)`.
+pub fn create_outcome(log: &str, id: &str) -> Option<(String, String)> {
+    let needle = format!("container {id}: cgroup");
+    let line = log.lines().rev().find(|l| l.contains(&needle))?;
+    let cache = line.split("cache ").nth(1)?.split(',').next()?.to_string();
+    let tier = line.split("tier ").nth(1)?.split('"').next()?.to_string();
+    Some((cache, tier))
 }
 
 /// Processes whose command line mentions `needle` (for leak checks).

@@ -1,0 +1,220 @@
+//! AOT on create, against a real containerd: compile once per node, then native code from
+//! the cache; single flight; corrupt entries; an unusable cache; a changed fingerprint;
+//! the tiered policy.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{containerd, create_outcome, unique_probe, Containerd, Run};
+
+fn outcome(ctd: &Containerd, id: &str) -> (String, String) {
+    create_outcome(&ctd.log(), id)
+        .unwrap_or_else(|| panic!("no create line for {id}\n{}", ctd.log_tail()))
+}
+
+#[test]
+fn first_run_compiles_second_hits_and_runs_native_code_mapped_from_the_cache() {
+    if !common::can_run("compile_then_hit") {
+        return;
+    }
+    let ctd = containerd();
+    let r = unique_probe("first-second");
+    let out = ctd.run(&Run::rootfs("aot-first", r.path(), &["/probe.wasm"]));
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+    assert_eq!(
+        outcome(ctd, "aot-first"),
+        ("compiled".into(), "native".into())
+    );
+    let out = ctd.run(&Run::rootfs("aot-second", r.path(), &["/probe.wasm"]));
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+    assert_eq!(outcome(ctd, "aot-second"), ("hit".into(), "native".into()));
+
+    // The running module's process maps the compiled artifact from the node cache.
+    ctd.run_detached(&Run::rootfs(
+        "aot-mapped",
+        r.path(),
+        &["/probe.wasm", "sleep", "100"],
+    ));
+    ctd.wait_status("aot-mapped", "RUNNING", Duration::from_secs(10));
+    let pid = ctd.task_pid("aot-mapped").unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let cache = ctd.cache_dir.display().to_string();
+    assert!(
+        maps.lines()
+            .any(|l| l.contains(&cache) && l.ends_with("module.so") && l.contains("r-xp")),
+        "no executable mapping of a cached module.so in {pid}:\n{maps}"
+    );
+    ctd.remove("aot-mapped");
+}
+
+#[test]
+fn ten_concurrent_first_runs_of_a_new_module_compile_once() {
+    if !common::can_run("single_flight") {
+        return;
+    }
+    let r = unique_probe("ten");
+    let path = r.path().to_owned();
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                containerd().run(&Run::rootfs(&format!("sf-{i}"), &path, &["/probe.wasm"]))
+            })
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+    }
+    let ctd = containerd();
+    let outcomes: Vec<_> = (0..10).map(|i| outcome(ctd, &format!("sf-{i}"))).collect();
+    let compiled = outcomes.iter().filter(|(c, _)| c == "compiled").count();
+    assert_eq!(compiled, 1, "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|(_, tier)| tier == "native"),
+        "{outcomes:?}"
+    );
+}
+
+#[test]
+fn a_corrupted_cache_entry_is_recompiled_and_the_app_still_runs() {
+    if !common::can_run("corrupt_entry") {
+        return;
+    }
+    let ctd = containerd();
+    let r = unique_probe("corrupt");
+    ctd.run(&Run::rootfs("cor-1", r.path(), &["/probe.wasm"]));
+    ctd.run_detached(&Run::rootfs(
+        "cor-find",
+        r.path(),
+        &["/probe.wasm", "sleep", "100"],
+    ));
+    ctd.wait_status("cor-find", "RUNNING", Duration::from_secs(10));
+    let pid = ctd.task_pid("cor-find").unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    ctd.remove("cor-find");
+    let so = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("module.so"))
+        .expect("artifact mapped")
+        .to_string();
+    // Flip one byte in the middle of the artifact, keeping its size.
+    let mut bytes = std::fs::read(&so).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::set_permissions(&so, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&so, &bytes).unwrap();
+
+    let out = ctd.run(&Run::rootfs(
+        "cor-2",
+        r.path(),
+        &["/probe.wasm", "args", "ok"],
+    ));
+    assert_eq!(out.stdout, "/probe.wasm\nargs\nok\n", "{out:?}");
+    assert_eq!(outcome(ctd, "cor-2"), ("compiled".into(), "native".into()));
+}
+
+#[test]
+fn tiered_starts_in_the_interpreter_at_once_and_later_starts_are_native() {
+    if !common::can_run("tiered") {
+        return;
+    }
+    let ctd = containerd();
+    let r = unique_probe("tiered");
+    let mut run = Run::rootfs("tier-1", r.path(), &["/probe.wasm"]);
+    run.annotations = vec!["wasmedge-aot-shim.io/compile-policy=tiered".into()];
+    let out = ctd.run(&run);
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+    assert_eq!(
+        outcome(ctd, "tier-1"),
+        ("miss-tiered".into(), "interpreter".into())
+    );
+    // The background compile finishes on its own; then starts are native.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 2.. {
+        run.id = format!("tier-{i}");
+        let out = ctd.run(&run);
+        assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+        let (cache, tier) = outcome(ctd, &run.id);
+        if tier == "native" {
+            assert_eq!(cache, "hit");
+            break;
+        }
+        assert!(Instant::now() < deadline, "background compile never landed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn policy_off_never_compiles() {
+    if !common::can_run("policy_off") {
+        return;
+    }
+    let ctd = containerd();
+    let r = unique_probe("off");
+    let mut run = Run::rootfs("off-1", r.path(), &["/probe.wasm", "fib", "20"]);
+    run.annotations = vec!["wasmedge-aot-shim.io/compile-policy=off".into()];
+    let out = ctd.run(&run);
+    assert_eq!(out.stdout, "6765\n", "{out:?}");
+    assert_eq!(outcome(ctd, "off-1"), ("off".into(), "interpreter".into()));
+    let mut bad = Run::rootfs("off-bad", r.path(), &["/probe.wasm"]);
+    bad.annotations = vec!["wasmedge-aot-shim.io/compile-policy=fast".into()];
+    let out = ctd.run(&bad);
+    assert!(
+        out.stderr.contains("unknown compile policy \"fast\""),
+        "{out:?}"
+    );
+    let _ = ctd.ctr(&["container", "rm", "off-bad"]);
+}
+
+#[test]
+fn an_unusable_cache_runs_the_interpreter_with_a_warning_and_a_new_fingerprint_recompiles() {
+    if !common::can_run("unusable_cache") {
+        return;
+    }
+    // A cache directory others may write to is not trusted.
+    let open = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        open.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let ctd = Containerd::start_with(
+        false,
+        &format!("cache_dir = \"{}\"\n", open.path().display()),
+    );
+    let r = unique_probe("unusable");
+    let out = ctd.run(&Run::rootfs("unusable", r.path(), &["/probe.wasm"]));
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+    assert_eq!(
+        outcome(&ctd, "unusable"),
+        ("fallback".into(), "interpreter".into())
+    );
+    assert!(
+        ctd.log().contains("aot cache unusable"),
+        "no warning in\n{}",
+        ctd.log_tail()
+    );
+
+    // The shared containerd compiled this module at opt level 2; opt level 1 is another
+    // fingerprint, so the same cache must compile it again rather than load that code.
+    let shared = containerd();
+    shared.run(&Run::rootfs("fp-o2", r.path(), &["/probe.wasm"]));
+    assert_eq!(
+        outcome(shared, "fp-o2"),
+        ("compiled".into(), "native".into())
+    );
+    let o1 = Containerd::start_with(
+        false,
+        &format!(
+            "cache_dir = \"{}\"\nopt_level = 1\n",
+            shared.cache_dir.display()
+        ),
+    );
+    o1.run(&Run::rootfs("fp-o1", r.path(), &["/probe.wasm"]));
+    assert_eq!(outcome(&o1, "fp-o1"), ("compiled".into(), "native".into()));
+    o1.run(&Run::rootfs("fp-o1b", r.path(), &["/probe.wasm"]));
+    assert_eq!(outcome(&o1, "fp-o1b"), ("hit".into(), "native".into()));
+}
