@@ -1,0 +1,880 @@
+//! `wasmedge-shimctl`: admin tool of the WasmEdge shim.
+//!
+//! Data goes to stdout (human-readable, or JSON with `--json`); progress and diagnostics go
+//! to stderr. Exit status: 0 on success, 1 on an error, 2 when `verify` found invalid entries
+//! or `check` found a required check failing.
+//!
+//! ```text
+//! wasmedge-shimctl image build --ref localhost/probe:v1 --out probe.tar --module probe.wasm
+//! wasmedge-shimctl image build --ref localhost/probe:art --out art.tar --module probe.wasm --artifact
+//! wasmedge-shimctl image build --ref localhost/native:v1 --out native.tar \
+//!     --file native-hello:/hello --entrypoint /hello --platform linux/amd64
+//! wasmedge-shimctl precompile app.wasm
+//! wasmedge-shimctl precompile --image localhost/probe:v1 --address /run/containerd/containerd.sock -n k8s.io
+//! wasmedge-shimctl ls | stats | verify | gc --max-size 2G | rm KEY_PREFIX
+//! wasmedge-shimctl install --restart | uninstall | check
+//! ```
+//!
+//! The cache commands open the node cache of the shim config (`WASMEDGE_AOT_SHIM_CONFIG`, else
+//! `/etc/wasmedge-aot-shim/config.toml`; `--config`, `--cache-dir` override). `precompile`
+//! compiles with the options the runner uses ([`Options::for_node`]), so its entries are
+//! the ones containers hit.
+
+// A command-line tool: its results are meant for stdout.
+#![allow(clippy::print_stdout)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use wasmedge_aot_cache::{Cache, CacheConfig, Outcome};
+use wasmedge_aot_engine::{fingerprint, Engine, Options};
+use wasmedge_aot_shim::check::{self, CheckOptions};
+use wasmedge_aot_shim::config::Config;
+use wasmedge_aot_shim::image::{Archive, ImageBuilder, Platform};
+use wasmedge_aot_shim::install::{self, ConfigVersion, InstallOptions, UninstallOptions};
+use wasmedge_aot_shim::phases;
+
+#[derive(Parser)]
+#[command(
+    name = "wasmedge-shimctl",
+    version,
+    about = "Admin tool of the WasmEdge containerd shim"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// OCI image archives.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// AOT-compiles a module (a file, or the module of an image in containerd) into the cache.
+    Precompile(PrecompileArgs),
+    /// Lists the cache entries.
+    Ls(CacheArgs),
+    /// Cache counters and the per-phase time of containers.
+    Stats(CacheArgs),
+    /// Checks the full digest of every entry; invalid entries are removed (exit 2).
+    Verify(CacheArgs),
+    /// Evicts least recently used entries until the cache fits in --max-size.
+    Gc(GcArgs),
+    /// Removes the one entry whose key starts with KEY_PREFIX.
+    Rm(RmArgs),
+    /// Installs the binaries and registers the runtime in containerd's config.
+    Install(InstallArgs),
+    /// Removes the binaries and the runtime registration.
+    Uninstall(UninstallArgs),
+    /// Checks that the node has what the shim needs (exit 2 if a required check fails).
+    Check(CheckArgs),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Builds an OCI image layout tar that `ctr images import` accepts.
+    Build(BuildArgs),
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Image reference, NAME:TAG (recorded as the image's name in containerd).
+    #[arg(long = "ref", value_name = "NAME:TAG")]
+    reference: String,
+    /// The archive to write.
+    #[arg(long, value_name = "FILE.tar")]
+    out: PathBuf,
+    /// Build a CNCF Wasm OCI artifact (one application/wasm layer) instead of a plain image.
+    #[arg(long)]
+    artifact: bool,
+    /// A file of the rootfs, HOST_PATH:IMAGE_PATH (plain image only; repeatable).
+    #[arg(long = "file", value_name = "HOST_PATH:IMAGE_PATH")]
+    files: Vec<String>,
+    /// The Wasm module; in a plain image it is put at --module-path.
+    #[arg(long, value_name = "HOST.wasm")]
+    module: Option<PathBuf>,
+    /// Where the module goes in a plain image's rootfs [default: the entrypoint, else /app.wasm].
+    #[arg(long, value_name = "PATH")]
+    module_path: Option<String>,
+    /// Entrypoint, the module's path by default (repeat for arguments).
+    #[arg(long, value_name = "PATH")]
+    entrypoint: Vec<String>,
+    /// Environment of the image config, K=V (repeatable).
+    #[arg(long, value_name = "K=V")]
+    env: Vec<String>,
+    /// OS/ARCH: wasip1/wasm (default) or linux/amd64 for a native image.
+    #[arg(long, default_value = "wasip1/wasm")]
+    platform: Platform,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Which cache the cache commands work on, and how they report.
+#[derive(Args)]
+struct CacheArgs {
+    /// The shim config to read `cache_dir` (and compile options) from.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The cache directory, instead of the config's.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PrecompileArgs {
+    /// The module to compile.
+    #[arg(
+        value_name = "FILE.wasm",
+        required_unless_present = "image",
+        conflicts_with = "image"
+    )]
+    module: Option<PathBuf>,
+    /// Compile the module of this image, already in containerd (plain image or Wasm artifact).
+    #[arg(long = "image", value_name = "REF")]
+    image: Option<String>,
+    /// containerd's GRPC socket (with --image).
+    #[arg(long, short = 'a', default_value = check::DEFAULT_CONTAINERD_SOCKET)]
+    address: PathBuf,
+    /// containerd namespace of the image (with --image).
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(Args)]
+struct GcArgs {
+    /// Size to shrink to: bytes, or with a K, M, G or T suffix (powers of 1024), e.g. 500M.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_size: u64,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(Args)]
+struct RmArgs {
+    /// 1 to 64 hex digits of the key (see `ls`).
+    #[arg(value_name = "KEY_PREFIX")]
+    prefix: String,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// Where the binaries go.
+    #[arg(long, default_value = install::DEFAULT_BIN_DIR)]
+    bin_dir: PathBuf,
+    /// containerd's config file.
+    #[arg(long, default_value = install::DEFAULT_CONTAINERD_CONFIG)]
+    config: PathBuf,
+    /// The runtime name (a RuntimeClass's handler).
+    #[arg(long, default_value = install::DEFAULT_RUNTIME_NAME)]
+    runtime_name: String,
+    /// Where the binaries are copied from [default: this binary's directory].
+    #[arg(long)]
+    source_dir: Option<PathBuf>,
+    /// Config version to create when the config is missing (2 or 3) [default: from `containerd --version`].
+    #[arg(long)]
+    config_version: Option<ConfigVersion>,
+    /// Restart containerd after a change of its config.
+    #[arg(long)]
+    restart: bool,
+    /// Replace a runtime of the same name that is not ours.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct UninstallArgs {
+    #[arg(long, default_value = install::DEFAULT_BIN_DIR)]
+    bin_dir: PathBuf,
+    #[arg(long, default_value = install::DEFAULT_CONTAINERD_CONFIG)]
+    config: PathBuf,
+    #[arg(long, default_value = install::DEFAULT_RUNTIME_NAME)]
+    runtime_name: String,
+    #[arg(long)]
+    restart: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// containerd's GRPC socket.
+    #[arg(long, short = 'a', default_value = check::DEFAULT_CONTAINERD_SOCKET)]
+    address: PathBuf,
+    /// containerd's config file.
+    #[arg(long, default_value = install::DEFAULT_CONTAINERD_CONFIG)]
+    config: PathBuf,
+    /// The shim's config [default: $WASMEDGE_AOT_SHIM_CONFIG or /etc/wasmedge-aot-shim/config.toml].
+    #[arg(long)]
+    shim_config: Option<PathBuf>,
+    /// Where the shim binaries are [default: PATH].
+    #[arg(long)]
+    shim_dir: Option<PathBuf>,
+    #[arg(long, default_value = install::DEFAULT_RUNTIME_NAME)]
+    runtime_name: String,
+    #[arg(long, default_value = install::DEFAULT_RUNTIME_NAME)]
+    runtime_class: String,
+    /// This node's name in the cluster [default: the hostname].
+    #[arg(long)]
+    node_name: Option<String>,
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wasmedge-shimctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    let ok = ExitCode::SUCCESS;
+    match command {
+        Command::Image(ImageCommand::Build(args)) => build(args).map(|()| ok),
+        Command::Precompile(args) => precompile(args).map(|()| ok),
+        Command::Ls(args) => ls(&args).map(|()| ok),
+        Command::Stats(args) => stats(&args).map(|()| ok),
+        Command::Verify(args) => verify(&args),
+        Command::Gc(args) => gc(&args).map(|()| ok),
+        Command::Rm(args) => rm(&args).map(|()| ok),
+        Command::Install(args) => install_cmd(args),
+        Command::Uninstall(args) => uninstall_cmd(args),
+        Command::Check(args) => check_cmd(args),
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("read {}", path.display()))
+}
+
+// ---- image build ----
+
+fn build(args: BuildArgs) -> Result<()> {
+    let mut builder = if args.artifact {
+        if !args.files.is_empty() {
+            bail!("--file: an artifact holds only the module");
+        }
+        let Some(module) = &args.module else {
+            bail!("--artifact needs --module");
+        };
+        ImageBuilder::artifact(&args.reference, read(module)?)
+    } else {
+        let mut b = ImageBuilder::image(&args.reference);
+        if let Some(module) = &args.module {
+            let path = args
+                .module_path
+                .clone()
+                .or_else(|| args.entrypoint.first().cloned())
+                .unwrap_or_else(|| "/app.wasm".into());
+            b = b.module(&path, read(module)?);
+        }
+        for spec in &args.files {
+            let Some((host, dst)) = spec.rsplit_once(':') else {
+                bail!("--file {spec}: expected HOST_PATH:IMAGE_PATH");
+            };
+            let host = Path::new(host);
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(host)
+                    .with_context(|| format!("stat {}", host.display()))?
+                    .permissions(),
+            ) & 0o7777;
+            b = b.file(dst, read(host)?, mode);
+        }
+        for kv in &args.env {
+            b = b.env(kv);
+        }
+        b
+    };
+    builder = builder.platform(args.platform.clone());
+    if !args.entrypoint.is_empty() {
+        builder = builder.entrypoint(args.entrypoint.clone());
+    }
+    let layout = builder
+        .write(&args.out)
+        .with_context(|| format!("build {}", args.out.display()))?;
+    if args.json {
+        print_json(&json!({
+            "reference": layout.reference,
+            "out": args.out,
+            "form": if args.artifact { "artifact" } else { "image" },
+            "platform": args.platform.to_string(),
+            "manifest_digest": layout.manifest_digest,
+            "config_digest": layout.config_digest,
+            "layer_digest": layout.layer_digest,
+        }))
+    } else {
+        println!("{} {}", layout.reference, layout.manifest_digest);
+        Ok(())
+    }
+}
+
+// ---- cache commands ----
+
+fn load_config(args: &CacheArgs) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load_from(path)?,
+        None => Config::load()?,
+    };
+    if let Some(dir) = &args.cache_dir {
+        config.cache_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+fn open_cache(config: &Config) -> Result<Cache> {
+    let mut cfg = CacheConfig::new(&config.cache_dir);
+    cfg.max_size = (config.cache_max_bytes > 0).then_some(config.cache_max_bytes);
+    cfg.max_concurrent_compiles = config.max_concurrent_compiles;
+    Cache::open(cfg).with_context(|| format!("open cache {}", config.cache_dir.display()))
+}
+
+fn precompile(args: PrecompileArgs) -> Result<()> {
+    let config = load_config(&args.cache)?;
+    let cache = open_cache(&config)?;
+    // Keep the exported module alive until the compile is done.
+    let _tmp;
+    let (module, label) = match (&args.module, &args.image) {
+        (Some(path), _) => (path.clone(), path.display().to_string()),
+        (None, Some(reference)) => {
+            let dir = tempfile_dir()?;
+            let (path, source) = module_of_image(&args, reference, dir.path())?;
+            _tmp = dir;
+            (path, format!("{reference} ({source})"))
+        }
+        (None, None) => bail!("give FILE.wasm or --image REF"),
+    };
+    let engine = Engine::new(Options::for_node(config.opt_level)).context("create engine")?;
+    let fp = fingerprint(&engine);
+    let started = Instant::now();
+    let fetched = with_progress(&label, || {
+        cache
+            .get_or_compile(&module, &fp, &engine)
+            .with_context(|| format!("precompile {label}"))
+    })?;
+    let elapsed = started.elapsed();
+    cache.flush_stats().context("flush cache stats")?;
+    let outcome = match fetched.outcome {
+        Outcome::Hit | Outcome::WaitedHit => "hit",
+        Outcome::Compiled => "compiled",
+    };
+    let a = &fetched.artifact;
+    if args.cache.json {
+        print_json(&json!({
+            "module": label,
+            "key": a.key.to_hex(),
+            "size": a.size,
+            "outcome": outcome,
+            "seconds": elapsed.as_secs_f64(),
+            "path": a.path,
+        }))
+    } else {
+        println!(
+            "{outcome} {} {} {:.2}s {label}",
+            a.key.to_hex(),
+            human_size(a.size),
+            elapsed.as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+/// Runs `f`, showing the elapsed seconds on stderr every second while it lasts.
+fn with_progress<T>(label: &str, f: impl FnOnce() -> T) -> T {
+    let (done, wait) = mpsc::channel::<()>();
+    let label = label.to_string();
+    let ticker = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut shown = false;
+        while let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(1)) {
+            shown = true;
+            eprint!("\rcompiling {label}: {}s", started.elapsed().as_secs());
+            let _ = std::io::stderr().flush();
+        }
+        if shown {
+            eprintln!();
+        }
+    });
+    let result = f();
+    drop(done);
+    let _ = ticker.join();
+    result
+}
+
+fn tempfile_dir() -> Result<TempDir> {
+    let base = std::env::temp_dir();
+    for n in 0..100u32 {
+        let path = base.join(format!("wasmedge-shimctl.{}.{n}", std::process::id()));
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(TempDir(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("create {}", path.display())),
+        }
+    }
+    bail!("no free temporary directory in {}", base.display())
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Exports `reference` from containerd with `ctr images export`, finds its module (the
+/// entrypoint of a plain image, the `application/wasm` layer of an artifact) and writes it
+/// to `dir/module.wasm`. Returns the file and where the module was found.
+fn module_of_image(
+    args: &PrecompileArgs,
+    reference: &str,
+    dir: &Path,
+) -> Result<(PathBuf, String)> {
+    let tar = dir.join("image.tar");
+    let mut last_err = String::new();
+    // First as ctr would for this host; then with every platform, for a wasm image whose
+    // index also lists platforms that are not in the content store.
+    for extra in [&[][..], &["--all-platforms"][..]] {
+        let out = std::process::Command::new("ctr")
+            .arg("-a")
+            .arg(&args.address)
+            .args(["-n", &args.namespace, "images", "export"])
+            .args(extra)
+            .arg(&tar)
+            .arg(reference)
+            .output()
+            .context("run ctr (is it on PATH?)")?;
+        if out.status.success() {
+            last_err.clear();
+            break;
+        }
+        last_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    }
+    if !last_err.is_empty() {
+        bail!(
+            "ctr -n {} images export {reference}: {last_err}",
+            args.namespace
+        );
+    }
+    let file = std::fs::File::open(&tar).with_context(|| format!("open {}", tar.display()))?;
+    let archive = Archive::read(std::io::BufReader::new(file))
+        .with_context(|| format!("read the export of {reference}"))?;
+    let image = archive
+        .image(Some(reference))
+        .or_else(|_| archive.image(None))
+        .with_context(|| format!("find {reference} in its export"))?;
+    let module = archive
+        .module(&image, &gunzip)
+        .with_context(|| format!("find the module of {reference}"))?;
+    let path = dir.join("module.wasm");
+    std::fs::write(&path, &module.bytes).with_context(|| format!("write {}", path.display()))?;
+    Ok((path, module.source))
+}
+
+/// Decompresses a gzip layer with `gzip -dc` (no compression library in the shim).
+fn gunzip(media_type: &str, data: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    if !media_type.ends_with("gzip") {
+        return Err("unsupported compression (only gzip and uncompressed layers)".into());
+    }
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run gzip: {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().map_err(|e| format!("gzip: {e}"))?;
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(format!("gzip -dc failed: {}", out.status));
+    }
+    Ok(out.stdout)
+}
+
+fn ls(args: &CacheArgs) -> Result<()> {
+    let cache = open_cache(&load_config(args)?)?;
+    let mut entries = cache.list().context("list cache")?;
+    entries.sort_by_key(|e| std::cmp::Reverse(e.last_used));
+    if args.json {
+        let list: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "key": e.key.to_hex(),
+                    "size": e.size,
+                    "disk_size": e.disk_size,
+                    "kind": format!("{:?}", e.kind).to_lowercase(),
+                    "hint": e.hint,
+                    "created": rfc3339(e.created),
+                    "last_used": rfc3339(e.last_used),
+                    "path": e.path,
+                })
+            })
+            .collect();
+        return print_json(&list);
+    }
+    println!(
+        "{:<16}  {:>9}  {:<20}  {:<20}  HINT",
+        "KEY", "SIZE", "CREATED", "LAST USED"
+    );
+    for e in &entries {
+        println!(
+            "{:<16}  {:>9}  {:<20}  {:<20}  {}",
+            &e.key.to_hex()[..16],
+            human_size(e.size),
+            rfc3339(e.created),
+            rfc3339(e.last_used),
+            e.hint
+        );
+    }
+    Ok(())
+}
+
+fn stats(args: &CacheArgs) -> Result<()> {
+    let config = load_config(args)?;
+    let cache = open_cache(&config)?;
+    let s = cache.stats().context("read cache stats")?;
+    let p = phases::read(&phases::file_for(&config.cache_dir));
+    let per = |us: u64| -> f64 {
+        if p.containers == 0 {
+            0.0
+        } else {
+            us as f64 / p.containers as f64
+        }
+    };
+    let phase_list = [
+        ("hash", p.hash_us),
+        ("lookup", p.lookup_us),
+        ("compile", p.compile_us),
+        ("load", p.load_us),
+        ("instantiate", p.instantiate_us),
+        ("run", p.run_us),
+    ];
+    if args.json {
+        let mut phase_json = serde_json::Map::new();
+        for (name, us) in phase_list {
+            phase_json.insert(name.into(), json!({"total_us": us, "avg_us": per(us)}));
+        }
+        return print_json(&json!({
+            "cache_dir": config.cache_dir,
+            "cache": {
+                "hits": s.hits,
+                "misses": s.misses,
+                "compiles": s.compiles,
+                "compile_time_us": s.compile_time.as_micros() as u64,
+                "bytes_stored": s.bytes_stored,
+                "evictions": s.evictions,
+                "evicted_bytes": s.evicted_bytes,
+                "invalid_entries": s.invalid_entries,
+                "entries": s.entries,
+                "current_bytes": s.current_bytes,
+            },
+            "containers": {
+                "total": p.containers,
+                "native": p.native,
+                "interpreter": p.interpreter,
+                "phases": phase_json,
+            },
+        }));
+    }
+    println!("cache {}", config.cache_dir.display());
+    println!(
+        "  entries {} ({}), hits {}, misses {}, compiles {} ({:.2}s)",
+        s.entries,
+        human_size(s.current_bytes),
+        s.hits,
+        s.misses,
+        s.compiles,
+        s.compile_time.as_secs_f64()
+    );
+    println!(
+        "  stored {}, evictions {} ({}), invalid entries {}",
+        human_size(s.bytes_stored),
+        s.evictions,
+        human_size(s.evicted_bytes),
+        s.invalid_entries
+    );
+    println!(
+        "containers {} (native {}, interpreter {})",
+        p.containers, p.native, p.interpreter
+    );
+    println!("  {:<12} {:>12} {:>14}", "PHASE", "TOTAL ms", "AVG ms");
+    for (name, us) in phase_list {
+        println!(
+            "  {name:<12} {:>12.1} {:>14.3}",
+            us as f64 / 1000.0,
+            per(us) / 1000.0
+        );
+    }
+    Ok(())
+}
+
+fn verify(args: &CacheArgs) -> Result<ExitCode> {
+    let cache = open_cache(&load_config(args)?)?;
+    let report = cache.verify().context("verify cache")?;
+    if args.json {
+        print_json(&json!({
+            "ok": report.ok.iter().map(|k| k.to_hex()).collect::<Vec<_>>(),
+            "removed": report.removed.iter().map(|(k, why)| json!({"key": k.to_hex(), "reason": why})).collect::<Vec<_>>(),
+            "busy": report.busy.iter().map(|k| k.to_hex()).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        for (key, why) in &report.removed {
+            println!("invalid {} removed: {why}", key.to_hex());
+        }
+        for key in &report.busy {
+            println!("busy    {} (locked, not checked)", key.to_hex());
+        }
+        println!(
+            "{} valid, {} invalid (removed), {} busy",
+            report.ok.len(),
+            report.removed.len(),
+            report.busy.len()
+        );
+    }
+    Ok(if report.removed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn gc(args: &GcArgs) -> Result<()> {
+    let cache = open_cache(&load_config(&args.cache)?)?;
+    let r = cache.gc(args.max_size).context("gc cache")?;
+    if args.cache.json {
+        return print_json(&json!({
+            "max_size": args.max_size,
+            "evicted": r.evicted.iter().map(|k| k.to_hex()).collect::<Vec<_>>(),
+            "evicted_bytes": r.evicted_bytes,
+            "invalid_removed": r.invalid_removed,
+            "remaining_entries": r.remaining_entries,
+            "remaining_bytes": r.remaining_bytes,
+        }));
+    }
+    for key in &r.evicted {
+        println!("evicted {}", key.to_hex());
+    }
+    println!(
+        "evicted {} entries ({}), removed {} invalid; {} entries ({}) remain",
+        r.evicted.len(),
+        human_size(r.evicted_bytes),
+        r.invalid_removed,
+        r.remaining_entries,
+        human_size(r.remaining_bytes)
+    );
+    Ok(())
+}
+
+fn rm(args: &RmArgs) -> Result<()> {
+    let cache = open_cache(&load_config(&args.cache)?)?;
+    let key = cache.remove(&args.prefix)?;
+    if args.cache.json {
+        print_json(&json!({ "removed": key.to_hex() }))
+    } else {
+        println!("removed {}", key.to_hex());
+        Ok(())
+    }
+}
+
+// ---- node setup ----
+
+fn install_cmd(args: InstallArgs) -> Result<ExitCode> {
+    let report = install::install(&InstallOptions {
+        source_dir: args.source_dir,
+        bin_dir: args.bin_dir,
+        containerd_config: args.config,
+        runtime_name: args.runtime_name,
+        config_version: args.config_version,
+        force: args.force,
+        restart: args.restart,
+    })?;
+    print_install(&report, args.json)
+}
+
+fn uninstall_cmd(args: UninstallArgs) -> Result<ExitCode> {
+    let report = install::uninstall(&UninstallOptions {
+        bin_dir: args.bin_dir,
+        containerd_config: args.config,
+        runtime_name: args.runtime_name,
+        restart: args.restart,
+    })?;
+    print_install(&report, args.json)
+}
+
+fn print_install(report: &install::InstallReport, json: bool) -> Result<ExitCode> {
+    if json {
+        print_json(report)?;
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.restart_failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn check_cmd(args: CheckArgs) -> Result<ExitCode> {
+    let mut opts = CheckOptions {
+        socket: args.address,
+        containerd_config: args.config,
+        shim_dir: args.shim_dir,
+        runtime_name: args.runtime_name,
+        runtime_class: args.runtime_class,
+        node_name: args.node_name,
+        kubeconfig: args.kubeconfig,
+        ..CheckOptions::default()
+    };
+    if let Some(c) = args.shim_config {
+        opts.shim_config = c;
+    }
+    let report = check::check(&opts);
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+// ---- formatting ----
+
+/// `500M`, `2G`, `1024`, `1.5G`: bytes, with K/M/G/T as powers of 1024 (an optional `B`
+/// or `iB` after the suffix is accepted).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let bad = || format!("invalid size {s:?}: expected e.g. 0, 1048576, 500M or 2G");
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult).ok_or_else(bad);
+    }
+    match num.parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 0.0 && f * (mult as f64) < u64::MAX as f64 => {
+            Ok((f * mult as f64) as u64)
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+fn rfc3339(t: SystemTime) -> String {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        assert!(parse_size("lots").unwrap_err().contains("\"lots\""));
+        assert!(parse_size("-1M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn times_format_as_utc() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // leap day 2024
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56Z");
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
