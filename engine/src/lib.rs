@@ -84,6 +84,16 @@ impl Default for Options {
 }
 
 impl Options {
+    /// The options of a node whose shim config sets `opt_level`. The runner compiles with
+    /// them and `wasmedge-shimctl precompile` must use the very same, or the fingerprints
+    /// (and so the cache keys) would differ and a precompiled entry would never be hit.
+    pub fn for_node(opt_level: u8) -> Options {
+        Options {
+            opt_level,
+            ..Options::default()
+        }
+    }
+
     /// The compile options as ordered key/value pairs for the cache fingerprint.
     pub fn fingerprint_options(&self) -> Vec<(String, String)> {
         vec![

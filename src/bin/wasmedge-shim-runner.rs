@@ -37,10 +37,7 @@ fn main() {
         eprintln!("wasmedge-shim-runner: {e}; using the defaults");
         Config::default()
     });
-    let options = Options {
-        opt_level: config.opt_level,
-        ..Options::default()
-    };
+    let options = Options::for_node(config.opt_level);
     let engine = match Engine::new(options) {
         Ok(e) => e,
         Err(e) => {
