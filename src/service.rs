@@ -124,13 +124,19 @@ impl Shim for WasmEdgeShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        if let Err(e) = crate::logger::init(Path::new("log"), self.debug) {
-            eprintln!("open shim log: {e}");
-        }
-        if self.config.grouping == Grouping::Node {
-            // The bundle we started in is deleted with its task; move out of it.
-            if let Err(e) = self.leave_bundle().await {
-                warn!("node shim: {e}");
+        // The framework builds the task service before it binds the socket, and a daemon
+        // spawned for a group whose shim already runs exits right after. Such a daemon must
+        // not start a runner or move out of the bundle.
+        let serving = !socket_in_use(&self.socket);
+        if serving {
+            if let Err(e) = crate::logger::init(Path::new("log"), self.debug) {
+                eprintln!("open shim log: {e}");
+            }
+            if self.config.grouping == Grouping::Node {
+                // The bundle we started in is deleted with its task; move out of it.
+                if let Err(e) = self.leave_bundle().await {
+                    warn!("node shim: {e}");
+                }
             }
         }
         let service = TaskService {
@@ -147,13 +153,16 @@ impl Shim for WasmEdgeShim {
             }),
         };
         service.watch_exits().await;
-        // Start the runner now: its dynamic linking overlaps containerd's work before Create.
-        let inner = service.inner.clone();
-        tokio::spawn(async move {
-            if let Err(e) = inner.zygote().await {
-                warn!("{e}");
-            }
-        });
+        if serving {
+            // Start the runner now: its dynamic linking overlaps containerd's work before
+            // the first Create.
+            let inner = service.inner.clone();
+            tokio::spawn(async move {
+                if let Err(e) = inner.zygote().await {
+                    warn!("{e}");
+                }
+            });
+        }
         service
     }
 }
@@ -318,6 +327,12 @@ impl TaskService {
             }
         });
     }
+}
+
+/// Whether a shim already answers on `socket` (`unix:///path` or a path).
+fn socket_in_use(socket: &str) -> bool {
+    let path = socket.strip_prefix("unix://").unwrap_or(socket);
+    std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
 fn runner_path() -> PathBuf {

@@ -1,0 +1,114 @@
+//! End to end through a real containerd (started privately, as the tests do): `ctr run --rm`
+//! of a hello Wasm module through this shim (warm cache) against runc running a static
+//! native hello, in the same run; then density: PSS and processes per idle container with
+//! N = 1, 10, 50 sleeping Wasm containers.
+//!
+//! Needs root (containerd, mounts, cgroups); says so and exits when not root.
+//! `cargo criterion --bench e2e` (or `cargo bench --bench e2e`)
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{fixture, Containerd, Rootfs, Run};
+use criterion::{criterion_group, Criterion};
+
+fn hello_runs(c: &mut Criterion) {
+    let ctd = common::containerd();
+    let wasm = Rootfs::with(&[("hello.wasm", &fixture("probe.wasm"))]);
+    let native = Rootfs::with(&[("hello", &fixture("native-hello"))]);
+    // Warm the cache (and the node shim) once.
+    let out = ctd.run(&Run::rootfs("warm", wasm.path(), &["/hello.wasm"]));
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+
+    let mut g = c.benchmark_group("ctr run --rm hello");
+    g.sample_size(20).measurement_time(Duration::from_secs(10));
+    let mut n = 0u64;
+    g.bench_function("wasmedge shim (warm cache)", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                let run = Run::rootfs(&format!("w{n}"), wasm.path(), &["/hello.wasm"]);
+                let out = ctd.run(&run);
+                assert_eq!(out.code, Some(0), "{out:?}");
+                total += out.elapsed;
+            }
+            total
+        })
+    });
+    g.bench_function("runc (static native hello)", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                let mut run = Run::rootfs(&format!("r{n}"), native.path(), &["/hello"]);
+                run.runtime = Some("io.containerd.runc.v2".into());
+                let out = ctd.run(&run);
+                assert_eq!(out.code, Some(0), "{out:?}");
+                total += out.elapsed;
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+/// PSS (KiB) of every process of the shim: shims, the runner and its container processes.
+fn shim_pss() -> (u64, usize) {
+    let procs: Vec<_> = common::processes_matching("containerd-shim-wasmedge-v1")
+        .into_iter()
+        .chain(common::processes_matching("wasmedge-shim-runner"))
+        .collect();
+    let mut total = 0;
+    for (pid, _) in &procs {
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        total += rollup
+            .lines()
+            .find(|l| l.starts_with("Pss:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (total, procs.len())
+}
+
+fn density(ctd: &Containerd) {
+    let wasm = Rootfs::with(&[("app.wasm", &fixture("probe.wasm"))]);
+    for n in [1usize, 10, 50] {
+        let ids: Vec<String> = (0..n).map(|i| format!("idle-{n}-{i}")).collect();
+        let started = Instant::now();
+        for id in &ids {
+            ctd.run_detached(&Run::rootfs(
+                id,
+                wasm.path(),
+                &["/app.wasm", "sleep", "1000"],
+            ));
+        }
+        let start_each = started.elapsed() / n as u32;
+        std::thread::sleep(Duration::from_secs(1));
+        let (pss, procs) = shim_pss();
+        println!(
+            "density/idle-wasm-containers/{n:<3} pss_per_container: {:>8.1} KiB   processes_per_container: {:.2}   (total {pss} KiB in {procs} processes; {:?} per ctr run -d)",
+            pss as f64 / n as f64,
+            procs as f64 / n as f64,
+            start_each,
+        );
+        for id in &ids {
+            ctd.remove(id);
+        }
+    }
+}
+
+criterion_group!(benches, hello_runs);
+
+fn main() {
+    if !common::can_run("e2e benchmarks") {
+        return;
+    }
+    benches();
+    density(common::containerd());
+    Criterion::default().configure_from_args().final_summary();
+}
