@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod images;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -148,9 +150,13 @@ pub struct RunResult {
 
 static SHARED: OnceLock<Containerd> = OnceLock::new();
 
-/// The containerd shared by the tests of this binary, started on first use.
+/// The containerd shared by the tests of this binary, started on first use and shut down
+/// (shims killed, mounts and temp dir removed) when the test process exits.
 pub fn containerd() -> &'static Containerd {
-    SHARED.get_or_init(|| Containerd::start(false))
+    SHARED.get_or_init(|| {
+        images::shutdown_shared_at_exit();
+        Containerd::start(false)
+    })
 }
 
 impl Containerd {
@@ -291,6 +297,12 @@ state = "{d}/state"
         a.push(r.runtime.clone().unwrap_or_else(|| RUNTIME.into()));
         a.push("--fifo-dir".into());
         a.push(self.dir.join("fifo").display().to_string());
+        if r.runtime.as_deref() == Some(images::RUNC) {
+            // runc's state root defaults to the system's /run/containerd/runc, shared by every
+            // containerd: two test binaries with the same namespace and id would collide.
+            a.push("--runc-root".into());
+            a.push(self.dir.join("runc").display().to_string());
+        }
         for e in &r.env {
             a.push("--env".into());
             a.push(e.clone());

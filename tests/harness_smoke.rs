@@ -1,0 +1,110 @@
+//! The test harness itself, with runc only: a private containerd starts, takes our image
+//! archives and runs the native baseline image. Nothing here needs the WasmEdge shim.
+
+mod common;
+
+use common::images::{self, ctr_raw, Owned};
+use common::{containerd, Run};
+
+use common::images::RUNC;
+
+#[test]
+fn runc_runs_the_native_hello_image() {
+    if !common::can_run("runc_runs_the_native_hello_image") {
+        return;
+    }
+    let ctd = containerd();
+    let native = images::native_hello();
+    ctd.import_image(&native);
+    let out = ctd.run(&Run {
+        runtime: Some(RUNC.into()),
+        ..Run::image("smoke-native", &native.reference, &[])
+    });
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (Some(0), "hello from native\n", ""),
+        "{}",
+        ctd.log_tail()
+    );
+    assert_eq!(ctd.task_status("smoke-native"), None, "--rm left the task");
+}
+
+#[test]
+fn plain_wasm_image_unpacks_to_a_rootfs() {
+    if !common::can_run("plain_wasm_image_unpacks_to_a_rootfs") {
+        return;
+    }
+    let ctd = containerd();
+    let probe = images::probe_image();
+    ctd.import_image(&probe);
+    assert!(ctd.content().contains(&probe.layer_digest));
+    // runc sees the unpacked rootfs: the module is there, at the entrypoint's path. A static
+    // native program bind-mounted in stands in for `ls`, which the image does not have.
+    let hello_dir = common::fixtures().to_str().unwrap().to_string();
+    let out = ctd.run(&Run {
+        runtime: Some(RUNC.into()),
+        mounts: vec![format!(
+            "type=bind,src={hello_dir},dst=/fixtures,options=rbind:ro"
+        )],
+        ..Run::image("smoke-plain", &probe.reference, &["/fixtures/native-hello"])
+    });
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stderr, ctd.log_tail());
+    assert_eq!(out.stdout, "hello from native\n");
+    let info = ctd.ctr_ok(&["images", "ls"]);
+    let line = info
+        .lines()
+        .find(|l| l.starts_with(&probe.reference))
+        .unwrap();
+    assert!(line.contains("wasip1/wasm"), "{line}");
+}
+
+#[test]
+fn wasm_artifact_is_imported_but_ctr_cannot_create_from_it() {
+    if !common::can_run("wasm_artifact_is_imported_but_ctr_cannot_create_from_it") {
+        return;
+    }
+    let ctd = containerd();
+    let art = images::probe_artifact();
+    ctd.import_image(&art);
+    assert!(ctd.images().contains(&art.reference));
+    // The module is a blob of the content store, byte for byte.
+    assert!(ctd.content().contains(&art.layer_digest));
+    let module = std::fs::read(common::fixture("probe.wasm")).unwrap();
+    assert_eq!(
+        std::fs::read(ctd.blob_path(&art.layer_digest)).unwrap(),
+        module
+    );
+    // containerd 1.7's client (ctr) reads the image config to build the spec and knows only
+    // OCI/Docker config types: no container can be created from the artifact by name.
+    let (code, _, stderr) = ctr_raw(ctd, &["container", "create", &art.reference, "smoke-art"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("unknown image config media type application/vnd.wasm.config.v0+json"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn owned_containerd_cleans_up_after_itself() {
+    if !common::can_run("owned_containerd_cleans_up_after_itself") {
+        return;
+    }
+    let ctd = Owned::start(false);
+    let dir = ctd.dir.clone();
+    let native = images::native_hello();
+    ctd.import_image(&native);
+    ctd.run_detached(&Run {
+        runtime: Some(RUNC.into()),
+        ..Run::image("smoke-owned", &native.reference, &[])
+    });
+    assert!(ctd.log_path().exists());
+    let address = ctd.address.display().to_string();
+    drop(ctd);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(common::mounts_under(&dir).is_empty());
+    let left: Vec<_> = common::processes_matching(&address)
+        .into_iter()
+        .filter(|(pid, _)| *pid != std::process::id() as i32)
+        .collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
+}
