@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/setup.sh
+SKIP_CARGO_TOOLS=1 ./scripts/setup.sh
 cargo build --release --bins
 bin=$PWD/target/release
 fixtures=$PWD/target/fixtures

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The benchmarks: set up (with cargo-criterion), then `cargo criterion` over every bench:
+# cache (hashing, warm lookup, locks), engine (start latency native vs interpreter, CPU-bound
+# run), e2e (ctr run --rm through this shim vs runc, density with 1/10/50 idle containers;
+# needs root). Figures and commands are kept in BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+if command -v cargo-criterion >/dev/null 2>&1; then
+  cargo criterion "$@"
+else
+  cargo bench "$@"
+fi
