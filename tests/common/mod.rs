@@ -569,3 +569,30 @@ pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
         .unwrap();
     (dir, path)
 }
+
+impl Containerd {
+    /// Runs `ctr -a SOCK -n NS args...` in a namespace of our choice (CRI uses `k8s.io`).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&self.address)
+            .arg("-n")
+            .arg(namespace)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `ctr -n NS` that must succeed; returns its stdout.
+    pub fn ctr_in_ok(&self, namespace: &str, args: &[&str]) -> String {
+        let out = self.ctr_in(namespace, args);
+        assert!(
+            out.status.success(),
+            "ctr -n {namespace} {args:?} failed: {}\n--- containerd log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
