@@ -44,9 +44,11 @@ const RUNNER_BINARY: &str = "wasmedge-shim-runner";
 // ---------------------------------------------------------------------------------------
 // Images
 
-/// An image of `files` (mode 0755) for the host's linux platform: `ctr images import`
-/// unpacks only the host platform by default, and the CRI plugin runs only unpacked images.
-// The image module's default platform, wasip1/wasm, is not unpacked by a plain import.
+/// An image of `files` (mode 0755) for the host's linux platform, which a plain
+/// `ctr images import` takes and unpacks, as kubelet's pause image must be anyway.
+// The image module's default platform, wasip1/wasm, is refused by a plain import of
+// containerd 1.7 ("image might be filtered out"); with `--all-platforms` it is imported and
+// the CRI plugin unpacks it at CreateContainer. The tests keep to the default import.
 fn linux_image(reference: &str, entrypoint: &str, files: &[(&str, &Path)]) -> ImageBuilder {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -619,7 +621,7 @@ fn containers_of_a_pod_share_its_shim_and_stop_container_ends_a_running_module()
         // it finds the socket taken).
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let daemons = shim_daemons();
+            let daemons = shim_daemons(ctd);
             if daemons == [shim] {
                 break;
             }
@@ -736,19 +738,18 @@ fn bootstrap_address_after(log: &str, marker: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Live shim daemons serving containerd's `k8s.io` namespace (not `start`/`delete` runs).
-fn shim_daemons() -> Vec<i32> {
+/// Live shim daemons serving `ctd`'s `k8s.io` namespace (not `start`/`delete` runs).
+fn shim_daemons(ctd: &Containerd) -> Vec<i32> {
+    let address = format!("-address {} ", ctd.address.display());
     let mut pids: Vec<i32> = common::processes_matching(SHIM_BINARY)
         .into_iter()
         .filter(|(pid, cmd)| {
             exe_name(*pid) == SHIM_BINARY
+                && cmd.contains(&address)
                 && cmd.contains(&format!("-namespace {K8S_NS} "))
-                && cmd.contains("-socket ")
                 && !cmd.trim_end().ends_with(" start")
                 && !cmd.trim_end().ends_with(" delete")
         })
-        .collect::<Vec<_>>()
-        .into_iter()
         .map(|(pid, _)| pid)
         .collect();
     pids.sort();
