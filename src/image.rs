@@ -571,6 +571,9 @@ fn check_reference(reference: &str) -> Result<()> {
     }
 }
 
+/// Turns a compressed layer (media type, blob) into a tar, or says why it cannot.
+pub type Decompress = dyn Fn(&str, &[u8]) -> std::result::Result<Vec<u8>, String>;
+
 /// Most bytes [`Archive::read`] takes from one archive (a module image, not a distro).
 pub const MAX_ARCHIVE_BYTES: u64 = 4 << 30;
 /// Most symlinks followed when looking for the entrypoint in the layers.
@@ -692,7 +695,7 @@ impl Archive {
                     return Ok(());
                 };
                 let manifest: oci_spec::image::ImageManifest = serde_json::from_slice(blob)?;
-                let config = self.blob(&manifest.config().digest().to_string())?.to_vec();
+                let config = self.blob(manifest.config().digest().as_ref())?.to_vec();
                 let is_artifact = manifest.config().media_type().to_string()
                     == WASM_CONFIG_MEDIA_TYPE
                     || manifest
@@ -739,11 +742,7 @@ impl Archive {
 
     /// The image's module. `decompress` turns a layer blob of a compressed media type
     /// (e.g. `...tar+gzip`) into a tar; uncompressed layers are read as they are.
-    pub fn module(
-        &self,
-        image: &FoundImage,
-        decompress: &dyn Fn(&str, &[u8]) -> std::result::Result<Vec<u8>, String>,
-    ) -> Result<FoundModule> {
+    pub fn module(&self, image: &FoundImage, decompress: &Decompress) -> Result<FoundModule> {
         if image.form == Form::Artifact {
             let layer = image
                 .manifest
@@ -776,7 +775,7 @@ impl Archive {
         let mut layers = Vec::new();
         for l in image.manifest.layers() {
             let media = l.media_type().to_string();
-            let blob = self.blob(&l.digest().to_string())?;
+            let blob = self.blob(l.digest().as_ref())?;
             let tar = if media.ends_with(".tar") || media.ends_with("tar.diff") {
                 blob.to_vec()
             } else {
