@@ -93,9 +93,28 @@ fn owned_containerd_cleans_up_after_itself() {
     let dir = ctd.dir.clone();
     let native = images::native_hello();
     ctd.import_image(&native);
+    // Detached: the hello exits at once and its task stays, STOPPED, until deleted.
     ctd.run_detached(&Run {
         runtime: Some(RUNC.into()),
         ..Run::image("smoke-owned", &native.reference, &[])
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ctd.task_status("smoke-owned").as_deref() != Some("STOPPED") {
+        assert!(std::time::Instant::now() < deadline, "{:?}", ctd.tasks());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let tasks = ctd.tasks();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(
+        (tasks[0].0.as_str(), tasks[0].2.as_str()),
+        ("smoke-owned", "STOPPED")
+    );
+    ctd.delete("smoke-owned");
+    assert!(ctd.tasks().is_empty());
+    // And one left behind (task, container, runc state) for the shutdown to clean.
+    ctd.run_detached(&Run {
+        runtime: Some(RUNC.into()),
+        ..Run::image("smoke-owned-2", &native.reference, &[])
     });
     assert!(ctd.log_path().exists());
     let address = ctd.address.display().to_string();

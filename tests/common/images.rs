@@ -128,6 +128,34 @@ impl Containerd {
         lines(&self.ctr_ok(&["content", "ls", "-q"]))
     }
 
+    /// `ctr task kill -s SIGNAL ID` (e.g. `SIGTERM`, `SIGKILL`); must succeed.
+    pub fn kill(&self, id: &str, signal: &str) {
+        self.ctr_ok(&["task", "kill", "-s", signal, id]);
+    }
+
+    /// `ctr task ls`: (id, pid, status) of every task of our namespace.
+    pub fn tasks(&self) -> Vec<(String, u32, String)> {
+        self.ctr_ok(&["task", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.first()?.to_string(),
+                    f.get(1)?.parse().ok()?,
+                    f.get(2)?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// `ctr task rm ID` then `ctr container rm ID`; both must succeed (the task must be
+    /// stopped). [`Containerd::remove`] is the forgiving variant that kills first.
+    pub fn delete(&self, id: &str) {
+        self.ctr_ok(&["task", "rm", id]);
+        self.ctr_ok(&["container", "rm", id]);
+    }
+
     /// Where containerd keeps a blob of its content store (for the artifact form's module).
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
