@@ -127,3 +127,81 @@ fn owned_containerd_cleans_up_after_itself() {
         .collect();
     assert!(left.is_empty(), "processes left: {left:?}");
 }
+
+/// The fixtures do what the tests expect of them, checked with the `wasmedge` CLI (no
+/// containerd, no root). Skipped when the CLI is not installed.
+#[test]
+fn probe_fixture_behaves_under_the_wasmedge_cli() {
+    if std::process::Command::new("wasmedge")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped probe_fixture_behaves_under_the_wasmedge_cli: needs the wasmedge CLI");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "file text\n").unwrap();
+    let probe = common::fixture("probe.wasm");
+    let run = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("wasmedge")
+            .arg("--dir")
+            .arg(format!("/d:{}", dir.path().display()))
+            .args(["--env", "GREETING=hi"])
+            .arg(&probe)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |s: &str| (Some(0), s.to_string());
+    let (code, out, _) = run(&[], "");
+    assert_eq!((code, out), ok("hello from wasm\n"));
+    assert_eq!(run(&["exit", "7"], "").0, Some(7));
+    assert_ne!(run(&["trap"], "").0, Some(0));
+    // argv[0] is the CLI's choice (the file name); the rest is ours, one per line.
+    let args = run(&["args", "a b", "c"], "").1;
+    assert_eq!(
+        args.lines().skip(1).collect::<Vec<_>>(),
+        ["args", "a b", "c"]
+    );
+    assert_eq!(run(&["env", "GREETING"], "").1, "hi\n");
+    assert!(run(&["envall"], "").1.contains("GREETING=hi\n"));
+    assert_eq!(run(&["cwd"], "").1, "/\n");
+    assert_eq!(run(&["cat", "/d/in.txt"], "").1, "file text\n");
+    let (code, _, err) = run(&["cat", "/d/missing"], "");
+    assert_eq!(
+        (code, err.as_str()),
+        (Some(2), "open /d/missing: No such file or directory\n")
+    );
+    assert_eq!(run(&["write", "/d/out.txt", "written text"], "").0, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "written text"
+    );
+    let (code, _, err) = run(&["write", "/nowhere/x", "t"], "");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(run(&["ls", "/d"], "").1.lines().any(|l| l == "in.txt"));
+    assert_eq!(run(&["sleep", "0"], "").0, Some(0));
+    assert_eq!(run(&["echo-stdin"], "from stdin\n").1, "from stdin\n");
+    let (code, out, _) = run(&["bigout", "20000"], "");
+    assert_eq!((code, out.lines().count()), (Some(0), 20000));
+    assert_eq!(out.lines().last(), Some("line 19999"));
+    assert_eq!(run(&["fib", "20"], "").1, "6765\n");
+    assert_eq!(run(&["no-such-command"], "").0, Some(64));
+}
