@@ -42,7 +42,7 @@ fn start(c: &mut Criterion) {
     let mut g = c.benchmark_group("start");
     g.bench_function("native: load .so + instantiate + run", |b| {
         b.iter(|| {
-            let loaded = engine.load_native(&so).unwrap();
+            let loaded = engine.load_native(&so, dir.path()).unwrap();
             let inst = engine.instantiate(&loaded, &exit0).unwrap();
             assert_eq!(inst.run(), Outcome::Exited(0));
         })
@@ -54,7 +54,7 @@ fn start(c: &mut Criterion) {
             assert_eq!(inst.run(), Outcome::Exited(0));
         })
     });
-    let loaded = engine.load_native(&so).unwrap();
+    let loaded = engine.load_native(&so, dir.path()).unwrap();
     g.bench_function("native: instantiate + run (module kept loaded)", |b| {
         b.iter(|| {
             let inst = engine.instantiate(&loaded, &exit0).unwrap();
@@ -67,7 +67,7 @@ fn start(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     // Output goes to fd 1; fib prints one short line per run.
     let fib = plan(&["probe.wasm", "fib", "25"]);
-    let native = engine.load_native(&so).unwrap();
+    let native = engine.load_native(&so, dir.path()).unwrap();
     let interp = engine.load_bytes(&wasm, &bytes).unwrap();
     g.bench_function("native", |b| {
         b.iter(|| engine.instantiate(&native, &fib).unwrap().run())

@@ -184,12 +184,17 @@ impl Zygote {
     }
 }
 
-/// Runner side: serves requests on `sock` until the shim closes it, forking a container
-/// process for each and calling `container` in it. `container` never returns: it ends the
-/// process with the container's exit code.
+/// Runner side: serves requests on `sock` until the shim closes it. For each, calls
+/// `before_fork` in the runner (to prepare state every container of a module can share),
+/// then forks a container process and calls `container` in it with what `before_fork`
+/// returned; the process ends with the exit code `container` returns.
 ///
 /// Must be called while the process is single-threaded (fork is only safe then).
-pub fn serve(sock: OwnedFd, mut container: impl FnMut(SpawnRequest, ContainerFds) -> i32) -> ! {
+pub fn serve<P>(
+    sock: OwnedFd,
+    mut before_fork: impl FnMut(&SpawnRequest) -> P,
+    mut container: impl FnMut(SpawnRequest, P, ContainerFds) -> i32,
+) -> ! {
     let mut buf = vec![0u8; MAX_REQUEST];
     loop {
         let (req, fds) = match receive(sock.as_fd(), &mut buf) {
@@ -200,6 +205,7 @@ pub fn serve(sock: OwnedFd, mut container: impl FnMut(SpawnRequest, ContainerFds
                 continue;
             }
         };
+        let pre = before_fork(&req);
         // SAFETY: the runner is single-threaded (documented precondition), so the child
         // may run arbitrary code after fork.
         match unsafe { nix::unistd::fork() } {
@@ -208,7 +214,7 @@ pub fn serve(sock: OwnedFd, mut container: impl FnMut(SpawnRequest, ContainerFds
                 match unsafe { nix::unistd::fork() } {
                     Ok(nix::unistd::ForkResult::Child) => {
                         drop(sock);
-                        let code = container(req, fds);
+                        let code = container(req, pre, fds);
                         std::process::exit(code);
                     }
                     Ok(nix::unistd::ForkResult::Parent { .. }) => {
@@ -230,7 +236,7 @@ pub fn serve(sock: OwnedFd, mut container: impl FnMut(SpawnRequest, ContainerFds
                 }
             }
             Ok(nix::unistd::ForkResult::Parent { child }) => {
-                drop(fds);
+                drop((fds, pre));
                 let _ = nix::sys::wait::waitpid(child, None);
             }
             Err(e) => {

@@ -9,6 +9,7 @@
 //! The seam is deliberately narrow ([`Engine`], [`Loaded`], [`WasiPlan`], [`Outcome`]) so
 //! the process model around it can change without touching WasmEdge code.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use wasmedge_sys::AsInstance;
@@ -255,14 +256,39 @@ impl Engine {
         self.validated(module, path, Tier::Interpreter)
     }
 
-    /// Loads an AOT-compiled shared library (its file name must end in `.so`); WasmEdge maps
-    /// it with `dlopen`, so its code pages are shared with every process that maps it.
-    pub fn load_native(&self, so: &Path) -> Result<Loaded, EngineError> {
-        let loader = self.loader()?;
-        let module = loader.from_file(so).map_err(|source| EngineError::Load {
+    /// Loads an AOT-compiled shared library; WasmEdge maps it with `dlopen`, so its code
+    /// pages are shared with every process that maps it.
+    ///
+    /// `dlopen` returns an already loaded object when asked for the same file name again,
+    /// even if the file behind that name has since been replaced (a cache entry that was
+    /// found corrupt and recompiled keeps its path). So the library is opened through a
+    /// name that includes its device and inode: a symlink in `link_dir`, which must be a
+    /// directory only we can write to (a link planted there would be code we execute).
+    pub fn load_native(&self, so: &Path, link_dir: &Path) -> Result<Loaded, EngineError> {
+        let load_err = |e: std::io::Error| EngineError::Load {
             path: so.to_owned(),
-            source,
-        })?;
+            source: Box::new(WasmEdgeError::Operation(e.to_string())),
+        };
+        let meta = std::fs::metadata(so).map_err(load_err)?;
+        let link = link_dir.join(format!("{:x}-{:x}.so", meta.dev(), meta.ino()));
+        if std::fs::read_link(&link).ok().as_deref() != Some(so) {
+            let tmp = link_dir.join(format!(
+                ".{:x}-{:x}.{}",
+                meta.dev(),
+                meta.ino(),
+                std::process::id()
+            ));
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(so, &tmp).map_err(load_err)?;
+            std::fs::rename(&tmp, &link).map_err(load_err)?;
+        }
+        let loader = self.loader()?;
+        let module = loader
+            .from_file(&link)
+            .map_err(|source| EngineError::Load {
+                path: so.to_owned(),
+                source,
+            })?;
         self.validated(module, so, Tier::Native)
     }
 

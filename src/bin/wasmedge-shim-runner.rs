@@ -3,14 +3,17 @@
 //! runs in those container processes: enter the container's cgroup and network namespace,
 //! take its stdio, load and instantiate the module, report, wait for start, run.
 
+use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::Instant;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use wasmedge_aot_cache::{Cache, CacheConfig, Fingerprint};
+use wasmedge_aot_cache::{Cache, CacheConfig, Fingerprint, Key};
 use wasmedge_aot_engine::{fingerprint, Engine, Loaded, Options, Outcome, WasiPlan};
 use wasmedge_aot_shim::aot;
-use wasmedge_aot_shim::config::Config;
+use wasmedge_aot_shim::config::{Config, Policy};
 use wasmedge_aot_shim::zygote::{self, CodeSource, ContainerFds, Report, SpawnRequest, Timings};
 
 /// Everything a container process inherits from the runner, set up once before any fork.
@@ -19,6 +22,89 @@ struct Runner {
     config: Config,
     cache: Result<Cache, String>,
     fingerprint: Fingerprint,
+    /// Native modules the runner has loaded (parsed, validated, `dlopen`ed) for earlier
+    /// containers, most recently used last. A container of the same module is forked with
+    /// it already loaded: it only instantiates, and shares the module's pages (its AST and
+    /// the relocated shared library) with the runner instead of building its own copy.
+    templates: RefCell<Vec<Template>>,
+    /// Where native modules are opened from, by names unique to each artifact file (see
+    /// `Engine::load_native`): inside the cache root, which the cache checks is ours alone.
+    link_dir: std::path::PathBuf,
+}
+
+/// Most native modules kept loaded in the runner.
+const MAX_TEMPLATES: usize = 16;
+
+struct Template {
+    key: Key,
+    /// (device, inode) of the artifact it was loaded from: a re-published entry is another
+    /// file, and its template is replaced.
+    file: (u64, u64),
+    loaded: Rc<Loaded>,
+}
+
+/// What the runner resolved before forking a container.
+#[derive(Default)]
+struct PreFork {
+    template: Option<Rc<Loaded>>,
+    hash: Duration,
+    lookup: Duration,
+    load: Duration,
+}
+
+impl Runner {
+    /// Runs in the runner before each fork: finds the module's cached native code and, the
+    /// first time, loads it once for all its containers. Anything unusual (a miss, a policy
+    /// that does not want native code, an unusable cache, a load error) leaves the work to
+    /// the container process, which handles it with its fallbacks.
+    fn before_fork(&self, req: &SpawnRequest) -> PreFork {
+        let mut pre = PreFork::default();
+        let Ok(cache) = &self.cache else { return pre };
+        let module = &req.plan.module;
+        let size = std::fs::metadata(module).map(|m| m.len()).unwrap_or(0);
+        if self.config.effective_policy(req.policy, size) == Policy::Off {
+            return pre;
+        }
+        let t = Instant::now();
+        let Ok(key) = cache.key_for(module, &self.fingerprint) else {
+            return pre;
+        };
+        pre.hash = t.elapsed();
+        let t = Instant::now();
+        let Ok(Some(artifact)) = cache.lookup(&key) else {
+            return pre;
+        };
+        pre.lookup = t.elapsed();
+        let Ok(meta) = artifact.file.metadata() else {
+            return pre;
+        };
+        let file = (meta.dev(), meta.ino());
+        let mut templates = self.templates.borrow_mut();
+        if let Some(i) = templates.iter().position(|t| t.key == key) {
+            let t = templates.remove(i);
+            if t.file == file {
+                pre.template = Some(t.loaded.clone());
+                templates.push(t);
+                return pre;
+            }
+        }
+        let t = Instant::now();
+        let Ok(loaded) = self.engine.load_native(&artifact.path, &self.link_dir) else {
+            return pre;
+        };
+        pre.load = t.elapsed();
+        let loaded = Rc::new(loaded);
+        if templates.len() >= MAX_TEMPLATES {
+            templates.remove(0);
+        }
+        templates.push(Template {
+            key,
+            file,
+            loaded: loaded.clone(),
+        });
+        pre.template = Some(loaded);
+        pre
+    }
 }
 
 /// The smallest WASI command: an empty `_start`. Running it once before serving makes the
@@ -57,16 +143,33 @@ fn main() {
     if let Err(e) = &cache {
         eprintln!("wasmedge-shim-runner: aot cache unusable, modules run in the interpreter: {e}");
     }
+    let link_dir = config.cache_dir.join("links");
+    if cache.is_ok() {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&link_dir);
+        // Links to artifacts that were evicted or replaced since are dead weight.
+        for entry in std::fs::read_dir(&link_dir).into_iter().flatten().flatten() {
+            if std::fs::metadata(entry.path()).is_err() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     let runner = Runner {
         fingerprint: fingerprint(&engine),
         engine,
         config,
         cache,
+        templates: RefCell::new(Vec::new()),
+        link_dir,
     };
     // SAFETY: the shim starts us with our end of the request socket as fd 0, and nothing
     // else in this process owns fd 0.
     let sock = unsafe { OwnedFd::from_raw_fd(0) };
-    zygote::serve(sock, |req, fds| container_main(&runner, req, fds))
+    zygote::serve(
+        sock,
+        |req| runner.before_fork(req),
+        |req, pre, fds| container_main(&runner, req, pre, fds),
+    )
 }
 
 fn warm_up(engine: &Engine) {
@@ -127,10 +230,10 @@ fn release_compiler_pages() {
 }
 
 /// Runs in the container process; returns its exit code.
-fn container_main(runner: &Runner, req: SpawnRequest, fds: ContainerFds) -> i32 {
+fn container_main(runner: &Runner, req: SpawnRequest, pre: PreFork, fds: ContainerFds) -> i32 {
     let pid = std::process::id() as i32;
     let control = fds.control;
-    match prepare(runner, &req, fds.stdin, fds.stdout, fds.stderr) {
+    match prepare(runner, &req, pre, fds.stdin, fds.stdout, fds.stderr) {
         Ok((instance, timings, warning)) => {
             let ready = Report::Ready {
                 pid,
@@ -202,6 +305,7 @@ type Prepared = (wasmedge_aot_engine::Instance, Timings, Option<String>);
 fn prepare(
     runner: &Runner,
     req: &SpawnRequest,
+    pre: PreFork,
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
@@ -218,21 +322,34 @@ fn prepare(
         }
     }
     // Before joining the cgroup: a compile is the node's cost, not the pod's.
-    let module_bytes = std::fs::metadata(&plan.module)
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let policy = runner.config.effective_policy(req.policy, module_bytes);
-    let resolved = aot::resolve(
-        runner.cache.as_ref().map_err(String::as_str),
-        &plan.module,
-        &runner.fingerprint,
-        policy,
-        engine,
-        || compile_in_background(runner, &plan.module),
-    );
-    if let Ok(cache) = &runner.cache {
-        let _ = cache.flush_stats();
-    }
+    let resolved = match &pre.template {
+        Some(_) => aot::Resolved {
+            code: CodeSource::Interpreter, // unused: the template is the code
+            outcome: "hit",
+            hash: pre.hash,
+            lookup: pre.lookup,
+            compile: Duration::ZERO,
+            warning: None,
+        },
+        None => {
+            let module_bytes = std::fs::metadata(&plan.module)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            let policy = runner.config.effective_policy(req.policy, module_bytes);
+            let resolved = aot::resolve(
+                runner.cache.as_ref().map_err(String::as_str),
+                &plan.module,
+                &runner.fingerprint,
+                policy,
+                engine,
+                || compile_in_background(runner, &plan.module),
+            );
+            if let Ok(cache) = &runner.cache {
+                let _ = cache.flush_stats();
+            }
+            resolved
+        }
+    };
     let mut warning = resolved.warning.clone();
 
     let entered = Instant::now();
@@ -255,17 +372,19 @@ fn prepare(
             .load_bytes(&plan.module, &bytes)
             .map_err(|e| e.to_string())
     };
-    let loaded: Loaded = match &resolved.code {
-        CodeSource::Interpreter => interpret()?,
-        CodeSource::Native(so) => match engine.load_native(so) {
-            Ok(l) => l,
+    let loaded: Rc<Loaded> = match (&pre.template, &resolved.code) {
+        (Some(t), _) => t.clone(),
+        (None, CodeSource::Interpreter) => Rc::new(interpret()?),
+        (None, CodeSource::Native(so)) => match engine.load_native(so, &runner.link_dir) {
+            Ok(l) => Rc::new(l),
             Err(e) => {
                 warning = Some(format!("{e}; running it in the interpreter"));
-                interpret()?
+                Rc::new(interpret()?)
             }
         },
     };
-    let load_us = started.elapsed().as_micros() as u64;
+    // A template's load happened once, in the runner; what this start paid for it is pre.load.
+    let load_us = (started.elapsed() + pre.load).as_micros() as u64;
 
     let started = Instant::now();
     let wasi = WasiPlan {
