@@ -17,7 +17,9 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
 fn data(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+    (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
 }
 
 fn hashing(c: &mut Criterion) {
@@ -93,7 +95,9 @@ fn warm_lookup(c: &mut Criterion) {
         let root = dir.path().join("cache");
         b.iter(|| {
             let fresh = Cache::open(CacheConfig::new(&root)).expect("open");
-            fresh.get_or_compile(&module, &fp, &CopyCompiler).expect("hit")
+            fresh
+                .get_or_compile(&module, &fp, &CopyCompiler)
+                .expect("hit")
         })
     });
     g.finish();

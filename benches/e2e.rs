@@ -6,6 +6,9 @@
 //! Needs root (containerd, mounts, cgroups); says so and exits when not root.
 //! `cargo criterion --bench e2e` (or `cargo bench --bench e2e`)
 
+// A benchmark reports its figures on stdout, as criterion does.
+#![allow(clippy::print_stdout)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
