@@ -39,6 +39,8 @@ pub struct StdioPaths {
 
 /// The annotation CRI puts on a pod's sandbox ("pause") container.
 const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+/// The annotation CRI puts on every container of a pod.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
 #[derive(Debug)]
 pub struct Container {
@@ -47,6 +49,9 @@ pub struct Container {
     /// the pod's network namespace is made by CRI and joined by each Wasm container, so no
     /// pause process is needed. Its pid is the shim's own.
     pub sandbox: bool,
+    /// For a sandbox: the network namespace its spec named (the pod's), which its
+    /// containers join.
+    pub netns: Option<PathBuf>,
     pub bundle: PathBuf,
     pub stdio: StdioPaths,
     pub pid: i32,
@@ -64,7 +69,13 @@ impl Container {
     /// Everything containerd's Create asks: mount the rootfs, translate the spec, open
     /// stdio, and have the runner fork a process that loads and instantiates the module.
     /// On error nothing is left behind (mount, cgroup, process).
-    pub async fn create(req: &CreateTaskRequest, zygote: &Zygote) -> Result<Container, ShimError> {
+    /// `sandbox_netns` answers, for a pod's sandbox id, the network namespace its sandbox
+    /// spec named (see [`spec::pod_network_namespace`]).
+    pub async fn create(
+        req: &CreateTaskRequest,
+        zygote: &Zygote,
+        sandbox_netns: impl Fn(&str) -> Option<Option<PathBuf>>,
+    ) -> Result<Container, ShimError> {
         let id = req.id.clone();
         if req.terminal {
             return Err(ShimError::Unsupported(
@@ -87,6 +98,7 @@ impl Container {
         let mut c = Container {
             id: id.clone(),
             sandbox,
+            netns: None,
             bundle,
             stdio: StdioPaths {
                 stdin: req.stdin.clone(),
@@ -104,8 +116,14 @@ impl Container {
         };
         if sandbox {
             c.pid = std::process::id() as i32;
+            c.netns = spec::network_namespace(&spec);
             return Ok(c);
         }
+        let pod_netns = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
+            .and_then(|sandbox_id| sandbox_netns(sandbox_id));
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs).map_err(ShimError::io(format!(
                 "create rootfs dir {}",
@@ -119,7 +137,7 @@ impl Container {
                 }
             }
         }
-        match c.spawn(&spec, &rootfs, zygote).await {
+        match c.spawn(&spec, &rootfs, zygote, pod_netns).await {
             Ok(pid) => {
                 c.pid = pid;
                 Ok(c)
@@ -136,6 +154,7 @@ impl Container {
         spec: &oci_spec::runtime::Spec,
         rootfs: &Path,
         zygote: &Zygote,
+        pod_netns: Option<Option<PathBuf>>,
     ) -> Result<i32, ShimError> {
         let id = self.id.clone();
         let create_err = |context: &'static str| {
@@ -146,7 +165,9 @@ impl Container {
                 message: e.to_string(),
             }
         };
-        let plan = spec::plan(spec, rootfs).map_err(|e| create_err("entrypoint")(&e))?;
+        let mut plan = spec::plan(spec, rootfs).map_err(|e| create_err("entrypoint")(&e))?;
+        plan.network_ns =
+            spec::pod_network_namespace(plan.network_ns, std::process::id(), pod_netns);
         let policy = match spec
             .annotations()
             .as_ref()

@@ -29,14 +29,12 @@ use time::OffsetDateTime;
 
 use crate::config::{Config, Grouping};
 
-use crate::container::{Container, Status};
+use crate::container::{Container, Status, SANDBOX_ID_ANNOTATION};
 use crate::error::ShimError;
 use crate::zygote::Zygote;
 
 /// The name containerd knows this runtime by.
 pub const RUNTIME_ID: &str = "io.containerd.wasmedge.v1";
-/// The annotation CRI puts on every container of a pod.
-const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// Binary the shim forks containers from; found next to the shim binary.
 pub const RUNNER_BINARY: &str = "wasmedge-shim-runner";
 
@@ -380,7 +378,14 @@ impl Task for TaskService {
         inner.generation.fetch_add(1, Ordering::SeqCst);
         crate::logger::attach_task(&req.id, Path::new(&req.bundle));
         let zygote = inner.zygote().await?;
-        let container = match Container::create(&req, &zygote).await {
+        let sandbox_netns = |sandbox_id: &str| {
+            let containers = inner.containers.lock().unwrap_or_else(|p| p.into_inner());
+            containers
+                .get(sandbox_id)
+                .filter(|c| c.sandbox)
+                .map(|c| c.netns.clone())
+        };
+        let container = match Container::create(&req, &zygote, sandbox_netns).await {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 warn!("create {}: {e}", req.id);

@@ -148,14 +148,7 @@ pub fn plan(spec: &Spec, rootfs: &Path) -> Result<Plan, SpecError> {
         .and_then(|l| l.cgroups_path().as_ref())
         .map(|p| p.to_string_lossy().into_owned())
         .filter(|p| !p.is_empty());
-    let network_ns = linux
-        .and_then(|l| l.namespaces().as_ref())
-        .and_then(|nss| {
-            nss.iter().find(|ns| {
-                ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network && ns.path().is_some()
-            })
-        })
-        .and_then(|ns| ns.path().clone());
+    let network_ns = network_namespace(spec);
 
     Ok(Plan {
         module,
@@ -165,6 +158,36 @@ pub fn plan(spec: &Spec, rootfs: &Path) -> Result<Plan, SpecError> {
         cgroups_path,
         network_ns,
     })
+}
+
+/// The network namespace the spec asks to join, by path.
+pub fn network_namespace(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|nss| {
+            nss.iter().find(|ns| {
+                ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network && ns.path().is_some()
+            })
+        })
+        .and_then(|ns| ns.path().clone())
+}
+
+/// The network namespace a pod's container must join. CRI names the sandbox task's
+/// namespaces as `/proc/<sandbox pid>/ns/net`; our sandboxes run no process and report the
+/// shim's pid, so that path would be the shim's (the host's) namespace. It is replaced by
+/// what the sandbox's own spec named (`sandbox_netns`: the CNI namespace, or `None` for a
+/// host-network pod). Any other path is kept.
+pub fn pod_network_namespace(
+    container_ns: Option<PathBuf>,
+    shim_pid: u32,
+    sandbox_netns: Option<Option<PathBuf>>,
+) -> Option<PathBuf> {
+    let ours = PathBuf::from(format!("/proc/{shim_pid}/ns/net"));
+    match container_ns {
+        Some(p) if p == ours => sandbox_netns.flatten(),
+        other => other,
+    }
 }
 
 /// Resolves `path` (as the container sees it) to a host path inside `root`, following
@@ -421,6 +444,29 @@ mod tests {
             p.preopens[1].to_wasmedge(),
             format!("/data:{}:readonly", data.path().display())
         );
+    }
+
+    #[test]
+    fn a_pod_container_joins_the_sandbox_namespace_not_the_shims() {
+        let shim = PathBuf::from("/proc/42/ns/net");
+        let cni = PathBuf::from("/var/run/netns/cni-1");
+        // CNI pod: the sandbox spec named the pod's namespace.
+        assert_eq!(
+            pod_network_namespace(Some(shim.clone()), 42, Some(Some(cni.clone()))),
+            Some(cni.clone())
+        );
+        // Host-network pod, or a sandbox this shim does not know: no namespace to join.
+        assert_eq!(
+            pod_network_namespace(Some(shim.clone()), 42, Some(None)),
+            None
+        );
+        assert_eq!(pod_network_namespace(Some(shim), 42, None), None);
+        // Any other path is the container's own choice.
+        assert_eq!(
+            pod_network_namespace(Some(cni.clone()), 42, None),
+            Some(cni)
+        );
+        assert_eq!(pod_network_namespace(None, 42, None), None);
     }
 
     #[test]
