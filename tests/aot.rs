@@ -218,3 +218,27 @@ fn an_unusable_cache_runs_the_interpreter_with_a_warning_and_a_new_fingerprint_r
     o1.run(&Run::rootfs("fp-o1b", r.path(), &["/probe.wasm"]));
     assert_eq!(outcome(&o1, "fp-o1b"), ("hit".into(), "native".into()));
 }
+
+#[test]
+fn precompile_then_first_run_is_a_hit() {
+    if !common::can_run("precompile_then_hit") {
+        return;
+    }
+    let ctd = containerd();
+    let r = unique_probe("precompile");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmedge-shimctl"))
+        .arg("precompile")
+        .arg("--cache-dir")
+        .arg(&ctd.cache_dir)
+        .arg(r.path().join("probe.wasm"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ctd.run(&Run::rootfs("pre-first", r.path(), &["/probe.wasm"]));
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+    assert_eq!(outcome(ctd, "pre-first"), ("hit".into(), "native".into()));
+}
