@@ -6,6 +6,7 @@
 //! - `runner model: fork + instantiate + run`: what a container start costs in the runner
 //!   once the module is loaded there (the shim's warm path): fork a child of the process
 //!   that holds the loaded module, instantiate it with WASI, run `_start`, reap the child.
+//! - `interpreter: load bytes + instantiate + run`: the interpreter's start of the module.
 //! - `one process: load .so + instantiate + run`: WasmEdge's load each time: parse and
 //!   validate the Wasm the `.so` embeds (dlopen itself returns the already-mapped object for
 //!   the same file), then instantiate and run; what a start costs without a kept module.
@@ -81,6 +82,14 @@ fn warm_start(c: &mut Criterion) {
         })
     });
     let loaded = engine.load_native(&so, links.path()).unwrap();
+    g.bench_function("one process: instantiate + run (module kept loaded)", |b| {
+        b.iter(|| {
+            assert_eq!(
+                engine.instantiate(&loaded, &plan).unwrap().run(),
+                Outcome::Exited(0)
+            );
+        })
+    });
     g.bench_function("runner model: fork + instantiate + run", |b| {
         b.iter(|| {
             // SAFETY: criterion runs benchmarks on this one thread; the child only uses
@@ -99,6 +108,16 @@ fn warm_start(c: &mut Criterion) {
                     assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
                 }
             }
+        })
+    });
+    let bytes = std::fs::read(&wasm).unwrap();
+    g.bench_function("interpreter: load bytes + instantiate + run", |b| {
+        b.iter(|| {
+            let l = engine.load_bytes(&wasm, &bytes).unwrap();
+            assert_eq!(
+                engine.instantiate(&l, &plan).unwrap().run(),
+                Outcome::Exited(0)
+            );
         })
     });
     g.bench_function("one process: load .so + instantiate + run", |b| {
