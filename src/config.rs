@@ -86,7 +86,9 @@ impl Default for Config {
             grouping: Grouping::Node,
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
             compile_policy: Policy::Auto,
-            sync_max_module_bytes: 1 << 20,
+            // Measured here (2 cores, opt level 2): a 41 KB C program compiles in 1.6 s, a
+            // 10.6 MB module in 141 s. 256 KiB keeps a synchronous first start to seconds.
+            sync_max_module_bytes: 256 << 10,
             cache_max_bytes: 0,
             max_concurrent_compiles: 1,
             opt_level: 2,
@@ -196,8 +198,8 @@ mod tests {
     fn auto_compiles_small_modules_synchronously_and_large_ones_tiered() {
         let c = Config::default();
         assert_eq!(c.effective_policy(None, 100_000), Policy::Sync);
-        assert_eq!(c.effective_policy(None, 1 << 20), Policy::Sync);
-        assert_eq!(c.effective_policy(None, (1 << 20) + 1), Policy::Tiered);
+        assert_eq!(c.effective_policy(None, 256 << 10), Policy::Sync);
+        assert_eq!(c.effective_policy(None, (256 << 10) + 1), Policy::Tiered);
         assert_eq!(c.effective_policy(None, 100 << 20), Policy::Tiered);
         assert_eq!(c.effective_policy(Some(Policy::Off), 10), Policy::Off);
         assert_eq!(
