@@ -409,13 +409,20 @@ fn precompile(args: PrecompileArgs) -> Result<()> {
 fn with_progress<T>(label: &str, f: impl FnOnce() -> T) -> T {
     let (done, wait) = mpsc::channel::<()>();
     let label = label.to_string();
+    // A terminal gets one line rewritten every second; a log gets a line every 10 s.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let ticker = std::thread::spawn(move || {
         let started = Instant::now();
         let mut shown = false;
         while let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(1)) {
-            shown = true;
-            eprint!("\rcompiling {label}: {}s", started.elapsed().as_secs());
-            let _ = std::io::stderr().flush();
+            let secs = started.elapsed().as_secs();
+            if tty {
+                shown = true;
+                eprint!("\rcompiling {label}: {secs}s");
+                let _ = std::io::stderr().flush();
+            } else if secs.is_multiple_of(10) {
+                eprintln!("compiling {label}: {secs}s");
+            }
         }
         if shown {
             eprintln!();
