@@ -229,17 +229,17 @@ impl Inner {
         Ok(z)
     }
 
+    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        // A panic while holding the lock leaves a map that is still consistent.
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn is_idle(&self) -> bool {
-        self.containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        self.containers().is_empty()
     }
 
     fn get(&self, id: &str) -> Result<Arc<Container>, ShimError> {
-        self.containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.containers()
             .get(id)
             .cloned()
             .ok_or_else(|| ShimError::NotFound(id.to_string()))
@@ -256,13 +256,7 @@ impl Inner {
     }
 
     async fn on_exit(&self, pid: i32, code: i32) {
-        let container = self
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .find(|c| c.pid == pid)
-            .cloned();
+        let container = self.containers().values().find(|c| c.pid == pid).cloned();
         let Some(c) = container else {
             let mut unclaimed = self
                 .unclaimed_exits
@@ -379,7 +373,7 @@ impl Task for TaskService {
         crate::logger::attach_task(&req.id, Path::new(&req.bundle));
         let zygote = inner.zygote().await?;
         let sandbox_netns = |sandbox_id: &str| {
-            let containers = inner.containers.lock().unwrap_or_else(|p| p.into_inner());
+            let containers = inner.containers();
             containers
                 .get(sandbox_id)
                 .filter(|c| c.sandbox)
@@ -397,11 +391,7 @@ impl Task for TaskService {
         if !container.sandbox {
             let _ = std::fs::write(Path::new(&req.bundle).join(PID_FILE), pid.to_string());
         }
-        inner
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(req.id.clone(), container.clone());
+        inner.containers().insert(req.id.clone(), container.clone());
         if let Some(code) = inner
             .unclaimed_exits
             .lock()
@@ -535,11 +525,7 @@ impl Task for TaskService {
             Status::Stopped { code, at } => (code, at),
             _ => (128 + libc::SIGKILL, OffsetDateTime::now_utc()),
         };
-        self.inner
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&req.id);
+        self.inner.containers().remove(&req.id);
         let ev = TaskDelete {
             container_id: c.id.clone(),
             id: c.id.clone(),
