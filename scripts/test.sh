@@ -11,15 +11,6 @@ export WASMEDGE_SHIM_REQUIRE_ROOT_TESTS=${CI:+1}
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-# Two test threads: the machine has two cores and each containerd test runs several processes.
-# Unit and integration tests (doc tests have nothing to run); the summed result closes the log.
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --workspace --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) s += $i } }
-     END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
-[ "$status" = 0 ] || exit "$status"
 # Dependency policy (deny.toml). The advisory database comes from GitHub: where it cannot be
 # fetched (this project's machines reach only the package registries), advisories are
 # skipped with a message and licences, bans and sources are still checked.
@@ -31,3 +22,12 @@ if command -v cargo-deny >/dev/null 2>&1; then
     cargo deny check licenses bans sources
   fi
 fi
+# Two test threads: the machine has two cores and each containerd test runs several processes.
+# Unit and integration tests (doc tests have nothing to run); the summed result closes the log.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) s += $i } }
+     END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+[ "$status" = 0 ] || exit "$status"
