@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Median of 20 interleaved `ctr run --rm` of a hello through this shim (warm cache) and of a
+# static native hello through runc, in the same containerd, and their ratio.
+# Usage: SOCK=/path/containerd.sock profiling/ctr-run-median.sh   (after cargo build --release)
+set -euo pipefail
+sock=${SOCK:?set SOCK to a containerd socket that has the wasmedge runtime (see scripts/demo.sh)}
+n=${N:-20}
+C=(ctr -a "$sock" -n bench)
+B=target/release/wasmedge-shimctl
+F=target/fixtures
+tests/fixtures/build.sh "$F"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+$B image build --module $F/probe.wasm --ref localhost/bench/hello:wasm --out "$tmp/w.tar" >/dev/null
+$B image build --platform linux/amd64 --file $F/native-hello:/hello --entrypoint /hello \
+  --ref localhost/bench/hello:native --out "$tmp/n.tar" >/dev/null
+"${C[@]}" images import --all-platforms "$tmp/w.tar" >/dev/null
+"${C[@]}" images import "$tmp/n.tar" >/dev/null
+"${C[@]}" run --rm --runtime io.containerd.wasmedge.v1 localhost/bench/hello:wasm warm-w >/dev/null
+"${C[@]}" run --rm --runtime io.containerd.runc.v2 localhost/bench/hello:native warm-r >/dev/null
+w=() r=()
+for i in $(seq "$n"); do
+  t0=$(date +%s%N); "${C[@]}" run --rm --runtime io.containerd.wasmedge.v1 localhost/bench/hello:wasm "w$i" >/dev/null
+  t1=$(date +%s%N); "${C[@]}" run --rm --runtime io.containerd.runc.v2 localhost/bench/hello:native "r$i" >/dev/null
+  t2=$(date +%s%N)
+  w+=($(((t1 - t0) / 1000))) r+=($(((t2 - t1) / 1000)))
+done
+python3 - "${w[*]}" "${r[*]}" "$n" <<'PY'
+import statistics, sys
+w = [int(x) for x in sys.argv[1].split()]
+r = [int(x) for x in sys.argv[2].split()]
+mw, mr = statistics.median(w) / 1000, statistics.median(r) / 1000
+print(f"ctr run --rm hello, median of {sys.argv[3]} interleaved: wasmedge shim {mw:.1f} ms, runc {mr:.1f} ms, ratio {mw / mr:.2f}")
+PY
