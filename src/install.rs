@@ -266,6 +266,15 @@ fn our_table() -> Item {
     Item::Table(t)
 }
 
+/// The `runtime_type` of a runtime table, empty when it has none.
+fn runtime_type_of(item: &toml_edit::Item) -> String {
+    item.as_table_like()
+        .and_then(|t| t.get("runtime_type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// Adds runtime `name` with our `runtime_type` to a containerd config of version 2 or 3.
 ///
 /// A runtime of that name that already has our `runtime_type` is left as it is (any other
@@ -278,12 +287,7 @@ pub fn register_runtime(text: &str, name: &str, force: bool) -> Result<Edit, Ins
     let action = match runtimes.get(name) {
         None => ConfigAction::Added,
         Some(item) => {
-            let existing = item
-                .as_table_like()
-                .and_then(|t| t.get("runtime_type"))
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_string();
+            let existing = runtime_type_of(item);
             if existing == RUNTIME_TYPE {
                 return Ok(Edit {
                     text: text.to_string(),
@@ -342,12 +346,7 @@ pub fn unregister_runtime(text: &str, name: &str) -> Result<Edit, InstallError> 
     let Some(item) = runtimes.get(name) else {
         return Ok(unchanged(ConfigAction::Absent));
     };
-    let existing = item
-        .as_table_like()
-        .and_then(|t| t.get("runtime_type"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_string();
+    let existing = runtime_type_of(item);
     if existing != RUNTIME_TYPE {
         return Ok(unchanged(ConfigAction::NotOurs {
             runtime_type: existing,
