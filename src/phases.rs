@@ -3,7 +3,8 @@
 //!
 //! File: `phases.json` next to the cache directory (`<cache_dir>/../phases.json`), a JSON
 //! object `{"version": 1, "containers": N, "native": N, "interpreter": N, "hash_us": ..,
-//! "lookup_us": .., "compile_us": .., "load_us": .., "instantiate_us": .., "run_us": ..}`.
+//! "lookup_us": .., "compile_us": .., "enter_us": .., "load_us": .., "instantiate_us": ..,
+//! "run_us": ..}` (`enter_us`, joining the cgroup and netns, may be absent in older files).
 //! Every shim adds one container's figures when the container exits, under an exclusive
 //! `flock` of `phases.lock`, writing a temporary file and renaming it over the old one. Reads
 //! are bounded to [`MAX_FILE`] bytes; an unreadable or corrupt file counts from zero: these
@@ -29,6 +30,8 @@ pub struct PhaseTotals {
     pub hash_us: u64,
     pub lookup_us: u64,
     pub compile_us: u64,
+    #[serde(default)]
+    pub enter_us: u64,
     pub load_us: u64,
     pub instantiate_us: u64,
     pub run_us: u64,
@@ -46,6 +49,7 @@ impl PhaseTotals {
         self.hash_us += t.hash_us;
         self.lookup_us += t.lookup_us;
         self.compile_us += t.compile_us;
+        self.enter_us += t.enter_us;
         self.load_us += t.load_us;
         self.instantiate_us += t.instantiate_us;
         self.run_us += run_us;
@@ -102,7 +106,7 @@ mod tests {
             hash_us: 1,
             lookup_us: 2,
             compile_us: 3,
-            enter_us: 0,
+            enter_us: 6,
             load_us: 4,
             instantiate_us: 5,
             tier: tier.into(),
@@ -120,6 +124,7 @@ mod tests {
         let t = read(&path);
         assert_eq!((t.containers, t.native, t.interpreter), (2, 1, 1));
         assert_eq!((t.hash_us, t.load_us, t.run_us), (2, 8, 30));
+        assert_eq!(t.enter_us, 12);
 
         fs::write(&path, b"{not json").unwrap();
         assert_eq!(read(&path), PhaseTotals::default());

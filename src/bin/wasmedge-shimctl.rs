@@ -588,6 +588,7 @@ fn stats(args: &CacheArgs) -> Result<()> {
         ("hash", p.hash_us),
         ("lookup", p.lookup_us),
         ("compile", p.compile_us),
+        ("enter", p.enter_us),
         ("load", p.load_us),
         ("instantiate", p.instantiate_us),
         ("run", p.run_us),
