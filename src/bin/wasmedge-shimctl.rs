@@ -169,8 +169,9 @@ struct RmArgs {
     cache: CacheArgs,
 }
 
+/// What `install` and `uninstall` both act on.
 #[derive(Args)]
-struct InstallArgs {
+struct NodeTarget {
     /// Where the binaries go.
     #[arg(long, default_value = install::DEFAULT_BIN_DIR)]
     bin_dir: PathBuf,
@@ -180,34 +181,32 @@ struct InstallArgs {
     /// The runtime name (a RuntimeClass's handler).
     #[arg(long, default_value = install::DEFAULT_RUNTIME_NAME)]
     runtime_name: String,
+    /// Restart containerd after a change of its config.
+    #[arg(long)]
+    restart: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    #[command(flatten)]
+    target: NodeTarget,
     /// Where the binaries are copied from [default: this binary's directory].
     #[arg(long)]
     source_dir: Option<PathBuf>,
     /// Config version to create when the config is missing (2 or 3) [default: from `containerd --version`].
     #[arg(long)]
     config_version: Option<ConfigVersion>,
-    /// Restart containerd after a change of its config.
-    #[arg(long)]
-    restart: bool,
     /// Replace a runtime of the same name that is not ours.
     #[arg(long)]
     force: bool,
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]
 struct UninstallArgs {
-    #[arg(long, default_value = install::DEFAULT_BIN_DIR)]
-    bin_dir: PathBuf,
-    #[arg(long, default_value = install::DEFAULT_CONTAINERD_CONFIG)]
-    config: PathBuf,
-    #[arg(long, default_value = install::DEFAULT_RUNTIME_NAME)]
-    runtime_name: String,
-    #[arg(long)]
-    restart: bool,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    target: NodeTarget,
 }
 
 #[derive(Args)]
@@ -723,26 +722,28 @@ fn rm(args: &RmArgs) -> Result<()> {
 // ---- node setup ----
 
 fn install_cmd(args: InstallArgs) -> Result<ExitCode> {
+    let t = args.target;
     let report = install::install(&InstallOptions {
         source_dir: args.source_dir,
-        bin_dir: args.bin_dir,
-        containerd_config: args.config,
-        runtime_name: args.runtime_name,
+        bin_dir: t.bin_dir,
+        containerd_config: t.config,
+        runtime_name: t.runtime_name,
         config_version: args.config_version,
         force: args.force,
-        restart: args.restart,
+        restart: t.restart,
     })?;
-    print_install(&report, args.json)
+    print_install(&report, t.json)
 }
 
 fn uninstall_cmd(args: UninstallArgs) -> Result<ExitCode> {
+    let t = args.target;
     let report = install::uninstall(&UninstallOptions {
-        bin_dir: args.bin_dir,
-        containerd_config: args.config,
-        runtime_name: args.runtime_name,
-        restart: args.restart,
+        bin_dir: t.bin_dir,
+        containerd_config: t.config,
+        runtime_name: t.runtime_name,
+        restart: t.restart,
     })?;
-    print_install(&report, args.json)
+    print_install(&report, t.json)
 }
 
 fn print_install(report: &install::InstallReport, json: bool) -> Result<ExitCode> {
