@@ -269,3 +269,42 @@ fn the_labelling_doc_names_the_label() {
         "kubectl label node NODE {NODE_LABEL_KEY}={NODE_LABEL_VALUE}"
     )));
 }
+
+/// Every `--flag` the installer DaemonSet passes to `wasmedge-shimctl install` is one the
+/// binary accepts.
+#[test]
+fn the_installer_script_uses_flags_shimctl_accepts() {
+    let yaml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/daemonset-installer.yaml"),
+    )
+    .unwrap();
+    let start = yaml
+        .find("wasmedge-shimctl install")
+        .expect("install command");
+    let command: String = yaml[start..]
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .scan(true, |more, l| {
+            let keep = *more;
+            *more = l.trim_end().ends_with('\\');
+            keep.then(|| l.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_wasmedge-shimctl"))
+        .args(["install", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flags: Vec<&str> = command
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .collect();
+    assert!(flags.contains(&"--restart"), "{command}");
+    for flag in flags {
+        assert!(
+            help.contains(flag),
+            "{flag} is not a flag of `wasmedge-shimctl install`:\n{help}"
+        );
+    }
+}

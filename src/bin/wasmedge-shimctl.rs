@@ -175,9 +175,10 @@ struct NodeTarget {
     /// Where the binaries go.
     #[arg(long, default_value = install::DEFAULT_BIN_DIR)]
     bin_dir: PathBuf,
-    /// containerd's config file.
-    #[arg(long, default_value = install::DEFAULT_CONTAINERD_CONFIG)]
-    config: PathBuf,
+    /// containerd's config file (`--config` for short; the cache commands' `--config` is the
+    /// shim's own).
+    #[arg(long, alias = "config", default_value = install::DEFAULT_CONTAINERD_CONFIG)]
+    containerd_config: PathBuf,
     /// The runtime name (a RuntimeClass's handler).
     #[arg(long, default_value = install::DEFAULT_RUNTIME_NAME)]
     runtime_name: String,
@@ -726,7 +727,7 @@ fn install_cmd(args: InstallArgs) -> Result<ExitCode> {
     let report = install::install(&InstallOptions {
         source_dir: args.source_dir,
         bin_dir: t.bin_dir,
-        containerd_config: t.config,
+        containerd_config: t.containerd_config,
         runtime_name: t.runtime_name,
         config_version: args.config_version,
         force: args.force,
@@ -739,7 +740,7 @@ fn uninstall_cmd(args: UninstallArgs) -> Result<ExitCode> {
     let t = args.target;
     let report = install::uninstall(&UninstallOptions {
         bin_dir: t.bin_dir,
-        containerd_config: t.config,
+        containerd_config: t.containerd_config,
         runtime_name: t.runtime_name,
         restart: t.restart,
     })?;
