@@ -6,8 +6,8 @@
 //! shared library so the kernel maps and shares its native code), instantiate it with WASI
 //! and run its `_start`.
 //!
-//! The seam is deliberately narrow ([`Engine`], [`Loaded`], [`WasiPlan`], [`Outcome`]) so
-//! the process model around it can change without touching WasmEdge code.
+//! The seam is deliberately narrow ([`Engine`], [`Loaded`], [`Prepared`], [`WasiPlan`],
+//! [`Outcome`]) so the process model around it can change without touching WasmEdge code.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -334,11 +334,7 @@ impl Engine {
     /// Instantiates `loaded` with a fresh WASI environment built from `plan`. Host stdio is
     /// the process's fds 0, 1 and 2.
     pub fn instantiate(&self, loaded: &Loaded, plan: &WasiPlan) -> Result<Instance, EngineError> {
-        for s in plan.args.iter().chain(&plan.env).chain(&plan.preopens) {
-            if s.contains('\0') {
-                return Err(EngineError::Nul(s.clone()));
-            }
-        }
+        plan.check()?;
         let path = loaded.path.clone();
         let inst_err = |source| EngineError::Instantiate {
             path: path.clone(),
@@ -369,6 +365,49 @@ impl Engine {
             wasi,
             path,
         })
+    }
+
+    /// Instantiates `loaded` before its container is known: everything but the WASI
+    /// environment, which [`Prepared::with_wasi`] adds. A process forked from the one that
+    /// holds a `Prepared` starts its copy without instantiating (function instances, tables,
+    /// data segments: milliseconds for a module with megabytes of code), and shares the
+    /// instance's pages with its siblings until it writes them.
+    pub fn prepare(&self, loaded: &Loaded) -> Result<Prepared, EngineError> {
+        self.instantiate(loaded, &WasiPlan::default()).map(Prepared)
+    }
+}
+
+impl WasiPlan {
+    /// WasmEdge takes C strings.
+    fn check(&self) -> Result<(), EngineError> {
+        match self
+            .args
+            .iter()
+            .chain(&self.env)
+            .chain(&self.preopens)
+            .find(|s| s.contains('\0'))
+        {
+            Some(s) => Err(EngineError::Nul(s.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An instance without its WASI environment yet (see [`Engine::prepare`]).
+pub struct Prepared(Instance);
+
+impl Prepared {
+    /// Gives the instance its WASI arguments, environment and preopened directories.
+    /// Consumes it: WasmEdge adds preopens to the descriptors an environment already has,
+    /// so an environment is set once.
+    pub fn with_wasi(mut self, plan: &WasiPlan) -> Result<Instance, EngineError> {
+        plan.check()?;
+        self.0.wasi.init_wasi(
+            Some(plan.args.iter().map(String::as_str).collect()),
+            Some(plan.env.iter().map(String::as_str).collect()),
+            Some(plan.preopens.iter().map(String::as_str).collect()),
+        );
+        Ok(self.0)
     }
 }
 
@@ -447,4 +486,100 @@ impl wasmedge_aot_cache::Compiler for Engine {
 /// Whether `bytes` start like a core Wasm module (magic and version 1).
 pub fn looks_like_wasm(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WASI command that exits with `argc * 100 + envc * 10 + preopens`, where `preopens`
+    /// counts the descriptors 3, 4 and 5 that are preopened directories.
+    const WASI_SHAPE: &str = r#"
+        (module
+          (import "wasi_snapshot_preview1" "args_sizes_get" (func $args (param i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "environ_sizes_get" (func $envs (param i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (func $is_preopen (param $fd i32) (result i32)
+            (i32.eqz (call $prestat (local.get $fd) (i32.const 64))))
+          (func (export "_start")
+            (drop (call $args (i32.const 0) (i32.const 4)))
+            (drop (call $envs (i32.const 8) (i32.const 12)))
+            (call $exit
+              (i32.add
+                (i32.add
+                  (i32.mul (i32.load (i32.const 0)) (i32.const 100))
+                  (i32.mul (i32.load (i32.const 8)) (i32.const 10)))
+                (i32.add
+                  (call $is_preopen (i32.const 3))
+                  (i32.add (call $is_preopen (i32.const 4)) (call $is_preopen (i32.const 5))))))))
+    "#;
+
+    fn shape_module(engine: &Engine) -> Loaded {
+        let bytes = wat::parse_str(WASI_SHAPE).unwrap();
+        engine.load_bytes(Path::new("shape.wasm"), &bytes).unwrap()
+    }
+
+    fn plan(dir: &Path) -> WasiPlan {
+        WasiPlan {
+            args: vec!["shape.wasm".into(), "a".into(), "b".into()],
+            env: vec!["X=1".into(), "Y=2".into()],
+            preopens: vec![format!("/:{}", dir.display())],
+        }
+    }
+
+    #[test]
+    fn a_prepared_instance_runs_with_the_environment_it_is_given() {
+        let engine = Engine::new(Options::default()).unwrap();
+        let loaded = shape_module(&engine);
+        let dir = tempfile::tempdir().unwrap();
+
+        let direct = engine
+            .instantiate(&loaded, &plan(dir.path()))
+            .unwrap()
+            .run();
+        assert_eq!(direct, Outcome::Exited(321));
+
+        let prepared = engine.prepare(&loaded).unwrap();
+        let run = prepared.with_wasi(&plan(dir.path())).unwrap().run();
+        assert_eq!(
+            run, direct,
+            "same argv, env and preopens as a direct instance"
+        );
+    }
+
+    #[test]
+    fn a_prepared_instance_without_environment_has_only_the_program_name() {
+        let engine = Engine::new(Options::default()).unwrap();
+        let loaded = shape_module(&engine);
+        let run = engine
+            .prepare(&loaded)
+            .unwrap()
+            .with_wasi(&WasiPlan {
+                args: vec!["shape.wasm".into()],
+                ..WasiPlan::default()
+            })
+            .unwrap()
+            .run();
+        assert_eq!(run, Outcome::Exited(100));
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_before_reaching_wasmedge() {
+        let engine = Engine::new(Options::default()).unwrap();
+        let loaded = shape_module(&engine);
+        let bad = WasiPlan {
+            args: vec!["a\0b".into()],
+            ..WasiPlan::default()
+        };
+        assert!(matches!(
+            engine.prepare(&loaded).unwrap().with_wasi(&bad),
+            Err(EngineError::Nul(_))
+        ));
+        assert!(matches!(
+            engine.instantiate(&loaded, &bad),
+            Err(EngineError::Nul(_))
+        ));
+    }
 }

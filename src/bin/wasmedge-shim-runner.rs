@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use wasmedge_aot_cache::{Cache, CacheConfig, Fingerprint, Key};
-use wasmedge_aot_engine::{fingerprint, Engine, Loaded, Options, Outcome, WasiPlan};
+use wasmedge_aot_engine::{fingerprint, Engine, Loaded, Options, Outcome, Prepared, WasiPlan};
 use wasmedge_aot_shim::aot;
 use wasmedge_aot_shim::config::{Config, Policy};
 use wasmedge_aot_shim::zygote::{self, CodeSource, ContainerFds, Report, SpawnRequest, Timings};
@@ -22,10 +22,12 @@ struct Runner {
     config: Config,
     cache: Result<Cache, String>,
     fingerprint: Fingerprint,
-    /// Native modules the runner has loaded (parsed, validated, `dlopen`ed) for earlier
-    /// containers, most recently used last. A container of the same module is forked with
-    /// it already loaded: it only instantiates, and shares the module's pages (its AST and
-    /// the relocated shared library) with the runner instead of building its own copy.
+    /// Native modules the runner has loaded (parsed, validated, `dlopen`ed) and
+    /// instantiated for earlier containers, most recently used last. A container of the
+    /// same module is forked with its instance ready: it only sets its WASI environment,
+    /// and shares the module's pages (its AST, the relocated shared library, the
+    /// instance's memory until it writes there) with the runner instead of building its
+    /// own copy.
     templates: RefCell<Vec<Template>>,
     /// Where native modules are opened from, by names unique to each artifact file (see
     /// `Engine::load_native`): inside the cache root, which the cache checks is ours alone.
@@ -41,12 +43,18 @@ struct Template {
     /// file, and its template is replaced.
     file: (u64, u64),
     loaded: Rc<Loaded>,
+    /// The module instantiated once, without a WASI environment (`Engine::prepare`). It is
+    /// never run here: each container process takes its own copy of it. `None` if
+    /// instantiating failed; containers then instantiate themselves and report the error.
+    prepared: Option<Prepared>,
 }
 
 /// What the runner resolved before forking a container.
 #[derive(Default)]
 struct PreFork {
     template: Option<Rc<Loaded>>,
+    /// The template's key, to take its prepared instance in the container process.
+    key: Option<Key>,
     hash: Duration,
     lookup: Duration,
     load: Duration,
@@ -84,6 +92,7 @@ impl Runner {
             let t = templates.remove(i);
             if t.file == file {
                 pre.template = Some(t.loaded.clone());
+                pre.key = Some(key);
                 templates.push(t);
                 return pre;
             }
@@ -92,6 +101,7 @@ impl Runner {
         let Ok(loaded) = self.engine.load_native(&artifact.path, &self.link_dir) else {
             return pre;
         };
+        let prepared = self.engine.prepare(&loaded).ok();
         pre.load = t.elapsed();
         let loaded = Rc::new(loaded);
         if templates.len() >= MAX_TEMPLATES {
@@ -101,9 +111,19 @@ impl Runner {
             key,
             file,
             loaded: loaded.clone(),
+            prepared,
         });
         pre.template = Some(loaded);
+        pre.key = Some(key);
         pre
+    }
+
+    /// In a container process: takes this process's copy of the template's prepared
+    /// instance. The runner's own stays unused for the next fork.
+    fn take_prepared(&self, key: &Key) -> Option<Prepared> {
+        let mut templates = self.templates.borrow_mut();
+        let t = templates.iter_mut().find(|t| &t.key == key)?;
+        t.prepared.take()
     }
 }
 
@@ -300,7 +320,7 @@ fn compile_in_background(runner: &Runner, module: &Path) {
     }
 }
 
-type Prepared = (wasmedge_aot_engine::Instance, Timings, Option<String>);
+type ReadyToRun = (wasmedge_aot_engine::Instance, Timings, Option<String>);
 
 fn prepare(
     runner: &Runner,
@@ -309,7 +329,7 @@ fn prepare(
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
-) -> Result<Prepared, String> {
+) -> Result<ReadyToRun, String> {
     let engine = &runner.engine;
     let plan = &req.plan;
     // Own session: a signal for the process group reaches nothing outside the container.
@@ -354,7 +374,8 @@ fn prepare(
 
     let entered = Instant::now();
     if let Some(path) = &plan.cgroups_path {
-        wasmedge_aot_shim::cgroup::join(path, std::process::id())
+        // This process is single-threaded: forked from the single-threaded runner.
+        wasmedge_aot_shim::cgroup::join_self(path)
             .map_err(|e| format!("join cgroup {path}: {e}"))?;
     }
     if let Some(ns) = &plan.network_ns {
@@ -392,9 +413,12 @@ fn prepare(
         env: plan.env.clone(),
         preopens: plan.preopens.iter().map(|p| p.to_wasmedge()).collect(),
     };
-    let instance = engine
-        .instantiate(&loaded, &wasi)
-        .map_err(|e| e.to_string())?;
+    let prepared = pre.key.as_ref().and_then(|k| runner.take_prepared(k));
+    let instance = match prepared {
+        Some(p) => p.with_wasi(&wasi),
+        None => engine.instantiate(&loaded, &wasi),
+    }
+    .map_err(|e| e.to_string())?;
     Ok((
         instance,
         Timings {
