@@ -242,3 +242,79 @@ fn precompile_then_first_run_is_a_hit() {
     assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
     assert_eq!(outcome(ctd, "pre-first"), ("hit".into(), "native".into()));
 }
+
+#[test]
+fn containers_started_from_a_kept_instance_each_see_their_own_argv_env_files_and_cgroup() {
+    if !common::can_run("kept_instance_isolation") {
+        return;
+    }
+    let ctd = containerd();
+    let r = unique_probe("kept-instance");
+    r.write("etc/who", "first rootfs\n");
+    let out = ctd.run(&Run::rootfs("kept-0", r.path(), &["/probe.wasm"]));
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+
+    // From here on the runner holds the module loaded and instantiated; each container
+    // process gets a copy and only sets its own WASI environment.
+    let out = ctd.run(&Run::rootfs(
+        "kept-1",
+        r.path(),
+        &["/probe.wasm", "args", "x y"],
+    ));
+    assert_eq!(out.stdout, "/probe.wasm\nargs\nx y\n", "{out:?}");
+    assert_eq!(outcome(ctd, "kept-1"), ("hit".into(), "native".into()));
+
+    let mut env = Run::rootfs("kept-2", r.path(), &["/probe.wasm", "envall"]);
+    env.env = vec!["ONLY_HERE=2".into()];
+    let out = ctd.run(&env);
+    assert!(out.stdout.contains("ONLY_HERE=2\n"), "{out:?}");
+
+    // The same module in another rootfs: the files are that container's, not the first's.
+    let other = common::Rootfs::with(&[("probe.wasm", &r.path().join("probe.wasm"))]);
+    other.write("etc/who", "second rootfs\n");
+    let out = ctd.run(&Run::rootfs(
+        "kept-3",
+        other.path(),
+        &["/probe.wasm", "cat", "/etc/who"],
+    ));
+    assert_eq!(out.stdout, "second rootfs\n", "{out:?}");
+    assert_eq!(outcome(ctd, "kept-3"), ("hit".into(), "native".into()));
+    let out = ctd.run(&Run::rootfs(
+        "kept-4",
+        r.path(),
+        &["/probe.wasm", "cat", "/etc/who"],
+    ));
+    assert_eq!(out.stdout, "first rootfs\n", "{out:?}");
+
+    let trap = ctd.run(&Run::rootfs("kept-5", r.path(), &["/probe.wasm", "trap"]));
+    assert_eq!(trap.code, Some(134), "{trap:?}");
+    let out = ctd.run(&Run::rootfs(
+        "kept-6",
+        r.path(),
+        &["/probe.wasm", "exit", "7"],
+    ));
+    assert_eq!(
+        out.code,
+        Some(7),
+        "a trap in a sibling leaves the kept instance intact: {out:?}"
+    );
+
+    // The process is in the container's cgroup in every hierarchy, and has one thread.
+    ctd.run_detached(&Run::rootfs(
+        "kept-cg",
+        r.path(),
+        &["/probe.wasm", "sleep", "100"],
+    ));
+    ctd.wait_status("kept-cg", "RUNNING", Duration::from_secs(10));
+    let pid = ctd.task_pid("kept-cg").unwrap();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in cgroups.lines().filter(|l| !l.starts_with("0::")) {
+        assert!(
+            line.ends_with("/kept-cg"),
+            "{pid} not in its cgroup: {line}\n{cgroups}"
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("\nThreads:\t1\n"), "{status}");
+    ctd.remove("kept-cg");
+}
