@@ -1,28 +1,48 @@
 //! Warm start of a module with more than 10 MB of code, against the WasmEdge CLI's AOT start
-//! of the same compiled module.
+//! of the same compiled module (the artifact in the node cache).
 //!
 //! - `wasmedge CLI: large.so`: what every start costs without a runner that keeps the module
 //!   loaded: exec, dlopen, parse and validate the Wasm the `.so` embeds, instantiate, run.
-//! - `runner model: fork + instantiate + run`: what a container start costs in the runner
-//!   once the module is loaded there (the shim's warm path): fork a child of the process
-//!   that holds the loaded module, instantiate it with WASI, run `_start`, reap the child.
+//! - `shim runner: cgroup + spawn + start + exit`: the shim's warm path, for real: the
+//!   `wasmedge-shim-runner` binary, started as the shim starts it and driven over its socket
+//!   as the shim drives it. Per start: create the container's cgroup, ask for a container
+//!   process, wait for its Ready report, start it, reap it. The runner holds the module
+//!   loaded and instantiated (a template); the container process sets its WASI environment,
+//!   joins the cgroup and runs. Needs root (cgroups); said so and skipped otherwise.
+//! - `runner model: fork + WASI environment + run`: the same without the shim's protocol
+//!   and cgroup, in this process: fork from a prepared instance, run `_start`, reap.
+//! - `runner model: fork + instantiate + run`: as before templates were instantiated.
 //! - `interpreter: load bytes + instantiate + run`: the interpreter's start of the module.
 //! - `one process: load .so + instantiate + run`: WasmEdge's load each time: parse and
 //!   validate the Wasm the `.so` embeds (dlopen itself returns the already-mapped object for
 //!   the same file), then instantiate and run; what a start costs without a kept module.
 //!
 //! The module is generated (tests/fixtures/gen_large.py) and compiled once (minutes) into
-//! target/fixtures. `cargo criterion --bench large` (or `cargo bench --bench large`)
+//! a node cache under target/fixtures/large-node, with the options the runner uses.
+//! `cargo criterion --bench large` (or `cargo bench --bench large`)
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use wasmedge_aot_engine::{Engine, Options, Outcome, WasiPlan};
+use wasmedge_aot_cache::{Cache, CacheConfig};
+use wasmedge_aot_engine::{fingerprint, Engine, Options, Outcome, WasiPlan};
+use wasmedge_aot_shim::config::{Config, CONFIG_ENV};
+use wasmedge_aot_shim::spec::{Plan, Preopen};
+use wasmedge_aot_shim::zygote::{Report, SpawnRequest, Zygote};
 
-fn large_module(engine: &Engine) -> (PathBuf, PathBuf) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures");
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures")
+}
+
+/// The generated module, and its artifact in the bench's node cache (compiled on the
+/// first run, minutes).
+fn large_module(engine: &Engine, node: &Path) -> (PathBuf, PathBuf) {
+    let dir = fixtures();
     std::fs::create_dir_all(&dir).unwrap();
     let wasm = dir.join("large.wasm");
     if !wasm.exists() {
@@ -45,19 +65,130 @@ fn large_module(engine: &Engine) -> (PathBuf, PathBuf) {
         std::fs::rename(&tmp, &wasm).unwrap();
         let _ = std::fs::remove_file(&wat);
     }
-    let so = dir.join("large.so");
-    if !so.exists() {
+    let cache = Cache::open(CacheConfig::new(node.join("cache"))).unwrap();
+    let fp = fingerprint(engine);
+    if !cache
+        .lookup(&cache.key_for(&wasm, &fp).unwrap())
+        .unwrap()
+        .is_some()
+    {
         eprintln!("compiling {} (minutes, once)...", wasm.display());
-        let tmp = dir.join("large.tmp.so");
-        engine.compile(&wasm, &tmp).unwrap();
-        std::fs::rename(&tmp, &so).unwrap();
     }
+    let so = cache
+        .get_or_compile(&wasm, &fp, engine)
+        .unwrap()
+        .artifact
+        .path;
     (wasm, so)
 }
 
+/// The runner the shim would start, on the bench's node cache, and this process as the
+/// subreaper its container processes are re-parented to (the shim is theirs).
+fn start_runner(node: &Path) -> Zygote {
+    let config = node.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir = {:?}\n",
+            node.join("cache").display().to_string()
+        ),
+    )
+    .unwrap();
+    // Single-threaded here: nothing reads the environment concurrently.
+    std::env::set_var(CONFIG_ENV, &config);
+    // SAFETY: prctl with integer arguments only.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
+    Zygote::start(
+        Path::new(env!("CARGO_BIN_EXE_wasmedge-shim-runner")),
+        Stdio::inherit(),
+    )
+    .unwrap()
+}
+
+/// One container start through the runner, as the shim does it: the cgroup (if
+/// `cgroup`), spawn, Ready, start, exit. Returns the time to the container's exit; removing
+/// the cgroup afterwards is the delete's cost, not the start's.
+fn runner_start(runner: &Zygote, wasm: &Path, n: usize, cgroup: bool) -> Duration {
+    let devnull = || -> OwnedFd { std::fs::File::open("/dev/null").unwrap().into() };
+    let devnull_w = || -> OwnedFd {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap()
+            .into()
+    };
+    let cgroups_path =
+        cgroup.then(|| format!("/wasmedge-aot-bench/large-{}-{n}", std::process::id()));
+    let plan = Plan {
+        module: wasm.to_owned(),
+        args: vec!["large.wasm".into()],
+        env: vec!["PATH=/".into()],
+        preopens: vec![Preopen {
+            guest: "/".into(),
+            host: fixtures(),
+            readonly: true,
+        }],
+        cgroups_path: cgroups_path.clone(),
+        network_ns: None,
+    };
+    let (stdin, stdout, stderr) = (devnull(), devnull_w(), devnull_w());
+    let (ours, theirs) = UnixStream::pair().unwrap();
+
+    let t = Instant::now();
+    if let Some(path) = &cgroups_path {
+        let mut spec = oci_spec::runtime::Spec::default();
+        spec.set_linux(None);
+        wasmedge_aot_shim::cgroup::create(path, &spec).unwrap();
+    }
+    let req = SpawnRequest {
+        id: format!("large-{n}"),
+        plan,
+        policy: None,
+    };
+    runner
+        .spawn(
+            &req,
+            [
+                stdin.as_fd(),
+                stdout.as_fd(),
+                stderr.as_fd(),
+                theirs.as_fd(),
+            ],
+        )
+        .unwrap();
+    drop(theirs);
+    let mut line = String::new();
+    let mut reader = BufReader::new(&ours);
+    reader.read_line(&mut line).unwrap();
+    let pid = match serde_json::from_str::<Report>(line.trim()) {
+        Ok(Report::Ready { pid, .. }) => pid,
+        other => panic!("container process did not get ready: {other:?} ({line})"),
+    };
+    (&ours).write_all(b"start\n").unwrap();
+    let status = loop {
+        // ECHILD until the runner's intermediate process has exited and the container
+        // process is re-parented to us.
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Err(nix::errno::Errno::ECHILD) => std::thread::yield_now(),
+            other => break other.unwrap(),
+        }
+    };
+    let elapsed = t.elapsed();
+    assert_eq!(
+        status,
+        nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0)
+    );
+    if let Some(path) = &cgroups_path {
+        wasmedge_aot_shim::cgroup::remove(path);
+    }
+    elapsed
+}
+
 fn warm_start(c: &mut Criterion) {
-    let engine = Engine::new(Options::default()).unwrap();
-    let (wasm, so) = large_module(&engine);
+    let node = fixtures().join("large-node");
+    std::fs::create_dir_all(&node).unwrap();
+    let engine = Engine::new(Options::for_node(Config::default().opt_level)).unwrap();
+    let (wasm, so) = large_module(&engine, &node);
     eprintln!(
         "large module: {} MB of wasm, {} MB native",
         std::fs::metadata(&wasm).unwrap().len() >> 20,
@@ -81,33 +212,75 @@ fn warm_start(c: &mut Criterion) {
             assert!(status.success());
         })
     });
+
+    if nix::unistd::geteuid().is_root() {
+        let runner = start_runner(&node);
+        // The first start loads the module into the runner; every later one is warm.
+        runner_start(&runner, &wasm, 0, true);
+        let mut n = 1;
+        g.bench_function("shim runner: cgroup + spawn + start + exit", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        n += 1;
+                        runner_start(&runner, &wasm, n, true)
+                    })
+                    .sum()
+            })
+        });
+        g.bench_function("shim runner: spawn + start + exit (no cgroup)", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        n += 1;
+                        runner_start(&runner, &wasm, n, false)
+                    })
+                    .sum()
+            })
+        });
+    } else {
+        eprintln!("skipped the shim runner benchmark: needs root (cgroups)");
+    }
+
     let loaded = engine.load_native(&so, links.path()).unwrap();
+    let prepared = std::cell::RefCell::new(Some(engine.prepare(&loaded).unwrap()));
+    let fork_run = |run: &dyn Fn() -> i32| {
+        // SAFETY: criterion runs benchmarks on this one thread; the child only uses the
+        // engine and exits with _exit.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = run();
+                // SAFETY: the child must not run the parent's atexit handlers.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    };
+    let exit_code = |outcome: Result<Outcome, _>| match outcome {
+        Ok(Outcome::Exited(0)) => 0,
+        _ => 1,
+    };
+    g.bench_function("runner model: fork + WASI environment + run", |b| {
+        b.iter(|| {
+            fork_run(&|| {
+                // Takes the child's copy of the prepared instance; the parent's stays.
+                let mine = prepared.borrow_mut().take().unwrap();
+                exit_code(mine.with_wasi(&plan).map(|i| i.run()))
+            })
+        })
+    });
+    g.bench_function("runner model: fork + instantiate + run", |b| {
+        b.iter(|| fork_run(&|| exit_code(engine.instantiate(&loaded, &plan).map(|i| i.run()))))
+    });
     g.bench_function("one process: instantiate + run (module kept loaded)", |b| {
         b.iter(|| {
             assert_eq!(
                 engine.instantiate(&loaded, &plan).unwrap().run(),
                 Outcome::Exited(0)
             );
-        })
-    });
-    g.bench_function("runner model: fork + instantiate + run", |b| {
-        b.iter(|| {
-            // SAFETY: criterion runs benchmarks on this one thread; the child only uses
-            // the engine and exits with _exit.
-            match unsafe { nix::unistd::fork() }.unwrap() {
-                nix::unistd::ForkResult::Child => {
-                    let code = match engine.instantiate(&loaded, &plan).map(|i| i.run()) {
-                        Ok(Outcome::Exited(0)) => 0,
-                        _ => 1,
-                    };
-                    // SAFETY: the child must not run the parent's atexit handlers.
-                    unsafe { libc::_exit(code) }
-                }
-                nix::unistd::ForkResult::Parent { child } => {
-                    let status = nix::sys::wait::waitpid(child, None).unwrap();
-                    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
-                }
-            }
         })
     });
     let bytes = std::fs::read(&wasm).unwrap();

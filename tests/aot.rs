@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{containerd, create_outcome, unique_probe, Containerd, Run};
@@ -317,4 +318,62 @@ fn containers_started_from_a_kept_instance_each_see_their_own_argv_env_files_and
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("\nThreads:\t1\n"), "{status}");
     ctd.remove("kept-cg");
+}
+
+#[test]
+fn a_start_function_runs_in_its_container_process_never_in_the_runner() {
+    if !common::can_run("start_function_not_in_runner") {
+        return;
+    }
+    let ctd = containerd();
+    let r = common::Rootfs::with(&[("spin.wasm", &common::fixture("start-spin.wasm"))]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmedge-shimctl"))
+        .args(["precompile", "--cache-dir"])
+        .arg(&ctd.cache_dir)
+        .arg(r.path().join("spin.wasm"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A cache hit: the runner loads the module as a template. Instantiating it runs the
+    // start function, which never returns; that must happen in the container's process.
+    let mut spin = Run::rootfs("start-spin", r.path(), &["/spin.wasm"]);
+    spin.timeout = Some(Duration::from_secs(120));
+    let spinning = std::thread::spawn(move || containerd().run(&spin));
+    let procs = Path::new("/sys/fs/cgroup/pids")
+        .join(common::NAMESPACE)
+        .join("start-spin/cgroup.procs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pids = loop {
+        let pids = std::fs::read_to_string(&procs).unwrap_or_default();
+        if !pids.trim().is_empty() {
+            break pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no spinning container process\n{}",
+            ctd.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    // The runner still serves other containers.
+    let other = unique_probe("beside-spin");
+    let mut hello = Run::rootfs("beside-spin", other.path(), &["/probe.wasm"]);
+    hello.timeout = Some(Duration::from_secs(30));
+    let out = ctd.run(&hello);
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+
+    for pid in pids.split_whitespace() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let out = spinning.join().unwrap();
+    assert_ne!(out.code, Some(0), "{out:?}");
 }

@@ -488,6 +488,51 @@ pub fn looks_like_wasm(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
+/// Whether the Wasm module at `path` has a start section: a function that instantiation
+/// itself runs. Reads only the section headers.
+pub fn has_start_section(path: &Path) -> std::io::Result<bool> {
+    use std::io::{BufReader, Read, Seek, SeekFrom};
+    const START: u8 = 8;
+    let mut r = BufReader::new(std::fs::File::open(path)?);
+    let mut header = [0u8; 8];
+    r.read_exact(&mut header)?;
+    if !looks_like_wasm(&header) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a Wasm module",
+        ));
+    }
+    let mut id = [0u8; 1];
+    loop {
+        match r.read_exact(&mut id) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        if id[0] == START {
+            return Ok(true);
+        }
+        let size = read_leb_u32(&mut r)?;
+        r.seek(SeekFrom::Current(i64::from(size)))?;
+    }
+}
+
+fn read_leb_u32(r: &mut impl std::io::Read) -> std::io::Result<u32> {
+    let mut value = 0u32;
+    for shift in (0..35).step_by(7) {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b)?;
+        value |= u32::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "section size is not a valid u32 LEB128",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,6 +608,36 @@ mod tests {
             .unwrap()
             .run();
         assert_eq!(run, Outcome::Exited(100));
+    }
+
+    #[test]
+    fn start_sections_are_found_by_their_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, wat: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
+            path
+        };
+        let with = write(
+            "with.wasm",
+            r#"(module (memory 1) (data (i32.const 0) "x") (func $init) (start $init)
+                 (func (export "_start")))"#,
+        );
+        assert!(has_start_section(&with).unwrap());
+        let without = write(
+            "without.wasm",
+            r#"(module (memory 1) (data (i32.const 0) "x") (func (export "_start")))"#,
+        );
+        assert!(!has_start_section(&without).unwrap());
+        assert!(!has_start_section(&write("shape.wasm", WASI_SHAPE)).unwrap());
+
+        let truncated = dir.path().join("truncated.wasm");
+        let bytes = std::fs::read(&with).unwrap();
+        std::fs::write(&truncated, &bytes[..9]).unwrap();
+        assert!(has_start_section(&truncated).is_err());
+        let not_wasm = dir.path().join("not.wasm");
+        std::fs::write(&not_wasm, b"#!/bin/sh\n").unwrap();
+        assert!(has_start_section(&not_wasm).is_err());
     }
 
     #[test]

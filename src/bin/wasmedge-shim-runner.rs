@@ -44,8 +44,9 @@ struct Template {
     file: (u64, u64),
     loaded: Rc<Loaded>,
     /// The module instantiated once, without a WASI environment (`Engine::prepare`). It is
-    /// never run here: each container process takes its own copy of it. `None` if
-    /// instantiating failed; containers then instantiate themselves and report the error.
+    /// never run here: each container process takes its own copy of it. `None` for a
+    /// module with a start function, or if instantiating failed; containers then
+    /// instantiate themselves (and report the error).
     prepared: Option<Prepared>,
 }
 
@@ -101,7 +102,12 @@ impl Runner {
         let Ok(loaded) = self.engine.load_native(&artifact.path, &self.link_dir) else {
             return pre;
         };
-        let prepared = self.engine.prepare(&loaded).ok();
+        // A start function would run guest code here, in the process every container of
+        // the node is forked from; such modules instantiate in their own process.
+        let prepared = match wasmedge_aot_engine::has_start_section(module) {
+            Ok(false) => self.engine.prepare(&loaded).ok(),
+            _ => None,
+        };
         pre.load = t.elapsed();
         let loaded = Rc::new(loaded);
         if templates.len() >= MAX_TEMPLATES {
