@@ -67,10 +67,10 @@ fn large_module(engine: &Engine, node: &Path) -> (PathBuf, PathBuf) {
     }
     let cache = Cache::open(CacheConfig::new(node.join("cache"))).unwrap();
     let fp = fingerprint(engine);
-    if !cache
+    if cache
         .lookup(&cache.key_for(&wasm, &fp).unwrap())
         .unwrap()
-        .is_some()
+        .is_none()
     {
         eprintln!("compiling {} (minutes, once)...", wasm.display());
     }
