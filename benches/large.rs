@@ -218,26 +218,21 @@ fn warm_start(c: &mut Criterion) {
         // The first start loads the module into the runner; every later one is warm.
         runner_start(&runner, &wasm, 0, true);
         let mut n = 1;
-        g.bench_function("shim runner: cgroup + spawn + start + exit", |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        n += 1;
-                        runner_start(&runner, &wasm, n, true)
-                    })
-                    .sum()
-            })
-        });
-        g.bench_function("shim runner: spawn + start + exit (no cgroup)", |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        n += 1;
-                        runner_start(&runner, &wasm, n, false)
-                    })
-                    .sum()
-            })
-        });
+        for (name, cgroup) in [
+            ("shim runner: cgroup + spawn + start + exit", true),
+            ("shim runner: spawn + start + exit (no cgroup)", false),
+        ] {
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            n += 1;
+                            runner_start(&runner, &wasm, n, cgroup)
+                        })
+                        .sum()
+                })
+            });
+        }
     } else {
         eprintln!("skipped the shim runner benchmark: needs root (cgroups)");
     }

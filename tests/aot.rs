@@ -9,6 +9,21 @@ use std::time::{Duration, Instant};
 
 use common::{containerd, create_outcome, unique_probe, Containerd, Run};
 
+/// `wasmedge-shimctl precompile` of `module` into the test containerd's node cache.
+fn precompile(ctd: &Containerd, module: &Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmedge-shimctl"))
+        .args(["precompile", "--cache-dir"])
+        .arg(&ctd.cache_dir)
+        .arg(module)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn outcome(ctd: &Containerd, id: &str) -> (String, String) {
     create_outcome(&ctd.log(), id)
         .unwrap_or_else(|| panic!("no create line for {id}\n{}", ctd.log_tail()))
@@ -227,18 +242,7 @@ fn precompile_then_first_run_is_a_hit() {
     }
     let ctd = containerd();
     let r = unique_probe("precompile");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmedge-shimctl"))
-        .arg("precompile")
-        .arg("--cache-dir")
-        .arg(&ctd.cache_dir)
-        .arg(r.path().join("probe.wasm"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    precompile(ctd, &r.path().join("probe.wasm"));
     let out = ctd.run(&Run::rootfs("pre-first", r.path(), &["/probe.wasm"]));
     assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
     assert_eq!(outcome(ctd, "pre-first"), ("hit".into(), "native".into()));
@@ -327,17 +331,7 @@ fn a_start_function_runs_in_its_container_process_never_in_the_runner() {
     }
     let ctd = containerd();
     let r = common::Rootfs::with(&[("spin.wasm", &common::fixture("start-spin.wasm"))]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmedge-shimctl"))
-        .args(["precompile", "--cache-dir"])
-        .arg(&ctd.cache_dir)
-        .arg(r.path().join("spin.wasm"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    precompile(ctd, &r.path().join("spin.wasm"));
 
     // A cache hit: the runner loads the module as a template. Instantiating it runs the
     // start function, which never returns; that must happen in the container's process.

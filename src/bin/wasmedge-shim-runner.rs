@@ -53,9 +53,8 @@ struct Template {
 /// What the runner resolved before forking a container.
 #[derive(Default)]
 struct PreFork {
-    template: Option<Rc<Loaded>>,
-    /// The template's key, to take its prepared instance in the container process.
-    key: Option<Key>,
+    /// The key of the template the container process starts from, if any.
+    template: Option<Key>,
     hash: Duration,
     lookup: Duration,
     load: Duration,
@@ -92,8 +91,7 @@ impl Runner {
         if let Some(i) = templates.iter().position(|t| t.key == key) {
             let t = templates.remove(i);
             if t.file == file {
-                pre.template = Some(t.loaded.clone());
-                pre.key = Some(key);
+                pre.template = Some(key);
                 templates.push(t);
                 return pre;
             }
@@ -109,27 +107,25 @@ impl Runner {
             _ => None,
         };
         pre.load = t.elapsed();
-        let loaded = Rc::new(loaded);
         if templates.len() >= MAX_TEMPLATES {
             templates.remove(0);
         }
         templates.push(Template {
             key,
             file,
-            loaded: loaded.clone(),
+            loaded: Rc::new(loaded),
             prepared,
         });
-        pre.template = Some(loaded);
-        pre.key = Some(key);
+        pre.template = Some(key);
         pre
     }
 
-    /// In a container process: takes this process's copy of the template's prepared
-    /// instance. The runner's own stays unused for the next fork.
-    fn take_prepared(&self, key: &Key) -> Option<Prepared> {
+    /// In a container process: the template's module, and this process's copy of its
+    /// prepared instance (taken: the runner's own stays unused for the next fork).
+    fn take_template(&self, key: &Key) -> Option<(Rc<Loaded>, Option<Prepared>)> {
         let mut templates = self.templates.borrow_mut();
         let t = templates.iter_mut().find(|t| &t.key == key)?;
-        t.prepared.take()
+        Some((t.loaded.clone(), t.prepared.take()))
     }
 }
 
@@ -347,8 +343,12 @@ fn prepare(
             return Err(format!("dup2 stdio: {}", std::io::Error::last_os_error()));
         }
     }
+    let (template, prepared) = match pre.template.and_then(|k| runner.take_template(&k)) {
+        Some((loaded, prepared)) => (Some(loaded), prepared),
+        None => (None, None),
+    };
     // Before joining the cgroup: a compile is the node's cost, not the pod's.
-    let resolved = match &pre.template {
+    let resolved = match &template {
         Some(_) => aot::Resolved {
             code: CodeSource::Interpreter, // unused: the template is the code
             outcome: "hit",
@@ -399,8 +399,8 @@ fn prepare(
             .load_bytes(&plan.module, &bytes)
             .map_err(|e| e.to_string())
     };
-    let loaded: Rc<Loaded> = match (&pre.template, &resolved.code) {
-        (Some(t), _) => t.clone(),
+    let loaded: Rc<Loaded> = match (template, &resolved.code) {
+        (Some(t), _) => t,
         (None, CodeSource::Interpreter) => Rc::new(interpret()?),
         (None, CodeSource::Native(so)) => match engine.load_native(so, &runner.link_dir) {
             Ok(l) => Rc::new(l),
@@ -419,7 +419,6 @@ fn prepare(
         env: plan.env.clone(),
         preopens: plan.preopens.iter().map(|p| p.to_wasmedge()).collect(),
     };
-    let prepared = pre.key.as_ref().and_then(|k| runner.take_prepared(k));
     let instance = match prepared {
         Some(p) => p.with_wasi(&wasi),
         None => engine.instantiate(&loaded, &wasi),
