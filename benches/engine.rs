@@ -43,21 +43,21 @@ fn start(c: &mut Criterion) {
     g.bench_function("native: load .so + instantiate + run", |b| {
         b.iter(|| {
             let loaded = engine.load_native(&so, dir.path()).unwrap();
-            let inst = engine.instantiate(&loaded, &exit0).unwrap();
+            let mut inst = engine.instantiate(&loaded, &exit0).unwrap();
             assert_eq!(inst.run(), Outcome::Exited(0));
         })
     });
     g.bench_function("interpreter: load bytes + instantiate + run", |b| {
         b.iter(|| {
             let loaded = engine.load_bytes(&wasm, &bytes).unwrap();
-            let inst = engine.instantiate(&loaded, &exit0).unwrap();
+            let mut inst = engine.instantiate(&loaded, &exit0).unwrap();
             assert_eq!(inst.run(), Outcome::Exited(0));
         })
     });
     let loaded = engine.load_native(&so, dir.path()).unwrap();
     g.bench_function("native: instantiate + run (module kept loaded)", |b| {
         b.iter(|| {
-            let inst = engine.instantiate(&loaded, &exit0).unwrap();
+            let mut inst = engine.instantiate(&loaded, &exit0).unwrap();
             assert_eq!(inst.run(), Outcome::Exited(0));
         })
     });

@@ -82,8 +82,8 @@ fn large_module(engine: &Engine, node: &Path) -> (PathBuf, PathBuf) {
     (wasm, so)
 }
 
-/// The runner the shim would start, on the bench's node cache, and this process as the
-/// subreaper its container processes are re-parented to (the shim is theirs).
+/// The runner the shim would start, on the bench's node cache, with this process in the
+/// shim's place: the parent of the runner's container processes.
 fn start_runner(node: &Path) -> Zygote {
     let config = node.join("config.toml");
     std::fs::write(
@@ -96,8 +96,6 @@ fn start_runner(node: &Path) -> Zygote {
     .unwrap();
     // Single-threaded here: nothing reads the environment concurrently.
     std::env::set_var(CONFIG_ENV, &config);
-    // SAFETY: prctl with integer arguments only.
-    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
     Zygote::start(
         Path::new(env!("CARGO_BIN_EXE_wasmedge-shim-runner")),
         Stdio::inherit(),
@@ -165,14 +163,8 @@ fn runner_start(runner: &Zygote, wasm: &Path, n: usize, cgroup: bool) -> Duratio
         other => panic!("container process did not get ready: {other:?} ({line})"),
     };
     (&ours).write_all(b"start\n").unwrap();
-    let status = loop {
-        // ECHILD until the runner's intermediate process has exited and the container
-        // process is re-parented to us.
-        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
-            Err(nix::errno::Errno::ECHILD) => std::thread::yield_now(),
-            other => break other.unwrap(),
-        }
-    };
+    // The container process is our child, as it is the shim's.
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
     let elapsed = t.elapsed();
     assert_eq!(
         status,
@@ -263,12 +255,12 @@ fn warm_start(c: &mut Criterion) {
             fork_run(&|| {
                 // Takes the child's copy of the prepared instance; the parent's stays.
                 let mine = prepared.borrow_mut().take().unwrap();
-                exit_code(mine.with_wasi(&plan).map(|i| i.run()))
+                exit_code(mine.with_wasi(&plan).map(|mut i| i.run()))
             })
         })
     });
     g.bench_function("runner model: fork + instantiate + run", |b| {
-        b.iter(|| fork_run(&|| exit_code(engine.instantiate(&loaded, &plan).map(|i| i.run()))))
+        b.iter(|| fork_run(&|| exit_code(engine.instantiate(&loaded, &plan).map(|mut i| i.run()))))
     });
     g.bench_function("one process: instantiate + run (module kept loaded)", |b| {
         b.iter(|| {

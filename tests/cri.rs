@@ -836,7 +836,7 @@ fn measure_pod_start_latency_and_memory_per_idle_pod() {
             containers.push(pid.expect("verbose status names the task pid"));
         }
         // The pods' shims (their sandbox tasks' pids), and the runner processes under them:
-        // each shim's runner, and the container processes re-parented to the shim.
+        // each shim's runner, and the container processes the runner forks as the shim's children.
         // One pid per shim: with the node grouping every sandbox task's pid is the same shim.
         let mut shims: Vec<i32> = pods.iter().filter_map(|p| cri.task_pid(&p.id)).collect();
         shims.sort();

@@ -418,8 +418,9 @@ impl Loaded {
 }
 
 impl Instance {
-    /// Runs `_start` to the end.
-    pub fn run(mut self) -> Outcome {
+    /// Runs `_start` to the end. The instance stays alive afterwards, so that a process
+    /// that is about to exit can leave its teardown to the kernel.
+    pub fn run(&mut self) -> Outcome {
         let mut start = match self.instance.get_func_mut("_start") {
             Ok(f) => f,
             Err(_) => {
