@@ -1,6 +1,7 @@
 //! End to end through a real containerd (started privately, as the tests do): `ctr run --rm`
 //! of a hello Wasm module through this shim (warm cache) against runc running a static
-//! native hello, in the same run; then density: PSS and processes per idle container with
+//! native hello, in the same run, and the task alone (create to exit: `ctr task start` of
+//! a created container); then density: PSS and processes per idle container with
 //! N = 1, 10, 50 sleeping Wasm containers.
 //!
 //! Needs root (containerd, mounts, cgroups); says so and exits when not root.
@@ -55,6 +56,40 @@ fn hello_runs(c: &mut Criterion) {
             total
         })
     });
+    g.finish();
+
+    // The task alone: the container record and its snapshot exist beforehand, and removing
+    // the stopped task afterwards is not timed. runc keeps its state under the system's
+    // /run/containerd/runc for tasks started this way, hence ids unique to this process.
+    let mut g = c.benchmark_group("create to exit (ctr task start, attached)");
+    g.sample_size(20).measurement_time(Duration::from_secs(10));
+    let pid = std::process::id();
+    for (name, rootfs, argv, runtime) in [
+        ("wasmedge shim (warm cache)", &wasm, "/hello.wasm", None),
+        (
+            "runc (static native hello)",
+            &native,
+            "/hello",
+            Some("io.containerd.runc.v2"),
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    n += 1;
+                    let mut run = Run::rootfs(&format!("t{pid}-{n}"), rootfs.path(), &[argv]);
+                    run.runtime = runtime.map(String::from);
+                    ctd.create_container(&run);
+                    let out = ctd.start_attached(&run.id);
+                    assert_eq!(out.code, Some(0), "{out:?}");
+                    total += out.elapsed;
+                    ctd.remove(&run.id);
+                }
+                total
+            })
+        });
+    }
     g.finish();
 }
 

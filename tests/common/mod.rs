@@ -293,8 +293,6 @@ state = "{d}/state"
     fn run_args(&self, r: &Run, detach: bool) -> Vec<String> {
         let mut a: Vec<String> = vec!["run".into()];
         a.push(if detach { "-d" } else { "--rm" }.into());
-        a.push("--runtime".into());
-        a.push(r.runtime.clone().unwrap_or_else(|| RUNTIME.into()));
         a.push("--fifo-dir".into());
         a.push(self.dir.join("fifo").display().to_string());
         if r.runtime.as_deref() == Some(images::RUNC) {
@@ -303,6 +301,14 @@ state = "{d}/state"
             a.push("--runc-root".into());
             a.push(self.dir.join("runc").display().to_string());
         }
+        a.extend(Self::container_args(r));
+        a
+    }
+
+    /// What `ctr run` and `ctr container create` share: runtime, process, root, id, argv.
+    fn container_args(r: &Run) -> Vec<String> {
+        let mut a: Vec<String> = vec!["--runtime".into()];
+        a.push(r.runtime.clone().unwrap_or_else(|| RUNTIME.into()));
         for e in &r.env {
             a.push("--env".into());
             a.push(e.clone());
@@ -334,24 +340,45 @@ state = "{d}/state"
 
     /// `ctr run --rm`: runs the container to its end and removes it.
     pub fn run(&self, r: &Run) -> RunResult {
-        let args = self.run_args(r, false);
+        self.ctr_timed(&self.run_args(r, false), r.timeout, &r.id)
+    }
+
+    /// `ctr container create`: the container record and its snapshot, no task yet.
+    /// (runc's state then lives under the system's /run/containerd/runc: use unique ids.)
+    pub fn create_container(&self, r: &Run) {
+        let mut args: Vec<String> = vec!["container".into(), "create".into()];
+        args.extend(Self::container_args(r));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ctr_ok(&args);
+    }
+
+    /// `ctr task start` of a created container, attached: creates the task, starts it
+    /// and returns at its exit (the task is left stopped, for `remove`).
+    pub fn start_attached(&self, id: &str) -> RunResult {
+        let fifo = self.dir.join("fifo").display().to_string();
+        let args = ["task", "start", "--fifo-dir", &fifo, id].map(String::from);
+        self.ctr_timed(&args, None, id)
+    }
+
+    /// Runs `ctr -a SOCK -n NAMESPACE args...` to its end, timing it.
+    fn ctr_timed(&self, args: &[String], timeout: Option<Duration>, id: &str) -> RunResult {
         let started = Instant::now();
         let mut child = Command::new("ctr")
             .arg("-a")
             .arg(&self.address)
             .arg("-n")
             .arg(NAMESPACE)
-            .args(&args)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let timeout = r.timeout.unwrap_or(Duration::from_secs(60));
+        let timeout = timeout.unwrap_or(Duration::from_secs(60));
         let out = wait_with_timeout(&mut child, timeout).unwrap_or_else(|| {
             panic!(
-                "ctr run {} did not finish in {timeout:?}\n{}",
-                r.id,
+                "ctr {} {id} did not finish in {timeout:?}\n{}",
+                args[0],
                 self.log_tail()
             )
         });
