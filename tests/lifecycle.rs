@@ -283,6 +283,53 @@ fn bad_modules_fail_their_container_clearly_while_others_carry_on() {
 }
 
 #[test]
+fn a_module_that_traps_runs_out_of_memory_or_is_killed_takes_down_only_its_own_container() {
+    if !common::can_run("fault_isolation") {
+        return;
+    }
+    let ctd = containerd();
+    // Every container here runs the same module, so all are forked from the runner's one
+    // template of it: what happens to one copy must not reach the others or the runner.
+    let r = probe_rootfs();
+    ctd.run_detached(&Run::rootfs(
+        "iso-bystander",
+        r.path(),
+        &["/probe.wasm", "sleep", "100"],
+    ));
+    ctd.wait_status("iso-bystander", "RUNNING", Duration::from_secs(10));
+    let runners = common::processes_matching("wasmedge-shim-runner");
+    assert!(!runners.is_empty());
+
+    let out = run("iso-trap", &r, &["trap"]);
+    assert_eq!(out.code, Some(134), "{out:?}");
+    assert!(out.stderr.contains("wasm trap"), "{out:?}");
+
+    // Linear memory can grow no further than wasm32's 4 GiB: malloc fails, the module
+    // sees it and exits.
+    let out = run("iso-oom-guest", &r, &["grow", "4200"]);
+    assert_eq!(out.code, Some(12), "{out:?}");
+    assert!(out.stderr.contains("out of memory after"), "{out:?}");
+
+    // The container's memory limit: the kernel's OOM killer ends the container process.
+    let mut oom = Run::rootfs("iso-oom-cgroup", r.path(), &["/probe.wasm", "alloc", "512"]);
+    oom.memory_limit = Some(64 << 20);
+    let out = ctd.run(&oom);
+    assert_eq!(out.code, Some(137), "{out:?}");
+    assert!(!out.stdout.contains("allocated"), "{out:?}");
+
+    ctd.run_detached(&Run::rootfs("iso-kill", r.path(), &["/probe.wasm", "spin"]));
+    ctd.wait_status("iso-kill", "RUNNING", Duration::from_secs(10));
+    ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "iso-kill"]);
+    ctd.wait_status("iso-kill", "STOPPED", Duration::from_secs(5));
+    ctd.remove("iso-kill");
+
+    assert_eq!(ctd.task_status("iso-bystander").as_deref(), Some("RUNNING"));
+    assert_eq!(common::processes_matching("wasmedge-shim-runner"), runners);
+    assert_eq!(run("iso-after", &r, &[]).stdout, "hello from wasm\n");
+    ctd.remove("iso-bystander");
+}
+
+#[test]
 fn exec_and_terminal_are_refused_clearly() {
     if !common::can_run("exec_and_tty") {
         return;

@@ -117,6 +117,8 @@ pub struct Run {
     pub mounts: Vec<String>,
     pub annotations: Vec<String>,
     pub runtime: Option<String>,
+    /// The container's memory limit in bytes (its cgroup's).
+    pub memory_limit: Option<u64>,
     pub timeout: Option<Duration>,
 }
 
@@ -324,6 +326,10 @@ state = "{d}/state"
         for an in &r.annotations {
             a.push("--annotation".into());
             a.push(an.clone());
+        }
+        if let Some(bytes) = r.memory_limit {
+            a.push("--memory-limit".into());
+            a.push(bytes.to_string());
         }
         match (&r.image, &r.rootfs) {
             (Some(image), _) => a.push(image.clone()),
