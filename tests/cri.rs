@@ -500,17 +500,6 @@ fn is_rfc3339_nano(ts: &str) -> bool {
         && (ts.ends_with('Z') || ts[20..].contains(['+', '-']))
 }
 
-fn ppid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: the fields follow the last ')'.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn exe_name(pid: i32) -> String {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
@@ -579,7 +568,7 @@ fn containers_of_a_pod_share_its_shim_and_stop_container_ends_a_running_module()
         assert_eq!(status.state, ContainerState::ContainerRunning as i32);
         let pid = pid.expect("verbose status names the task pid");
         assert_eq!(
-            ppid(pid),
+            common::ppid(pid),
             Some(shim),
             "the container process is a child of the pod's shim"
         );
@@ -853,7 +842,7 @@ fn measure_pod_start_latency_and_memory_per_idle_pod() {
             .map(|(pid, _)| pid)
             .filter(|pid| {
                 exe_name(*pid) == RUNNER_BINARY
-                    && ppid(*pid).is_some_and(|p| shims.contains(&p))
+                    && common::ppid(*pid).is_some_and(|p| shims.contains(&p))
                     && !containers.contains(pid)
             })
             .collect();

@@ -297,8 +297,9 @@ fn a_module_that_traps_runs_out_of_memory_or_is_killed_takes_down_only_its_own_c
         &["/probe.wasm", "sleep", "100"],
     ));
     ctd.wait_status("iso-bystander", "RUNNING", Duration::from_secs(10));
-    let runners = common::processes_matching("wasmedge-shim-runner");
-    assert!(!runners.is_empty());
+    let shim = common::ppid(ctd.task_pid("iso-bystander").unwrap()).unwrap();
+    let runners = common::runners_of(shim);
+    assert_eq!(runners.len(), 1, "{runners:?}");
 
     let out = run("iso-trap", &r, &["trap"]);
     assert_eq!(out.code, Some(134), "{out:?}");
@@ -324,7 +325,7 @@ fn a_module_that_traps_runs_out_of_memory_or_is_killed_takes_down_only_its_own_c
     ctd.remove("iso-kill");
 
     assert_eq!(ctd.task_status("iso-bystander").as_deref(), Some("RUNNING"));
-    assert_eq!(common::processes_matching("wasmedge-shim-runner"), runners);
+    assert_eq!(common::runners_of(shim), runners);
     assert_eq!(run("iso-after", &r, &[]).stdout, "hello from wasm\n");
     ctd.remove("iso-bystander");
 }

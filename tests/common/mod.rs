@@ -565,6 +565,33 @@ pub fn create_outcome(log: &str, id: &str) -> Option<(String, String)> {
     Some((cache, tier))
 }
 
+/// A field of `/proc/PID/stat` counted from the state (0), which follows the command name:
+/// ppid is 1, session 3.
+fn stat_field(pid: i32, n: usize) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields follow the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(n)?
+        .parse()
+        .ok()
+}
+
+pub fn ppid(pid: i32) -> Option<i32> {
+    stat_field(pid, 1)
+}
+
+/// The runner processes of the shim `shim`: its children that run the runner binary and
+/// are not container processes (those are its children too, each leading its own session).
+pub fn runners_of(shim: i32) -> Vec<i32> {
+    processes_matching("wasmedge-shim-runner")
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|&pid| ppid(pid) == Some(shim) && stat_field(pid, 3) != Some(pid))
+        .collect()
+}
+
 /// Processes whose command line mentions `needle` (for leak checks).
 pub fn processes_matching(needle: &str) -> Vec<(i32, String)> {
     let mut found = Vec::new();
