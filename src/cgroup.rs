@@ -12,12 +12,12 @@ fn relative(path: &str) -> &str {
 }
 
 /// Creates the cgroup at `path` (in every hierarchy on cgroup v1) with the spec's resources.
-pub fn create(path: &str, spec: &Spec) -> Result<(), String> {
+pub fn create(path: &str, spec: &Spec) -> Result<Cgroup, String> {
     let cg = Cgroup::new(hierarchies::auto(), relative(path)).map_err(|e| e.to_string())?;
     if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
         containerd_shim::cgroup::update_resources(&cg, res).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(cg)
 }
 
 /// Moves the calling process, which must be single-threaded, into the cgroup at `path`.
@@ -64,4 +64,216 @@ pub fn metrics(pid: u32) -> Result<Any, String> {
     // containerd-shim fills the v1 metrics message from either hierarchy's controllers.
     let m = containerd_shim::cgroup::collect_metrics(&cg).map_err(|e| e.to_string())?;
     containerd_shim::util::convert_to_any(Box::new(m)).map_err(|e| e.to_string())
+}
+
+/// Watches a container's cgroup for the kernel's OOM kills, which the shim publishes as
+/// containerd's `TaskOOM` (what makes Kubernetes report a container as `OOMKilled`).
+///
+/// cgroup v1 signals an eventfd registered on `memory.oom_control` through
+/// `cgroup.event_control`; v2 modifies `memory.events`, watched with inotify. Either
+/// signal is only a hint: a kill is counted when the file's `oom_kill` counter goes up
+/// (v1 also signals when the memory controller is under OOM without killing, and when
+/// the cgroup is removed). Registered before the container's process exists, so that no
+/// kill goes unseen.
+pub struct OomWatch {
+    notifier: tokio::io::unix::AsyncFd<Notifier>,
+    counters: std::path::PathBuf,
+    kills: Option<u64>,
+}
+
+impl std::fmt::Debug for OomWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OomWatch")
+            .field("counters", &self.counters)
+            .field("kills", &self.kills)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Notifier {
+    V1(nix::sys::eventfd::EventFd),
+    V2(nix::sys::inotify::Inotify),
+}
+
+impl std::os::fd::AsRawFd for Notifier {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        match self {
+            Notifier::V1(fd) => fd.as_fd().as_raw_fd(),
+            Notifier::V2(fd) => fd.as_fd().as_raw_fd(),
+        }
+    }
+}
+
+impl Notifier {
+    /// Consumes what is pending; `WouldBlock` once nothing is.
+    fn drain(&self) -> std::io::Result<()> {
+        match self {
+            Notifier::V1(fd) => fd.read().map(drop),
+            Notifier::V2(fd) => fd.read_events().map(drop),
+        }
+        .map_err(std::io::Error::from)
+    }
+}
+
+impl OomWatch {
+    /// Starts watching `cg`; `None` if it has no memory controller.
+    /// Must be called from within the shim's tokio runtime.
+    pub fn new(cg: &Cgroup) -> Result<Option<OomWatch>, String> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        use std::os::fd::AsRawFd;
+
+        let Some(memory) = cg.controller_of::<cgroups_rs::fs::memory::MemController>() else {
+            return Ok(None);
+        };
+        let dir = cgroups_rs::fs::Controller::path(memory);
+        let (notifier, counters) = if cg.v2() {
+            let counters = dir.join("memory.events");
+            let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                .map_err(|e| format!("inotify: {e}"))?;
+            inotify
+                .add_watch(&counters, AddWatchFlags::IN_MODIFY)
+                .map_err(|e| format!("watch {}: {e}", counters.display()))?;
+            (Notifier::V2(inotify), counters)
+        } else {
+            let counters = dir.join("memory.oom_control");
+            let control = std::fs::File::open(&counters)
+                .map_err(|e| format!("open {}: {e}", counters.display()))?;
+            let efd =
+                EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                    .map_err(|e| format!("eventfd: {e}"))?;
+            // The kernel keeps its own references to both files once registered.
+            let registration = format!("{} {}", efd.as_raw_fd(), control.as_raw_fd());
+            std::fs::write(dir.join("cgroup.event_control"), registration)
+                .map_err(|e| format!("register oom event in {}: {e}", dir.display()))?;
+            (Notifier::V1(efd), counters)
+        };
+        let kills =
+            read_oom_kills(&counters).map_err(|e| format!("{}: {e}", counters.display()))?;
+        // SAFETY: the notifier owns its fd, which stays open and the same until the AsyncFd
+        // (and the notifier in it) is dropped.
+        let notifier = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                notifier,
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .map_err(|e| format!("poll oom notifications: {e}"))?;
+        Ok(Some(OomWatch {
+            notifier,
+            counters,
+            kills,
+        }))
+    }
+
+    /// Waits for the next OOM kill in the cgroup. `false` once the cgroup is gone.
+    pub async fn next_kill(&mut self) -> bool {
+        loop {
+            let Ok(mut ready) = self.notifier.readable().await else {
+                return false;
+            };
+            match ready.try_io(|n| n.get_ref().drain()) {
+                Ok(Ok(())) | Err(_) => {}
+                Ok(Err(_)) => return false,
+            }
+            // v1 signals as the cgroup runs out of memory, before the OOM killer has picked
+            // and counted a victim; v2 after counting. Give v1's killer a moment.
+            let patience = match self.notifier.get_ref() {
+                Notifier::V1(_) => std::time::Duration::from_millis(200),
+                Notifier::V2(_) => std::time::Duration::ZERO,
+            };
+            let deadline = tokio::time::Instant::now() + patience;
+            loop {
+                let Ok(kills) = read_oom_kills(&self.counters) else {
+                    return false; // removed with its cgroup
+                };
+                match (self.kills, kills) {
+                    (Some(before), Some(now)) if now > before => {
+                        self.kills = Some(now);
+                        return true;
+                    }
+                    // A kernel without the counter (before 4.13): every v1 signal is taken
+                    // as a kill, as containerd's own v1 monitor takes it.
+                    (_, None) | (None, _) => return true,
+                    _ if tokio::time::Instant::now() >= deadline => break,
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+                }
+            }
+        }
+    }
+}
+
+/// The `oom_kill` counter of `memory.oom_control` (v1) or `memory.events` (v2), if the
+/// kernel keeps one.
+fn read_oom_kills(file: &std::path::Path) -> std::io::Result<Option<u64>> {
+    let text = std::fs::read_to_string(file)?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[tokio::test]
+    async fn an_oom_kill_in_the_cgroup_is_seen_and_the_watch_ends_with_the_cgroup() {
+        if !is_root() {
+            eprintln!("skipped: needs root (cgroups)");
+            return;
+        }
+        let path = format!("/wasmedge-aot-unit/oom-{}", std::process::id());
+        let mut spec = oci_spec::runtime::Spec::default();
+        let memory = oci_spec::runtime::LinuxMemoryBuilder::default()
+            .limit(32i64 << 20)
+            .build()
+            .unwrap();
+        let resources = oci_spec::runtime::LinuxResourcesBuilder::default()
+            .memory(memory)
+            .build()
+            .unwrap();
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_resources(Some(resources));
+        spec.set_linux(Some(linux));
+        let cg = create(&path, &spec).unwrap();
+        let mut watch = OomWatch::new(&cg).unwrap().expect("a memory controller");
+
+        // GNU tail keeps a line until it ends: 256 MiB without a newline outgrows the limit.
+        let procs = if cg.v2() {
+            hierarchies::auto()
+                .root()
+                .join(relative(&path))
+                .join("cgroup.procs")
+        } else {
+            hierarchies::auto()
+                .root()
+                .join("memory")
+                .join(relative(&path))
+                .join("tasks")
+        };
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && head -c 268435456 /dev/zero | tail -n 1 >/dev/null",
+                procs.display()
+            ))
+            .status()
+            .await
+            .unwrap();
+        assert!(!status.success(), "tail was not killed: {status:?}");
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next_kill()).await;
+        assert_eq!(seen, Ok(true));
+
+        remove(&path);
+        let ended =
+            tokio::time::timeout(std::time::Duration::from_secs(5), watch.next_kill()).await;
+        assert_eq!(ended, Ok(false));
+        let _ = Cgroup::load(hierarchies::auto(), "wasmedge-aot-unit").delete();
+    }
 }

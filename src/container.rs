@@ -59,6 +59,9 @@ pub struct Container {
     pub timings: Timings,
     rootfs: Option<PathBuf>,
     cgroup: Option<String>,
+    /// Registered on the cgroup before the process exists; the service takes it to publish
+    /// the container's OOM kills.
+    oom: Mutex<Option<crate::cgroup::OomWatch>>,
     control: tokio::sync::Mutex<Option<tokio::net::UnixStream>>,
     status: watch::Sender<Status>,
     started_at: Mutex<Option<Instant>>,
@@ -109,6 +112,7 @@ impl Container {
             timings: Timings::default(),
             rootfs: None,
             cgroup: None,
+            oom: Mutex::new(None),
             control: tokio::sync::Mutex::new(None),
             status: watch::channel(Status::Created).0,
             started_at: Mutex::new(None),
@@ -184,7 +188,16 @@ impl Container {
         let cgroup_started = Instant::now();
         if let Some(path) = &plan.cgroups_path {
             match crate::cgroup::create(path, spec) {
-                Ok(()) => self.cgroup = Some(path.clone()),
+                Ok(cg) => {
+                    self.cgroup = Some(path.clone());
+                    match crate::cgroup::OomWatch::new(&cg) {
+                        Ok(watch) => *self.oom.get_mut().unwrap_or_else(|p| p.into_inner()) = watch,
+                        Err(e) => warn!(
+                            "container {}: cgroup {path}: {e}; its OOM kills go unreported",
+                            self.id
+                        ),
+                    }
+                }
                 Err(e) => warn!(
                     "container {}: cgroup {path}: {e}; running without one",
                     self.id
@@ -265,6 +278,11 @@ impl Container {
                 message: error,
             }),
         }
+    }
+
+    /// The watch on the container's OOM kills, once (see [`crate::cgroup::OomWatch`]).
+    pub fn take_oom_watch(&self) -> Option<crate::cgroup::OomWatch> {
+        self.oom.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     pub fn status(&self) -> Status {

@@ -11,11 +11,14 @@ use containerd_shim::asynchronous::monitor::monitor_subscribe;
 use containerd_shim::asynchronous::util::{read_spec, write_str_to_file};
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::monitor::{Subject, Topic};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart,
+};
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::topics::{
-    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC,
+    TASK_START_EVENT_TOPIC,
 };
 use containerd_shim::protos::ttrpc::context::Context;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
@@ -321,6 +324,21 @@ impl TaskService {
     }
 }
 
+/// Publishes `TaskOOM` for each OOM kill in the container's cgroup, until the cgroup is
+/// removed with the container.
+async fn publish_oom_kills(inner: Arc<Inner>, id: String, mut watch: crate::cgroup::OomWatch) {
+    debug!("container {id}: watching for OOM kills ({watch:?})");
+    while watch.next_kill().await {
+        warn!("container {id}: the kernel's OOM killer ended a process in its cgroup");
+        let ev = TaskOOM {
+            container_id: id.clone(),
+            ..Default::default()
+        };
+        inner.publish(TASK_OOM_EVENT_TOPIC, Box::new(ev)).await;
+    }
+    debug!("container {id}: OOM watch ends");
+}
+
 /// Whether a shim already answers on `socket` (`unix:///path` or a path).
 fn socket_in_use(socket: &str) -> bool {
     let path = socket.strip_prefix("unix://").unwrap_or(socket);
@@ -392,6 +410,9 @@ impl Task for TaskService {
             let _ = std::fs::write(Path::new(&req.bundle).join(PID_FILE), pid.to_string());
         }
         inner.containers().insert(req.id.clone(), container.clone());
+        if let Some(watch) = container.take_oom_watch() {
+            tokio::spawn(publish_oom_kills(inner.clone(), req.id.clone(), watch));
+        }
         if let Some(code) = inner
             .unclaimed_exits
             .lock()

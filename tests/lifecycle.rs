@@ -291,12 +291,15 @@ fn a_module_that_traps_runs_out_of_memory_or_is_killed_takes_down_only_its_own_c
     // Every container here runs the same module, so all are forked from the runner's one
     // template of it: what happens to one copy must not reach the others or the runner.
     let r = probe_rootfs();
+    let events = ctd.events();
     ctd.run_detached(&Run::rootfs(
         "iso-bystander",
         r.path(),
         &["/probe.wasm", "sleep", "100"],
     ));
     ctd.wait_status("iso-bystander", "RUNNING", Duration::from_secs(10));
+    // Its start event shows `ctr events` is subscribed.
+    events.wait_for(&["/tasks/start", "iso-bystander"], Duration::from_secs(10));
     let shim = common::ppid(ctd.task_pid("iso-bystander").unwrap()).unwrap();
     let runners = common::runners_of(shim);
     assert_eq!(runners.len(), 1, "{runners:?}");
@@ -311,12 +314,14 @@ fn a_module_that_traps_runs_out_of_memory_or_is_killed_takes_down_only_its_own_c
     assert_eq!(out.code, Some(12), "{out:?}");
     assert!(out.stderr.contains("out of memory after"), "{out:?}");
 
-    // The container's memory limit: the kernel's OOM killer ends the container process.
+    // The container's memory limit: the kernel's OOM killer ends the container process,
+    // and the shim tells containerd (what makes Kubernetes say OOMKilled).
     let mut oom = Run::rootfs("iso-oom-cgroup", r.path(), &["/probe.wasm", "alloc", "512"]);
     oom.memory_limit = Some(64 << 20);
     let out = ctd.run(&oom);
     assert_eq!(out.code, Some(137), "{out:?}");
     assert!(!out.stdout.contains("allocated"), "{out:?}");
+    events.wait_for(&["/tasks/oom", "iso-oom-cgroup"], Duration::from_secs(5));
 
     ctd.run_detached(&Run::rootfs("iso-kill", r.path(), &["/probe.wasm", "spin"]));
     ctd.wait_status("iso-kill", "RUNNING", Duration::from_secs(10));
@@ -328,6 +333,13 @@ fn a_module_that_traps_runs_out_of_memory_or_is_killed_takes_down_only_its_own_c
     assert_eq!(common::runners_of(shim), runners);
     assert_eq!(run("iso-after", &r, &[]).stdout, "hello from wasm\n");
     ctd.remove("iso-bystander");
+    // Only the container the kernel killed for memory is reported so (other tests sharing
+    // this containerd set no memory limit).
+    let oom_events = events.matching("/tasks/oom");
+    assert!(
+        oom_events.iter().all(|e| e.contains("iso-oom-cgroup")),
+        "{oom_events:?}"
+    );
 }
 
 #[test]

@@ -103,6 +103,50 @@ pub struct Containerd {
     child: Mutex<Child>,
 }
 
+/// A running `ctr events` (see [`Containerd::events`]): a line per event, with its
+/// namespace, topic and the event as JSON.
+pub struct Events {
+    child: Child,
+    lines: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl Events {
+    /// Waits until an event line contains every one of `needles`, and returns it; panics
+    /// with the lines seen after `timeout`.
+    pub fn wait_for(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.lines.lock().unwrap().clone();
+            if let Some(l) = lines.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no event with {needles:?} in {timeout:?}; saw:\n{}",
+                lines.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The event lines seen so far that contain `needle`.
+    pub fn matching(&self, needle: &str) -> Vec<String> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// How a container is run.
 #[derive(Default, Clone)]
 pub struct Run {
@@ -451,6 +495,33 @@ state = "{d}/state"
         }
         let _ = self.ctr(&["task", "rm", id]);
         let _ = self.ctr(&["container", "rm", id]);
+    }
+
+    /// `ctr events`: what containerd publishes from now on, until the returned value is
+    /// dropped.
+    pub fn events(&self) -> Events {
+        let mut child = Command::new("ctr")
+            .arg("-a")
+            .arg(&self.address)
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Events { child, lines }
     }
 
     /// The last lines of containerd's log (with the shim's), for failure messages.
