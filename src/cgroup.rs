@@ -1,6 +1,7 @@
 //! The container's cgroup: created by the shim with the spec's limits, joined by the
 //! container process itself before it loads anything (so every byte it allocates is
-//! charged to the container), read for `stats`, and removed on delete.
+//! charged to the container), watched for OOM kills, read for `stats`, and removed on
+//! delete.
 
 use cgroups_rs::fs::{hierarchies, Cgroup};
 use cgroups_rs::CgroupPid;
@@ -245,18 +246,11 @@ mod tests {
         let mut watch = OomWatch::new(&cg).unwrap().expect("a memory controller");
 
         // GNU tail keeps a line until it ends: 256 MiB without a newline outgrows the limit.
-        let procs = if cg.v2() {
-            hierarchies::auto()
-                .root()
-                .join(relative(&path))
-                .join("cgroup.procs")
-        } else {
-            hierarchies::auto()
-                .root()
-                .join("memory")
-                .join(relative(&path))
-                .join("tasks")
-        };
+        let memory = cg
+            .controller_of::<cgroups_rs::fs::memory::MemController>()
+            .unwrap();
+        let dir = cgroups_rs::fs::Controller::path(memory);
+        let procs = dir.join(if cg.v2() { "cgroup.procs" } else { "tasks" });
         let status = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
