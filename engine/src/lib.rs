@@ -490,48 +490,24 @@ pub fn looks_like_wasm(bytes: &[u8]) -> bool {
 }
 
 /// Whether the Wasm module at `path` has a start section: a function that instantiation
-/// itself runs. Reads only the section headers.
+/// itself runs. Reads the section headers up to the code section, which comes after it.
 pub fn has_start_section(path: &Path) -> std::io::Result<bool> {
-    use std::io::{BufReader, Read, Seek, SeekFrom};
-    const START: u8 = 8;
-    let mut r = BufReader::new(std::fs::File::open(path)?);
-    let mut header = [0u8; 8];
-    r.read_exact(&mut header)?;
-    if !looks_like_wasm(&header) {
+    use wasmparser::{Parser, Payload};
+    let bytes = std::fs::read(path)?;
+    if !looks_like_wasm(&bytes) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "not a Wasm module",
         ));
     }
-    let mut id = [0u8; 1];
-    loop {
-        match r.read_exact(&mut id) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        if id[0] == START {
-            return Ok(true);
-        }
-        let size = read_leb_u32(&mut r)?;
-        r.seek(SeekFrom::Current(i64::from(size)))?;
-    }
-}
-
-fn read_leb_u32(r: &mut impl std::io::Read) -> std::io::Result<u32> {
-    let mut value = 0u32;
-    for shift in (0..35).step_by(7) {
-        let mut b = [0u8; 1];
-        r.read_exact(&mut b)?;
-        value |= u32::from(b[0] & 0x7f) << shift;
-        if b[0] & 0x80 == 0 {
-            return Ok(value);
+    for payload in Parser::new(0).parse_all(&bytes) {
+        match payload.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))? {
+            Payload::StartSection { .. } => return Ok(true),
+            Payload::CodeSectionStart { .. } | Payload::End(_) => return Ok(false),
+            _ => {}
         }
     }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        "section size is not a valid u32 LEB128",
-    ))
+    Ok(false)
 }
 
 #[cfg(test)]
