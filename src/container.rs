@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
+use crate::cgroup::OomWatch;
 use crate::config::{Policy, POLICY_ANNOTATION};
 use crate::error::ShimError;
 use crate::spec;
@@ -59,9 +60,6 @@ pub struct Container {
     pub timings: Timings,
     rootfs: Option<PathBuf>,
     cgroup: Option<String>,
-    /// Registered on the cgroup before the process exists; the service takes it to publish
-    /// the container's OOM kills.
-    oom: Mutex<Option<crate::cgroup::OomWatch>>,
     control: tokio::sync::Mutex<Option<tokio::net::UnixStream>>,
     status: watch::Sender<Status>,
     started_at: Mutex<Option<Instant>>,
@@ -73,12 +71,13 @@ impl Container {
     /// stdio, and have the runner fork a process that loads and instantiates the module.
     /// On error nothing is left behind (mount, cgroup, process).
     /// `sandbox_netns` answers, for a pod's sandbox id, the network namespace its sandbox
-    /// spec named (see [`spec::pod_network_namespace`]).
+    /// spec named (see [`spec::pod_network_namespace`]). Also returns the watch on the
+    /// container's cgroup for OOM kills, registered before its process existed.
     pub async fn create(
         req: &CreateTaskRequest,
         zygote: &Zygote,
         sandbox_netns: impl Fn(&str) -> Option<Option<PathBuf>>,
-    ) -> Result<Container, ShimError> {
+    ) -> Result<(Container, Option<OomWatch>), ShimError> {
         let id = req.id.clone();
         if req.terminal {
             return Err(ShimError::Unsupported(
@@ -112,7 +111,6 @@ impl Container {
             timings: Timings::default(),
             rootfs: None,
             cgroup: None,
-            oom: Mutex::new(None),
             control: tokio::sync::Mutex::new(None),
             status: watch::channel(Status::Created).0,
             started_at: Mutex::new(None),
@@ -121,7 +119,7 @@ impl Container {
         if sandbox {
             c.pid = std::process::id() as i32;
             c.netns = spec::network_namespace(&spec);
-            return Ok(c);
+            return Ok((c, None));
         }
         let pod_netns = spec
             .annotations()
@@ -142,9 +140,9 @@ impl Container {
             }
         }
         match c.spawn(&spec, &rootfs, zygote, pod_netns).await {
-            Ok(pid) => {
+            Ok((pid, oom)) => {
                 c.pid = pid;
-                Ok(c)
+                Ok((c, oom))
             }
             Err(e) => {
                 c.cleanup();
@@ -159,7 +157,7 @@ impl Container {
         rootfs: &Path,
         zygote: &Zygote,
         pod_netns: Option<Option<PathBuf>>,
-    ) -> Result<i32, ShimError> {
+    ) -> Result<(i32, Option<OomWatch>), ShimError> {
         let id = self.id.clone();
         let create_err = |context: &'static str| {
             let id = id.clone();
@@ -186,12 +184,13 @@ impl Container {
         check_wasm(&plan.module).map_err(|e| create_err("entrypoint")(&e))?;
 
         let cgroup_started = Instant::now();
+        let mut oom = None;
         if let Some(path) = &plan.cgroups_path {
             match crate::cgroup::create(path, spec) {
                 Ok(cg) => {
                     self.cgroup = Some(path.clone());
-                    match crate::cgroup::OomWatch::new(&cg) {
-                        Ok(watch) => *self.oom.get_mut().unwrap_or_else(|p| p.into_inner()) = watch,
+                    match OomWatch::new(&cg) {
+                        Ok(watch) => oom = watch,
                         Err(e) => warn!(
                             "container {}: cgroup {path}: {e}; its OOM kills go unreported",
                             self.id
@@ -270,7 +269,7 @@ impl Container {
                 );
                 self.timings = t;
                 *self.control.get_mut() = Some(control);
-                Ok(pid)
+                Ok((pid, oom))
             }
             Report::Failed { error, .. } => Err(ShimError::Create {
                 id: self.id.clone(),
@@ -278,11 +277,6 @@ impl Container {
                 message: error,
             }),
         }
-    }
-
-    /// The watch on the container's OOM kills, once (see [`crate::cgroup::OomWatch`]).
-    pub fn take_oom_watch(&self) -> Option<crate::cgroup::OomWatch> {
-        self.oom.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     pub fn status(&self) -> Status {

@@ -397,8 +397,8 @@ impl Task for TaskService {
                 .filter(|c| c.sandbox)
                 .map(|c| c.netns.clone())
         };
-        let container = match Container::create(&req, &zygote, sandbox_netns).await {
-            Ok(c) => Arc::new(c),
+        let (container, oom) = match Container::create(&req, &zygote, sandbox_netns).await {
+            Ok((c, oom)) => (Arc::new(c), oom),
             Err(e) => {
                 warn!("create {}: {e}", req.id);
                 crate::logger::detach_task(&req.id);
@@ -410,7 +410,7 @@ impl Task for TaskService {
             let _ = std::fs::write(Path::new(&req.bundle).join(PID_FILE), pid.to_string());
         }
         inner.containers().insert(req.id.clone(), container.clone());
-        if let Some(watch) = container.take_oom_watch() {
+        if let Some(watch) = oom {
             tokio::spawn(publish_oom_kills(inner.clone(), req.id.clone(), watch));
         }
         if let Some(code) = inner
