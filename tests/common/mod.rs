@@ -637,8 +637,8 @@ pub fn create_outcome(log: &str, id: &str) -> Option<(String, String)> {
 }
 
 /// A field of `/proc/PID/stat` counted from the state (0), which follows the command name:
-/// ppid is 1, session 3.
-fn stat_field(pid: i32, n: usize) -> Option<i32> {
+/// ppid is 1, starttime 19.
+fn stat_field<T: std::str::FromStr>(pid: i32, n: usize) -> Option<T> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: the fields follow the last ')'.
     stat.rsplit_once(')')?
@@ -653,14 +653,16 @@ pub fn ppid(pid: i32) -> Option<i32> {
     stat_field(pid, 1)
 }
 
-/// The runner processes of the shim `shim`: its children that run the runner binary and
-/// are not container processes (those are its children too, each leading its own session).
-pub fn runners_of(shim: i32) -> Vec<i32> {
+/// The runner process of the shim `shim`. Container processes run the runner binary as
+/// the shim's children too, but the runner started before any of them: it is the oldest.
+pub fn runner_of(shim: i32) -> Option<i32> {
     processes_matching("wasmedge-shim-runner")
         .into_iter()
         .map(|(pid, _)| pid)
-        .filter(|&pid| ppid(pid) == Some(shim) && stat_field(pid, 3) != Some(pid))
-        .collect()
+        .filter(|&pid| ppid(pid) == Some(shim))
+        .filter_map(|pid| Some((stat_field::<u64>(pid, 19)?, pid)))
+        .min()
+        .map(|(_, pid)| pid)
 }
 
 /// Processes whose command line mentions `needle` (for leak checks).
