@@ -15,7 +15,7 @@ use crate::config::CacheConfig;
 use crate::error::{BoxError, Error, IoContext, Result};
 use crate::format::{self, FileId, MetaRecord, META_MAX};
 use crate::fsutil::{self, open_nofollow, sync_dir, unix_ns};
-use crate::key::{Fingerprint, Key, ModuleHash};
+use crate::key::{Fingerprint, HashThreads, Key, ModuleHash};
 use crate::layout::Layout;
 use crate::lock::{self, KeyLock};
 use crate::stats::{self, Deltas};
@@ -228,7 +228,11 @@ impl Cache {
             return Ok((h, true));
         }
         let start = SystemTime::now();
-        let h = hash_open_file(&file, m.len()).ctx("hash module", module, None)?;
+        let h = hash_open_file(&file, m.len(), self.cfg.hash_threads).ctx(
+            "hash module",
+            module,
+            None,
+        )?;
         let after = FileId::of(&file.metadata().ctx("inspect module", module, None)?);
         if after != id {
             return Err(Error::io(
@@ -424,7 +428,7 @@ impl Cache {
                 None => self.cfg.verify_on_first_use || id != rec.identity,
             };
         if need_full {
-            match hash_open_file(&file, m.len()) {
+            match hash_open_file(&file, m.len(), self.cfg.hash_threads) {
                 Ok(h) if h.0 == rec.digest => {}
                 Ok(_) => return Check::Invalid(format!("{} digest mismatch", path.display())),
                 Err(e) => return Check::Invalid(format!("cannot hash {}: {e}", path.display())),
@@ -555,7 +559,8 @@ impl Cache {
         // key says. Costs one hash on a path that just spent far longer compiling.
         let file = File::open(module).ctx("open module", module, None)?;
         let len = file.metadata().ctx("inspect module", module, None)?.len();
-        if hash_open_file(&file, len).ctx("hash module", module, None)? != mh {
+        if hash_open_file(&file, len, self.cfg.hash_threads).ctx("hash module", module, None)? != mh
+        {
             return Err(Error::ModuleChanged {
                 module: module.to_owned(),
                 key,
@@ -653,7 +658,8 @@ impl Cache {
         // the parent directory does not touch it.
         let m = file.metadata().ctx("inspect artifact", &out, k)?;
         let identity = FileId::of(&m);
-        let digest = hash_open_file(&file, m.len()).ctx("hash artifact", &out, k)?;
+        let digest =
+            hash_open_file(&file, m.len(), self.cfg.hash_threads).ctx("hash artifact", &out, k)?;
         let now = self.cfg.clock.now();
         let rec = MetaRecord {
             key: *key,
@@ -765,8 +771,12 @@ impl Drop for Cache {
     }
 }
 
-/// blake3 of an open file through a read-only mapping (rayon above the threshold).
-pub(crate) fn hash_open_file(file: &File, len: u64) -> io::Result<ModuleHash> {
+/// blake3 of an open file through a read-only mapping, with the threads `threads` allows.
+pub(crate) fn hash_open_file(
+    file: &File,
+    len: u64,
+    threads: HashThreads,
+) -> io::Result<ModuleHash> {
     if len == 0 {
         return Ok(ModuleHash::of_bytes(&[]));
     }
@@ -775,7 +785,7 @@ pub(crate) fn hash_open_file(file: &File, len: u64) -> io::Result<ModuleHash> {
     // come from read-only image snapshots. If a file were truncated underneath us anyway, the
     // worst case is SIGBUS, not a wrong hash being trusted: identity is re-checked after hashing.
     let map = unsafe { Mmap::map(file)? };
-    Ok(ModuleHash::of_bytes(&map))
+    Ok(ModuleHash::of_bytes_with(&map, threads))
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::key::HashThreads;
+
 /// Where "now" comes from for created/last-used stamps and age-based clean-up. Tests inject a fake
 /// one to check LRU order without sleeping.
 #[derive(Clone)]
@@ -62,6 +64,9 @@ pub struct CacheConfig {
     pub verify_on_first_use: bool,
     /// Source of "now" for created/last-used stamps and age-based clean-up.
     pub clock: Clock,
+    /// Threads module hashing may use. The default, one, is the only safe choice in a process
+    /// that forks (see [`HashThreads`]).
+    pub hash_threads: HashThreads,
 }
 
 impl CacheConfig {
@@ -76,6 +81,7 @@ impl CacheConfig {
                 .unwrap_or(1),
             verify_on_first_use: true,
             clock: Clock::system(),
+            hash_threads: HashThreads::One,
         }
     }
 }

@@ -34,8 +34,9 @@ pub const KEY_CONTEXT: &str = "wasmedge-aot-cache 2026-11-28 artifact key v1";
 /// Version of the key encoding documented in this module.
 pub const KEY_FORMAT_VERSION: u32 = 1;
 
-/// Module size from which hashing uses rayon (`Hasher::update_rayon`), chosen by measurement
-/// (`benches/cache.rs`, two runs on a 2-core machine shared with concurrent builds, medians):
+/// Module size from which [`HashThreads::Pool`] hashes with rayon (`Hasher::update_rayon`),
+/// chosen by measurement (`benches/cache.rs`, two runs on a 2-core machine shared with
+/// concurrent builds, medians):
 ///
 /// | size   | single GiB/s | rayon GiB/s |
 /// |--------|--------------|-------------|
@@ -67,6 +68,21 @@ pub struct Fingerprint {
     pub cpu_features: Vec<String>,
 }
 
+/// Whether module hashing may use threads.
+///
+/// A process that forks must never start a thread pool: the child inherits the pool's state
+/// but not its threads, and waits forever on the first job it hands it (a 20 MB module's
+/// create hung that way in the runner's container processes). So the default is one thread,
+/// and only a process that never forks after hashing (the admin tool) asks for the pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HashThreads {
+    /// The calling thread only; safe in a process that forks.
+    #[default]
+    One,
+    /// rayon's global pool from [`RAYON_THRESHOLD`] bytes on.
+    Pool,
+}
+
 /// blake3 digest of a module's bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ModuleHash(pub [u8; 32]);
@@ -78,12 +94,16 @@ impl fmt::Debug for ModuleHash {
 }
 
 impl ModuleHash {
-    /// Hashes in memory, with rayon from [`RAYON_THRESHOLD`] bytes on.
+    /// Hashes in memory on the calling thread.
     pub fn of_bytes(data: &[u8]) -> Self {
-        if data.len() >= RAYON_THRESHOLD {
-            Self::of_bytes_rayon(data)
-        } else {
-            Self::of_bytes_single(data)
+        Self::of_bytes_single(data)
+    }
+
+    /// Hashes in memory, with rayon from [`RAYON_THRESHOLD`] bytes on if `threads` allows.
+    pub fn of_bytes_with(data: &[u8], threads: HashThreads) -> Self {
+        match threads {
+            HashThreads::Pool if data.len() >= RAYON_THRESHOLD => Self::of_bytes_rayon(data),
+            _ => Self::of_bytes_single(data),
         }
     }
 

@@ -17,7 +17,9 @@ pub use cache::{
 };
 pub use config::{CacheConfig, Clock};
 pub use error::{BoxError, Error, ForKey, Result};
-pub use key::{Fingerprint, Key, ModuleHash, KEY_CONTEXT, KEY_FORMAT_VERSION, RAYON_THRESHOLD};
+pub use key::{
+    Fingerprint, HashThreads, Key, ModuleHash, KEY_CONTEXT, KEY_FORMAT_VERSION, RAYON_THRESHOLD,
+};
 pub use lock::KeyLock;
 pub use maintenance::{EntryInfo, GcReport, VerifyReport, MEMO_MAX_AGE};
 pub use stats::Stats;

@@ -352,6 +352,8 @@ fn open_cache(config: &Config) -> Result<Cache> {
     let mut cfg = CacheConfig::new(&config.cache_dir);
     cfg.max_size = (config.cache_max_bytes > 0).then_some(config.cache_max_bytes);
     cfg.max_concurrent_compiles = config.max_concurrent_compiles;
+    // shimctl never forks: its module hashing may use rayon's pool.
+    cfg.hash_threads = wasmedge_aot_cache::HashThreads::Pool;
     Cache::open(cfg).with_context(|| format!("open cache {}", config.cache_dir.display()))
 }
 
