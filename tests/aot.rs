@@ -339,7 +339,7 @@ fn a_start_function_runs_in_its_container_process_never_in_the_runner() {
     spin.timeout = Some(Duration::from_secs(120));
     let spinning = std::thread::spawn(move || containerd().run(&spin));
     let procs = Path::new("/sys/fs/cgroup/pids")
-        .join(common::NAMESPACE)
+        .join(common::namespace())
         .join("start-spin/cgroup.procs");
     let deadline = Instant::now() + Duration::from_secs(30);
     let pids = loop {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use wasmedge_aot_shim::image::{ImageBuilder, Layout, Platform};
 
-use super::{fixture, fixtures, Containerd, NAMESPACE};
+use super::{fixture, fixtures, namespace, Containerd};
 
 /// The runc runtime, for the native baseline (runs get a private `--runc-root`).
 pub const RUNC: &str = "io.containerd.runc.v2";
@@ -211,6 +211,14 @@ impl Containerd {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
+        // The (now empty) parent cgroups of this process's containers, in every hierarchy.
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(hierarchy.path().join(namespace()));
+        }
         // Deepest first, so that nested mounts come off before their parents.
         let mut mounts = super::mounts_under(&self.dir);
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
@@ -274,13 +282,13 @@ impl Drop for Owned {
     }
 }
 
-/// Runs `ctr -a SOCK -n NAMESPACE ARGS` and returns (exit code, stdout, stderr).
+/// Runs `ctr -a SOCK -n <namespace> ARGS` and returns (exit code, stdout, stderr).
 pub fn ctr_raw(ctd: &Containerd, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new("ctr")
         .arg("-a")
         .arg(&ctd.address)
         .arg("-n")
-        .arg(NAMESPACE)
+        .arg(namespace())
         .args(args)
         .output()
         .unwrap();
@@ -291,7 +299,7 @@ pub fn ctr_raw(ctd: &Containerd, args: &[&str]) -> (Option<i32>, String, String)
     )
 }
 
-/// `ctr -n NS ARGS`, for namespaces other than [`NAMESPACE`] (CRI uses `k8s.io`).
+/// `ctr -n NS ARGS`, for namespaces other than [`namespace`] (CRI uses `k8s.io`).
 fn ctr_ns(ctd: &Containerd, ns: &str, args: &[&str]) -> std::process::Output {
     Command::new("ctr")
         .arg("-a")

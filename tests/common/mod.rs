@@ -17,7 +17,13 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const RUNTIME: &str = "io.containerd.wasmedge.v1";
-pub const NAMESPACE: &str = "wasmedge-tests";
+/// The containerd namespace of this test process's containers. Unique per process: ctr puts
+/// a container's cgroup at `/<namespace>/<id>`, and two test runs on one machine (or two
+/// test binaries at once) must not share cgroups of the same container id.
+pub fn namespace() -> &'static str {
+    static NS: OnceLock<String> = OnceLock::new();
+    NS.get_or_init(|| format!("wasmedge-tests-{}", std::process::id()))
+}
 
 /// The shim binaries under test; cargo builds them before any integration test.
 pub fn shim_dir() -> PathBuf {
@@ -307,13 +313,13 @@ state = "{d}/state"
         ctd
     }
 
-    /// Runs `ctr -a SOCK -n NAMESPACE args...`.
+    /// Runs `ctr -a SOCK -n <namespace> args...`.
     pub fn ctr(&self, args: &[&str]) -> Output {
         Command::new("ctr")
             .arg("-a")
             .arg(&self.address)
             .arg("-n")
-            .arg(NAMESPACE)
+            .arg(namespace())
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -410,14 +416,14 @@ state = "{d}/state"
         self.ctr_timed(&args, None, id)
     }
 
-    /// Runs `ctr -a SOCK -n NAMESPACE args...` to its end, timing it.
+    /// Runs `ctr -a SOCK -n <namespace> args...` to its end, timing it.
     fn ctr_timed(&self, args: &[String], timeout: Option<Duration>, id: &str) -> RunResult {
         let started = Instant::now();
         let mut child = Command::new("ctr")
             .arg("-a")
             .arg(&self.address)
             .arg("-n")
-            .arg(NAMESPACE)
+            .arg(namespace())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -539,7 +545,7 @@ state = "{d}/state"
     pub fn bundle(&self, id: &str) -> PathBuf {
         self.dir
             .join("state/io.containerd.runtime.v2.task")
-            .join(NAMESPACE)
+            .join(namespace())
             .join(id)
     }
 
