@@ -1,10 +1,11 @@
-//! The container's cgroup: created by the shim with the spec's limits, joined by the
-//! container process itself before it loads anything (so every byte it allocates is
-//! charged to the container), watched for OOM kills, read for `stats`, and removed on
-//! delete.
+//! The container's cgroup: created by the shim with the spec's limits, entered by the
+//! container process before it loads anything (born in it on cgroup v2, joined by itself
+//! on v1; see the runner's `process::cgroup`), so every byte it allocates is charged to the
+//! container; watched for OOM kills, read for `stats`, and removed on delete.
+
+use std::os::unix::fs::OpenOptionsExt;
 
 use cgroups_rs::fs::{hierarchies, Cgroup};
-use cgroups_rs::CgroupPid;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use oci_spec::runtime::Spec;
 
@@ -21,34 +22,19 @@ pub fn create(path: &str, spec: &Spec) -> Result<Cgroup, String> {
     Ok(cg)
 }
 
-/// Moves the calling process, which must be single-threaded, into the cgroup at `path`.
-///
-/// On cgroup v1 it moves its one thread through each hierarchy's `tasks` file, naming
-/// itself as pid 0. Moving a whole process through `cgroup.procs` takes the kernel's global
-/// threadgroup lock, whose writer waits for an RCU grace period: 10-20 ms per container
-/// start measured here, most of a warm start. A thread moving itself cannot fork or exit
-/// meanwhile, so the kernel skips that lock. A single-threaded process that moved its only
-/// thread has moved, and its memory is charged to the new cgroup from then on.
-///
-/// A process with more threads, and cgroup v2 (where `cgroup.threads` is for threaded
-/// cgroups only), move the whole process instead.
-pub fn join_self(path: &str) -> Result<(), String> {
-    let cg = Cgroup::load(hierarchies::auto(), relative(path));
-    let result = if !cg.v2() && threads_of_self() == Some(1) {
-        cg.add_task(CgroupPid::from(0))
-    } else {
-        cg.add_task_by_tgid(CgroupPid::from(u64::from(std::process::id())))
-    };
-    result.map_err(|e| e.to_string())
-}
-
-/// The calling process's thread count, from `/proc/self/stat`.
-fn threads_of_self() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces;
-    // num_threads is field 20 overall, the 18th after the name.
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    after_name.split(' ').nth(17)?.parse().ok()
+/// On cgroup v2, the cgroup's directory, opened for `clone3(CLONE_INTO_CGROUP)`: the
+/// container process is born in it. `None` on v1, where the process joins by itself.
+pub fn v2_dir(cg: &Cgroup) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    if !cg.v2() {
+        return Ok(None);
+    }
+    let dir = std::path::Path::new(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
+        .join(relative(cg.path()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(&dir)?;
+    Ok(Some(f.into()))
 }
 
 /// Removes the cgroup; the container's process must have exited.

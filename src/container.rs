@@ -1,26 +1,28 @@
 //! One container as the shim sees it: its bundle and rootfs mount, its stdio, its cgroup,
-//! and the process the runner forked for it, from create to delete.
+//! and the process the runner forked for it, from create to delete. A pod's sandbox is a
+//! container too: it runs nothing, and holds the pod's namespaces ([`crate::pod`]).
 
-use std::fs::OpenOptions;
-use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::asynchronous::util::{mount_rootfs, read_spec};
 use log::{debug, warn};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 use time::OffsetDateTime;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
+use wasmedge_aot_protocol::container::{NamespaceAction, Report, Timings};
+use wasmedge_aot_protocol::spawn::{PidNamespace, SpawnReply, SpawnRequest};
 
 use crate::cgroup::OomWatch;
-use crate::config::{Policy, POLICY_ANNOTATION};
 use crate::error::ShimError;
-use crate::spec;
-use crate::zygote::{Report, SpawnRequest, Timings, Zygote};
+use crate::pod::{names_process_namespace, PodNamespaces, Shared};
+use crate::runner::{Control, Runner};
+use crate::spec::{self, ContainerSpec, HostSecurity, Ns};
 
 /// The lifecycle states containerd distinguishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,21 +40,24 @@ pub struct StdioPaths {
     pub stderr: String,
 }
 
-/// The annotation CRI puts on a pod's sandbox ("pause") container.
-const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
-/// The annotation CRI puts on every container of a pod.
-pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// What a create needs from the shim beyond the request.
+pub struct CreateContext<'a> {
+    pub runner: &'a Runner,
+    pub seccomp: &'a crate::seccomp::Compiled,
+    pub host: HostSecurity,
+    /// The sandbox of the pod with this id, if this shim serves it.
+    pub sandbox: &'a (dyn Fn(&str) -> Option<Arc<Container>> + Sync),
+}
 
 #[derive(Debug)]
 pub struct Container {
     pub id: String,
     /// A pod sandbox: it runs nothing. CRI only needs a task that lives as long as the pod;
-    /// the pod's network namespace is made by CRI and joined by each Wasm container, so no
-    /// pause process is needed. Its pid is the shim's own.
+    /// the pod's namespaces are held in [`Container::pod`] and joined by each of its
+    /// containers, so no pause process is needed. Its pid is the shim's own.
     pub sandbox: bool,
-    /// For a sandbox: the network namespace its spec named (the pod's), which its
-    /// containers join.
-    pub netns: Option<PathBuf>,
+    /// For a sandbox: the namespaces its pod's containers share.
+    pub pod: Option<PodNamespaces>,
     pub bundle: PathBuf,
     pub stdio: StdioPaths,
     pub pid: i32,
@@ -60,23 +65,21 @@ pub struct Container {
     pub timings: Timings,
     rootfs: Option<PathBuf>,
     cgroup: Option<String>,
-    control: tokio::sync::Mutex<Option<tokio::net::UnixStream>>,
+    control: tokio::sync::Mutex<Option<Control>>,
     status: watch::Sender<Status>,
     started_at: Mutex<Option<Instant>>,
     cleaned: Mutex<bool>,
 }
 
 impl Container {
-    /// Everything containerd's Create asks: mount the rootfs, translate the spec, open
-    /// stdio, and have the runner fork a process that loads and instantiates the module.
-    /// On error nothing is left behind (mount, cgroup, process).
-    /// `sandbox_netns` answers, for a pod's sandbox id, the network namespace its sandbox
-    /// spec named (see [`spec::pod_network_namespace`]). Also returns the watch on the
-    /// container's cgroup for OOM kills, registered before its process existed.
+    /// Everything containerd's Create asks: read the spec, mount the rootfs, open the
+    /// module and stdio, and have the runner fork a process that isolates itself as the
+    /// spec asks, loads and instantiates the module. On error nothing is left behind
+    /// (mount, cgroup, process). Also returns the watch on the container's cgroup for OOM
+    /// kills, registered before its process existed.
     pub async fn create(
         req: &CreateTaskRequest,
-        zygote: &Zygote,
-        sandbox_netns: impl Fn(&str) -> Option<Option<PathBuf>>,
+        ctx: &CreateContext<'_>,
     ) -> Result<(Container, Option<OomWatch>), ShimError> {
         let id = req.id.clone();
         if req.terminal {
@@ -92,15 +95,11 @@ impl Container {
                 .map(|r| r.path().clone())
                 .unwrap_or_else(|| "rootfs".into()),
         );
-        let sandbox = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION))
-            .is_some_and(|t| t == "sandbox");
+        let sandbox = spec::is_sandbox(&spec);
         let mut c = Container {
             id: id.clone(),
             sandbox,
-            netns: None,
+            pod: None,
             bundle,
             stdio: StdioPaths {
                 stdin: req.stdin.clone(),
@@ -116,16 +115,21 @@ impl Container {
             started_at: Mutex::new(None),
             cleaned: Mutex::new(false),
         };
+        let create_err = |context: &'static str| {
+            let id = id.clone();
+            move |e: &dyn std::fmt::Display| ShimError::Create {
+                id,
+                context,
+                message: e.to_string(),
+            }
+        };
         if sandbox {
+            let s = spec::sandbox(&spec).map_err(|e| create_err("spec")(&e))?;
+            c.pod = Some(PodNamespaces::create(&s).map_err(|e| create_err("pod namespaces")(&e))?);
             c.pid = std::process::id() as i32;
-            c.netns = spec::network_namespace(&spec);
             return Ok((c, None));
         }
-        let pod_netns = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
-            .and_then(|sandbox_id| sandbox_netns(sandbox_id));
+        let cs = spec::container(&spec, ctx.host).map_err(|e| create_err("spec")(&e))?;
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs).map_err(ShimError::io(format!(
                 "create rootfs dir {}",
@@ -139,7 +143,7 @@ impl Container {
                 }
             }
         }
-        match c.spawn(&spec, &rootfs, zygote, pod_netns).await {
+        match c.spawn(&spec, cs, &rootfs, ctx).await {
             Ok((pid, oom)) => {
                 c.pid = pid;
                 Ok((c, oom))
@@ -154,9 +158,9 @@ impl Container {
     async fn spawn(
         &mut self,
         spec: &oci_spec::runtime::Spec,
+        mut cs: ContainerSpec,
         rootfs: &Path,
-        zygote: &Zygote,
-        pod_netns: Option<Option<PathBuf>>,
+        ctx: &CreateContext<'_>,
     ) -> Result<(i32, Option<OomWatch>), ShimError> {
         let id = self.id.clone();
         let create_err = |context: &'static str| {
@@ -167,41 +171,42 @@ impl Container {
                 message: e.to_string(),
             }
         };
-        let mut plan = spec::plan(spec, rootfs).map_err(|e| create_err("entrypoint")(&e))?;
-        plan.network_ns =
-            spec::pod_network_namespace(plan.network_ns, std::process::id(), pod_netns);
-        let policy = match spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(POLICY_ANNOTATION))
-        {
-            Some(v) => Some(
-                v.parse::<Policy>()
-                    .map_err(|e| create_err("annotation")(&e))?,
-            ),
-            None => None,
-        };
-        check_wasm(&plan.module).map_err(|e| create_err("entrypoint")(&e))?;
+        let root = open_dir(rootfs)
+            .map_err(|e| create_err("rootfs")(&format!("{}: {e}", rootfs.display())))?;
+        check_cwd(&root, &cs.plan.cwd).map_err(|e| create_err("cwd")(&e))?;
+        let module = open_module(&root, &cs.plan.cwd, &cs.module)
+            .map_err(|e| create_err("entrypoint")(&e))?;
+        check_wasm(&module, &cs.module).map_err(|e| create_err("entrypoint")(&e))?;
+        drop(root);
+        cs.plan.root.path = rootfs.to_owned();
+        if let Some(profile) = &cs.seccomp {
+            let program = ctx
+                .seccomp
+                .program(profile)
+                .map_err(|e| create_err("seccomp")(&e))?;
+            cs.plan.seccomp = Some((*program).clone());
+        }
+        let pod = cs.sandbox_id.as_deref().and_then(|s| (ctx.sandbox)(s));
+        let (ns_fds, pid_ns) = namespaces(&mut cs, pod.as_deref().and_then(|p| p.pod.as_ref()))
+            .map_err(|e| create_err("namespaces")(&e))?;
 
         let cgroup_started = Instant::now();
         let mut oom = None;
-        if let Some(path) = &plan.cgroups_path {
-            match crate::cgroup::create(path, spec) {
-                Ok(cg) => {
-                    self.cgroup = Some(path.clone());
-                    match OomWatch::new(&cg) {
-                        Ok(watch) => oom = watch,
-                        Err(e) => warn!(
-                            "container {}: cgroup {path}: {e}; its OOM kills go unreported",
-                            self.id
-                        ),
-                    }
-                }
+        let mut cgroup_dir = None;
+        if let Some(path) = &cs.plan.cgroup {
+            let cg = crate::cgroup::create(path, spec)
+                .map_err(|e| create_err("cgroup")(&format!("{path}: {e}")))?;
+            self.cgroup = Some(path.clone());
+            match OomWatch::new(&cg) {
+                Ok(watch) => oom = watch,
                 Err(e) => warn!(
-                    "container {}: cgroup {path}: {e}; running without one",
+                    "container {}: cgroup {path}: {e}; its OOM kills go unreported",
                     self.id
                 ),
             }
+            // On cgroup v2 the process is born in its cgroup and never moves.
+            cgroup_dir = crate::cgroup::v2_dir(&cg)
+                .map_err(|e| create_err("cgroup")(&format!("{path}: {e}")))?;
         }
 
         let stdin = open_stdin(&self.stdio.stdin).map_err(|e| create_err("open stdin")(&e))?;
@@ -209,61 +214,82 @@ impl Container {
         let stderr = open_output(&self.stdio.stderr).map_err(|e| create_err("open stderr")(&e))?;
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(ShimError::io("control socketpair"))?;
-
+        let mut control = Control::new(ours).map_err(ShimError::io("control socket"))?;
         let cgroup_us = cgroup_started.elapsed().as_micros();
+
         let started = Instant::now();
         let req = SpawnRequest {
             id: self.id.clone(),
-            plan,
-            policy,
+            module_name: cs.module.clone(),
+            policy: cs.policy,
+            pid_namespace: match &pid_ns {
+                PidNs::Inherit => PidNamespace::Inherit,
+                PidNs::New => PidNamespace::New,
+                PidNs::Join(_) => PidNamespace::Join,
+            },
+            into_cgroup: cgroup_dir.is_some(),
         };
-        zygote
-            .spawn(
-                &req,
-                [
-                    stdin.as_fd(),
-                    stdout.as_fd(),
-                    stderr.as_fd(),
+        let plan_fds: Vec<BorrowedFd<'_>> = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]
+            .into_iter()
+            .chain(ns_fds.iter().map(|f| f.as_fd()))
+            .collect();
+        let spawned = async {
+            let reply = ctx
+                .runner
+                .spawn(
+                    &req,
                     theirs.as_fd(),
-                ],
-            )
-            .map_err(|e| create_err("start container process")(&e))?;
-        drop((stdin, stdout, stderr, theirs));
-
-        ours.set_nonblocking(true)
-            .map_err(ShimError::io("control socket"))?;
-        let mut control =
-            tokio::net::UnixStream::from_std(ours).map_err(ShimError::io("control socket"))?;
-        let mut line = String::new();
-        BufReader::new(&mut control)
-            .read_line(&mut line)
-            .await
-            .map_err(ShimError::io("read container report"))?;
-        let report: Report = serde_json::from_str(line.trim()).map_err(|_| ShimError::Create {
-            id: self.id.clone(),
-            context: "start container process",
-            message: "the container process died before reporting".into(),
-        })?;
+                    module.as_fd(),
+                    match &pid_ns {
+                        PidNs::Join(fd) => Some(fd.as_fd()),
+                        _ => None,
+                    },
+                    cgroup_dir.as_ref().map(|d| d.as_fd()),
+                )
+                .await;
+            // Our copy of the process's end goes now: if there is no process, the plan's
+            // write fails instead of waiting for a reader.
+            drop(theirs);
+            reply
+        };
+        let (reply, sent) = tokio::join!(spawned, control.send_plan(&cs.plan, &plan_fds));
+        let pid = match reply.map_err(|e| create_err("start container process")(&e))? {
+            SpawnReply::Spawned { pid } => pid,
+            SpawnReply::Failed { error } => {
+                return Err(create_err("start container process")(&error))
+            }
+        };
+        self.pid = pid;
+        drop((stdin, stdout, stderr, ns_fds, module));
+        let report = match sent {
+            Ok(()) => control.report().await,
+            Err(e) => Err(e),
+        };
         match report {
-            Report::Ready {
-                pid,
+            Ok(Report::Ready {
                 timings: t,
                 warning,
-            } => {
+            }) => {
                 if let Some(w) = warning {
                     warn!("container {}: {w}", self.id);
                 }
                 debug!(
-                    "container {}: cgroup {cgroup_us} µs, stdio+spawn {} µs: hash {} µs, lookup {} µs, compile {} µs, \
-                     enter {} µs, load {} µs, instantiate {} µs; cache {}, tier {}",
+                    "container {}: cgroup {cgroup_us} µs, spawn to ready {} µs: hash {} µs, lookup {} µs, \
+                     compile {} µs, cgroup entry {} µs, namespaces {} µs, mounts {} µs, pivot {} µs, \
+                     load {} µs, instantiate {} µs, credentials {} µs, seccomp {} µs; cache {}, tier {}",
                     self.id,
                     started.elapsed().as_micros(),
                     t.hash_us,
                     t.lookup_us,
                     t.compile_us,
-                    t.enter_us,
+                    t.cgroup_us,
+                    t.namespaces_us,
+                    t.mounts_us,
+                    t.pivot_us,
                     t.load_us,
                     t.instantiate_us,
+                    t.credentials_us,
+                    t.seccomp_us,
                     t.cache,
                     t.tier
                 );
@@ -271,11 +297,10 @@ impl Container {
                 *self.control.get_mut() = Some(control);
                 Ok((pid, oom))
             }
-            Report::Failed { error, .. } => Err(ShimError::Create {
-                id: self.id.clone(),
-                context: "load module",
-                message: error,
-            }),
+            Ok(Report::Failed { error }) => Err(create_err("set up the container process")(&error)),
+            Err(_) => Err(create_err("start container process")(
+                &"the container process died before reporting",
+            )),
         }
     }
 
@@ -295,10 +320,10 @@ impl Container {
         if self.status() != Status::Created {
             return Err(self.precondition("not in created state"));
         }
-        stream
-            .write_all(b"start\n")
-            .await
-            .map_err(ShimError::io(format!("start container {}", self.id)))?;
+        stream.start().await.map_err(|e| ShimError::Io {
+            context: format!("start container {}", self.id),
+            source: std::io::Error::other(e),
+        })?;
         *control = None;
         self.set_running()
     }
@@ -425,22 +450,141 @@ impl Container {
     }
 }
 
+/// A pid namespace to be born in, with the descriptor of one to join.
+enum PidNs {
+    Inherit,
+    New,
+    Join(OwnedFd),
+}
+
+/// Opens the namespaces `cs` joins: a path that names the shim's own namespaces is CRI
+/// naming the pod's, which the pod's sandbox holds; anything else is opened as named.
+/// Returns the descriptors in plan order and the pid namespace.
+fn namespaces(
+    cs: &mut ContainerSpec,
+    pod: Option<&PodNamespaces>,
+) -> Result<(Vec<OwnedFd>, PidNs), String> {
+    let shim = std::process::id();
+    let pod_ns = |path: &Path, what: Shared| -> Result<Option<OwnedFd>, String> {
+        let pod = pod.ok_or_else(|| {
+            format!(
+                "{} names the pod sandbox's namespace, and this shim holds no sandbox {}",
+                path.display(),
+                cs.sandbox_id
+                    .as_deref()
+                    .unwrap_or("(no sandbox-id annotation)")
+            )
+        })?;
+        pod.get(what)?
+            .map(|fd| {
+                fd.try_clone()
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            })
+            .transpose()
+    };
+    let open = |path: &Path| -> Result<OwnedFd, String> {
+        File::open(path)
+            .map(OwnedFd::from)
+            .map_err(|e| format!("open namespace {}: {e}", path.display()))
+    };
+    let mut fds = Vec::new();
+    let mut joins = std::mem::take(&mut cs.joins).into_iter();
+    let mut kept = Vec::new();
+    for ns in std::mem::take(&mut cs.plan.namespaces) {
+        if ns.action == NamespaceAction::New {
+            kept.push(ns);
+            continue;
+        }
+        let path = joins.next().ok_or("a namespace to join without its path")?;
+        match names_process_namespace(&path, shim) {
+            Some(what) => match pod_ns(&path, what)? {
+                Some(fd) => fds.push(fd),
+                // The pod shares the host's: nothing to join, the runner's is the host's.
+                None => continue,
+            },
+            None => fds.push(open(&path)?),
+        }
+        kept.push(ns);
+    }
+    cs.plan.namespaces = kept;
+    let pid = match &cs.pid {
+        Ns::Host => PidNs::Inherit,
+        Ns::New => PidNs::New,
+        Ns::Join(path) => match names_process_namespace(path, shim) {
+            Some(what) => match pod_ns(path, what)? {
+                Some(fd) => PidNs::Join(fd),
+                None => PidNs::Inherit,
+            },
+            None => PidNs::Join(open(path)?),
+        },
+    };
+    Ok((fds, pid))
+}
+
+fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Opens `path` inside the container's root as the container would: `..` and symlinks
+/// never leave the root.
+fn in_root(root: &OwnedFd, path: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        root,
+        path,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+fn check_cwd(root: &OwnedFd, cwd: &str) -> Result<(), String> {
+    in_root(root, cwd, OFlags::PATH | OFlags::DIRECTORY)
+        .map(drop)
+        .map_err(|e| format!("process.cwd {cwd:?} is not a directory in the container root: {e}"))
+}
+
+/// The module `entry` (`process.args[0]`, absolute or relative to `cwd`), opened read-only
+/// inside the container's root.
+fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<File, String> {
+    let path = if entry.starts_with('/') {
+        entry.to_string()
+    } else {
+        format!("{}/{entry}", cwd.trim_end_matches('/'))
+    };
+    let f = match in_root(root, &path, OFlags::RDONLY | OFlags::NOCTTY) {
+        Ok(fd) => File::from(fd),
+        Err(rustix::io::Errno::NOENT) => {
+            return Err(format!(
+                "entrypoint {entry:?} not found in the container root"
+            ))
+        }
+        Err(e) => return Err(format!("entrypoint {entry:?}: {e}")),
+    };
+    let m = f
+        .metadata()
+        .map_err(|e| format!("entrypoint {entry:?}: {e}"))?;
+    if !m.is_file() {
+        return Err(format!("entrypoint {entry:?} is not a regular file"));
+    }
+    Ok(f)
+}
+
 /// Refuses anything that is not a core Wasm module before a process is forked for it.
-fn check_wasm(path: &Path) -> Result<(), String> {
+fn check_wasm(module: &File, name: &str) -> Result<(), String> {
     let mut head = [0u8; 8];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| format!("read {}: {e}", path.display()))?;
+    let n = module
+        .read_at(&mut head, 0)
+        .map_err(|e| format!("read {name}: {e}"))?;
     if n < 8 || head[..4] != *b"\0asm" {
-        return Err(format!(
-            "{} is not a wasm module (no \\0asm magic)",
-            path.display()
-        ));
+        return Err(format!("{name} is not a wasm module (no \\0asm magic)"));
     }
     if head[4..8] != [1, 0, 0, 0] {
         return Err(format!(
-            "{} is a wasm component or unknown version ({:02x?}); only core modules run",
-            path.display(),
+            "{name} is a wasm component or unknown version ({:02x?}); only core modules run",
             &head[4..8]
         ));
     }

@@ -1,15 +1,18 @@
 #![doc = include_str!("../README.md")]
 
-pub mod aot;
 pub mod cgroup;
 pub mod check;
-pub mod config;
 pub mod container;
 pub mod error;
 pub mod image;
 pub mod install;
 pub mod logger;
 pub mod phases;
+pub mod pod;
+pub mod runner;
+pub mod seccomp;
 pub mod service;
 pub mod spec;
-pub mod zygote;
+
+/// The node's configuration file, shared with the runner and the admin tool.
+pub use wasmedge_aot_protocol::config;

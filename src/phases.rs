@@ -3,8 +3,9 @@
 //!
 //! File: `phases.json` next to the cache directory (`<cache_dir>/../phases.json`), a JSON
 //! object `{"version": 1, "containers": N, "native": N, "interpreter": N, "hash_us": ..,
-//! "lookup_us": .., "compile_us": .., "enter_us": .., "load_us": .., "instantiate_us": ..,
-//! "run_us": ..}` (`enter_us`, joining the cgroup and netns, may be absent in older files).
+//! "lookup_us": .., "compile_us": .., "cgroup_us": .., "namespaces_us": .., "mounts_us": ..,
+//! "pivot_us": .., "credentials_us": .., "seccomp_us": .., "load_us": .., "instantiate_us":
+//! .., "run_us": ..}` (the isolation steps may be absent in older files: zero).
 //! Every shim adds one container's figures when the container exits, under an exclusive
 //! `flock` of `phases.lock`, writing a temporary file and renaming it over the old one. Reads
 //! are bounded to [`MAX_FILE`] bytes; an unreadable or corrupt file counts from zero: these
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::zygote::Timings;
+use wasmedge_aot_protocol::container::{Tier, Timings};
 
 pub const VERSION: u32 = 1;
 const MAX_FILE: u64 = 64 * 1024;
@@ -31,7 +32,17 @@ pub struct PhaseTotals {
     pub lookup_us: u64,
     pub compile_us: u64,
     #[serde(default)]
-    pub enter_us: u64,
+    pub cgroup_us: u64,
+    #[serde(default)]
+    pub namespaces_us: u64,
+    #[serde(default)]
+    pub mounts_us: u64,
+    #[serde(default)]
+    pub pivot_us: u64,
+    #[serde(default)]
+    pub credentials_us: u64,
+    #[serde(default)]
+    pub seccomp_us: u64,
     pub load_us: u64,
     pub instantiate_us: u64,
     pub run_us: u64,
@@ -41,7 +52,7 @@ impl PhaseTotals {
     fn add(&mut self, t: &Timings, run_us: u64) {
         self.version = VERSION;
         self.containers += 1;
-        if t.tier == "native" {
+        if t.tier == Tier::Native {
             self.native += 1;
         } else {
             self.interpreter += 1;
@@ -49,7 +60,12 @@ impl PhaseTotals {
         self.hash_us += t.hash_us;
         self.lookup_us += t.lookup_us;
         self.compile_us += t.compile_us;
-        self.enter_us += t.enter_us;
+        self.cgroup_us += t.cgroup_us;
+        self.namespaces_us += t.namespaces_us;
+        self.mounts_us += t.mounts_us;
+        self.pivot_us += t.pivot_us;
+        self.credentials_us += t.credentials_us;
+        self.seccomp_us += t.seccomp_us;
         self.load_us += t.load_us;
         self.instantiate_us += t.instantiate_us;
         self.run_us += run_us;
@@ -101,16 +117,21 @@ pub fn record(path: &Path, t: &Timings, run_us: u64) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn timings(tier: &str) -> Timings {
+    fn timings(tier: Tier) -> Timings {
         Timings {
             hash_us: 1,
             lookup_us: 2,
             compile_us: 3,
-            enter_us: 6,
+            cgroup_us: 6,
+            namespaces_us: 7,
+            mounts_us: 8,
+            pivot_us: 9,
+            credentials_us: 10,
+            seccomp_us: 11,
             load_us: 4,
             instantiate_us: 5,
-            tier: tier.into(),
-            cache: "hit".into(),
+            tier,
+            cache: wasmedge_aot_protocol::container::CacheOutcome::Hit,
         }
     }
 
@@ -119,16 +140,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("phases.json");
         assert_eq!(read(&path), PhaseTotals::default());
-        record(&path, &timings("native"), 10).unwrap();
-        record(&path, &timings("interpreter"), 20).unwrap();
+        record(&path, &timings(Tier::Native), 10).unwrap();
+        record(&path, &timings(Tier::Interpreter), 20).unwrap();
         let t = read(&path);
         assert_eq!((t.containers, t.native, t.interpreter), (2, 1, 1));
         assert_eq!((t.hash_us, t.load_us, t.run_us), (2, 8, 30));
-        assert_eq!(t.enter_us, 12);
+        assert_eq!((t.cgroup_us, t.mounts_us, t.seccomp_us), (12, 16, 22));
 
         fs::write(&path, b"{not json").unwrap();
         assert_eq!(read(&path), PhaseTotals::default());
-        record(&path, &timings("native"), 1).unwrap();
+        record(&path, &timings(Tier::Native), 1).unwrap();
         assert_eq!(read(&path).containers, 1);
     }
 

@@ -1,5 +1,5 @@
 //! The shim v2 glue: containerd's `start`/`delete` commands and the ttrpc task service.
-//! Thin on purpose: the work is in [`crate::container`] and [`crate::zygote`].
+//! Thin on purpose: the work is in [`crate::container`] and [`crate::runner`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,11 +30,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 
-use crate::config::{Config, Grouping};
+use wasmedge_aot_protocol::config::{Config, Grouping};
 
-use crate::container::{Container, Status, SANDBOX_ID_ANNOTATION};
+use crate::container::{Container, CreateContext, Status};
 use crate::error::ShimError;
-use crate::zygote::Zygote;
+use crate::runner::Runner;
+use crate::spec::{HostSecurity, SANDBOX_ID_ANNOTATION};
 
 /// The name containerd knows this runtime by.
 pub const RUNTIME_ID: &str = "io.containerd.wasmedge.v1";
@@ -144,7 +145,9 @@ impl Shim for WasmEdgeShim {
             inner: Arc::new(Inner {
                 namespace: self.namespace.clone(),
                 containers: Mutex::new(HashMap::new()),
-                zygote: tokio::sync::Mutex::new(None),
+                runner: tokio::sync::Mutex::new(None),
+                seccomp: crate::seccomp::Compiled::default(),
+                host: HostSecurity::detect(),
                 publisher,
                 exit: self.exit.clone(),
                 unclaimed_exits: Mutex::new(HashMap::new()),
@@ -159,7 +162,7 @@ impl Shim for WasmEdgeShim {
             // the first Create.
             let inner = service.inner.clone();
             tokio::spawn(async move {
-                if let Err(e) = inner.zygote().await {
+                if let Err(e) = inner.runner().await {
                     warn!("{e}");
                 }
             });
@@ -200,7 +203,10 @@ pub struct TaskService {
 struct Inner {
     namespace: String,
     containers: Mutex<HashMap<String, Arc<Container>>>,
-    zygote: tokio::sync::Mutex<Option<Arc<Zygote>>>,
+    runner: tokio::sync::Mutex<Option<Arc<Runner>>>,
+    /// Each distinct seccomp profile's program, compiled once.
+    seccomp: crate::seccomp::Compiled,
+    host: HostSecurity,
     publisher: RemotePublisher,
     exit: Arc<ExitSignal>,
     /// Exits reaped before their container knew its pid (a process that dies during create).
@@ -214,22 +220,22 @@ struct Inner {
 
 impl Inner {
     /// The runner, started on first use and again if it has died.
-    async fn zygote(&self) -> Result<Arc<Zygote>, ShimError> {
-        let mut slot = self.zygote.lock().await;
-        if let Some(z) = slot.as_ref().filter(|z| z.is_alive()) {
-            return Ok(z.clone());
+    async fn runner(&self) -> Result<Arc<Runner>, ShimError> {
+        let mut slot = self.runner.lock().await;
+        if let Some(r) = slot.as_ref().filter(|r| r.is_alive()) {
+            return Ok(r.clone());
         }
-        let runner = runner_path();
+        let binary = runner_path();
         let (reader, writer) = std::io::pipe().map_err(ShimError::io("runner stderr pipe"))?;
-        let z = Zygote::start(&runner, writer.into()).map_err(|e| ShimError::Io {
+        let r = Runner::start(&binary, writer).map_err(|e| ShimError::Io {
             context: "start the runner".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
         forward_lines(reader);
-        debug!("runner {} started as pid {}", runner.display(), z.pid());
-        let z = Arc::new(z);
-        *slot = Some(z.clone());
-        Ok(z)
+        debug!("runner {} started as pid {}", binary.display(), r.pid());
+        let r = Arc::new(r);
+        *slot = Some(r.clone());
+        Ok(r)
     }
 
     fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
@@ -389,15 +395,21 @@ impl Task for TaskService {
         }
         inner.generation.fetch_add(1, Ordering::SeqCst);
         crate::logger::attach_task(&req.id, Path::new(&req.bundle));
-        let zygote = inner.zygote().await?;
-        let sandbox_netns = |sandbox_id: &str| {
-            let containers = inner.containers();
-            containers
+        let runner = inner.runner().await?;
+        let sandbox = |sandbox_id: &str| {
+            inner
+                .containers()
                 .get(sandbox_id)
                 .filter(|c| c.sandbox)
-                .map(|c| c.netns.clone())
+                .cloned()
         };
-        let (container, oom) = match Container::create(&req, &zygote, sandbox_netns).await {
+        let ctx = CreateContext {
+            runner: &runner,
+            seccomp: &inner.seccomp,
+            host: inner.host,
+            sandbox: &sandbox,
+        };
+        let (container, oom) = match Container::create(&req, &ctx).await {
             Ok((c, oom)) => (Arc::new(c), oom),
             Err(e) => {
                 warn!("create {}: {e}", req.id);

@@ -1,493 +1,743 @@
-//! Translation of an OCI runtime spec into what a WASI command needs.
+//! Reading an OCI runtime spec, once, into what the shim, the runner and the container
+//! process need.
 //!
-//! A Wasm container has no Linux process image: its "process" is a module inside the
-//! rootfs, run with the spec's argv, env and cwd, seeing the rootfs as `/` and each bind
-//! mount at its destination. Everything here is pure (no mounts, no WasmEdge) so that every
-//! rule can be unit-tested: how the module is found, which mounts become preopens, and how
-//! a path that tries to leave the rootfs (through `..` or a symlink) is refused.
+//! A Wasm container gets the same boundary as a runc container: the spec's user, groups,
+//! capabilities, no_new_privs, seccomp profile, rlimits, namespaces, root, mounts, masked
+//! and read-only paths, sysctls and hostname all become part of the [`ContainerPlan`] its
+//! process applies before the module's first instruction. A field this runtime cannot
+//! honour is an error that names it, never a silent downgrade.
+//!
+//! Everything here is pure (no file is opened), so that every rule is unit-tested. Paths
+//! inside the container stay container paths: the container process resolves them inside
+//! its root.
 
-use std::path::{Component, Path, PathBuf};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Spec;
-use serde::{Deserialize, Serialize};
+use oci_spec::runtime::{
+    LinuxDeviceType, LinuxNamespaceType, LinuxSeccomp, Mount as OciMount, PosixRlimitType, Spec,
+};
+use wasmedge_aot_protocol::config::{Policy, POLICY_ANNOTATION};
+use wasmedge_aot_protocol::container::{
+    mount_attr, Capabilities, ContainerPlan, Device, Mount, MountSource, Namespace,
+    NamespaceAction, NamespaceKind, Propagation, PropagationKind, Rlimit, Root, User,
+};
 
-/// Errors in a spec that make it unrunnable; each names the offending path or field.
+/// The annotation CRI puts on a pod's sandbox ("pause") container.
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+/// The annotation CRI puts on every container of a pod.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// A spec this runtime cannot run as asked; each names the field.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
     #[error("spec has no process")]
     NoProcess,
     #[error("spec process has no args: the first arg names the wasm module")]
     NoArgs,
-    #[error("path {path:?} leaves the container root {root}")]
-    Escape { path: String, root: PathBuf },
-    #[error("too many levels of symbolic links resolving {path:?} in {root}")]
-    SymlinkLoop { path: String, root: PathBuf },
-    #[error("entrypoint {path:?} not found in {root}")]
-    NotFound { path: String, root: PathBuf },
-    #[error("entrypoint {path:?} ({host}) is not a regular file")]
-    NotAFile { path: String, host: PathBuf },
-    #[error("cwd {cwd:?} is not a directory in the container root {root}")]
-    BadCwd { cwd: String, root: PathBuf },
-    #[error("io error resolving {path:?} in {root}: {message}")]
-    Io {
-        path: String,
-        root: PathBuf,
-        message: String,
-    },
+    #[error("{field}: {message}")]
+    Unsupported { field: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
 }
 
-/// A host directory made visible to the module at `guest`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Preopen {
-    pub guest: String,
-    pub host: PathBuf,
-    pub readonly: bool,
-}
-
-impl Preopen {
-    /// WasmEdge's `GUEST:HOST[:readonly]` form.
-    pub fn to_wasmedge(&self) -> String {
-        let mut s = format!("{}:{}", self.guest, self.host.display());
-        if self.readonly {
-            s.push_str(":readonly");
-        }
-        s
+fn unsupported(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError::Unsupported {
+        field: field.into(),
+        message: message.into(),
     }
 }
 
-/// Everything the engine needs to run one container's module.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Plan {
-    /// Host path of the module file, inside the rootfs.
-    pub module: PathBuf,
-    /// argv, `args[0]` as the spec gives it.
-    pub args: Vec<String>,
-    /// `NAME=VALUE` pairs.
-    pub env: Vec<String>,
-    /// The rootfs as `/`, the cwd as `.`, then bind mounts in spec order.
-    pub preopens: Vec<Preopen>,
-    /// `linux.cgroupsPath`, if the spec has one.
-    pub cgroups_path: Option<String>,
-    /// The network namespace to join (a pod's), if the spec names one by path.
-    pub network_ns: Option<PathBuf>,
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
-/// Builds the plan for `spec`, whose rootfs is (already mounted) at `rootfs`.
-pub fn plan(spec: &Spec, rootfs: &Path) -> Result<Plan, SpecError> {
+/// Security modules the host kernel runs; a spec's label for one that is off means
+/// nothing to the kernel (runc ignores it too), a label for one that is on must be applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostSecurity {
+    pub apparmor: bool,
+    pub selinux: bool,
+}
+
+impl HostSecurity {
+    pub fn detect() -> HostSecurity {
+        let apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|s| s.trim() == "Y");
+        let selinux = Path::new("/sys/fs/selinux/enforce").exists();
+        HostSecurity { apparmor, selinux }
+    }
+}
+
+/// Where a namespace the spec asks for comes from, before the shim opens anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ns {
+    /// Not in the spec: the host's (the runner's).
+    Host,
+    /// A new one.
+    New,
+    /// The one at this path.
+    Join(PathBuf),
+}
+
+/// What a container's spec asks, translated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// `process.args[0]`: the module, as the container names it.
+    pub module: String,
+    /// The plan the container process applies. `root.path` and `seccomp` are filled in by
+    /// the caller (the rootfs it mounted, the filter it compiled).
+    pub plan: ContainerPlan,
+    /// The path of each [`NamespaceAction::Join`] in `plan.namespaces`, in order.
+    pub joins: Vec<PathBuf>,
+    pub pid: Ns,
+    /// `linux.seccomp`, to compile.
+    pub seccomp: Option<LinuxSeccomp>,
+    /// The compile policy the pod's annotation asks for.
+    pub policy: Option<Policy>,
+    /// The pod this container belongs to (CRI's sandbox id).
+    pub sandbox_id: Option<String>,
+}
+
+/// What a pod sandbox's spec asks the shim to hold for the pod's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSpec {
+    pub network: Ns,
+    pub ipc: Ns,
+    pub uts: Ns,
+    pub pid: Ns,
+    pub hostname: Option<String>,
+    pub domainname: Option<String>,
+    /// `linux.sysctl`: the pod's sysctls, written in its namespaces.
+    pub sysctl: Vec<(String, String)>,
+}
+
+/// Whether `spec` is a CRI pod sandbox (which runs no process here).
+pub fn is_sandbox(spec: &Spec) -> bool {
+    annotation(spec, CONTAINER_TYPE_ANNOTATION) == Some("sandbox")
+}
+
+fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn namespaces(spec: &Spec) -> Result<HashMap<LinuxNamespaceType, Ns>, SpecError> {
+    let mut out = HashMap::new();
+    for ns in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let how = match ns.path() {
+            Some(p) if !p.as_os_str().is_empty() => Ns::Join(p.clone()),
+            _ => Ns::New,
+        };
+        if out.insert(ns.typ(), how).is_some() {
+            return Err(invalid(
+                "linux.namespaces",
+                format!("{} is listed twice", ns.typ()),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn ns_of(all: &HashMap<LinuxNamespaceType, Ns>, t: LinuxNamespaceType) -> Ns {
+    all.get(&t).cloned().unwrap_or(Ns::Host)
+}
+
+/// Translates a pod sandbox's spec.
+pub fn sandbox(spec: &Spec) -> Result<SandboxSpec, SpecError> {
+    let all = namespaces(spec)?;
+    let s = SandboxSpec {
+        network: ns_of(&all, LinuxNamespaceType::Network),
+        ipc: ns_of(&all, LinuxNamespaceType::Ipc),
+        uts: ns_of(&all, LinuxNamespaceType::Uts),
+        pid: ns_of(&all, LinuxNamespaceType::Pid),
+        hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
+        domainname: spec.domainname().clone().filter(|h| !h.is_empty()),
+        sysctl: sorted_sysctl(spec),
+    };
+    for (name, ns) in [("ipc", &s.ipc), ("uts", &s.uts)] {
+        if let Ns::Join(p) = ns {
+            return Err(unsupported(
+                "linux.namespaces",
+                format!(
+                    "a pod sandbox joining the {name} namespace {} (the shim makes the pod's own)",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    if (s.hostname.is_some() || s.domainname.is_some()) && s.uts != Ns::New {
+        return Err(invalid(
+            "hostname",
+            "a pod's hostname needs its own UTS namespace",
+        ));
+    }
+    check_sysctls(&s.sysctl, &s.network, &s.ipc, &s.uts)?;
+    Ok(s)
+}
+
+fn sorted_sysctl(spec: &Spec) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    v.sort();
+    v
+}
+
+/// Only sysctls of a namespace the container has its own of (or shares with its pod) may
+/// be written: anything else would change the host (runc's rule).
+fn check_sysctls(
+    sysctl: &[(String, String)],
+    net: &Ns,
+    ipc: &Ns,
+    uts: &Ns,
+) -> Result<(), SpecError> {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    for (key, _) in sysctl {
+        let field = format!("linux.sysctl {key:?}");
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+            || key
+                .split(['.', '/'])
+                .any(|part| part.is_empty() || part == "..")
+        {
+            return Err(invalid(field, "not a sysctl name"));
+        }
+        let own = |ns: &Ns| *ns != Ns::Host;
+        let allowed = if IPC.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
+            own(ipc)
+        } else if key.starts_with("net.") {
+            own(net)
+        } else if key == "kernel.hostname" || key == "kernel.domainname" {
+            own(uts)
+        } else {
+            false
+        };
+        if !allowed {
+            return Err(invalid(
+                field,
+                "not in a kernel namespace of the container's own: it would change the host",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Translates a container's spec.
+pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecError> {
     let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
+    if process.terminal() == Some(true) {
+        return Err(unsupported(
+            "process.terminal",
+            "a terminal for a wasm container",
+        ));
+    }
     let args = process.args().clone().unwrap_or_default();
-    let entry = args.first().ok_or(SpecError::NoArgs)?;
+    let module = args.first().ok_or(SpecError::NoArgs)?.clone();
     let cwd = process.cwd().to_string_lossy().into_owned();
     let cwd = if cwd.is_empty() { "/".to_string() } else { cwd };
-
-    let cwd_host = resolve_in_root(rootfs, &cwd)?;
-    if !cwd_host.is_dir() {
-        return Err(SpecError::BadCwd {
-            cwd,
-            root: rootfs.to_owned(),
-        });
+    if !cwd.starts_with('/') {
+        return Err(invalid("process.cwd", format!("{cwd:?} is not absolute")));
     }
+    refuse_unsupported(spec, host)?;
 
-    let entry_in_root = if entry.starts_with('/') {
-        entry.clone()
-    } else {
-        format!("{}/{}", cwd.trim_end_matches('/'), entry)
-    };
-    let module = resolve_in_root(rootfs, &entry_in_root)?;
-    match std::fs::metadata(&module) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => {
-            return Err(SpecError::NotAFile {
-                path: entry.clone(),
-                host: module,
-            })
+    let linux = spec.linux().clone().unwrap_or_default();
+    let all = namespaces(spec)?;
+    let mut plan_ns = Vec::new();
+    let mut joins = Vec::new();
+    for (t, kind) in [
+        (LinuxNamespaceType::Mount, NamespaceKind::Mount),
+        (LinuxNamespaceType::Network, NamespaceKind::Network),
+        (LinuxNamespaceType::Ipc, NamespaceKind::Ipc),
+        (LinuxNamespaceType::Uts, NamespaceKind::Uts),
+        (LinuxNamespaceType::Cgroup, NamespaceKind::Cgroup),
+    ] {
+        match ns_of(&all, t) {
+            Ns::Host => {}
+            Ns::New => plan_ns.push(Namespace {
+                kind,
+                action: NamespaceAction::New,
+            }),
+            Ns::Join(p) => {
+                plan_ns.push(Namespace {
+                    kind,
+                    action: NamespaceAction::Join,
+                });
+                joins.push(p);
+            }
         }
-        Err(_) => {
-            return Err(SpecError::NotFound {
-                path: entry.clone(),
-                root: rootfs.to_owned(),
-            })
+    }
+    if ns_of(&all, LinuxNamespaceType::Mount) == Ns::Host {
+        return Err(invalid(
+            "linux.namespaces",
+            "a container needs a mount namespace of its own (its root is set up there)",
+        ));
+    }
+    for t in [LinuxNamespaceType::User, LinuxNamespaceType::Time] {
+        if all.contains_key(&t) {
+            return Err(unsupported(
+                "linux.namespaces",
+                format!("a {t} namespace is not supported by this runtime"),
+            ));
         }
     }
-
-    let mut preopens = vec![Preopen {
-        guest: "/".into(),
-        host: rootfs.to_owned(),
-        readonly: spec
-            .root()
-            .as_ref()
-            .is_some_and(|r| r.readonly() == Some(true)),
-    }];
-    if cwd != "/" {
-        preopens.push(Preopen {
-            guest: ".".into(),
-            host: cwd_host,
-            readonly: false,
-        });
+    let uts = ns_of(&all, LinuxNamespaceType::Uts);
+    let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+    if hostname.is_some() && uts == Ns::Host {
+        return Err(invalid(
+            "hostname",
+            "setting it needs a UTS namespace of the container's own or its pod's",
+        ));
     }
-    for m in spec.mounts().iter().flatten() {
-        let options = m.options().clone().unwrap_or_default();
-        let is_bind = m.typ().as_deref() == Some("bind")
-            || options.iter().any(|o| o == "bind" || o == "rbind");
-        let Some(source) = m.source() else { continue };
-        // WASI preview 1 preopens are directories; file binds (/etc/hosts and friends from
-        // CRI) and the kernel filesystems of a Linux container have no meaning here.
-        if !is_bind || !source.is_dir() {
-            continue;
-        }
-        preopens.push(Preopen {
-            guest: m.destination().to_string_lossy().into_owned(),
-            host: source.clone(),
-            readonly: options.iter().any(|o| o == "ro"),
-        });
+    if spec.domainname().as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(unsupported("domainname", "not supported by this runtime"));
     }
 
-    let env = process.env().clone().unwrap_or_default();
-    let linux = spec.linux().as_ref();
-    let cgroups_path = linux
-        .and_then(|l| l.cgroups_path().as_ref())
-        .map(|p| p.to_string_lossy().into_owned())
-        .filter(|p| !p.is_empty());
-    let network_ns = network_namespace(spec);
+    let sysctl = sorted_sysctl(spec);
+    check_sysctls(
+        &sysctl,
+        &ns_of(&all, LinuxNamespaceType::Network),
+        &ns_of(&all, LinuxNamespaceType::Ipc),
+        &uts,
+    )?;
 
-    Ok(Plan {
-        module,
+    let mut mounts = Vec::new();
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        mounts.push(mount(m).map_err(|e| match e {
+            SpecError::Invalid { field, message } => {
+                invalid(format!("mounts[{i}] {field}"), message)
+            }
+            SpecError::Unsupported { field, message } => {
+                unsupported(format!("mounts[{i}] {field}"), message)
+            }
+            other => other,
+        })?);
+    }
+    let fresh_dev = mounts.iter().any(|m| {
+        m.destination.trim_end_matches('/') == "/dev"
+            && matches!(&m.source, MountSource::Fresh { fstype, .. } if fstype == "tmpfs")
+    });
+    let devices = devices(&linux, fresh_dev)?;
+
+    let user = process.user();
+    let plan = ContainerPlan {
         args,
-        env,
-        preopens,
-        cgroups_path,
-        network_ns,
+        env: process.env().clone().unwrap_or_default(),
+        cwd,
+        cgroup: linux
+            .cgroups_path()
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty()),
+        namespaces: plan_ns,
+        hostname,
+        root: Root {
+            path: PathBuf::new(),
+            readonly: spec
+                .root()
+                .as_ref()
+                .is_some_and(|r| r.readonly() == Some(true)),
+            propagation: match linux.rootfs_propagation().as_deref() {
+                None | Some("") => None,
+                Some(p) => Some(propagation(p).ok_or_else(|| {
+                    invalid("linux.rootfsPropagation", format!("unknown value {p:?}"))
+                })?),
+            },
+        },
+        mounts,
+        devices,
+        masked_paths: container_paths("linux.maskedPaths", linux.masked_paths())?,
+        readonly_paths: container_paths("linux.readonlyPaths", linux.readonly_paths())?,
+        sysctl,
+        user: User {
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            umask: user.umask(),
+        },
+        capabilities: capabilities(process.capabilities().as_ref())?,
+        no_new_privileges: process.no_new_privileges() == Some(true),
+        rlimits: process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| Rlimit {
+                resource: rlimit_number(r.typ()),
+                soft: r.soft(),
+                hard: r.hard(),
+            })
+            .collect(),
+        oom_score_adj: process.oom_score_adj(),
+        seccomp: None,
+        apparmor_profile: if host.apparmor {
+            process.apparmor_profile().clone().filter(|p| !p.is_empty())
+        } else {
+            None
+        },
+    };
+    let policy = match annotation(spec, POLICY_ANNOTATION) {
+        Some(v) => Some(
+            v.parse::<Policy>()
+                .map_err(|e| invalid(format!("annotation {POLICY_ANNOTATION}"), e))?,
+        ),
+        None => None,
+    };
+    let seccomp = linux.seccomp().clone();
+    if let Some(s) = &seccomp {
+        if s.listener_path().is_some() {
+            return Err(unsupported(
+                "linux.seccomp.listenerPath",
+                "seccomp notification is not supported by this runtime",
+            ));
+        }
+    }
+    Ok(ContainerSpec {
+        module,
+        plan,
+        joins,
+        pid: ns_of(&all, LinuxNamespaceType::Pid),
+        seccomp,
+        policy,
+        sandbox_id: annotation(spec, SANDBOX_ID_ANNOTATION).map(str::to_string),
     })
 }
 
-/// The network namespace the spec asks to join, by path.
-pub fn network_namespace(spec: &Spec) -> Option<PathBuf> {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .and_then(|nss| {
-            nss.iter().find(|ns| {
-                ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network && ns.path().is_some()
-            })
-        })
-        .and_then(|ns| ns.path().clone())
-}
-
-/// The network namespace a pod's container must join. CRI names the sandbox task's
-/// namespaces as `/proc/<sandbox pid>/ns/net`; our sandboxes run no process and report the
-/// shim's pid, so that path would be the shim's (the host's) namespace. It is replaced by
-/// what the sandbox's own spec named (`sandbox_netns`: the CNI namespace, or `None` for a
-/// host-network pod). Any other path is kept.
-pub fn pod_network_namespace(
-    container_ns: Option<PathBuf>,
-    shim_pid: u32,
-    sandbox_netns: Option<Option<PathBuf>>,
-) -> Option<PathBuf> {
-    let ours = PathBuf::from(format!("/proc/{shim_pid}/ns/net"));
-    match container_ns {
-        Some(p) if p == ours => sandbox_netns.flatten(),
-        other => other,
+/// Fields this runtime has no way to apply: refused, never ignored.
+fn refuse_unsupported(spec: &Spec, host: HostSecurity) -> Result<(), SpecError> {
+    let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
+    if process.io_priority().is_some() {
+        return Err(unsupported(
+            "process.ioPriority",
+            "not supported by this runtime",
+        ));
     }
+    if process.scheduler().is_some() {
+        return Err(unsupported(
+            "process.scheduler",
+            "not supported by this runtime",
+        ));
+    }
+    if host.selinux
+        && process
+            .selinux_label()
+            .as_ref()
+            .is_some_and(|l| !l.is_empty())
+    {
+        return Err(unsupported(
+            "process.selinuxLabel",
+            "SELinux labels are not supported by this runtime",
+        ));
+    }
+    if spec.hooks().is_some() {
+        return Err(unsupported(
+            "hooks",
+            "OCI hooks are not supported by this runtime",
+        ));
+    }
+    if let Some(linux) = spec.linux() {
+        let present = [
+            ("linux.intelRdt", linux.intel_rdt().is_some()),
+            ("linux.personality", linux.personality().is_some()),
+            ("linux.memoryPolicy", linux.memory_policy().is_some()),
+            ("linux.timeOffsets", linux.time_offsets().is_some()),
+            (
+                "linux.netDevices",
+                linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()),
+            ),
+            (
+                "linux.uidMappings",
+                linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
+            ),
+            (
+                "linux.gidMappings",
+                linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
+            ),
+            (
+                "linux.mountLabel",
+                host.selinux && linux.mount_label().as_ref().is_some_and(|l| !l.is_empty()),
+            ),
+        ];
+        if let Some((field, _)) = present.iter().find(|(_, p)| *p) {
+            return Err(unsupported(*field, "not supported by this runtime"));
+        }
+    }
+    Ok(())
 }
 
-/// Resolves `path` (as the container sees it) to a host path inside `root`, following
-/// symlinks as the container would: an absolute target starts again at `root`. A `..` or a
-/// relative symlink that would climb above `root` is refused rather than clamped, so a
-/// hostile image gets an error, not a surprise. A missing final part is allowed (the
-/// caller decides whether the file must exist).
-pub fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf, SpecError> {
-    const MAX_LINKS: usize = 40;
-    let escape = || SpecError::Escape {
-        path: path.to_string(),
-        root: root.to_owned(),
+/// Container paths must be absolute; they are resolved inside the container's root.
+fn container_paths(field: &str, paths: &Option<Vec<String>>) -> Result<Vec<String>, SpecError> {
+    let paths = paths.clone().unwrap_or_default();
+    if let Some(p) = paths.iter().find(|p| !p.starts_with('/')) {
+        return Err(invalid(field, format!("{p:?} is not absolute")));
+    }
+    Ok(paths)
+}
+
+fn propagation(option: &str) -> Option<Propagation> {
+    let (recursive, kind) = match option.strip_prefix('r') {
+        Some(rest) if rest != "o" && rest != "w" => (true, rest),
+        _ => (false, option),
     };
-    // Components still to walk, in reverse so that pop() yields the next one.
-    let mut todo: Vec<String> = components(path).into_iter().rev().collect();
-    let mut done: Vec<String> = Vec::new();
-    let mut links = 0;
-    while let Some(part) = todo.pop() {
-        if part == ".." {
-            done.pop().ok_or_else(escape)?;
-            continue;
-        }
-        let candidate: PathBuf = std::iter::once(root.to_owned())
-            .chain(done.iter().map(PathBuf::from))
-            .chain(std::iter::once(PathBuf::from(&part)))
-            .collect();
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(SpecError::SymlinkLoop {
-                        path: path.to_string(),
-                        root: root.to_owned(),
-                    });
-                }
-                let target = std::fs::read_link(&candidate).map_err(|e| SpecError::Io {
-                    path: path.to_string(),
-                    root: root.to_owned(),
-                    message: e.to_string(),
-                })?;
-                let target = target.to_string_lossy().into_owned();
-                if target.starts_with('/') {
-                    done.clear();
-                }
-                todo.extend(components(&target).into_iter().rev());
-            }
-            Ok(_) => done.push(part),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                done.push(part);
-                // Nothing below a missing directory can exist; keep the rest verbatim but
-                // still refuse a `..` that would climb out.
-                while let Some(rest) = todo.pop() {
-                    if rest == ".." {
-                        done.pop().ok_or_else(escape)?;
-                    } else {
-                        done.push(rest);
-                    }
-                }
-            }
-            Err(e) => {
-                return Err(SpecError::Io {
-                    path: path.to_string(),
-                    root: root.to_owned(),
-                    message: e.to_string(),
-                })
-            }
-        }
-    }
-    Ok(std::iter::once(root.to_owned())
-        .chain(done.iter().map(PathBuf::from))
-        .collect())
+    let kind = match kind {
+        "shared" => PropagationKind::Shared,
+        "slave" => PropagationKind::Slave,
+        "private" => PropagationKind::Private,
+        "unbindable" => PropagationKind::Unbindable,
+        _ => return None,
+    };
+    Some(Propagation { kind, recursive })
 }
 
-fn components(path: &str) -> Vec<String> {
-    Path::new(path)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-            Component::ParentDir => Some("..".into()),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-        })
-        .collect()
+/// One of the spec's mounts.
+fn mount(m: &OciMount) -> Result<Mount, SpecError> {
+    let destination = m.destination().to_string_lossy().into_owned();
+    if !destination.starts_with('/') {
+        return Err(invalid(
+            "destination",
+            format!("{destination:?} is not absolute"),
+        ));
+    }
+    if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
+        return Err(unsupported(
+            "uidMappings",
+            "id-mapped mounts are not supported",
+        ));
+    }
+    let typ = m.typ().clone().unwrap_or_default();
+    let mut bind = typ == "bind";
+    let mut recursive = false;
+    let mut attributes = 0;
+    let mut atime = None;
+    let mut recursive_attributes = false;
+    let mut propagation_option = None;
+    let mut data = Vec::new();
+    for option in m.options().iter().flatten() {
+        let o = option.as_str();
+        let (r, base) = match o.strip_prefix('r') {
+            Some(rest)
+                if [
+                    "ro",
+                    "nosuid",
+                    "nodev",
+                    "noexec",
+                    "noatime",
+                    "strictatime",
+                    "relatime",
+                    "nodiratime",
+                    "nosymfollow",
+                ]
+                .contains(&rest) =>
+            {
+                (true, rest)
+            }
+            _ => (false, o),
+        };
+        match base {
+            "bind" => bind = true,
+            "rbind" => {
+                bind = true;
+                recursive = true;
+            }
+            "ro" => attributes |= mount_attr::RDONLY,
+            "nosuid" => attributes |= mount_attr::NOSUID,
+            "nodev" => attributes |= mount_attr::NODEV,
+            "noexec" => attributes |= mount_attr::NOEXEC,
+            "nodiratime" => attributes |= mount_attr::NODIRATIME,
+            "nosymfollow" => attributes |= mount_attr::NOSYMFOLLOW,
+            "noatime" => atime = Some(mount_attr::NOATIME),
+            "strictatime" => atime = Some(mount_attr::STRICTATIME),
+            "relatime" => atime = Some(mount_attr::RELATIME),
+            // The defaults, and flags with nothing to clear on a new mount.
+            "rw" | "suid" | "dev" | "exec" | "defaults" | "diratime" | "atime" | "async"
+            | "auto" | "noauto" | "nouser" | "nomand" => {}
+            _ if propagation(o).is_some() => propagation_option = propagation(o),
+            "sync" | "dirsync" | "mand" | "lazytime" | "remount" => {
+                return Err(unsupported(
+                    "options",
+                    format!("mount option {o:?} is not supported"),
+                ))
+            }
+            _ => data.push(o.to_string()),
+        }
+        recursive_attributes |= r;
+    }
+    let source = if bind {
+        if !data.is_empty() {
+            return Err(invalid(
+                "options",
+                format!("{data:?} mean nothing to a bind mount"),
+            ));
+        }
+        let source = m
+            .source()
+            .clone()
+            .ok_or_else(|| invalid("source", "a bind mount needs a source"))?;
+        if !source.is_absolute() {
+            return Err(invalid(
+                "source",
+                format!("{} is not absolute", source.display()),
+            ));
+        }
+        MountSource::Bind { source, recursive }
+    } else if typ == "cgroup" {
+        MountSource::Cgroup
+    } else if typ.is_empty() {
+        return Err(invalid(
+            "type",
+            "a mount that is not a bind mount needs a type",
+        ));
+    } else {
+        MountSource::Fresh {
+            fstype: typ,
+            source: m
+                .source()
+                .as_ref()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            data,
+        }
+    };
+    Ok(Mount {
+        destination,
+        source,
+        attributes,
+        atime,
+        recursive_attributes,
+        propagation: propagation_option,
+    })
+}
+
+/// Device nodes every container with a fresh `/dev` gets (as runc makes them), then the
+/// spec's.
+fn devices(linux: &oci_spec::runtime::Linux, fresh_dev: bool) -> Result<Vec<Device>, SpecError> {
+    let mut out: Vec<Device> = Vec::new();
+    if fresh_dev {
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
+            out.push(Device {
+                path: format!("/dev/{name}"),
+                kind: 'c',
+                major,
+                minor,
+                mode: 0o666,
+                uid: 0,
+                gid: 0,
+            });
+        }
+    }
+    for d in linux.devices().iter().flatten() {
+        let path = d.path().to_string_lossy().into_owned();
+        let field = || format!("linux.devices {path:?}");
+        if !path.starts_with("/dev/") || path.split('/').any(|p| p == "..") {
+            return Err(invalid(field(), "a device node must be under /dev"));
+        }
+        let kind = match d.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => 'c',
+            LinuxDeviceType::B => 'b',
+            LinuxDeviceType::P => 'p',
+            LinuxDeviceType::A => return Err(invalid(field(), "type \"a\" is not a node type")),
+        };
+        let number =
+            |n: i64| u32::try_from(n).map_err(|_| invalid(field(), format!("device number {n}")));
+        let device = Device {
+            path: path.clone(),
+            kind,
+            major: number(d.major())?,
+            minor: number(d.minor())?,
+            mode: d.file_mode().unwrap_or(0o666),
+            uid: d.uid().unwrap_or(0),
+            gid: d.gid().unwrap_or(0),
+        };
+        out.retain(|o| o.path != path);
+        out.push(device);
+    }
+    Ok(out)
+}
+
+/// Each capability set as a bit mask. Names come from the spec as `CAP_*`; the kernel's
+/// numbers come from rustix's table.
+fn capabilities(
+    caps: Option<&oci_spec::runtime::LinuxCapabilities>,
+) -> Result<Capabilities, SpecError> {
+    let Some(caps) = caps else {
+        return Ok(Capabilities::default());
+    };
+    let mask =
+        |field: &str, set: &Option<oci_spec::runtime::Capabilities>| -> Result<u64, SpecError> {
+            let mut m = 0u64;
+            for cap in set.iter().flatten() {
+                let name = cap.to_string();
+                let bit = rustix::thread::CapabilitySet::from_name(&name).ok_or_else(|| {
+                    unsupported(
+                        format!("process.capabilities.{field}"),
+                        format!("unknown capability CAP_{name}"),
+                    )
+                })?;
+                m |= bit.bits();
+            }
+            Ok(m)
+        };
+    Ok(Capabilities {
+        bounding: mask("bounding", caps.bounding())?,
+        effective: mask("effective", caps.effective())?,
+        inheritable: mask("inheritable", caps.inheritable())?,
+        permitted: mask("permitted", caps.permitted())?,
+        ambient: mask("ambient", caps.ambient())?,
+    })
+}
+
+fn rlimit_number(t: PosixRlimitType) -> u32 {
+    match t {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use oci_spec::runtime::{
-        LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, ProcessBuilder,
-        RootBuilder, SpecBuilder,
-    };
-    use std::os::unix::fs::symlink;
-
-    fn rootfs() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        let r = dir.path();
-        std::fs::create_dir_all(r.join("app/bin")).unwrap();
-        std::fs::write(r.join("app/bin/main.wasm"), b"\0asm\x01\0\0\0").unwrap();
-        std::fs::write(r.join("top.wasm"), b"\0asm\x01\0\0\0").unwrap();
-        symlink("/app/bin/main.wasm", r.join("abs-link.wasm")).unwrap();
-        symlink("bin/main.wasm", r.join("app/rel-link.wasm")).unwrap();
-        symlink("../../../../etc/passwd", r.join("app/out-link")).unwrap();
-        symlink("loop-b", r.join("loop-a")).unwrap();
-        symlink("loop-a", r.join("loop-b")).unwrap();
-        dir
-    }
-
-    fn spec(args: &[&str], cwd: &str) -> SpecBuilder {
-        let mut b = SpecBuilder::default();
-        b = b.root(
-            RootBuilder::default()
-                .path("rootfs")
-                .readonly(false)
-                .build()
-                .unwrap(),
-        );
-        b.process(
-            ProcessBuilder::default()
-                .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .env(vec!["A=1".to_string(), "PATH=/bin".to_string()])
-                .cwd(cwd)
-                .build()
-                .unwrap(),
-        )
-    }
-
-    #[test]
-    fn absolute_entrypoint_resolves_inside_rootfs() {
-        let r = rootfs();
-        let p = plan(&spec(&["/top.wasm", "x"], "/").build().unwrap(), r.path()).unwrap();
-        assert_eq!(p.module, r.path().join("top.wasm"));
-        assert_eq!(p.args, vec!["/top.wasm", "x"]);
-        assert_eq!(p.env, vec!["A=1", "PATH=/bin"]);
-        assert_eq!(p.preopens.len(), 1);
-        assert_eq!(
-            p.preopens[0].to_wasmedge(),
-            format!("/:{}", r.path().display())
-        );
-    }
-
-    #[test]
-    fn relative_entrypoint_resolves_against_cwd_and_cwd_is_preopened_as_dot() {
-        let r = rootfs();
-        let p = plan(&spec(&["bin/main.wasm"], "/app").build().unwrap(), r.path()).unwrap();
-        assert_eq!(p.module, r.path().join("app/bin/main.wasm"));
-        assert_eq!(p.preopens[1].guest, ".");
-        assert_eq!(p.preopens[1].host, r.path().join("app"));
-    }
-
-    #[test]
-    fn a_read_only_root_is_preopened_read_only() {
-        let r = rootfs();
-        let s = spec(&["/top.wasm"], "/")
-            .root(
-                RootBuilder::default()
-                    .path("rootfs")
-                    .readonly(true)
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
-        let p = plan(&s, r.path()).unwrap();
-        assert!(p.preopens[0].readonly);
-        assert!(p.preopens[0].to_wasmedge().ends_with(":readonly"));
-    }
-
-    #[test]
-    fn symlinks_inside_the_rootfs_are_followed_as_the_container_sees_them() {
-        let r = rootfs();
-        let abs = resolve_in_root(r.path(), "/abs-link.wasm").unwrap();
-        assert_eq!(abs, r.path().join("app/bin/main.wasm"));
-        let rel = resolve_in_root(r.path(), "/app/rel-link.wasm").unwrap();
-        assert_eq!(rel, r.path().join("app/bin/main.wasm"));
-    }
-
-    #[test]
-    fn dotdot_and_symlink_escapes_are_refused() {
-        let r = rootfs();
-        for p in [
-            "/../etc/passwd",
-            "/app/../../x",
-            "/app/out-link",
-            "/nope/../../x",
-        ] {
-            let err = resolve_in_root(r.path(), p).unwrap_err();
-            assert!(matches!(err, SpecError::Escape { .. }), "{p}: {err:?}");
-        }
-        let err = plan(&spec(&["/app/out-link"], "/").build().unwrap(), r.path()).unwrap_err();
-        assert!(
-            err.to_string().contains("leaves the container root"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn symlink_loops_are_an_error() {
-        let r = rootfs();
-        let err = resolve_in_root(r.path(), "/loop-a").unwrap_err();
-        assert!(matches!(err, SpecError::SymlinkLoop { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn missing_entrypoint_and_directory_entrypoint_are_clear_errors() {
-        let r = rootfs();
-        let err = plan(&spec(&["/missing.wasm"], "/").build().unwrap(), r.path()).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "entrypoint \"/missing.wasm\" not found in {}",
-                r.path().display()
-            )
-        );
-        let err = plan(&spec(&["/app"], "/").build().unwrap(), r.path()).unwrap_err();
-        assert!(matches!(err, SpecError::NotAFile { .. }), "{err:?}");
-        let err = plan(&spec(&[], "/").build().unwrap(), r.path()).unwrap_err();
-        assert_eq!(err, SpecError::NoArgs);
-        let err = plan(&spec(&["/top.wasm"], "/nodir").build().unwrap(), r.path()).unwrap_err();
-        assert!(matches!(err, SpecError::BadCwd { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn directory_bind_mounts_become_preopens_with_their_mode() {
-        let r = rootfs();
-        let data = tempfile::tempdir().unwrap();
-        let file = data.path().join("hosts");
-        std::fs::write(&file, "").unwrap();
-        let mount = |dst: &str, src: &Path, typ: &str, opts: &[&str]| {
-            MountBuilder::default()
-                .destination(dst)
-                .source(src)
-                .typ(typ)
-                .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .build()
-                .unwrap()
-        };
-        let s = spec(&["/top.wasm"], "/")
-            .mounts(vec![
-                mount("/proc", Path::new("proc"), "proc", &[]),
-                mount("/data", data.path(), "bind", &["rbind", "ro"]),
-                mount("/rw", data.path(), "none", &["rbind", "rw"]),
-                mount("/etc/hosts", &file, "bind", &["rbind", "ro"]),
-            ])
-            .build()
-            .unwrap();
-        let p = plan(&s, r.path()).unwrap();
-        let got: Vec<_> = p
-            .preopens
-            .iter()
-            .map(|p| (p.guest.as_str(), p.readonly))
-            .collect();
-        assert_eq!(got, vec![("/", false), ("/data", true), ("/rw", false)]);
-        assert_eq!(
-            p.preopens[1].to_wasmedge(),
-            format!("/data:{}:readonly", data.path().display())
-        );
-    }
-
-    #[test]
-    fn a_pod_container_joins_the_sandbox_namespace_not_the_shims() {
-        let shim = PathBuf::from("/proc/42/ns/net");
-        let cni = PathBuf::from("/var/run/netns/cni-1");
-        // CNI pod: the sandbox spec named the pod's namespace.
-        assert_eq!(
-            pod_network_namespace(Some(shim.clone()), 42, Some(Some(cni.clone()))),
-            Some(cni.clone())
-        );
-        // Host-network pod, or a sandbox this shim does not know: no namespace to join.
-        assert_eq!(
-            pod_network_namespace(Some(shim.clone()), 42, Some(None)),
-            None
-        );
-        assert_eq!(pod_network_namespace(Some(shim), 42, None), None);
-        // Any other path is the container's own choice.
-        assert_eq!(
-            pod_network_namespace(Some(cni.clone()), 42, None),
-            Some(cni)
-        );
-        assert_eq!(pod_network_namespace(None, 42, None), None);
-    }
-
-    #[test]
-    fn cgroups_path_and_network_namespace_come_from_linux_section() {
-        let r = rootfs();
-        let s = spec(&["/top.wasm"], "/")
-            .linux(
-                LinuxBuilder::default()
-                    .cgroups_path(PathBuf::from("/default/c1"))
-                    .namespaces(vec![LinuxNamespaceBuilder::default()
-                        .typ(LinuxNamespaceType::Network)
-                        .path(PathBuf::from("/var/run/netns/cni-1"))
-                        .build()
-                        .unwrap()])
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
-        let p = plan(&s, r.path()).unwrap();
-        assert_eq!(p.cgroups_path.as_deref(), Some("/default/c1"));
-        assert_eq!(p.network_ns, Some(PathBuf::from("/var/run/netns/cni-1")));
-    }
-}
+mod tests;

@@ -25,8 +25,20 @@ fn precompile(ctd: &Containerd, module: &Path) {
 }
 
 fn outcome(ctd: &Containerd, id: &str) -> (String, String) {
-    create_outcome(&ctd.log(), id)
-        .unwrap_or_else(|| panic!("no create line for {id}\n{}", ctd.log_tail()))
+    let log = ctd.log();
+    let o = create_outcome(&log, id)
+        .unwrap_or_else(|| panic!("no create line for {id}\n{}", ctd.log_tail()));
+    if o.0 == "fallback" {
+        // Say why, next to the figures the assertion prints.
+        let needle = format!("container {id}: ");
+        for line in log
+            .lines()
+            .filter(|l| l.contains(&needle) && l.contains("level=warning"))
+        {
+            eprintln!("{line}");
+        }
+    }
+    o
 }
 
 #[test]

@@ -33,8 +33,17 @@ pub fn shim_dir() -> PathBuf {
         .to_owned()
 }
 
+/// The runner binary, which the shim finds next to itself. It belongs to another package
+/// of the workspace (`runner/`), so cargo does not build it for these tests by itself:
+/// `cargo build --workspace --bins` first (`scripts/test.sh` does).
 pub fn runner_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_wasmedge-shim-runner"))
+    let runner = shim_dir().join("wasmedge-shim-runner");
+    assert!(
+        runner.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        runner.display()
+    );
+    runner
 }
 
 fn target_dir() -> PathBuf {
@@ -220,6 +229,7 @@ impl Containerd {
     /// Like [`Containerd::start`], with extra lines for the shim's config file (a
     /// `cache_dir` line there overrides the private default).
     pub fn start_with(cri: bool, shim_config_extra: &str) -> Containerd {
+        runner_bin();
         let dir = tempfile::Builder::new()
             .prefix("wasmedge-ctd")
             .tempdir_in("/tmp")

@@ -76,6 +76,10 @@ pub struct Config {
     pub cache_max_bytes: u64,
     /// Most compiles at once on the node (they can take gigabytes each).
     pub max_concurrent_compiles: usize,
+    /// Niceness of compile processes (0..=19): a compile is the node's background work and
+    /// never takes the CPU from running containers. Compiles run in processes of their own,
+    /// in the shim's cgroup, never in a container's.
+    pub compile_nice: i32,
     /// LLVM optimization level of AOT compiles, 0..=3.
     pub opt_level: u8,
 }
@@ -91,6 +95,7 @@ impl Default for Config {
             sync_max_module_bytes: 256 << 10,
             cache_max_bytes: 0,
             max_concurrent_compiles: 1,
+            compile_nice: 10,
             opt_level: 2,
         }
     }
@@ -138,6 +143,9 @@ impl Config {
         let c: Config = toml::from_str(text).map_err(|e| e.message().to_string())?;
         if c.opt_level > 3 {
             return Err(format!("opt_level {} is not in 0..=3", c.opt_level));
+        }
+        if !(0..=19).contains(&c.compile_nice) {
+            return Err(format!("compile_nice {} is not in 0..=19", c.compile_nice));
         }
         Ok(c)
     }

@@ -1,0 +1,350 @@
+//! The control stream between the shim and one container process (`SOCK_STREAM`, framed
+//! messages, [`crate::wire`]):
+//!
+//! ```text
+//! shim → container   ContainerPlan + fds: stdin, stdout, stderr, then one namespace
+//!                    descriptor for each NamespaceAction::Join, in plan order
+//! container → shim   Report: Ready (loaded, instantiated, isolated; waiting) or Failed
+//! shim → container   Start
+//! ```
+//!
+//! The plan is everything the OCI spec asks of the process, already checked and translated
+//! by the shim: the container process applies it step by step and never reads the spec.
+//! Paths inside the container are container paths (resolved by the process inside the
+//! container's root); host paths are the rootfs and bind-mount sources, which only the
+//! kernel sees. End of stream before `Start` means the shim gave up on the container.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bound of a plan (argv and env included) and of a report.
+pub const MAX_MESSAGE: usize = 8 << 20;
+
+/// Everything a container process applies between its birth and its first guest
+/// instruction, in the order it applies them (see the runner's `container` module).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPlan {
+    /// WASI argv, `args[0]` as the spec gives it.
+    pub args: Vec<String>,
+    /// `NAME=VALUE` pairs.
+    pub env: Vec<String>,
+    /// `process.cwd`, a path inside the container.
+    pub cwd: String,
+    /// `linux.cgroupsPath`: joined by the process, unless it was born in it.
+    pub cgroup: Option<String>,
+    /// Namespaces other than pid (which is chosen at birth, [`crate::spawn::PidNamespace`]).
+    pub namespaces: Vec<Namespace>,
+    /// Set in the container's own UTS namespace.
+    pub hostname: Option<String>,
+    pub root: Root,
+    /// `mounts`, in spec order, applied inside the root.
+    pub mounts: Vec<Mount>,
+    /// Device nodes to create in the container's `/dev` (the defaults every container gets,
+    /// then `linux.devices`); empty when `/dev` is not a fresh file system.
+    pub devices: Vec<Device>,
+    /// `linux.maskedPaths`: hidden behind `/dev/null` or an empty read-only tmpfs.
+    pub masked_paths: Vec<String>,
+    /// `linux.readonlyPaths`: bound read-only over themselves.
+    pub readonly_paths: Vec<String>,
+    /// `linux.sysctl`, written under the container's `/proc/sys`.
+    pub sysctl: Vec<(String, String)>,
+    pub user: User,
+    pub capabilities: Capabilities,
+    pub no_new_privileges: bool,
+    pub rlimits: Vec<Rlimit>,
+    pub oom_score_adj: Option<i32>,
+    /// The spec's seccomp profile, compiled to a BPF program by the shim.
+    pub seccomp: Option<Seccomp>,
+    /// `process.apparmorProfile`, on a host whose kernel has AppArmor enabled.
+    pub apparmor_profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NamespaceKind {
+    Mount,
+    Network,
+    Ipc,
+    Uts,
+    Cgroup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NamespaceAction {
+    /// A new namespace of the process's own.
+    New,
+    /// The namespace of the next descriptor that came with the plan (a pod's, or a path the
+    /// spec named).
+    Join,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub kind: NamespaceKind,
+    pub action: NamespaceAction,
+}
+
+/// The container's root file system.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Root {
+    /// The rootfs directory on the host (mounted by the shim in the bundle).
+    pub path: PathBuf,
+    /// `root.readonly`.
+    pub readonly: bool,
+    /// `linux.rootfsPropagation`; the process keeps its mounts from the host's by making
+    /// them `rslave` when the spec does not say.
+    pub propagation: Option<Propagation>,
+}
+
+/// Mount propagation, and whether it applies to the whole tree below (`r` prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Propagation {
+    pub kind: PropagationKind,
+    pub recursive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PropagationKind {
+    Shared,
+    Slave,
+    Private,
+    Unbindable,
+}
+
+/// One entry of the spec's `mounts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Where, inside the container (resolved in its root; missing directories are made).
+    pub destination: String,
+    pub source: MountSource,
+    /// [`mount_attr`] flags to set, from the spec's options (read-only, nosuid, nodev,
+    /// noexec, nodiratime, nosymfollow).
+    pub attributes: u64,
+    /// The access-time mode the options name, if any ([`mount_attr::RELATIME`],
+    /// [`mount_attr::NOATIME`] or [`mount_attr::STRICTATIME`]).
+    pub atime: Option<u64>,
+    /// The attributes apply to every mount below the destination too (`rro`, `rnosuid`,
+    /// ...); otherwise to the top one only, as runc does.
+    pub recursive_attributes: bool,
+    pub propagation: Option<Propagation>,
+}
+
+/// `MOUNT_ATTR_*` bits of `mount_setattr(2)` and `fsmount(2)` (the kernel's ABI).
+pub mod mount_attr {
+    pub const RDONLY: u64 = 0x0000_0001;
+    pub const NOSUID: u64 = 0x0000_0002;
+    pub const NODEV: u64 = 0x0000_0004;
+    pub const NOEXEC: u64 = 0x0000_0008;
+    /// The bits of the access-time mode.
+    pub const ATIME_MASK: u64 = 0x0000_0070;
+    pub const RELATIME: u64 = 0x0000_0000;
+    pub const NOATIME: u64 = 0x0000_0010;
+    pub const STRICTATIME: u64 = 0x0000_0020;
+    pub const NODIRATIME: u64 = 0x0000_0080;
+    pub const NOSYMFOLLOW: u64 = 0x0020_0000;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountSource {
+    /// A bind mount of a host path (`bind`/`rbind`).
+    Bind { source: PathBuf, recursive: bool },
+    /// A fresh file system (`proc`, `tmpfs`, `sysfs`, `mqueue`, `devpts`, ...) with its
+    /// data options (`mode=755`, `size=65536k`, `newinstance`, ...).
+    Fresh {
+        fstype: String,
+        source: String,
+        data: Vec<String>,
+    },
+    /// `type: cgroup`: the container's own cgroups, as the kernel shows them (cgroup v2 with
+    /// a cgroup namespace: a fresh `cgroup2`; otherwise each hierarchy's directory of the
+    /// container bound read-only, as runc does).
+    Cgroup,
+}
+
+/// A device node to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Path inside the container, under `/dev`.
+    pub path: String,
+    /// `c`, `b` or `p`.
+    pub kind: char,
+    pub major: u32,
+    pub minor: u32,
+    /// Permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `process.user`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+}
+
+/// `process.capabilities`, each set as a bit mask of capability numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub bounding: u64,
+    pub effective: u64,
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub ambient: u64,
+}
+
+/// One of `process.rlimits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// `RLIMIT_*` number.
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// A seccomp filter ready to install with `seccomp(SECCOMP_SET_MODE_FILTER)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seccomp {
+    /// The BPF program, one `struct sock_filter` per element, packed as
+    /// `code | jt << 16 | jf << 24 | k << 32`.
+    pub program: Vec<u64>,
+    /// `SECCOMP_FILTER_FLAG_*`.
+    pub flags: u32,
+}
+
+/// The container process's one report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Report {
+    /// Isolated, loaded and instantiated; waiting for [`Start`].
+    Ready {
+        timings: Timings,
+        /// Something the operator should know (e.g. why native code is not used).
+        warning: Option<String>,
+    },
+    /// Could not be made ready; the process exits after sending this.
+    Failed { error: String },
+}
+
+/// The shim's go-ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Start;
+
+/// Microseconds each step of a container's create took, measured in its process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    pub hash_us: u64,
+    pub lookup_us: u64,
+    /// Compiling, or waiting for another process's compile.
+    pub compile_us: u64,
+    /// Joining the container's cgroup.
+    pub cgroup_us: u64,
+    /// Joining and creating namespaces.
+    pub namespaces_us: u64,
+    /// The root and the spec's mounts, devices, masked and read-only paths.
+    pub mounts_us: u64,
+    /// `pivot_root` into the container's root and detaching the host's.
+    pub pivot_us: u64,
+    /// Rlimits, groups, uid/gid, capabilities, no_new_privs.
+    pub credentials_us: u64,
+    pub seccomp_us: u64,
+    pub load_us: u64,
+    pub instantiate_us: u64,
+    pub tier: Tier,
+    pub cache: CacheOutcome,
+}
+
+/// How the module's code ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// WasmEdge's interpreter.
+    #[default]
+    Interpreter,
+    /// Native code from the node cache.
+    Native,
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tier::Interpreter => "interpreter",
+            Tier::Native => "native",
+        })
+    }
+}
+
+/// What the node cache did for a container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheOutcome {
+    /// Native code was in the cache.
+    Hit,
+    /// Compiled for this start.
+    Compiled,
+    /// Another process compiled it while this start waited.
+    WaitedHit,
+    /// Not in the cache; a background compile was asked for and the interpreter runs now.
+    MissTiered,
+    /// The policy is `off`.
+    #[default]
+    Off,
+    /// The cache or the compiler failed; the interpreter runs (the warning says why).
+    Fallback,
+}
+
+impl std::fmt::Display for CacheOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Compiled => "compiled",
+            CacheOutcome::WaitedHit => "waited-hit",
+            CacheOutcome::MissTiered => "miss-tiered",
+            CacheOutcome::Off => "off",
+            CacheOutcome::Fallback => "fallback",
+        })
+    }
+}
+
+impl Seccomp {
+    /// Packs one `struct sock_filter`.
+    pub fn pack(code: u16, jt: u8, jf: u8, k: u32) -> u64 {
+        u64::from(code) | u64::from(jt) << 16 | u64::from(jf) << 24 | u64::from(k) << 32
+    }
+
+    /// Unpacks [`Seccomp::program`] into `(code, jt, jf, k)`.
+    pub fn instructions(&self) -> impl Iterator<Item = (u16, u8, u8, u32)> + '_ {
+        self.program
+            .iter()
+            .map(|&i| (i as u16, (i >> 16) as u8, (i >> 24) as u8, (i >> 32) as u32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sock_filter_packing_round_trips() {
+        let s = Seccomp {
+            program: vec![
+                Seccomp::pack(0x20, 1, 2, 0xdead_beef),
+                Seccomp::pack(6, 0, 0, 0x7fff_0000),
+            ],
+            flags: 0,
+        };
+        let got: Vec<_> = s.instructions().collect();
+        assert_eq!(got, vec![(0x20, 1, 2, 0xdead_beef), (6, 0, 0, 0x7fff_0000)]);
+    }
+
+    #[test]
+    fn names_in_data_are_display_names_not_debug_strings() {
+        assert_eq!(serde_json::to_string(&Tier::Native).unwrap(), "\"native\"");
+        assert_eq!(
+            serde_json::to_string(&CacheOutcome::WaitedHit).unwrap(),
+            "\"waited-hit\""
+        );
+        assert_eq!(CacheOutcome::MissTiered.to_string(), "miss-tiered");
+    }
+}

@@ -1,0 +1,21 @@
+//! What the node's processes agree on.
+//!
+//! - [`config`]: the node's shim configuration file, read by the shim, the runner and the
+//!   admin tool alike.
+//! - [`spawn`]: the runner socket. The shim asks its runner (the warm WasmEdge fork server)
+//!   for a container process; the runner answers with the process's pid. The request says
+//!   which module to run and how the process must be born (its pid namespace, its cgroup),
+//!   and nothing about the container itself: argv and env (where Kubernetes puts secrets)
+//!   never pass through the runner, whose memory every later container process is forked
+//!   from.
+//! - [`container`]: the control stream, shim ↔ one container process. The shim sends the
+//!   container's whole plan (argv, env, user, capabilities, mounts, namespaces, seccomp
+//!   filter, stdio), the process reports when it is ready to run, and the shim says `start`.
+//!
+//! Both are JSON over unix sockets with file descriptors passed as `SCM_RIGHTS`
+//! ([`wire`]): each side of every message has one encoder and one decoder, here.
+
+pub mod config;
+pub mod container;
+pub mod spawn;
+pub mod wire;

@@ -1,0 +1,118 @@
+//! wasmedge-shim-runner: the fork server the shim starts (see ARCHITECTURE.md).
+//!
+//! It links WasmEdge once, warms it, opens the node cache, and then serves the runner
+//! socket ([`wasmedge_aot_protocol::spawn`]) on its fd 0: for each request it finds the
+//! module's code ([`code`]), forks one process for the container ([`serve`]), and that
+//! process isolates itself as the container's spec asks, instantiates the module and runs
+//! it ([`process`]). Modules that miss the cache are compiled by processes of their own
+//! ([`compile`]), outside every container.
+//!
+//! The runner forks, so it never starts a thread: a child inherits a thread pool, a lock or
+//! a thread's state without the threads behind them (a test checks the thread count).
+
+mod code;
+mod compile;
+mod process;
+mod serve;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+
+use wasmedge_aot_engine::{Engine, Options, Outcome, WasiPlan};
+use wasmedge_aot_protocol::config::Config;
+
+/// The smallest WASI command: an empty `_start`. Running it once before serving makes the
+/// runner touch WasmEdge's lazily initialised state, so children share it instead of each
+/// building its own.
+const WARM_UP_MODULE: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type: () -> ()
+    0x03, 0x02, 0x01, 0x00, // func 0: type 0
+    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, // export
+    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: empty body
+];
+
+fn main() {
+    let config = Config::load().unwrap_or_else(|e| {
+        eprintln!("wasmedge-shim-runner: {e}; using the defaults");
+        Config::default()
+    });
+    let engine = match Engine::new(Options::for_node(config.opt_level)) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("wasmedge-shim-runner: {e}");
+            std::process::exit(1);
+        }
+    };
+    warm_up(&engine);
+    release_compiler_pages();
+    let runner = match code::Runner::new(engine, config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wasmedge-shim-runner: {e}");
+            std::process::exit(1);
+        }
+    };
+    // SAFETY: the shim starts us with our end of the runner socket as fd 0, and nothing
+    // else in this process owns fd 0.
+    let sock = unsafe { OwnedFd::from_raw_fd(0) };
+    serve::serve(sock, &runner)
+}
+
+fn warm_up(engine: &Engine) {
+    let run = || -> Result<(), String> {
+        let loaded = engine
+            .load_bytes(Path::new("warm-up"), WARM_UP_MODULE)
+            .map_err(|e| e.to_string())?;
+        let mut inst = engine
+            .instantiate(&loaded, &WasiPlan::default())
+            .map_err(|e| e.to_string())?;
+        match inst.run() {
+            Outcome::Exited(0) => Ok(()),
+            Outcome::Exited(code) => Err(format!("exited with {code}")),
+            Outcome::Trapped(trap) => Err(format!("trapped: {trap}")),
+        }
+    };
+    if let Err(e) = run() {
+        eprintln!("wasmedge-shim-runner: warm-up failed: {e}");
+    }
+}
+
+/// Libraries that libwasmedge links only for its AOT compiler.
+const COMPILER_ONLY_LIBS: &[&str] = &["libLLVM", "libz3", "libicu", "libxml2"];
+
+/// Gives back the pages of the compiler's libraries that loading them touched (libLLVM's
+/// static constructors and relocation fault in ~40 MB of its text). Containers that run or
+/// load native code never execute them, and every container forked from us would otherwise
+/// count them in its PSS. A later compile faults them in again from the page cache.
+/// `MADV_PAGEOUT` only reclaims clean file pages of read-only mappings here; it never
+/// changes what a mapping reads as.
+fn release_compiler_pages() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let path = fields.nth(3).unwrap_or("");
+        if perms.contains('w') || !COMPILER_ONLY_LIBS.iter().any(|l| path.contains(l)) {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: the range is a whole mapping of ours, read-only and file-backed;
+        // MADV_PAGEOUT does not change its contents, only whether its pages are resident.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT);
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! A container process, from its birth in the runner's fork to its first guest instruction.
+//!
+//! The steps, in the order they run (each a function of its own, each timed):
+//!
+//! 1. **birth**: close every descriptor inherited from the runner but this container's
+//!    own; a session of its own.
+//! 2. **plan**: read the container's plan and stdio from the shim on the control stream.
+//!    The runner never sees a plan: no container's argv or env is in the memory later
+//!    container processes are forked from.
+//! 3. **cgroup**: join the container's cgroup (unless born in it), so that everything it
+//!    allocates from here on is the container's.
+//! 4. **code**: the module's code: the runner's template, native code from the cache (after
+//!    waiting for its compile, under the synchronous policy) or the interpreter.
+//! 5. **namespaces**: join the pod's (or named) namespaces, create the container's own;
+//!    hostname; loopback up in a new network namespace.
+//! 6. **root**: the rootfs as its own mount, the spec's mounts inside it, devices,
+//!    `pivot_root` (no host path exists for the process afterwards), sysctls, masked and
+//!    read-only paths, a read-only root; `chdir` to the working directory.
+//! 7. **instantiate**: the module with WASI preopens `/` and `.`, which are now the
+//!    container's root and working directory: no host path reaches the module.
+//! 8. **credentials**: oom score, rlimits, AppArmor, groups, uid/gid, capabilities (all five
+//!    sets), umask, no_new_privs, and the seccomp filter last.
+//! 9. **ready**: report, wait for `start`, run.
+//!
+//! Any step that cannot do what the plan asks fails the create with an error that names
+//! the step and the field; nothing runs with less isolation than asked.
+
+pub mod cgroup;
+mod credentials;
+mod namespaces;
+mod rootfs;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use wasmedge_aot_engine::{Instance, Loaded, Outcome, Prepared, WasiPlan};
+use wasmedge_aot_protocol::config::Policy;
+use wasmedge_aot_protocol::container::{
+    CacheOutcome, ContainerPlan, Report, Start, Tier, Timings, MAX_MESSAGE,
+};
+use wasmedge_aot_protocol::spawn::SpawnRequest;
+use wasmedge_aot_protocol::wire;
+
+use crate::code::{Resolution, Runner};
+
+/// A step of a container process's set-up that failed; the create fails with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct StepError {
+    pub step: &'static str,
+    pub message: String,
+}
+
+/// `map_err` for a step.
+pub(crate) fn at<E: std::fmt::Display>(step: &'static str) -> impl Fn(E) -> StepError {
+    move |e| StepError {
+        step,
+        message: e.to_string(),
+    }
+}
+
+/// Runs in the container process; returns its exit code.
+pub fn run(
+    runner: &Runner,
+    req: &SpawnRequest,
+    control: OwnedFd,
+    module: File,
+    res: Resolution,
+) -> i32 {
+    let mut control = UnixStream::from(control);
+    match prepare(runner, req, &control, module, res) {
+        Ok((mut instance, timings, warning)) => {
+            let ready = Report::Ready { timings, warning };
+            if send(&mut control, &ready).is_err() || !wait_for_start(&mut control) {
+                // The shim gave up on this container before starting it.
+                return 0;
+            }
+            drop(control);
+            let outcome = instance.run();
+            // The process ends next. Unmapping the instance's memory and freeing its state
+            // one object at a time is work the kernel's exit does for the whole address
+            // space at once (1 ms for a 10 MB module, measured in benches/large.rs).
+            std::mem::forget(instance);
+            match outcome {
+                Outcome::Exited(code) => code,
+                Outcome::Trapped(msg) => {
+                    eprintln!("wasm trap in {}: {msg}", req.module_name);
+                    wasmedge_aot_engine::TRAP_EXIT_CODE
+                }
+            }
+        }
+        Err(error) => {
+            let _ = send(
+                &mut control,
+                &Report::Failed {
+                    error: error.to_string(),
+                },
+            );
+            1
+        }
+    }
+}
+
+type ReadyToRun = (Instance, Timings, Option<String>);
+
+fn prepare(
+    runner: &Runner,
+    req: &SpawnRequest,
+    control: &UnixStream,
+    module: File,
+    res: Resolution,
+) -> Result<ReadyToRun, StepError> {
+    // 1. Birth.
+    let mut keep: Vec<RawFd> = vec![control.as_raw_fd(), module.as_raw_fd()];
+    keep.extend(runner.inherited_fds_to_keep(&res).map(|fd| fd.as_raw_fd()));
+    close_fds_except(&keep);
+    // Own session: a signal for the process group reaches nothing outside the container.
+    let _ = nix::unistd::setsid();
+
+    // 2. The plan, and the container's stdio in place of the runner's.
+    let (plan, fds) = receive_plan(control)?;
+    let mut fds = fds.into_iter();
+    for target in 0..3 {
+        let fd = fds
+            .next()
+            .ok_or_else(|| at("plan")("stdio descriptors missing"))?;
+        // SAFETY: dup2 onto the standard descriptors; the runner's (its socket on fd 0, the
+        // shim's log on fd 2) are not used again in this process.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+            return Err(at("stdio")(std::io::Error::last_os_error()));
+        }
+    }
+    let mut timings = Timings {
+        hash_us: micros(res.hash),
+        lookup_us: micros(res.lookup),
+        cache: res.outcome,
+        ..Timings::default()
+    };
+
+    // 3. Cgroup.
+    let t = Instant::now();
+    if let Some(path) = &plan.cgroup {
+        if !req.into_cgroup {
+            runner
+                .cgroups
+                .join_self(path)
+                .map_err(|e| at("cgroup")(format!("join {path}: {e}")))?;
+        }
+    }
+    timings.cgroup_us = micros(t.elapsed());
+    credentials::oom_score_adj(&plan)?;
+    let pending = credentials::prepare(&plan)?;
+
+    // 4. Code.
+    let t = Instant::now();
+    let code = load_code(runner, req, &module, res, &mut timings)?;
+    timings.load_us += micros(t.elapsed());
+    drop(module);
+
+    // 5. Namespaces.
+    let t = Instant::now();
+    namespaces::enter(&plan, &mut fds)?;
+    timings.namespaces_us = micros(t.elapsed());
+
+    // 6. Root.
+    let (mounts, pivot) = rootfs::enter(&plan, &runner.cgroups)?;
+    timings.mounts_us = micros(mounts);
+    timings.pivot_us = micros(pivot);
+
+    // 7. Instantiate, with the container's root as `/` and its working directory as `.`,
+    // under the container's rlimits.
+    credentials::rlimits(&plan)?;
+    let t = Instant::now();
+    let wasi = WasiPlan {
+        args: plan.args.clone(),
+        env: plan.env.clone(),
+        preopens: preopens(&plan.cwd),
+    };
+    let instance = match code.prepared {
+        Some(p) => p.with_wasi(&wasi),
+        None => runner.engine.instantiate(&code.loaded, &wasi),
+    }
+    .map_err(at("instantiate"))?;
+    timings.instantiate_us = micros(t.elapsed());
+    timings.tier = match code.loaded.tier() {
+        wasmedge_aot_engine::Tier::Native => Tier::Native,
+        wasmedge_aot_engine::Tier::Interpreter => Tier::Interpreter,
+    };
+
+    // 8. Credentials, seccomp last.
+    let (creds, seccomp) = credentials::apply(&plan, pending)?;
+    timings.credentials_us = micros(creds);
+    timings.seccomp_us = micros(seccomp);
+    if std::process::id() == 1 {
+        terminate_on_signals();
+    }
+    Ok((instance, timings, code.warning))
+}
+
+/// The only preopens a module gets. After `pivot_root` the process's `/` is the
+/// container's root and its working directory the container's, so both are constant
+/// strings: no path from a spec or an image ever reaches WasmEdge's `GUEST:HOST` syntax, and
+/// what the module can reach is what the kernel lets the container reach (read-only mounts
+/// included).
+fn preopens(cwd: &str) -> Vec<String> {
+    let mut p = vec!["/:/".to_string()];
+    if !cwd.trim_end_matches('/').is_empty() {
+        p.push(".:.".to_string());
+    }
+    p
+}
+
+struct Code {
+    loaded: Rc<Loaded>,
+    prepared: Option<Prepared>,
+    warning: Option<String>,
+}
+
+/// Step 4: the module's code, loaded (not yet instantiated).
+fn load_code(
+    runner: &Runner,
+    req: &SpawnRequest,
+    module: &File,
+    res: Resolution,
+    timings: &mut Timings,
+) -> Result<Code, StepError> {
+    timings.load_us = micros(res.load);
+    let mut warning = res.warning;
+    if res.template {
+        if let Some((loaded, prepared)) = res.key.and_then(|k| runner.take_template(&k)) {
+            return Ok(Code {
+                loaded,
+                prepared,
+                warning,
+            });
+        }
+    }
+    if let (Some(job), Some(key), Policy::Sync) = (&res.compile, res.key, res.policy) {
+        let t = Instant::now();
+        job.wait();
+        timings.compile_us = micros(t.elapsed());
+        let found = runner
+            .cache
+            .as_ref()
+            .ok()
+            .and_then(|c| c.lookup(&key).ok().flatten());
+        match found {
+            Some(artifact) => match runner.engine.load_native(&artifact.path, &runner.link_dir) {
+                Ok(l) => {
+                    timings.cache = if res.started_compile {
+                        CacheOutcome::Compiled
+                    } else {
+                        CacheOutcome::WaitedHit
+                    };
+                    return Ok(Code {
+                        loaded: Rc::new(l),
+                        prepared: None,
+                        warning,
+                    });
+                }
+                Err(e) => warning = Some(format!("{e}; running it in the interpreter")),
+            },
+            None => {
+                warning = Some(format!(
+                    "the aot compile of {} failed (the shim log says why); running it in the interpreter",
+                    req.module_name
+                ))
+            }
+        }
+        timings.cache = CacheOutcome::Fallback;
+    }
+    let bytes =
+        read_all(module).map_err(|e| at("load")(format!("read {}: {e}", req.module_name)))?;
+    let loaded = runner
+        .engine
+        .load_bytes(std::path::Path::new(&req.module_name), &bytes)
+        .map_err(at("load"))?;
+    Ok(Code {
+        loaded: Rc::new(loaded),
+        prepared: None,
+        warning,
+    })
+}
+
+fn read_all(f: &File) -> std::io::Result<Vec<u8>> {
+    let len = f.metadata()?.len() as usize;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
+fn receive_plan(control: &UnixStream) -> Result<(ContainerPlan, Vec<OwnedFd>), StepError> {
+    let (bytes, fds) = wire::recv_framed(control.as_fd(), MAX_MESSAGE).map_err(at("plan"))?;
+    let plan = wire::decode("container plan", &bytes).map_err(at("plan"))?;
+    Ok((plan, fds))
+}
+
+/// Writes one framed message with plain `write`s: after the seccomp filter, the process
+/// uses no more system calls than a profile is bound to allow (`read`, `write`).
+fn send(control: &mut UnixStream, report: &Report) -> std::io::Result<()> {
+    let body = wire::encode("report", report).map_err(std::io::Error::other)?;
+    control.write_all(&wire::frame(&body))
+}
+
+/// Waits for the shim's [`Start`]. `false` means the shim went away or gave up.
+fn wait_for_start(control: &mut UnixStream) -> bool {
+    let mut len = [0u8; 4];
+    if control.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > 64 {
+        return false;
+    }
+    let mut body = vec![0u8; len];
+    control.read_exact(&mut body).is_ok() && wire::decode::<Start>("start", &body).is_ok()
+}
+
+/// Closes every descriptor from 3 up except `keep`.
+pub fn close_fds_except(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|&&fd| fd > 2)
+        .map(|&fd| fd as u32)
+        .collect();
+    keep.sort_unstable();
+    let mut first = 3u32;
+    for fd in keep.into_iter().chain(std::iter::once(u32::MAX)) {
+        if fd > first {
+            // SAFETY: closes descriptors nothing in this process uses any more; the ones it
+            // keeps are outside the range.
+            unsafe { libc::close_range(first, fd - 1, 0) };
+        }
+        first = fd.saturating_add(1);
+    }
+}
+
+/// As pid 1 of its pid namespace the process would ignore every signal it has no handler
+/// for (the kernel protects a namespace's init). A Wasm module cannot install handlers, so
+/// the signals that end a process by default end this one too, with the status a killed
+/// process reports (128 + signal), as they would outside a pid namespace.
+fn terminate_on_signals() {
+    extern "C" fn terminate(sig: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + sig) }
+    }
+    for sig in [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+    ] {
+        // SAFETY: installs a handler that only calls an async-signal-safe function.
+        unsafe { libc::signal(sig, terminate as *const () as libc::sighandler_t) };
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
+}

@@ -1,0 +1,216 @@
+//! A pod's namespaces, made and held by the shim for the pod's containers.
+//!
+//! Under CRI a pod's containers share its network, IPC and UTS namespaces, which CRI names
+//! as `/proc/<sandbox pid>/ns/<type>`. Our sandbox runs no process (its pid is the
+//! shim's), so those paths would name the shim's namespaces: the host's. Instead, when the
+//! sandbox is created, a thread of the shim's own enters or creates the namespaces the
+//! sandbox spec asks for (the network namespace CNI made, a new IPC and UTS namespace),
+//! sets the pod's hostname and sysctls in them, and the shim keeps a descriptor of each for
+//! as long as the sandbox lives. A container's join of the sandbox's path is a join of
+//! those descriptors; a path that names the shim but no sandbox it holds is refused.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+
+use crate::spec::{Ns, SandboxSpec};
+
+/// The namespaces a pod's containers share; `None` is the host's.
+#[derive(Debug, Default)]
+pub struct PodNamespaces {
+    pub network: Option<OwnedFd>,
+    pub ipc: Option<OwnedFd>,
+    pub uts: Option<OwnedFd>,
+}
+
+/// The kinds of namespace a pod shares, by their `/proc/<pid>/ns/` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    Network,
+    Ipc,
+    Uts,
+    Pid,
+}
+
+impl Shared {
+    fn file(self) -> &'static str {
+        match self {
+            Shared::Network => "net",
+            Shared::Ipc => "ipc",
+            Shared::Uts => "uts",
+            Shared::Pid => "pid",
+        }
+    }
+}
+
+/// Whether `path` names one of process `pid`'s namespaces (CRI's way to name a
+/// sandbox's), and which.
+pub fn names_process_namespace(path: &Path, pid: u32) -> Option<Shared> {
+    let rest = path.strip_prefix(format!("/proc/{pid}/ns")).ok()?;
+    [Shared::Network, Shared::Ipc, Shared::Uts, Shared::Pid]
+        .into_iter()
+        .find(|s| rest == Path::new(s.file()))
+}
+
+impl PodNamespaces {
+    /// Makes (or, for a path, enters) the namespaces `spec` asks for, on a thread of its own
+    /// so that the shim's own namespaces never change.
+    pub fn create(spec: &SandboxSpec) -> Result<PodNamespaces, String> {
+        let spec = spec.clone();
+        std::thread::Builder::new()
+            .name("pod-namespaces".into())
+            .spawn(move || make(&spec))
+            .map_err(|e| format!("start the thread that makes the pod's namespaces: {e}"))?
+            .join()
+            .map_err(|_| "the thread that makes the pod's namespaces panicked".to_string())?
+    }
+
+    /// The pod's namespace of kind `what`: `Ok(None)` for the host's.
+    pub fn get(&self, what: Shared) -> Result<Option<&OwnedFd>, String> {
+        Ok(match what {
+            Shared::Network => self.network.as_ref(),
+            Shared::Ipc => self.ipc.as_ref(),
+            Shared::Uts => self.uts.as_ref(),
+            Shared::Pid => return Err(
+                "the pod's pid namespace (shareProcessNamespace) is not supported by this runtime"
+                    .into(),
+            ),
+        })
+    }
+}
+
+/// Runs on its own thread: namespaces are per thread for network, IPC and UTS, so this
+/// thread can enter and create them without touching the shim's other threads.
+fn make(spec: &SandboxSpec) -> Result<PodNamespaces, String> {
+    let mut new = CloneFlags::empty();
+    if let Ns::Join(path) = &spec.network {
+        let f = File::open(path)
+            .map_err(|e| format!("open network namespace {}: {e}", path.display()))?;
+        nix::sched::setns(&f, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("enter network namespace {}: {e}", path.display()))?;
+    }
+    for (ns, flag) in [
+        (&spec.network, CloneFlags::CLONE_NEWNET),
+        (&spec.ipc, CloneFlags::CLONE_NEWIPC),
+        (&spec.uts, CloneFlags::CLONE_NEWUTS),
+    ] {
+        if *ns == Ns::New {
+            new |= flag;
+        }
+    }
+    if !new.is_empty() {
+        nix::sched::unshare(new)
+            .map_err(|e| format!("create the pod's namespaces {new:?}: {e}"))?;
+    }
+    if let Some(h) = &spec.hostname {
+        rustix::system::sethostname(h.as_bytes())
+            .map_err(|e| format!("set hostname {h:?}: {e}"))?;
+    }
+    if let Some(d) = &spec.domainname {
+        rustix::system::setdomainname(d.as_bytes())
+            .map_err(|e| format!("set domainname {d:?}: {e}"))?;
+    }
+    for (key, value) in &spec.sysctl {
+        // `/proc/sys` shows the namespaces of the thread that opens it: this one's.
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| format!("sysctl {key}={value}: {e}"))?;
+    }
+    let open = |ns: &Ns, file: &str| -> Result<Option<OwnedFd>, String> {
+        if *ns == Ns::Host {
+            return Ok(None);
+        }
+        let path = format!("/proc/thread-self/ns/{file}");
+        File::open(&path)
+            .map(|f| Some(f.into()))
+            .map_err(|e| format!("open {path}: {e}"))
+    };
+    Ok(PodNamespaces {
+        network: open(&spec.network, "net")?,
+        ipc: open(&spec.ipc, "ipc")?,
+        uts: open(&spec.uts, "uts")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_names_a_sandbox_namespace_by_its_pid() {
+        assert_eq!(
+            names_process_namespace(Path::new("/proc/42/ns/net"), 42),
+            Some(Shared::Network)
+        );
+        assert_eq!(
+            names_process_namespace(Path::new("/proc/42/ns/pid"), 42),
+            Some(Shared::Pid)
+        );
+        assert_eq!(
+            names_process_namespace(Path::new("/proc/43/ns/net"), 42),
+            None
+        );
+        assert_eq!(
+            names_process_namespace(Path::new("/var/run/netns/cni-1"), 42),
+            None
+        );
+        assert_eq!(
+            names_process_namespace(Path::new("/proc/42/ns/mnt"), 42),
+            None
+        );
+    }
+
+    #[test]
+    fn a_pod_gets_its_own_ipc_and_uts_namespaces_with_its_hostname() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (namespaces)");
+            return;
+        }
+        let spec = SandboxSpec {
+            network: Ns::Host,
+            ipc: Ns::New,
+            uts: Ns::New,
+            pid: Ns::New,
+            hostname: Some("pod-a".into()),
+            domainname: None,
+            sysctl: vec![("kernel.shmmni".into(), "1234".into())],
+        };
+        let pod = PodNamespaces::create(&spec).unwrap();
+        assert!(
+            pod.network.is_none(),
+            "host network: no namespace of its own"
+        );
+        let ino = |f: &OwnedFd| nix::sys::stat::fstat(f).unwrap().st_ino;
+        let own = |t: &str| {
+            nix::sys::stat::stat(format!("/proc/self/ns/{t}").as_str())
+                .unwrap()
+                .st_ino
+        };
+        assert_ne!(ino(pod.ipc.as_ref().unwrap()), own("ipc"));
+        assert_ne!(ino(pod.uts.as_ref().unwrap()), own("uts"));
+        // The shim's own hostname did not change; the pod's is inside its namespace.
+        let hostname = || {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        };
+        assert_ne!(hostname(), "pod-a");
+        let uts = pod.uts.as_ref().unwrap();
+        let ipc = pod.ipc.as_ref().unwrap();
+        let seen = std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(uts, CloneFlags::CLONE_NEWUTS).unwrap();
+                nix::sched::setns(ipc, CloneFlags::CLONE_NEWIPC).unwrap();
+                (
+                    hostname(),
+                    std::fs::read_to_string("/proc/sys/kernel/shmmni").unwrap(),
+                )
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(seen, ("pod-a".to_string(), "1234\n".to_string()));
+    }
+}
