@@ -178,6 +178,8 @@ pub struct Run {
     pub runtime: Option<String>,
     /// The container's memory limit in bytes (its cgroup's).
     pub memory_limit: Option<u64>,
+    /// More `ctr run` flags (`--user`, `--seccomp`, `--cap-drop`, ...).
+    pub flags: Vec<String>,
     pub timeout: Option<Duration>,
 }
 
@@ -391,6 +393,7 @@ state = "{d}/state"
             a.push("--memory-limit".into());
             a.push(bytes.to_string());
         }
+        a.extend(r.flags.iter().cloned());
         match (&r.image, &r.rootfs) {
             (Some(image), _) => a.push(image.clone()),
             (None, Some(rootfs)) => {
