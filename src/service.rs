@@ -181,8 +181,12 @@ impl WasmEdgeShim {
             .take(16)
             .collect();
         let dir = Path::new(STATE_ROOT).join(format!("{}-{name}", self.namespace));
-        std::fs::create_dir_all(&dir)
-            .map_err(ShimError::io(format!("create {}", dir.display())))?;
+        // Checked from `/` down like the cache: we write here as root.
+        let euid = wasmedge_aot_cache::trust::effective_uid();
+        wasmedge_aot_cache::trust::ensure_dir(&dir, euid, 0o700).map_err(|e| ShimError::Io {
+            context: format!("create {}", dir.display()),
+            source: std::io::Error::other(e),
+        })?;
         std::fs::write(dir.join("address"), &self.socket)
             .map_err(ShimError::io(format!("write {}/address", dir.display())))?;
         std::env::set_current_dir(&dir).map_err(ShimError::io(format!("chdir {}", dir.display())))

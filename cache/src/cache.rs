@@ -19,6 +19,7 @@ use crate::key::{Fingerprint, HashThreads, Key, ModuleHash};
 use crate::layout::Layout;
 use crate::lock::{self, KeyLock};
 use crate::stats::{self, Deltas};
+use crate::trust;
 
 /// Last-used stamps are refreshed at most this often, so a hit costs no write most of the time.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
@@ -175,9 +176,12 @@ impl Cache {
     pub fn open(mut cfg: CacheConfig) -> Result<Cache> {
         cfg.max_concurrent_compiles = cfg.max_concurrent_compiles.max(1);
         let layout = Layout::new(&cfg.root);
-        fsutil::ensure_trusted_dir(&cfg.root)?;
+        // The root from `/` down (see `trust`); below it, each fixed directory by the same rule.
+        let owner = trust::effective_uid();
+        trust::ensure_dir(&cfg.root, owner, 0o700)?;
         for d in layout.dirs() {
-            fsutil::ensure_trusted_dir(&d)?;
+            fsutil::mkdir(&d).ctx("create directory", &d, None)?;
+            trust::check_inside(&d, owner)?;
         }
         let cache = Cache {
             cfg,

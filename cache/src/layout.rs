@@ -1,7 +1,8 @@
 //! Where everything lives under the cache root, and parsing of the names found there.
 //!
 //! ```text
-//! <root>/                         owned by the effective user, not group/world-writable
+//! <root>/                         owned by the effective user, not group/world-writable; the path
+//!                                 to it checked from `/` down (`crate::trust`)
 //!   v1/                           layout version; a new layout gets a new directory
 //!     entries/<kk>/<key>/         one published entry (kk = first two hex digits of key)
 //!         meta                    metadata record (0444), its mtime is the last-used time

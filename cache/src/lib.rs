@@ -10,6 +10,7 @@ mod layout;
 mod lock;
 mod maintenance;
 mod stats;
+pub mod trust;
 
 pub use cache::{
     Artifact, ArtifactKind, Cache, Compiler, Fetched, Outcome, Timings, MEMO_RACY_WINDOW,
