@@ -9,6 +9,10 @@
 //! The seam is deliberately narrow ([`Engine`], [`Loaded`], [`Prepared`], [`WasiPlan`],
 //! [`Outcome`]) so the process model around it can change without touching WasmEdge code.
 
+mod library;
+
+pub use library::Library;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -16,9 +20,6 @@ use wasmedge_sys::AsInstance;
 use wasmedge_sys::{Compiler, Config, Executor, Loader, Module, Store, Validator, WasiModule};
 use wasmedge_types::error::{CoreCommonError, CoreError, WasmEdgeError};
 use wasmedge_types::{CompilerOptimizationLevel, CompilerOutputFormat};
-
-/// WasmEdge version this crate was built against; part of every AOT fingerprint.
-pub const WASMEDGE_VERSION: &str = "0.14.1";
 
 /// Exit code of a module that trapped, as wasmtime and a `SIGABRT` give.
 pub const TRAP_EXIT_CODE: i32 = 134;
@@ -467,11 +468,13 @@ pub fn cpu_features() -> Vec<String> {
     flags
 }
 
-/// The cache key's view of this engine: everything that changes the compiled code.
+/// The cache key's view of this engine: everything that changes the compiled code. The
+/// version is the loaded library's, with its build id ([`Library::fingerprint_version`]), so
+/// an upgraded or rebuilt libwasmedge never loads what another one compiled.
 pub fn fingerprint(engine: &Engine) -> wasmedge_aot_cache::Fingerprint {
     wasmedge_aot_cache::Fingerprint {
         engine: "wasmedge".into(),
-        engine_version: WASMEDGE_VERSION.into(),
+        engine_version: Library::loaded().fingerprint_version(),
         aot_format_version: AOT_FORMAT_VERSION,
         target: target(),
         options: engine.options().fingerprint_options(),
