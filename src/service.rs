@@ -130,7 +130,7 @@ impl Shim for WasmEdgeShim {
         // not start a runner or move out of the bundle.
         let serving = !socket_in_use(&self.socket);
         if serving {
-            if let Err(e) = crate::logger::init(Path::new("log"), self.debug) {
+            if let Err(e) = crate::logger::init(&self.id, Path::new("log"), self.debug) {
                 eprintln!("open shim log: {e}");
             }
             if self.config.grouping == Grouping::Node {
@@ -551,6 +551,7 @@ impl Task for TaskService {
             _ => (128 + libc::SIGKILL, OffsetDateTime::now_utc()),
         };
         self.inner.containers().remove(&req.id);
+        crate::logger::detach_task(&req.id);
         let ev = TaskDelete {
             container_id: c.id.clone(),
             id: c.id.clone(),
