@@ -148,7 +148,7 @@ impl Shim for WasmEdgeShim {
                 publisher,
                 exit: self.exit.clone(),
                 unclaimed_exits: Mutex::new(HashMap::new()),
-                phases: crate::phases::file_for(&self.config.cache_dir),
+                phases: self.config.cache_dir.clone(),
                 grouping: self.config.grouping,
                 generation: AtomicU64::new(0),
             }),
@@ -209,7 +209,7 @@ struct Inner {
     exit: Arc<ExitSignal>,
     /// Exits reaped before their container knew its pid (a process that dies during create).
     unclaimed_exits: Mutex<HashMap<i32, i32>>,
-    /// Node-wide per-phase totals, see [`crate::phases`].
+    /// The cache whose layout holds the node-wide per-phase totals, see [`crate::phases`].
     phases: PathBuf,
     grouping: Grouping,
     /// Bumped by every create; an idle node shim exits only if none came during its grace.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use memmap2::Mmap;
 
+use crate::atomic::{write_atomic, Durability};
 use crate::config::CacheConfig;
 use crate::error::{BoxError, Error, IoContext, Result};
 use crate::format::{self, FileId, MetaRecord, META_MAX};
@@ -274,15 +275,14 @@ impl Cache {
 
     fn memo_write(&self, id: &FileId, h: &ModuleHash) {
         let path = self.layout.memo_file(id);
-        let tmp = self.layout.memo_tmp();
-        let r = (|| {
-            let mut f = fsutil::create_new(&tmp, 0o600)?;
-            f.write_all(&format::encode_memo(id, h))?;
-            // No fsync: a lost or torn record is a re-hash, which is all the memo is worth.
-            fs::rename(&tmp, &path)
-        })();
+        // No fsync: a lost or torn record is a re-hash, which is all the memo is worth.
+        let r = write_atomic(
+            &path,
+            &format::encode_memo(id, h),
+            0o600,
+            Durability::BestEffort,
+        );
         if let Err(e) = r {
-            let _ = fs::remove_file(&tmp);
             log::debug!("cannot write memo record {}: {e}", path.display());
         }
     }

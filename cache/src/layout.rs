@@ -14,6 +14,9 @@
 //!     locks/stats.lock            serializes updates of `stats`
 //!     memo/<id>                   hash memo records, id = hex of blake3(file identity)[..16]
 //!     stats                       persisted counters
+//!     phases.json                 the shim's per-phase totals (`crate::side`; contents are the shim's)
+//!     locks/phases.lock           serializes updates of `phases.json`
+//!     .<name>.<random>.tmp        a file being replaced (`crate::atomic`), also in memo/
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -68,6 +71,15 @@ impl Layout {
     pub fn stats_lock(&self) -> PathBuf {
         self.locks().join("stats.lock")
     }
+    pub fn phases_file(&self) -> PathBuf {
+        self.base.join("phases.json")
+    }
+    pub fn phases_lock(&self) -> PathBuf {
+        self.locks().join("phases.lock")
+    }
+    pub fn base(&self) -> PathBuf {
+        self.base.clone()
+    }
 
     pub fn entry_dir(&self, key: &Key) -> PathBuf {
         self.entries().join(entry_rel_path(key))
@@ -95,10 +107,6 @@ impl Layout {
     pub fn memo_file(&self, id: &FileId) -> PathBuf {
         let h = blake3::derive_key(MEMO_CONTEXT, &id.to_bytes());
         self.memo().join(hex(&h[..16]))
-    }
-
-    pub fn memo_tmp(&self) -> PathBuf {
-        self.memo().join(format!("tmp.{}", unique_suffix()))
     }
 }
 

@@ -5,14 +5,13 @@
 //! most once a second on hits, and when the [`crate::Cache`] is dropped. A process killed
 //! between merges loses at most a second of hit counts; a corrupt stats file restarts from zero.
 
-use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::atomic::{write_atomic, Durability};
 use crate::format::{decode_stats, encode_stats, read_bounded, STATS_MAX};
-use crate::fsutil::{open_nofollow, unique_suffix};
+use crate::fsutil::open_nofollow;
 
 /// Cache statistics, summed over every process that used the cache.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,19 +72,12 @@ impl Deltas {
         if d.iter().all(|v| *v == 0) {
             return Ok(());
         }
-        let r = (|| {
-            let mut total = read_counters(path);
-            for (t, v) in total.iter_mut().zip(d) {
-                *t = t.wrapping_add(v);
-            }
-            let tmp = path.with_extension(format!("tmp.{}", unique_suffix()));
-            let mut f = crate::fsutil::create_new(&tmp, 0o600)?;
-            f.write_all(&encode_stats(&total))?;
-            drop(f);
-            fs::rename(&tmp, path).inspect_err(|_| {
-                let _ = fs::remove_file(&tmp);
-            })
-        })();
+        let mut total = read_counters(path);
+        for (t, v) in total.iter_mut().zip(d) {
+            *t = t.wrapping_add(v);
+        }
+        // Statistics are not worth an fsync per merge: a crash loses at most the last merge.
+        let r = write_atomic(path, &encode_stats(&total), 0o600, Durability::BestEffort);
         if r.is_err() {
             self.give_back(&d);
         }
