@@ -22,6 +22,7 @@ use serde::Serialize;
 use wasmedge_aot_cache::trust;
 
 use crate::config::Config;
+use crate::identity::Identity;
 use crate::install::{
     registered_runtimes, BINARIES, DEFAULT_CONTAINERD_CONFIG, DEFAULT_RUNTIME_NAME, NODE_LABEL_KEY,
     NODE_LABEL_VALUE, RUNTIME_TYPE,
@@ -45,7 +46,7 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
     /// Stable id: `containerd`, `shim`, `runner`, `libwasmedge`, `runtime-registered`,
-    /// `cache-dir`, `runtimeclass`, `node-label`.
+    /// `cache-dir`, `node-shims`, `runtimeclass`, `node-label`.
     pub name: &'static str,
     pub status: Status,
     /// Whether a failure makes the node unusable (and `check` exit non-zero).
@@ -190,6 +191,18 @@ pub fn check(opts: &CheckOptions) -> CheckReport {
         Ok(c) => check_cache_dir(&c.cache_dir, nix::unistd::geteuid().as_raw()),
         Err(e) => Check::fail("cache-dir", e.to_string()),
     });
+    let installed = shim.as_deref().map(|shim| {
+        let runner = shim.with_file_name(RUNNER_BINARY);
+        Identity::of(
+            shim,
+            &runner,
+            crate::identity::config_digest(&opts.shim_config),
+        )
+    });
+    checks.push(check_node_shims(
+        Path::new(crate::service::STATE_ROOT),
+        installed.as_ref(),
+    ));
     checks.extend(check_kubernetes(opts));
     CheckReport { checks }
 }
@@ -582,6 +595,65 @@ pub fn check_cache_dir(dir: &Path, euid: u32) -> Check {
             format!("{e}; the shim runs every module in the interpreter until it is fixed"),
         ),
         Err(e) => Check::fail(NAME, e.to_string()),
+    }
+}
+
+/// Which node shims run, of which binaries and configuration, and how many tasks each
+/// serves (from the state each publishes under `state_root`), against the `installed`
+/// identity: the shim and runner binaries found and the config file as it is now. A shim of
+/// another identity gets no new containers and exits when its last task is gone.
+/// Informational: never fails the node.
+pub fn check_node_shims(state_root: &Path, installed: Option<&Identity>) -> Check {
+    const NAME: &str = "node-shims";
+    let shims = crate::identity::live_shims(state_root, SHIM_BINARY);
+    if shims.is_empty() {
+        return Check {
+            required: false,
+            ..Check::skipped(
+                NAME,
+                format!("no node shim is running ({})", state_root.display()),
+            )
+        };
+    }
+    let lines: Vec<String> = shims
+        .iter()
+        .map(|(_, s)| {
+            let id = &s.identity;
+            let (binary, config) = match installed {
+                Some(now) => (
+                    if id.shim == now.shim && id.runner == now.runner {
+                        "installed binaries"
+                    } else {
+                        "older binaries"
+                    },
+                    if id.config == now.config {
+                        "current config"
+                    } else {
+                        "older config"
+                    },
+                ),
+                None => ("binaries unknown", "config unknown"),
+            };
+            let current = installed.is_some_and(|now| now.key() == id.key());
+            format!(
+                "pid {} (namespace {}, version {}, {binary}, {config}, key {}) serves {} task{}{}",
+                s.pid,
+                s.namespace,
+                s.version,
+                id.key(),
+                s.tasks,
+                if s.tasks == 1 { "" } else { "s" },
+                if current {
+                    ""
+                } else {
+                    "; new containers go to a shim of the installed binaries and config, this one exits when idle"
+                }
+            )
+        })
+        .collect();
+    Check {
+        required: false,
+        ..Check::pass(NAME, lines.join("\n"))
     }
 }
 

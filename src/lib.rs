@@ -6,6 +6,7 @@ pub mod check;
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod identity;
 pub mod image;
 pub mod install;
 pub mod logger;
