@@ -109,15 +109,30 @@ fn format_record(record: &Record) -> String {
     let now = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default();
-    let msg = record
-        .args()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"");
+    let msg = logfmt_escape(&record.args().to_string());
     format!(
         "time=\"{now}\" level={} msg=\"{msg}\" runtime=io.containerd.wasmedge.v1\n",
         record.level().as_str().to_lowercase()
     )
+}
+
+/// The inside of a logfmt quoted value: backslash, `"` and control characters escaped as Go's
+/// logfmt does, so one record is always one line (a raw newline in a message, e.g. a
+/// compiler's output, would start a line containerd reads as another record).
+fn logfmt_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl log::Log for PipeLogger {
@@ -208,5 +223,24 @@ mod tests {
         );
         assert!(line.contains(r#"level=warn msg="say \"hi\"""#), "{line}");
         assert!(line.ends_with('\n'));
+    }
+
+    /// Issue 13, finding 9: a newline in a message went through raw.
+    #[test]
+    fn a_record_is_one_line_whatever_its_message_holds() {
+        let line = format_record(
+            &Record::builder()
+                .args(format_args!(
+                    "ld.lld: error: x\nsecond\r\tthird\u{1b}[0m \\ end"
+                ))
+                .level(log::Level::Warn)
+                .build(),
+        );
+        assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+        assert!(line.ends_with('\n'));
+        assert!(
+            line.contains(r#"msg="ld.lld: error: x\nsecond\r\tthird\u001b[0m \\ end""#),
+            "{line}"
+        );
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use wasmedge_sys::AsInstance;
 use wasmedge_sys::{Compiler, Config, Executor, Loader, Module, Store, Validator, WasiModule};
-use wasmedge_types::error::{CoreCommonError, CoreError, WasmEdgeError};
+use wasmedge_types::error::{CoreCommonError, CoreError, CoreInstantiationError, WasmEdgeError};
 use wasmedge_types::{CompilerOptimizationLevel, CompilerOutputFormat};
 
 /// Exit code of a module that trapped, as wasmtime and a `SIGABRT` give.
@@ -52,10 +52,34 @@ pub enum EngineError {
         path: PathBuf,
         source: Box<WasmEdgeError>,
     },
+    /// Instantiation found imports nothing provides (`module/name` each).
+    #[error("instantiate module {path}: unknown import {} (the host provides only {host})", imports.join(", "))]
+    UnknownImport {
+        path: PathBuf,
+        imports: Vec<String>,
+        host: String,
+    },
     #[error("module {path} has no `_start` export (not a WASI command)")]
     NoStart { path: PathBuf },
     #[error("wasi argument or environment contains a NUL byte: {0:?}")]
     Nul(String),
+}
+
+impl EngineError {
+    /// The same error naming the module `name` (e.g. its path as the container sees it)
+    /// instead of the file the engine read, which for native code is the cache's library.
+    pub fn in_module(mut self, name: &Path) -> EngineError {
+        match &mut self {
+            EngineError::Load { path, .. }
+            | EngineError::Validate { path, .. }
+            | EngineError::Compile { path, .. }
+            | EngineError::Instantiate { path, .. }
+            | EngineError::UnknownImport { path, .. }
+            | EngineError::NoStart { path } => *path = name.to_owned(),
+            EngineError::Create { .. } | EngineError::Nul(_) => {}
+        }
+        self
+    }
 }
 
 /// Options that change what the compiler produces. Every field is part of the cache key
@@ -355,9 +379,23 @@ impl Engine {
         executor
             .register_import_module(&mut store, wasi.as_ref())
             .map_err(inst_err)?;
-        let instance = executor
-            .register_active_module(&mut store, &loaded.module)
-            .map_err(inst_err)?;
+        let instance = match executor.register_active_module(&mut store, &loaded.module) {
+            Ok(i) => i,
+            Err(e) => match *e {
+                // WasmEdge says only "unknown import": name which.
+                WasmEdgeError::Core(CoreError::Instantiation(
+                    CoreInstantiationError::UnknownImport,
+                )) => {
+                    let host = wasi.as_ref();
+                    return Err(EngineError::UnknownImport {
+                        path,
+                        imports: unresolved_imports(&loaded.module, host),
+                        host: host.name().unwrap_or_default(),
+                    });
+                }
+                other => return Err(inst_err(Box::new(other))),
+            },
+        };
         if instance.get_func("_start").is_err() {
             return Err(EngineError::NoStart { path });
         }
@@ -378,6 +416,19 @@ impl Engine {
     pub fn prepare(&self, loaded: &Loaded) -> Result<Prepared, EngineError> {
         self.instantiate(loaded, &WasiPlan::default()).map(Prepared)
     }
+}
+
+/// The imports of `module` that `host` (the only module registered for imports) does not
+/// export, as `module/name`.
+fn unresolved_imports(module: &Module, host: &wasmedge_sys::Instance) -> Vec<String> {
+    let host_name = host.name().unwrap_or_default();
+    let provided = host.func_names().unwrap_or_default();
+    module
+        .imports()
+        .iter()
+        .filter(|i| i.module_name() != host_name || !provided.iter().any(|f| *f == i.name()))
+        .map(|i| format!("{}/{}", i.module_name(), i.name()))
+        .collect()
 }
 
 impl WasiPlan {
@@ -620,6 +671,34 @@ mod tests {
         let not_wasm = dir.path().join("not.wasm");
         std::fs::write(&not_wasm, b"#!/bin/sh\n").unwrap();
         assert!(has_start_section(&not_wasm).is_err());
+    }
+
+    #[test]
+    fn an_unknown_import_is_named_with_the_module() {
+        let engine = Engine::new(Options::default()).unwrap();
+        let bytes = wat::parse_str(
+            r#"(module
+                 (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+                 (import "wasi_snapshot_preview1" "no_such_call" (func))
+                 (import "env" "f" (func))
+                 (func (export "_start")))"#,
+        )
+        .unwrap();
+        let loaded = engine
+            .load_bytes(Path::new("/rootfs/app.wasm"), &bytes)
+            .unwrap();
+        let e = engine
+            .instantiate(&loaded, &WasiPlan::default())
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "instantiate module /rootfs/app.wasm: unknown import wasi_snapshot_preview1/no_such_call, env/f (the host provides only wasi_snapshot_preview1)"
+        );
+        assert!(e
+            .in_module(Path::new("/app.wasm"))
+            .to_string()
+            .starts_with("instantiate module /app.wasm: unknown import"));
     }
 
     #[test]

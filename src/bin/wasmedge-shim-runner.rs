@@ -397,12 +397,14 @@ fn prepare(
 
     let enter_us = entered.elapsed().as_micros() as u64;
     let started = Instant::now();
+    // Errors name the module as the container sees it, not the rootfs or cache file read.
+    let name = Path::new(plan.args.first().map(String::as_str).unwrap_or("module"));
     let interpret = || -> Result<Loaded, String> {
         let bytes = std::fs::read(&plan.module)
             .map_err(|e| format!("read {}: {e}", plan.module.display()))?;
         engine
             .load_bytes(&plan.module, &bytes)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.in_module(name).to_string())
     };
     let loaded: Rc<Loaded> = match (template, &resolved.code) {
         (Some(t), _) => t,
@@ -428,7 +430,7 @@ fn prepare(
         Some(p) => p.with_wasi(&wasi),
         None => engine.instantiate(&loaded, &wasi),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.in_module(name).to_string())?;
     Ok((
         instance,
         Timings {
