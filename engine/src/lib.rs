@@ -299,15 +299,14 @@ impl Engine {
         let meta = std::fs::metadata(so).map_err(load_err)?;
         let link = link_dir.join(format!("{:x}-{:x}.so", meta.dev(), meta.ino()));
         if std::fs::read_link(&link).ok().as_deref() != Some(so) {
-            let tmp = link_dir.join(format!(
-                ".{:x}-{:x}.{}",
-                meta.dev(),
-                meta.ino(),
-                std::process::id()
-            ));
-            let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(so, &tmp).map_err(load_err)?;
-            std::fs::rename(&tmp, &link).map_err(load_err)?;
+            // Made under an unpredictable name (symlink(2) never follows or replaces what is
+            // there, and a taken name is retried), then renamed into place.
+            tempfile::Builder::new()
+                .prefix(".link.")
+                .make_in(link_dir, |tmp| std::os::unix::fs::symlink(so, tmp))
+                .map_err(load_err)?
+                .persist(&link)
+                .map_err(|e| load_err(e.error))?;
         }
         let loader = self.loader()?;
         let module = loader
@@ -671,6 +670,36 @@ mod tests {
         let not_wasm = dir.path().join("not.wasm");
         std::fs::write(&not_wasm, b"#!/bin/sh\n").unwrap();
         assert!(has_start_section(&not_wasm).is_err());
+    }
+
+    /// The link to a library was made at `.<dev>-<ino>.<pid>` in the link directory: a
+    /// predictable name, where anything already there made the load fail.
+    #[test]
+    fn the_library_link_is_made_under_an_unpredictable_name() {
+        let engine = Engine::new(Options::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("shape.wasm");
+        std::fs::write(&wasm, wat::parse_str(WASI_SHAPE).unwrap()).unwrap();
+        let so = dir.path().join("shape.so");
+        engine.compile(&wasm, &so).unwrap();
+        let links = dir.path().join("links");
+        std::fs::create_dir(&links).unwrap();
+        let m = std::fs::metadata(&so).unwrap();
+        let planted = links.join(format!(
+            ".{:x}-{:x}.{}",
+            m.dev(),
+            m.ino(),
+            std::process::id()
+        ));
+        std::fs::create_dir(&planted).unwrap();
+        let loaded = engine.load_native(&so, &links).unwrap();
+        assert_eq!(loaded.tier(), Tier::Native);
+        let names: Vec<_> = std::fs::read_dir(&links)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&format!("{:x}-{:x}.so", m.dev(), m.ino())));
     }
 
     #[test]
