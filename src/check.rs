@@ -12,15 +12,17 @@
 //! dynamic loader and the program start) and parses a version only if one is printed.
 
 use std::fmt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde::ser::SerializeStruct;
 use serde::Serialize;
+use wasmedge_aot_cache::trust;
 
 use crate::config::Config;
+use crate::identity::Identity;
 use crate::install::{
     registered_runtimes, BINARIES, DEFAULT_CONTAINERD_CONFIG, DEFAULT_RUNTIME_NAME, NODE_LABEL_KEY,
     NODE_LABEL_VALUE, RUNTIME_TYPE,
@@ -44,7 +46,7 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
     /// Stable id: `containerd`, `shim`, `runner`, `libwasmedge`, `runtime-registered`,
-    /// `cache-dir`, `runtimeclass`, `node-label`.
+    /// `cache-dir`, `node-shims`, `runtimeclass`, `node-label`.
     pub name: &'static str,
     pub status: Status,
     /// Whether a failure makes the node unusable (and `check` exit non-zero).
@@ -189,6 +191,18 @@ pub fn check(opts: &CheckOptions) -> CheckReport {
         Ok(c) => check_cache_dir(&c.cache_dir, nix::unistd::geteuid().as_raw()),
         Err(e) => Check::fail("cache-dir", e.to_string()),
     });
+    let installed = shim.as_deref().map(|shim| {
+        let runner = shim.with_file_name(RUNNER_BINARY);
+        Identity::of(
+            shim,
+            &runner,
+            crate::identity::config_digest(&opts.shim_config),
+        )
+    });
+    checks.push(check_node_shims(
+        Path::new(crate::service::STATE_ROOT),
+        installed.as_ref(),
+    ));
     checks.extend(check_kubernetes(opts));
     CheckReport { checks }
 }
@@ -532,59 +546,37 @@ fn check_registered(opts: &CheckOptions) -> Check {
     }
 }
 
-/// The cache directory exists (or can be created), belongs to `euid` and is not writable by
-/// group or others: every pod on the node executes the native code it holds.
+/// The cache directory exists (or can be created) and passes the cache's trust rule from `/`
+/// down (`wasmedge_aot_cache::trust`, the same function the runner's `Cache::open` applies):
+/// every pod on the node executes the native code it holds.
 pub fn check_cache_dir(dir: &Path, euid: u32) -> Check {
     const NAME: &str = "cache-dir";
-    match std::fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_symlink() => Check::fail(
+    match trust::check_dir(dir, euid) {
+        Ok(trust::Found::Exists { path, uid, mode }) => Check::pass(
             NAME,
-            format!("{} is a symlink; use the real directory", dir.display()),
+            format!(
+                "{} owned by uid {uid}, mode {mode:04o}; every directory above it is root's{}",
+                dir.display(),
+                if path == dir {
+                    String::new()
+                } else {
+                    format!(" (resolves to {})", path.display())
+                }
+            ),
         ),
-        Ok(m) if !m.is_dir() => Check::fail(NAME, format!("{} is not a directory", dir.display())),
-        Ok(m) => {
-            let mode = m.permissions().mode() & 0o7777;
-            if m.uid() != euid {
-                Check::fail(
-                    NAME,
-                    format!(
-                        "{} is owned by uid {}, not uid {euid} that the shim runs as",
-                        dir.display(),
-                        m.uid()
-                    ),
-                )
-            } else if mode & 0o022 != 0 {
-                Check::fail(
-                    NAME,
-                    format!(
-                        "{} has mode {mode:04o}: group/world-writable, others could plant native code (chmod go-w)",
-                        dir.display()
-                    ),
-                )
-            } else {
-                Check::pass(
-                    NAME,
-                    format!("{} owned by uid {euid}, mode {mode:04o}", dir.display()),
-                )
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let Some(parent) = dir.ancestors().skip(1).find(|a| a.exists()) else {
-                return Check::fail(NAME, format!("no existing parent of {}", dir.display()));
-            };
-            let writable = parent.is_dir()
-                && nix::unistd::access(
-                    parent,
-                    nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-                )
-                .is_ok();
+        Ok(trust::Found::Missing { existing }) => {
+            let writable = nix::unistd::access(
+                &existing,
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .is_ok();
             if writable {
                 Check::pass(
                     NAME,
                     format!(
                         "{} does not exist yet; it can be created in {}",
                         dir.display(),
-                        parent.display()
+                        existing.display()
                     ),
                 )
             } else {
@@ -593,12 +585,75 @@ pub fn check_cache_dir(dir: &Path, euid: u32) -> Check {
                     format!(
                         "{} does not exist and {} is not writable",
                         dir.display(),
-                        parent.display()
+                        existing.display()
                     ),
                 )
             }
         }
-        Err(e) => Check::fail(NAME, format!("stat {}: {e}", dir.display())),
+        Err(e @ wasmedge_aot_cache::Error::Untrusted { .. }) => Check::fail(
+            NAME,
+            format!("{e}; the shim runs every module in the interpreter until it is fixed"),
+        ),
+        Err(e) => Check::fail(NAME, e.to_string()),
+    }
+}
+
+/// Which node shims run, of which binaries and configuration, and how many tasks each
+/// serves (from the state each publishes under `state_root`), against the `installed`
+/// identity: the shim and runner binaries found and the config file as it is now. A shim of
+/// another identity gets no new containers and exits when its last task is gone.
+/// Informational: never fails the node.
+pub fn check_node_shims(state_root: &Path, installed: Option<&Identity>) -> Check {
+    const NAME: &str = "node-shims";
+    let shims = crate::identity::live_shims(state_root, SHIM_BINARY);
+    if shims.is_empty() {
+        return Check {
+            required: false,
+            ..Check::skipped(
+                NAME,
+                format!("no node shim is running ({})", state_root.display()),
+            )
+        };
+    }
+    let lines: Vec<String> = shims
+        .iter()
+        .map(|(_, s)| {
+            let id = &s.identity;
+            let (binary, config) = match installed {
+                Some(now) => (
+                    if id.shim == now.shim && id.runner == now.runner {
+                        "installed binaries"
+                    } else {
+                        "older binaries"
+                    },
+                    if id.config == now.config {
+                        "current config"
+                    } else {
+                        "older config"
+                    },
+                ),
+                None => ("binaries unknown", "config unknown"),
+            };
+            let current = installed.is_some_and(|now| now.key() == id.key());
+            format!(
+                "pid {} (namespace {}, version {}, {binary}, {config}, key {}) serves {} task{}{}",
+                s.pid,
+                s.namespace,
+                s.version,
+                id.key(),
+                s.tasks,
+                if s.tasks == 1 { "" } else { "s" },
+                if current {
+                    ""
+                } else {
+                    "; new containers go to a shim of the installed binaries and config, this one exits when idle"
+                }
+            )
+        })
+        .collect();
+    Check {
+        required: false,
+        ..Check::pass(NAME, lines.join("\n"))
     }
 }
 
@@ -826,7 +881,8 @@ version = 2
         let c = check_cache_dir(&dir, me);
         assert_eq!(c.status, Status::Fail);
         assert!(
-            c.evidence.contains("mode 0775: group/world-writable"),
+            c.evidence
+                .contains("has mode 0775: writable by group or others"),
             "{c:?}"
         );
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o757)).unwrap();
@@ -845,6 +901,32 @@ version = 2
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
         assert!(check_cache_dir(&link, me).evidence.contains("symlink"));
+    }
+
+    #[test]
+    fn cache_dir_below_a_directory_of_another_user_is_reported() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to give a directory to another user");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let dir = home.join("cache");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+        let c = check_cache_dir(&dir, 0);
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(
+            c.evidence.contains(&format!(
+                "{} is owned by uid 65534, not by root",
+                home.display()
+            )),
+            "{c:?}"
+        );
+        // Not yet created below it: reported the same way, before anything is created.
+        let c = check_cache_dir(&home.join("new/cache"), 0);
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(!home.join("new").exists());
     }
 
     #[test]

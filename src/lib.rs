@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod check;
 pub mod container;
 pub mod error;
+pub mod identity;
 pub mod image;
 pub mod install;
 pub mod logger;

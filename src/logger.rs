@@ -4,7 +4,11 @@
 //! there into its own log while that task exists. A shim that serves many tasks outlives the
 //! bundle it was started in, so this logger keeps one sink per live task and writes each
 //! record to the newest sink that still has a reader, dropping sinks whose reader is gone
-//! (`EPIPE`; the shim ignores `SIGPIPE`). Lines are logfmt, as containerd's own shims write.
+//! (`EPIPE`; the shim ignores `SIGPIPE`). One pipe is enough: containerd copies every task's
+//! pipe into the same log, so writing to each would repeat every line once per task. A
+//! task's sink is closed when the task is deleted ([`detach_task`]), so the shim holds one
+//! descriptor per live task, not one per task it ever served. Lines are logfmt, as
+//! containerd's own shims write.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -28,10 +32,11 @@ pub struct PipeLogger {
 
 static LOGGER: OnceLock<PipeLogger> = OnceLock::new();
 
-/// Installs the logger with the FIFO at `first` (the starting bundle's `log`) as its sink.
-pub fn init(first: &Path, debug: bool) -> std::io::Result<()> {
+/// Installs the logger with the FIFO at `first` (the `log` of the bundle of task `id`, the
+/// task whose `start` spawned this shim) as its sink.
+pub fn init(id: &str, first: &Path, debug: bool) -> std::io::Result<()> {
     let logger = LOGGER.get_or_init(PipeLogger::default);
-    logger.attach("", first)?;
+    logger.attach(id, first)?;
     let level = std::env::var("RUST_LOG")
         .ok()
         .and_then(|l| l.parse().ok())
@@ -46,17 +51,18 @@ pub fn init(first: &Path, debug: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Adds task `id`'s log FIFO; it becomes the sink records go to first.
+/// Adds task `id`'s log FIFO; it becomes the sink records go to first. The task that
+/// spawned the shim is attached twice (at start and at create): one sink, the newer.
 pub fn attach_task(id: &str, bundle: &Path) {
     if let Some(l) = LOGGER.get() {
         let _ = l.attach(id, &bundle.join("log"));
     }
 }
 
-/// Drops task `id`'s sink (its bundle is about to go).
+/// Closes task `id`'s sink: the task is deleted, or its create failed.
 pub fn detach_task(id: &str) {
     if let Some(l) = LOGGER.get() {
-        l.lock().retain(|s| s.id != id);
+        l.detach(id);
     }
 }
 
@@ -72,11 +78,17 @@ impl PipeLogger {
             .write(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(path)?;
-        self.lock().push(Sink {
+        let mut sinks = self.lock();
+        sinks.retain(|s| s.id != id);
+        sinks.push(Sink {
             id: id.to_string(),
             file,
         });
         Ok(())
+    }
+
+    fn detach(&self, id: &str) {
+        self.lock().retain(|s| s.id != id);
     }
 
     fn write_line(&self, line: &[u8]) {
@@ -97,15 +109,30 @@ fn format_record(record: &Record) -> String {
     let now = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default();
-    let msg = record
-        .args()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"");
+    let msg = logfmt_escape(&record.args().to_string());
     format!(
         "time=\"{now}\" level={} msg=\"{msg}\" runtime=io.containerd.wasmedge.v1\n",
         record.level().as_str().to_lowercase()
     )
+}
+
+/// The inside of a logfmt quoted value: backslash, `"` and control characters escaped as Go's
+/// logfmt does, so one record is always one line (a raw newline in a message, e.g. a
+/// compiler's output, would start a line containerd reads as another record).
+fn logfmt_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl log::Log for PipeLogger {
@@ -159,6 +186,34 @@ mod tests {
     }
 
     #[test]
+    fn a_task_has_one_sink_and_deleting_it_closes_its_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for p in [&a, &b] {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        }
+        let open_reader = |p: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(p)
+                .unwrap()
+        };
+        let (_ra, mut rb) = (open_reader(&a), open_reader(&b));
+        let logger = PipeLogger::default();
+        // The task that spawned the shim: attached at start and again at create.
+        logger.attach("task-a", &a).unwrap();
+        logger.attach("task-a", &a).unwrap();
+        logger.attach("task-b", &b).unwrap();
+        assert_eq!(logger.lock().len(), 2);
+        logger.detach("task-b");
+        // task-b's pipe has no writer left: its reader sees the end.
+        let mut got = Vec::new();
+        assert_eq!(rb.read_to_end(&mut got).unwrap(), 0);
+        assert_eq!(logger.lock().len(), 1);
+    }
+
+    #[test]
     fn lines_are_logfmt_with_quotes_escaped() {
         let line = format_record(
             &Record::builder()
@@ -168,5 +223,24 @@ mod tests {
         );
         assert!(line.contains(r#"level=warn msg="say \"hi\"""#), "{line}");
         assert!(line.ends_with('\n'));
+    }
+
+    /// Issue 13, finding 9: a newline in a message went through raw.
+    #[test]
+    fn a_record_is_one_line_whatever_its_message_holds() {
+        let line = format_record(
+            &Record::builder()
+                .args(format_args!(
+                    "ld.lld: error: x\nsecond\r\tthird\u{1b}[0m \\ end"
+                ))
+                .level(log::Level::Warn)
+                .build(),
+        );
+        assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+        assert!(line.ends_with('\n'));
+        assert!(
+            line.contains(r#"msg="ld.lld: error: x\nsecond\r\tthird\u001b[0m \\ end""#),
+            "{line}"
+        );
     }
 }

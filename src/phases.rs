@@ -1,26 +1,23 @@
 //! Node-wide sums of the time each container spent in each phase of create and start, for
 //! `wasmedge-shimctl stats`.
 //!
-//! File: `phases.json` next to the cache directory (`<cache_dir>/../phases.json`), a JSON
-//! object `{"version": 1, "containers": N, "native": N, "interpreter": N, "hash_us": ..,
+//! File: `phases.json` inside the cache's own layout (`<cache_dir>/v1/phases.json`; the cache
+//! crate owns where it lives, its lock and how it is replaced: `wasmedge_aot_cache::side`), a
+//! JSON object `{"version": 1, "containers": N, "native": N, "interpreter": N, "hash_us": ..,
 //! "lookup_us": .., "compile_us": .., "cgroup_us": .., "namespaces_us": .., "mounts_us": ..,
 //! "pivot_us": .., "credentials_us": .., "seccomp_us": .., "load_us": .., "instantiate_us":
 //! .., "run_us": ..}` (the isolation steps may be absent in older files: zero).
-//! Every shim adds one container's figures when the container exits, under an exclusive
-//! `flock` of `phases.lock`, writing a temporary file and renaming it over the old one. Reads
-//! are bounded to [`MAX_FILE`] bytes; an unreadable or corrupt file counts from zero: these
-//! are statistics, never worth failing a container for.
+//! Every shim adds one container's figures when the container exits. Nothing is recorded for
+//! a cache that does not exist or is not trusted. Reads are bounded; an unreadable or corrupt
+//! file counts from zero: these are statistics, never worth failing a container for.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use wasmedge_aot_protocol::container::{Tier, Timings};
 
 pub const VERSION: u32 = 1;
-const MAX_FILE: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseTotals {
@@ -72,45 +69,26 @@ impl PhaseTotals {
     }
 }
 
-/// Where the totals for the cache at `cache_dir` live.
-pub fn file_for(cache_dir: &Path) -> PathBuf {
-    cache_dir
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .join("phases.json")
+/// Reads the totals of the cache at `cache_dir`; missing or corrupt means zero.
+pub fn read(cache_dir: &Path) -> PhaseTotals {
+    wasmedge_aot_cache::read_phase_totals(cache_dir)
+        .and_then(|b| parse(&b))
+        .unwrap_or_default()
 }
 
-/// Reads the totals; missing or corrupt means zero.
-pub fn read(path: &Path) -> PhaseTotals {
-    let mut text = String::new();
-    let ok = File::open(path)
-        .and_then(|f| f.take(MAX_FILE).read_to_string(&mut text))
-        .is_ok();
-    if !ok {
-        return PhaseTotals::default();
-    }
-    match serde_json::from_str::<PhaseTotals>(&text) {
-        Ok(t) if t.version == VERSION => t,
-        _ => PhaseTotals::default(),
-    }
+fn parse(bytes: &[u8]) -> Option<PhaseTotals> {
+    serde_json::from_slice::<PhaseTotals>(bytes)
+        .ok()
+        .filter(|t| t.version == VERSION)
 }
 
-/// Adds one container's figures to the totals at `path`.
-pub fn record(path: &Path, t: &Timings, run_us: u64) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(dir)?;
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("phases.lock"))?;
-    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| std::io::Error::from(e))?;
-    let mut totals = read(path);
-    totals.add(t, run_us);
-    let tmp = dir.join(format!("phases.json.tmp.{}", std::process::id()));
-    fs::write(&tmp, serde_json::to_vec_pretty(&totals)?)?;
-    fs::rename(&tmp, path)
+/// Adds one container's figures to the totals of the cache at `cache_dir`.
+pub fn record(cache_dir: &Path, t: &Timings, run_us: u64) -> Result<(), wasmedge_aot_cache::Error> {
+    wasmedge_aot_cache::update_phase_totals(cache_dir, |old| {
+        let mut totals = old.and_then(|b| parse(&b)).unwrap_or_default();
+        totals.add(t, run_us);
+        serde_json::to_vec_pretty(&totals).unwrap_or_default()
+    })
 }
 
 #[cfg(test)]
@@ -135,29 +113,81 @@ mod tests {
         }
     }
 
+    fn cache(dir: &Path) -> std::path::PathBuf {
+        let root = dir.join("cache");
+        drop(wasmedge_aot_cache::Cache::open(wasmedge_aot_cache::CacheConfig::new(&root)).unwrap());
+        root
+    }
+
     #[test]
     fn records_accumulate_and_survive_a_corrupt_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("phases.json");
-        assert_eq!(read(&path), PhaseTotals::default());
-        record(&path, &timings(Tier::Native), 10).unwrap();
-        record(&path, &timings(Tier::Interpreter), 20).unwrap();
-        let t = read(&path);
+        let root = cache(dir.path());
+        assert_eq!(read(&root), PhaseTotals::default());
+        record(&root, &timings(Tier::Native), 10).unwrap();
+        record(&root, &timings(Tier::Interpreter), 20).unwrap();
+        let t = read(&root);
         assert_eq!((t.containers, t.native, t.interpreter), (2, 1, 1));
         assert_eq!((t.hash_us, t.load_us, t.run_us), (2, 8, 30));
         assert_eq!((t.cgroup_us, t.mounts_us, t.seccomp_us), (12, 16, 22));
 
-        fs::write(&path, b"{not json").unwrap();
-        assert_eq!(read(&path), PhaseTotals::default());
-        record(&path, &timings(Tier::Native), 1).unwrap();
-        assert_eq!(read(&path).containers, 1);
+        let file = root.join("v1/phases.json");
+        std::fs::write(&file, b"{not json").unwrap();
+        assert_eq!(read(&root), PhaseTotals::default());
+        record(&root, &timings(Tier::Native), 1).unwrap();
+        assert_eq!(read(&root).containers, 1);
     }
 
+    /// Issue 13, finding 2: the totals were written in the cache's parent through
+    /// `phases.json.tmp.<pid>`, and a symlink planted there redirected the write.
     #[test]
-    fn lives_next_to_the_cache() {
-        assert_eq!(
-            file_for(Path::new("/var/lib/wasmedge-aot-shim/cache")),
-            PathBuf::from("/var/lib/wasmedge-aot-shim/phases.json")
-        );
+    fn nothing_is_written_outside_the_cache_and_planted_symlinks_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = cache(dir.path());
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"a file of root's").unwrap();
+        // Every name a writer of the old code used, in the parent and in the cache.
+        let pid = std::process::id();
+        for d in [dir.path().to_owned(), root.join("v1")] {
+            for name in [
+                format!("phases.json.tmp.{pid}"),
+                "phases.json".into(),
+                "phases.lock".into(),
+            ] {
+                let _ = std::os::unix::fs::symlink(&victim, d.join(name));
+            }
+        }
+        let before: Vec<_> = listing(dir.path());
+        record(&root, &timings(Tier::Native), 10).unwrap();
+        record(&root, &timings(Tier::Native), 10).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"a file of root's");
+        assert_eq!(listing(dir.path()), before, "written outside the cache");
+        assert_eq!(read(&root).containers, 2);
+        assert!(std::fs::symlink_metadata(root.join("v1/phases.json"))
+            .unwrap()
+            .is_file());
+    }
+
+    /// A cache that does not exist is not created to hold statistics.
+    #[test]
+    fn a_missing_cache_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("none");
+        assert!(record(&root, &timings(Tier::Native), 1).is_err());
+        assert!(!root.exists());
+    }
+
+    fn listing(dir: &Path) -> Vec<(std::ffi::OsString, u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let m = e.path().symlink_metadata().unwrap();
+                (e.file_name(), m.ino(), m.size())
+            })
+            .collect();
+        v.sort();
+        v
     }
 }

@@ -32,6 +32,8 @@ use time::OffsetDateTime;
 
 use wasmedge_aot_protocol::config::{Config, Grouping};
 
+use crate::identity::{Identity, ShimState};
+
 use crate::container::{Container, CreateContext, Status};
 use crate::error::ShimError;
 use crate::runner::Runner;
@@ -42,14 +44,16 @@ pub const RUNTIME_ID: &str = "io.containerd.wasmedge.v1";
 /// Binary the shim forks containers from; found next to the shim binary.
 pub const RUNNER_BINARY: &str = "wasmedge-shim-runner";
 
-/// Grouping key of the node-wide shim; the socket address also hashes containerd's address
-/// and the namespace, so each namespace gets its own shim.
+/// Grouping key of the node-wide shim, followed by the key of its [`Identity`] (binaries and
+/// configuration); the socket address also hashes containerd's address and the namespace,
+/// so each namespace, binary and configuration gets its own shim.
 const NODE_GROUP: &str = "wasmedge-node";
 /// How long an idle node-wide shim waits for new containers before it exits. Exiting at the
 /// instant the last task goes would race with a `start` that just found our socket alive.
 const NODE_IDLE_GRACE: Duration = Duration::from_secs(30);
-/// Where a node-wide shim keeps its working directory (it outlives the bundle it starts in).
-const STATE_ROOT: &str = "/run/wasmedge-aot-shim";
+/// Where a node-wide shim keeps its working directory (it outlives the bundle it starts in)
+/// and its [`ShimState`].
+pub const STATE_ROOT: &str = "/run/wasmedge-aot-shim";
 
 /// The shim process: what containerd's `start` and `delete` commands and the daemon share.
 pub struct WasmEdgeShim {
@@ -58,6 +62,8 @@ pub struct WasmEdgeShim {
     socket: String,
     debug: bool,
     config: Config,
+    /// The binaries this process runs and the digest of the config it loaded.
+    identity: Identity,
     exit: Arc<ExitSignal>,
 }
 
@@ -66,12 +72,14 @@ impl Shim for WasmEdgeShim {
     type T = TaskService;
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut containerd_shim::Config) -> Self {
+        let (config, config_digest) = crate::identity::load_config(&Config::path());
         WasmEdgeShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             socket: args.socket.clone(),
             debug: args.debug,
-            config: Config::load().unwrap_or_default(),
+            config,
+            identity: Identity::of(Path::new("/proc/self/exe"), &runner_path(), config_digest),
             exit: Arc::new(ExitSignal::default()),
         }
     }
@@ -79,7 +87,15 @@ impl Shim for WasmEdgeShim {
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
         // `start` runs in the bundle.
         let grouping = match self.config.grouping {
-            Grouping::Node => NODE_GROUP.to_string(),
+            Grouping::Node => {
+                // A pod's containers join the network namespace of its sandbox, which only
+                // the shim serving the sandbox knows: they follow it, even to an older shim.
+                if let Some(address) = sandbox_shim_address(&opts.id).await {
+                    write_str_to_file("address", &address).await?;
+                    return Ok(address);
+                }
+                format!("{NODE_GROUP}-{}", self.identity.key())
+            }
             Grouping::Pod => read_spec(".")
                 .await
                 .ok()
@@ -130,14 +146,16 @@ impl Shim for WasmEdgeShim {
         // spawned for a group whose shim already runs exits right after. Such a daemon must
         // not start a runner or move out of the bundle.
         let serving = !socket_in_use(&self.socket);
+        let mut state_dir = None;
         if serving {
-            if let Err(e) = crate::logger::init(Path::new("log"), self.debug) {
+            if let Err(e) = crate::logger::init(&self.id, Path::new("log"), self.debug) {
                 eprintln!("open shim log: {e}");
             }
             if self.config.grouping == Grouping::Node {
                 // The bundle we started in is deleted with its task; move out of it.
-                if let Err(e) = self.leave_bundle().await {
-                    warn!("node shim: {e}");
+                match self.leave_bundle().await {
+                    Ok(dir) => state_dir = Some(dir),
+                    Err(e) => warn!("node shim: {e}"),
                 }
             }
         }
@@ -151,11 +169,23 @@ impl Shim for WasmEdgeShim {
                 publisher,
                 exit: self.exit.clone(),
                 unclaimed_exits: Mutex::new(HashMap::new()),
-                phases: crate::phases::file_for(&self.config.cache_dir),
+                phases: self.config.cache_dir.clone(),
                 grouping: self.config.grouping,
                 generation: AtomicU64::new(0),
+                state: state_dir.map(|dir| {
+                    let state = ShimState {
+                        pid: std::process::id(),
+                        namespace: self.namespace.clone(),
+                        group: format!("{NODE_GROUP}-{}", self.identity.key()),
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        identity: self.identity.clone(),
+                        tasks: 0,
+                    };
+                    (dir, Mutex::new(state))
+                }),
             }),
         };
+        service.inner.publish_state();
         service.watch_exits().await;
         if serving {
             // Start the runner now: its dynamic linking overlaps containerd's work before
@@ -173,8 +203,8 @@ impl Shim for WasmEdgeShim {
 
 impl WasmEdgeShim {
     /// Moves the daemon's working directory to a directory of its own, with the `address`
-    /// file the shim framework reads at exit to remove the socket.
-    async fn leave_bundle(&self) -> Result<(), ShimError> {
+    /// file the shim framework reads at exit to remove the socket, and returns it.
+    async fn leave_bundle(&self) -> Result<PathBuf, ShimError> {
         let name: String = self
             .socket
             .rsplit('/')
@@ -184,11 +214,17 @@ impl WasmEdgeShim {
             .take(16)
             .collect();
         let dir = Path::new(STATE_ROOT).join(format!("{}-{name}", self.namespace));
-        std::fs::create_dir_all(&dir)
-            .map_err(ShimError::io(format!("create {}", dir.display())))?;
+        // Checked from `/` down like the cache: we write here as root.
+        let euid = wasmedge_aot_cache::trust::effective_uid();
+        wasmedge_aot_cache::trust::ensure_dir(&dir, euid, 0o700).map_err(|e| ShimError::Io {
+            context: format!("create {}", dir.display()),
+            source: std::io::Error::other(e),
+        })?;
         std::fs::write(dir.join("address"), &self.socket)
             .map_err(ShimError::io(format!("write {}/address", dir.display())))?;
-        std::env::set_current_dir(&dir).map_err(ShimError::io(format!("chdir {}", dir.display())))
+        std::env::set_current_dir(&dir)
+            .map_err(ShimError::io(format!("chdir {}", dir.display())))?;
+        Ok(dir)
     }
 }
 
@@ -211,11 +247,13 @@ struct Inner {
     exit: Arc<ExitSignal>,
     /// Exits reaped before their container knew its pid (a process that dies during create).
     unclaimed_exits: Mutex<HashMap<i32, i32>>,
-    /// Node-wide per-phase totals, see [`crate::phases`].
+    /// The cache whose layout holds the node-wide per-phase totals, see [`crate::phases`].
     phases: PathBuf,
     grouping: Grouping,
     /// Bumped by every create; an idle node shim exits only if none came during its grace.
     generation: AtomicU64,
+    /// A node shim's run directory and what it publishes there for `wasmedge-shimctl check`.
+    state: Option<(PathBuf, Mutex<ShimState>)>,
 }
 
 impl Inner {
@@ -245,6 +283,28 @@ impl Inner {
 
     fn is_idle(&self) -> bool {
         self.containers().is_empty()
+    }
+
+    /// Writes the node shim's state with the number of tasks it serves now. Off the request
+    /// path; the lock orders the writes, and each counts the tasks at its own turn.
+    fn publish_state(self: &Arc<Self>) {
+        if self.state.is_none() {
+            return;
+        }
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some((dir, state)) = &inner.state else {
+                return;
+            };
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            state.tasks = inner.containers().len();
+            if let Err(e) = state.write(dir) {
+                debug!(
+                    "write {}: {e}",
+                    dir.join(crate::identity::STATE_FILE).display()
+                );
+            }
+        });
     }
 
     fn get(&self, id: &str) -> Result<Arc<Container>, ShimError> {
@@ -345,6 +405,26 @@ async fn publish_oom_kills(inner: Arc<Inner>, id: String, mut watch: crate::cgro
     debug!("container {id}: OOM watch ends");
 }
 
+/// The address of the shim that serves the pod sandbox of the container whose bundle is the
+/// current directory, if it is a pod's container (not the sandbox) and that shim is alive.
+/// Sibling bundles are containerd's (`<state>/<namespace>/<id>`), and `start` wrote the
+/// sandbox's `address` there.
+async fn sandbox_shim_address(id: &str) -> Option<String> {
+    let spec = read_spec(".").await.ok()?;
+    let sandbox = spec
+        .annotations()
+        .as_ref()?
+        .get(SANDBOX_ID_ANNOTATION)?
+        .clone();
+    let plain = !sandbox.is_empty() && !sandbox.contains('/') && sandbox != "." && sandbox != "..";
+    if sandbox == id || !plain {
+        return None;
+    }
+    let address = std::fs::read_to_string(Path::new("..").join(&sandbox).join("address")).ok()?;
+    let address = address.trim().to_string();
+    socket_in_use(&address).then_some(address)
+}
+
 /// Whether a shim already answers on `socket` (`unix:///path` or a path).
 fn socket_in_use(socket: &str) -> bool {
     let path = socket.strip_prefix("unix://").unwrap_or(socket);
@@ -422,6 +502,7 @@ impl Task for TaskService {
             let _ = std::fs::write(Path::new(&req.bundle).join(PID_FILE), pid.to_string());
         }
         inner.containers().insert(req.id.clone(), container.clone());
+        inner.publish_state();
         if let Some(watch) = oom {
             tokio::spawn(publish_oom_kills(inner.clone(), req.id.clone(), watch));
         }
@@ -559,6 +640,8 @@ impl Task for TaskService {
             _ => (128 + libc::SIGKILL, OffsetDateTime::now_utc()),
         };
         self.inner.containers().remove(&req.id);
+        self.inner.publish_state();
+        crate::logger::detach_task(&req.id);
         let ev = TaskDelete {
             container_id: c.id.clone(),
             id: c.id.clone(),
@@ -671,6 +754,9 @@ impl Task for TaskService {
                     tokio::time::sleep(NODE_IDLE_GRACE).await;
                     if inner.is_idle() && inner.generation.load(Ordering::SeqCst) == generation {
                         info!("node shim idle for {NODE_IDLE_GRACE:?}, exiting");
+                        if let Some((dir, _)) = &inner.state {
+                            let _ = std::fs::remove_file(dir.join(crate::identity::STATE_FILE));
+                        }
                         inner.exit.signal();
                     }
                 });

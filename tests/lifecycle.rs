@@ -377,3 +377,34 @@ fn exec_and_terminal_are_refused_clearly() {
     assert!(out.contains("memory") || out.contains("ID"), "{out}");
     ctd.remove("noexec");
 }
+
+/// Issue 13, finding 9: the error named the cache's `.so` and said only `unknown import`.
+#[test]
+fn a_module_with_an_unknown_import_fails_naming_the_module_and_the_import() {
+    if !common::can_run("unknown_import") {
+        return;
+    }
+    let ctd = containerd();
+    // (module (import "env" "not_provided" (func)) (func (export "_start")))
+    let mut wasm = b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0".to_vec();
+    wasm.extend_from_slice(b"\x02\x14\x01\x03env\x0cnot_provided\x00\x00");
+    wasm.extend_from_slice(
+        b"\x03\x02\x01\x00\x07\x0a\x01\x06_start\x00\x01\x0a\x04\x01\x02\x00\x0b",
+    );
+    let r = Rootfs::with(&[]);
+    std::fs::create_dir_all(r.path().join("app")).unwrap();
+    std::fs::write(r.path().join("app/imports.wasm"), wasm).unwrap();
+    for (id, policy) in [("import-native", "sync"), ("import-interp", "off")] {
+        let mut run = Run::rootfs(id, r.path(), &["/app/imports.wasm"]);
+        run.annotations = vec![format!("wasmedge-aot-shim.io/compile-policy={policy}")];
+        let out = ctd.run(&run);
+        assert_ne!(out.code, Some(0), "{id}: {out:?}");
+        assert!(
+            out.stderr.contains("/app/imports.wasm")
+                && out.stderr.contains("unknown import env/not_provided"),
+            "{id}: {out:?}"
+        );
+        assert!(!out.stderr.contains(".so"), "{id}: {out:?}");
+        let _ = ctd.ctr(&["container", "rm", id]);
+    }
+}

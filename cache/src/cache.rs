@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use memmap2::Mmap;
 
+use crate::atomic::{write_atomic, Durability};
 use crate::config::CacheConfig;
 use crate::error::{BoxError, Error, IoContext, Result};
 use crate::format::{self, FileId, MetaRecord, META_MAX};
@@ -19,6 +20,7 @@ use crate::key::{Fingerprint, HashThreads, Key, ModuleHash};
 use crate::layout::Layout;
 use crate::lock::{self, KeyLock};
 use crate::stats::{self, Deltas};
+use crate::trust;
 
 /// Last-used stamps are refreshed at most this often, so a hit costs no write most of the time.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
@@ -175,9 +177,12 @@ impl Cache {
     pub fn open(mut cfg: CacheConfig) -> Result<Cache> {
         cfg.max_concurrent_compiles = cfg.max_concurrent_compiles.max(1);
         let layout = Layout::new(&cfg.root);
-        fsutil::ensure_trusted_dir(&cfg.root)?;
+        // The root from `/` down (see `trust`); below it, each fixed directory by the same rule.
+        let owner = trust::effective_uid();
+        trust::ensure_dir(&cfg.root, owner, 0o700)?;
         for d in layout.dirs() {
-            fsutil::ensure_trusted_dir(&d)?;
+            fsutil::mkdir(&d).ctx("create directory", &d, None)?;
+            trust::check_inside(&d, owner)?;
         }
         let cache = Cache {
             cfg,
@@ -270,15 +275,14 @@ impl Cache {
 
     fn memo_write(&self, id: &FileId, h: &ModuleHash) {
         let path = self.layout.memo_file(id);
-        let tmp = self.layout.memo_tmp();
-        let r = (|| {
-            let mut f = fsutil::create_new(&tmp, 0o600)?;
-            f.write_all(&format::encode_memo(id, h))?;
-            // No fsync: a lost or torn record is a re-hash, which is all the memo is worth.
-            fs::rename(&tmp, &path)
-        })();
+        // No fsync: a lost or torn record is a re-hash, which is all the memo is worth.
+        let r = write_atomic(
+            &path,
+            &format::encode_memo(id, h),
+            0o600,
+            Durability::BestEffort,
+        );
         if let Err(e) = r {
-            let _ = fs::remove_file(&tmp);
             log::debug!("cannot write memo record {}: {e}", path.display());
         }
     }

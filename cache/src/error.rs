@@ -34,10 +34,15 @@ impl fmt::Display for ForKey {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The cache root (or one of its fixed sub-directories) is not owned by the effective user,
-    /// is writable by group or others, or is not a plain directory.
-    #[error("cache directory {} is not trusted: {reason}", path.display())]
-    UntrustedRoot { path: PathBuf, reason: String },
+    /// A directory (the cache root, one of its fixed sub-directories, or another directory
+    /// checked with [`crate::trust`]) or a component of the path leading to it fails the trust
+    /// rule: `component` is the offending one, `path` the directory asked for.
+    #[error("directory {} is not trusted: {} {reason}", path.display(), component.display())]
+    Untrusted {
+        path: PathBuf,
+        component: PathBuf,
+        reason: String,
+    },
 
     /// An I/O operation failed.
     #[error("{op} {}{key}: {source}", path.display())]

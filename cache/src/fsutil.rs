@@ -1,14 +1,12 @@
-//! File-system helpers: opening without following symlinks, durable directory updates, the trust
-//! check of cache directories, and unique names for staging directories.
+//! File-system helpers: opening without following symlinks, durable directory updates, and
+//! unique names for staging directories. The trust check of directories is in [`crate::trust`].
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use crate::error::{Error, IoContext, Result};
 
 /// Opens read-only; a symlink as the last component fails with `ELOOP` instead of being followed.
 pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
@@ -38,50 +36,6 @@ pub(crate) fn mkdir(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         r => r,
     }
-}
-
-/// Creates `path` if missing (mode 0700) and checks it is a real directory owned by the effective
-/// user and not writable by group or others: the cache holds native code every pod executes, so
-/// anyone else able to write there could run code as us.
-pub(crate) fn ensure_trusted_dir(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                if !parent.as_os_str().is_empty() {
-                    fs::create_dir_all(parent).ctx("create directory", parent, None)?;
-                }
-            }
-            mkdir(path).ctx("create directory", path, None)?;
-        }
-        Err(e) => return Err(Error::io("inspect directory", path, None, e)),
-        Ok(_) => {}
-    }
-    let m = fs::symlink_metadata(path).ctx("inspect directory", path, None)?;
-    let untrusted = |reason: String| Error::UntrustedRoot {
-        path: path.to_owned(),
-        reason,
-    };
-    if m.file_type().is_symlink() {
-        return Err(untrusted("it is a symlink".into()));
-    }
-    if !m.is_dir() {
-        return Err(untrusted("it is not a directory".into()));
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if m.uid() != euid {
-        return Err(untrusted(format!(
-            "owned by uid {}, not by the effective uid {euid}",
-            m.uid()
-        )));
-    }
-    let mode = m.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(untrusted(format!(
-            "mode {mode:04o} is writable by group or others"
-        )));
-    }
-    Ok(())
 }
 
 /// Removes a file, a symlink (not its target) or a directory tree; missing is fine.

@@ -56,7 +56,9 @@ pub const RAYON_THRESHOLD: usize = 16 * 1024 * 1024;
 pub struct Fingerprint {
     /// Engine name, e.g. `wasmedge`.
     pub engine: String,
-    /// Engine version, e.g. `0.14.0`.
+    /// Engine version: whatever identifies the engine's build, e.g. `0.14.1`. The WasmEdge
+    /// engine puts the version the loaded library reports and the library's GNU build id
+    /// here (`0.14.1 build-id 8f3a...`), so a rebuilt library of one version is a new key.
     pub engine_version: String,
     /// Version of the AOT artifact format the engine produces and accepts.
     pub aot_format_version: u32,

@@ -1,7 +1,8 @@
 //! Where everything lives under the cache root, and parsing of the names found there.
 //!
 //! ```text
-//! <root>/                         owned by the effective user, not group/world-writable
+//! <root>/                         owned by the effective user, not group/world-writable; the path
+//!                                 to it checked from `/` down (`crate::trust`)
 //!   v1/                           layout version; a new layout gets a new directory
 //!     entries/<kk>/<key>/         one published entry (kk = first two hex digits of key)
 //!         meta                    metadata record (0444), its mtime is the last-used time
@@ -13,6 +14,9 @@
 //!     locks/stats.lock            serializes updates of `stats`
 //!     memo/<id>                   hash memo records, id = hex of blake3(file identity)[..16]
 //!     stats                       persisted counters
+//!     phases.json                 the shim's per-phase totals (`crate::side`; contents are the shim's)
+//!     locks/phases.lock           serializes updates of `phases.json`
+//!     .<name>.<random>.tmp        a file being replaced (`crate::atomic`), also in memo/
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -67,6 +71,15 @@ impl Layout {
     pub fn stats_lock(&self) -> PathBuf {
         self.locks().join("stats.lock")
     }
+    pub fn phases_file(&self) -> PathBuf {
+        self.base.join("phases.json")
+    }
+    pub fn phases_lock(&self) -> PathBuf {
+        self.locks().join("phases.lock")
+    }
+    pub fn base(&self) -> PathBuf {
+        self.base.clone()
+    }
 
     pub fn entry_dir(&self, key: &Key) -> PathBuf {
         self.entries().join(entry_rel_path(key))
@@ -94,10 +107,6 @@ impl Layout {
     pub fn memo_file(&self, id: &FileId) -> PathBuf {
         let h = blake3::derive_key(MEMO_CONTEXT, &id.to_bytes());
         self.memo().join(hex(&h[..16]))
-    }
-
-    pub fn memo_tmp(&self) -> PathBuf {
-        self.memo().join(format!("tmp.{}", unique_suffix()))
     }
 }
 

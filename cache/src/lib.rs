@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod atomic;
 mod cache;
 mod config;
 mod error;
@@ -9,7 +10,9 @@ mod key;
 mod layout;
 mod lock;
 mod maintenance;
+mod side;
 mod stats;
+pub mod trust;
 
 pub use cache::{
     Artifact, ArtifactKind, Cache, Compiler, Fetched, Outcome, Timings, MEMO_RACY_WINDOW,
@@ -22,4 +25,5 @@ pub use key::{
 };
 pub use lock::KeyLock;
 pub use maintenance::{EntryInfo, GcReport, VerifyReport, MEMO_MAX_AGE};
+pub use side::{read_phase_totals, update_phase_totals, SIDE_RECORD_MAX};
 pub use stats::Stats;

@@ -12,6 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use crate::atomic;
 use crate::cache::{ArtifactKind, Cache, Check};
 use crate::error::{Error, IoContext, Result};
 use crate::format::{self, MetaRecord, META_MAX};
@@ -294,14 +295,19 @@ impl Cache {
                 }
             }
         }
-        // Torn stats updates leave `stats.tmp.*` behind; only under the stats lock are they dead.
-        if let Ok(Some(_l)) = lock::try_lock(&self.layout.stats_lock()) {
-            let base = self.layout.stats_file();
-            if let (Some(dir), Some(stem)) = (base.parent(), base.file_name()) {
-                let prefix = format!("{}.tmp.", stem.to_string_lossy());
-                for e in fs::read_dir(dir).ctx("list", dir, None)?.flatten() {
-                    if e.file_name().to_string_lossy().starts_with(&prefix) {
-                        let _ = fs::remove_file(e.path());
+        // Torn updates of files under a lock leave their temporaries behind; only while their
+        // lock is ours are they dead.
+        for (file, lock_path) in [
+            (self.layout.stats_file(), self.layout.stats_lock()),
+            (self.layout.phases_file(), self.layout.phases_lock()),
+        ] {
+            if let Ok(Some(_l)) = lock::try_lock(&lock_path) {
+                if let (Some(dir), Some(name)) = (file.parent(), file.file_name()) {
+                    let name = name.to_string_lossy();
+                    for e in fs::read_dir(dir).ctx("list", dir, None)?.flatten() {
+                        if atomic::is_temp_of(&e.file_name().to_string_lossy(), &name) {
+                            let _ = fs::remove_file(e.path());
+                        }
                     }
                 }
             }
@@ -316,7 +322,7 @@ impl Cache {
         };
         for e in rd.flatten() {
             let p = e.path();
-            let max_age = if e.file_name().to_string_lossy().starts_with("tmp.") {
+            let max_age = if e.file_name().to_string_lossy().starts_with('.') {
                 STRAY_MAX_AGE
             } else {
                 MEMO_MAX_AGE

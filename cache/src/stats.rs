@@ -5,14 +5,13 @@
 //! most once a second on hits, and when the [`crate::Cache`] is dropped. A process killed
 //! between merges loses at most a second of hit counts; a corrupt stats file restarts from zero.
 
-use std::fs;
-use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::atomic::{write_atomic, Durability};
 use crate::format::{decode_stats, encode_stats, read_bounded, STATS_MAX};
-use crate::fsutil::{open_nofollow, unique_suffix};
+use crate::fsutil::open_nofollow;
 
 /// Cache statistics, summed over every process that used the cache.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,16 +48,49 @@ pub(crate) const EVICTED_BYTES: usize = 6;
 pub(crate) const INVALID: usize = 7;
 pub(crate) const N: usize = 8;
 
-#[derive(Debug, Default)]
-pub(crate) struct Deltas([AtomicU64; N]);
+/// Counts of this process not yet merged into the stats file.
+///
+/// They belong to the process that counted them. A forked child (the shim's runner forks a
+/// process per container from one `Cache`) starts with a copy of its parent's pending counts;
+/// if it merged them, every event its parent had not merged yet would be counted once more
+/// per child that merges (seven tampered entries showed as 35 invalid ones). So each counter
+/// set records its owner's pid, and a process that finds another pid there drops the copy
+/// before it counts or merges: the parent still holds the originals and merges them itself.
+#[derive(Debug)]
+pub(crate) struct Deltas {
+    owner: AtomicU32,
+    counts: [AtomicU64; N],
+}
+
+impl Default for Deltas {
+    fn default() -> Self {
+        Deltas {
+            owner: AtomicU32::new(std::process::id()),
+            counts: Default::default(),
+        }
+    }
+}
 
 impl Deltas {
+    /// Drops counts inherited through `fork`.
+    fn own(&self) {
+        let me = std::process::id();
+        if self.owner.load(Ordering::Relaxed) != me {
+            for c in &self.counts {
+                c.store(0, Ordering::Relaxed);
+            }
+            self.owner.store(me, Ordering::Relaxed);
+        }
+    }
+
     pub fn add(&self, i: usize, v: u64) {
-        self.0[i].fetch_add(v, Ordering::Relaxed);
+        self.own();
+        self.counts[i].fetch_add(v, Ordering::Relaxed);
     }
 
     fn take(&self) -> [u64; N] {
-        std::array::from_fn(|i| self.0[i].swap(0, Ordering::Relaxed))
+        self.own();
+        std::array::from_fn(|i| self.counts[i].swap(0, Ordering::Relaxed))
     }
 
     fn give_back(&self, d: &[u64; N]) {
@@ -73,19 +105,12 @@ impl Deltas {
         if d.iter().all(|v| *v == 0) {
             return Ok(());
         }
-        let r = (|| {
-            let mut total = read_counters(path);
-            for (t, v) in total.iter_mut().zip(d) {
-                *t = t.wrapping_add(v);
-            }
-            let tmp = path.with_extension(format!("tmp.{}", unique_suffix()));
-            let mut f = crate::fsutil::create_new(&tmp, 0o600)?;
-            f.write_all(&encode_stats(&total))?;
-            drop(f);
-            fs::rename(&tmp, path).inspect_err(|_| {
-                let _ = fs::remove_file(&tmp);
-            })
-        })();
+        let mut total = read_counters(path);
+        for (t, v) in total.iter_mut().zip(d) {
+            *t = t.wrapping_add(v);
+        }
+        // Statistics are not worth an fsync per merge: a crash loses at most the last merge.
+        let r = write_atomic(path, &encode_stats(&total), 0o600, Durability::BestEffort);
         if r.is_err() {
             self.give_back(&d);
         }

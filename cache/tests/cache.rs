@@ -314,11 +314,11 @@ fn untrusted_roots_are_clear_errors() {
     drop(f.open());
     fs::set_permissions(&f.root, fs::Permissions::from_mode(0o775)).unwrap();
     let e = Cache::open(CacheConfig::new(&f.root)).unwrap_err();
-    assert!(matches!(e, Error::UntrustedRoot { .. }));
+    assert!(matches!(e, Error::Untrusted { .. }));
     assert_eq!(
         e.to_string(),
         format!(
-            "cache directory {} is not trusted: mode 0775 is writable by group or others",
+            "directory {0} is not trusted: {0} has mode 0775: writable by group or others",
             f.root.display()
         )
     );
@@ -329,7 +329,7 @@ fn untrusted_roots_are_clear_errors() {
     let e = Cache::open(CacheConfig::new(&f.root))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("v1/entries is not trusted: mode 0703"), "{e}");
+    assert!(e.contains("v1/entries has mode 0703"), "{e}");
     fs::set_permissions(&entries, fs::Permissions::from_mode(0o700)).unwrap();
 
     // SAFETY: geteuid has no preconditions.
@@ -341,7 +341,7 @@ fn untrusted_roots_are_clear_errors() {
         assert_eq!(
             e,
             format!(
-                "cache directory {} is not trusted: owned by uid 4242, not by the effective uid 0",
+                "directory {0} is not trusted: {0} is owned by uid 4242, not by root: its owner could replace what is in it",
                 f.root.display()
             )
         );
@@ -355,7 +355,7 @@ fn untrusted_roots_are_clear_errors() {
     let e = Cache::open(CacheConfig::new(&link))
         .unwrap_err()
         .to_string();
-    assert!(e.ends_with("is not trusted: it is a symlink"), "{e}");
+    assert!(e.ends_with("is a symlink: name the real directory"), "{e}");
     assert!(Cache::open(CacheConfig::new(&f.root)).is_ok());
 }
 

@@ -47,6 +47,9 @@ fn child() {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+    if role == "fork" {
+        fork_server(cfg, &module, &compiler);
+    }
     assert_eq!(role, "get");
     let cache = Cache::open(cfg).unwrap();
     match cache.get_or_compile(&module, &fingerprint(), &compiler) {
@@ -55,6 +58,47 @@ fn child() {
             &format!("{:?} {}", r.outcome, hex(&r.artifact.digest)),
         ),
         Err(e) => append_line(&results, &format!("error {e}")),
+    }
+    drop(cache);
+    std::process::exit(0);
+}
+
+/// Plays the shim's runner: one process that looks entries up (a hit, a tampered entry it
+/// removes) and then forks a process per container, each of which gets `module` through the
+/// cache (one compiles, the others wait for it) and merges its counters, as container
+/// processes do before they `_exit`.
+fn fork_server(cfg: CacheConfig, module: &Path, compiler: &FakeCompiler) -> ! {
+    let hit = env_path("CACHE_TEST_HIT_MODULE");
+    let tampered = env_path("CACHE_TEST_TAMPERED_MODULE");
+    let n: usize = std::env::var("CACHE_TEST_FORKS").unwrap().parse().unwrap();
+    let cache = Cache::open(cfg).unwrap();
+    let key = cache.key_for(&hit, &fingerprint()).unwrap();
+    assert!(cache.lookup(&key).unwrap().is_some());
+    let key = cache.key_for(&tampered, &fingerprint()).unwrap();
+    assert!(
+        cache.lookup(&key).unwrap().is_none(),
+        "tampered entry handed out"
+    );
+    // Both events are still pending in this process (merged at most once a second).
+    let mut children = Vec::new();
+    for _ in 0..n {
+        // SAFETY: the child runs cache code and leaves with _exit, as the runner's container
+        // processes do; nothing else runs in this process while it forks.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = match cache.get_or_compile(module, &fingerprint(), compiler) {
+                    Ok(_) => cache.flush_stats().map_or(2, |_| 0),
+                    Err(_) => 1,
+                };
+                // SAFETY: _exit skips the destructors the parent still owns.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => children.push(child),
+        }
+    }
+    for c in children {
+        let status = nix::sys::wait::waitpid(c, None).unwrap();
+        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(c, 0));
     }
     drop(cache);
     std::process::exit(0);
@@ -299,4 +343,50 @@ fn waiting_for_a_busy_key_times_out_with_a_clear_error() {
         1,
         "the waiter must not compile"
     );
+}
+
+/// Issue 13, finding 5: a process's pending counters were copied into every process it forked,
+/// and each merged them again (7 tampers showed as 35 invalid entries; 49 waiting starts
+/// added 99 hits).
+#[test]
+fn counters_of_a_forking_process_count_each_event_once() {
+    let env = Env::new();
+    let (hit, tampered, shared) = (
+        env.module("hit"),
+        env.module("tampered"),
+        env.module("shared"),
+    );
+    {
+        let cache = Cache::open(CacheConfig::new(&env.root)).unwrap();
+        let c = FakeCompiler::logging(&env.log);
+        cache.get_or_compile(&hit, &fingerprint(), &c).unwrap();
+        let t = cache.get_or_compile(&tampered, &fingerprint(), &c).unwrap();
+        let so = &t.artifact.path;
+        fs::set_permissions(so, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let mut bytes = fs::read(so).unwrap();
+        bytes[0] ^= 0xff;
+        fs::write(so, bytes).unwrap();
+        fs::set_permissions(so, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    }
+    let forks = 5;
+    let mut server = env.spawn(
+        &shared,
+        &[
+            ("CACHE_TEST_HIT_MODULE", hit.display().to_string()),
+            ("CACHE_TEST_TAMPERED_MODULE", tampered.display().to_string()),
+            ("CACHE_TEST_FORKS", forks.to_string()),
+            ("CACHE_TEST_PAUSE_MS", "300".into()),
+            (ROLE, "fork".into()),
+        ],
+    );
+    assert!(server.wait().unwrap().success());
+    assert_eq!(count_lines(&env.log, "start "), 3, "hit, tampered, shared");
+    let s = Cache::open(CacheConfig::new(&env.root))
+        .unwrap()
+        .stats()
+        .unwrap();
+    // One hit in the server, forks - 1 children that waited for the one that compiled.
+    assert_eq!(s.hits, forks as u64, "{s:?}");
+    assert_eq!(s.invalid_entries, 1, "{s:?}");
+    assert_eq!((s.misses, s.compiles), (3, 3), "{s:?}");
 }

@@ -9,16 +9,17 @@
 //! The seam is deliberately narrow ([`Engine`], [`Loaded`], [`Prepared`], [`WasiPlan`],
 //! [`Outcome`]) so the process model around it can change without touching WasmEdge code.
 
+mod library;
+
+pub use library::Library;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use wasmedge_sys::AsInstance;
 use wasmedge_sys::{Compiler, Config, Executor, Loader, Module, Store, Validator, WasiModule};
-use wasmedge_types::error::{CoreCommonError, CoreError, WasmEdgeError};
+use wasmedge_types::error::{CoreCommonError, CoreError, CoreInstantiationError, WasmEdgeError};
 use wasmedge_types::{CompilerOptimizationLevel, CompilerOutputFormat};
-
-/// WasmEdge version this crate was built against; part of every AOT fingerprint.
-pub const WASMEDGE_VERSION: &str = "0.14.1";
 
 /// Exit code of a module that trapped, as wasmtime and a `SIGABRT` give.
 pub const TRAP_EXIT_CODE: i32 = 134;
@@ -51,10 +52,34 @@ pub enum EngineError {
         path: PathBuf,
         source: Box<WasmEdgeError>,
     },
+    /// Instantiation found imports nothing provides (`module/name` each).
+    #[error("instantiate module {path}: unknown import {} (the host provides only {host})", imports.join(", "))]
+    UnknownImport {
+        path: PathBuf,
+        imports: Vec<String>,
+        host: String,
+    },
     #[error("module {path} has no `_start` export (not a WASI command)")]
     NoStart { path: PathBuf },
     #[error("wasi argument or environment contains a NUL byte: {0:?}")]
     Nul(String),
+}
+
+impl EngineError {
+    /// The same error naming the module `name` (e.g. its path as the container sees it)
+    /// instead of the file the engine read, which for native code is the cache's library.
+    pub fn in_module(mut self, name: &Path) -> EngineError {
+        match &mut self {
+            EngineError::Load { path, .. }
+            | EngineError::Validate { path, .. }
+            | EngineError::Compile { path, .. }
+            | EngineError::Instantiate { path, .. }
+            | EngineError::UnknownImport { path, .. }
+            | EngineError::NoStart { path } => *path = name.to_owned(),
+            EngineError::Create { .. } | EngineError::Nul(_) => {}
+        }
+        self
+    }
 }
 
 /// Options that change what the compiler produces. Every field is part of the cache key
@@ -274,15 +299,14 @@ impl Engine {
         let meta = std::fs::metadata(so).map_err(load_err)?;
         let link = link_dir.join(format!("{:x}-{:x}.so", meta.dev(), meta.ino()));
         if std::fs::read_link(&link).ok().as_deref() != Some(so) {
-            let tmp = link_dir.join(format!(
-                ".{:x}-{:x}.{}",
-                meta.dev(),
-                meta.ino(),
-                std::process::id()
-            ));
-            let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(so, &tmp).map_err(load_err)?;
-            std::fs::rename(&tmp, &link).map_err(load_err)?;
+            // Made under an unpredictable name (symlink(2) never follows or replaces what is
+            // there, and a taken name is retried), then renamed into place.
+            tempfile::Builder::new()
+                .prefix(".link.")
+                .make_in(link_dir, |tmp| std::os::unix::fs::symlink(so, tmp))
+                .map_err(load_err)?
+                .persist(&link)
+                .map_err(|e| load_err(e.error))?;
         }
         let loader = self.loader()?;
         let module = loader
@@ -354,9 +378,23 @@ impl Engine {
         executor
             .register_import_module(&mut store, wasi.as_ref())
             .map_err(inst_err)?;
-        let instance = executor
-            .register_active_module(&mut store, &loaded.module)
-            .map_err(inst_err)?;
+        let instance = match executor.register_active_module(&mut store, &loaded.module) {
+            Ok(i) => i,
+            Err(e) => match *e {
+                // WasmEdge says only "unknown import": name which.
+                WasmEdgeError::Core(CoreError::Instantiation(
+                    CoreInstantiationError::UnknownImport,
+                )) => {
+                    let host = wasi.as_ref();
+                    return Err(EngineError::UnknownImport {
+                        path,
+                        imports: unresolved_imports(&loaded.module, host),
+                        host: host.name().unwrap_or_default(),
+                    });
+                }
+                other => return Err(inst_err(Box::new(other))),
+            },
+        };
         if instance.get_func("_start").is_err() {
             return Err(EngineError::NoStart { path });
         }
@@ -377,6 +415,19 @@ impl Engine {
     pub fn prepare(&self, loaded: &Loaded) -> Result<Prepared, EngineError> {
         self.instantiate(loaded, &WasiPlan::default()).map(Prepared)
     }
+}
+
+/// The imports of `module` that `host` (the only module registered for imports) does not
+/// export, as `module/name`.
+fn unresolved_imports(module: &Module, host: &wasmedge_sys::Instance) -> Vec<String> {
+    let host_name = host.name().unwrap_or_default();
+    let provided = host.func_names().unwrap_or_default();
+    module
+        .imports()
+        .iter()
+        .filter(|i| i.module_name() != host_name || !provided.iter().any(|f| *f == i.name()))
+        .map(|i| format!("{}/{}", i.module_name(), i.name()))
+        .collect()
 }
 
 impl WasiPlan {
@@ -467,11 +518,13 @@ pub fn cpu_features() -> Vec<String> {
     flags
 }
 
-/// The cache key's view of this engine: everything that changes the compiled code.
+/// The cache key's view of this engine: everything that changes the compiled code. The
+/// version is the loaded library's, with its build id ([`Library::fingerprint_version`]), so
+/// an upgraded or rebuilt libwasmedge never loads what another one compiled.
 pub fn fingerprint(engine: &Engine) -> wasmedge_aot_cache::Fingerprint {
     wasmedge_aot_cache::Fingerprint {
         engine: "wasmedge".into(),
-        engine_version: WASMEDGE_VERSION.into(),
+        engine_version: Library::loaded().fingerprint_version(),
         aot_format_version: AOT_FORMAT_VERSION,
         target: target(),
         options: engine.options().fingerprint_options(),
@@ -617,6 +670,64 @@ mod tests {
         let not_wasm = dir.path().join("not.wasm");
         std::fs::write(&not_wasm, b"#!/bin/sh\n").unwrap();
         assert!(has_start_section(&not_wasm).is_err());
+    }
+
+    /// The link to a library was made at `.<dev>-<ino>.<pid>` in the link directory: a
+    /// predictable name, where anything already there made the load fail.
+    #[test]
+    fn the_library_link_is_made_under_an_unpredictable_name() {
+        let engine = Engine::new(Options::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("shape.wasm");
+        std::fs::write(&wasm, wat::parse_str(WASI_SHAPE).unwrap()).unwrap();
+        let so = dir.path().join("shape.so");
+        engine.compile(&wasm, &so).unwrap();
+        let links = dir.path().join("links");
+        std::fs::create_dir(&links).unwrap();
+        let m = std::fs::metadata(&so).unwrap();
+        let planted = links.join(format!(
+            ".{:x}-{:x}.{}",
+            m.dev(),
+            m.ino(),
+            std::process::id()
+        ));
+        std::fs::create_dir(&planted).unwrap();
+        let loaded = engine.load_native(&so, &links).unwrap();
+        assert_eq!(loaded.tier(), Tier::Native);
+        let names: Vec<_> = std::fs::read_dir(&links)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&format!("{:x}-{:x}.so", m.dev(), m.ino())));
+    }
+
+    #[test]
+    fn an_unknown_import_is_named_with_the_module() {
+        let engine = Engine::new(Options::default()).unwrap();
+        let bytes = wat::parse_str(
+            r#"(module
+                 (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+                 (import "wasi_snapshot_preview1" "no_such_call" (func))
+                 (import "env" "f" (func))
+                 (func (export "_start")))"#,
+        )
+        .unwrap();
+        let loaded = engine
+            .load_bytes(Path::new("/rootfs/app.wasm"), &bytes)
+            .unwrap();
+        let e = engine
+            .instantiate(&loaded, &WasiPlan::default())
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "instantiate module /rootfs/app.wasm: unknown import wasi_snapshot_preview1/no_such_call, env/f (the host provides only wasi_snapshot_preview1)"
+        );
+        assert!(e
+            .in_module(Path::new("/app.wasm"))
+            .to_string()
+            .starts_with("instantiate module /app.wasm: unknown import"));
     }
 
     #[test]

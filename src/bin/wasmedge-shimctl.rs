@@ -578,7 +578,7 @@ fn stats(args: &CacheArgs) -> Result<()> {
     let config = load_config(args)?;
     let cache = open_cache(&config)?;
     let s = cache.stats().context("read cache stats")?;
-    let p = phases::read(&phases::file_for(&config.cache_dir));
+    let p = phases::read(&config.cache_dir);
     let per = |us: u64| -> f64 {
         if p.containers == 0 {
             0.0

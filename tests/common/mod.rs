@@ -231,7 +231,15 @@ impl Containerd {
     /// Like [`Containerd::start`], with extra lines for the shim's config file (a
     /// `cache_dir` line there overrides the private default).
     pub fn start_with(cri: bool, shim_config_extra: &str) -> Containerd {
-        runner_bin();
+        Self::start_with_bin(cri, shim_config_extra, &shim_dir())
+    }
+
+    /// Like [`Containerd::start_with`], finding the shim binaries in `bin_dir` (a test that
+    /// upgrades them works on copies).
+    pub fn start_with_bin(cri: bool, shim_config_extra: &str, bin_dir: &Path) -> Containerd {
+        if bin_dir == shim_dir() {
+            runner_bin();
+        }
         let dir = tempfile::Builder::new()
             .prefix("wasmedge-ctd")
             .tempdir_in("/tmp")
@@ -294,7 +302,7 @@ state = "{d}/state"
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
         let path = format!(
             "{}:{}",
-            shim_dir().display(),
+            bin_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
         let mut cmd = Command::new("containerd");

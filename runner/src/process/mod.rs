@@ -181,11 +181,12 @@ fn prepare(
         env: plan.env.clone(),
         preopens: preopens(&plan.cwd),
     };
+    // Errors name the module as the container sees it, not the file WasmEdge read.
     let instance = match code.prepared {
         Some(p) => p.with_wasi(&wasi),
         None => runner.engine.instantiate(&code.loaded, &wasi),
     }
-    .map_err(at("instantiate"))?;
+    .map_err(|e| at("instantiate")(e.in_module(std::path::Path::new(&req.module_name))))?;
     timings.instantiate_us = micros(t.elapsed());
     timings.tier = match code.loaded.tier() {
         wasmedge_aot_engine::Tier::Native => Tier::Native,
