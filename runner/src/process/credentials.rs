@@ -13,7 +13,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use rustix::thread::{CapabilitySet, CapabilitySets};
-use wasmedge_aot_protocol::container::{ContainerPlan, Seccomp};
+use wasmedge_aot_protocol::container::{Capabilities, ContainerPlan, Seccomp};
 
 use super::{at, StepError};
 
@@ -132,19 +132,13 @@ pub fn apply(plan: &ContainerPlan, pending: Pending) -> Result<(Duration, Durati
     rustix::thread::set_thread_res_uid(uid, uid, uid)
         .map_err(|e| at("user")(format!("uid {}: {e}", user.uid)))?;
     rustix::thread::set_keep_capabilities(false).map_err(at("user"))?;
-    rustix::thread::set_capabilities(
-        None,
-        CapabilitySets {
-            effective: CapabilitySet::from_bits_retain(caps.effective),
-            permitted: CapabilitySet::from_bits_retain(caps.permitted),
-            inheritable: CapabilitySet::from_bits_retain(caps.inheritable),
-        },
-    )
-    .map_err(|e| at("capabilities")(format!("set effective/permitted/inheritable: {e}")))?;
+    let (sets, ambient) = after_exec(caps, user.uid);
+    rustix::thread::set_capabilities(None, sets)
+        .map_err(|e| at("capabilities")(format!("set effective/permitted/inheritable: {e}")))?;
     rustix::thread::clear_ambient_capability_set()
         .map_err(|e| at("capabilities")(format!("clear ambient: {e}")))?;
     for n in 0..64u32 {
-        if caps.ambient & (1 << n) != 0 {
+        if ambient & (1 << n) != 0 {
             rustix::thread::configure_capability_in_ambient_set(
                 CapabilitySet::from_bits_retain(1 << n),
                 true,
@@ -160,6 +154,29 @@ pub fn apply(plan: &ContainerPlan, pending: Pending) -> Result<(Duration, Durati
         }
     }
     Ok((t.elapsed() - seccomp, seccomp))
+}
+
+/// The capability sets (and the ambient set) a runc container's process has: runc applies
+/// the spec's sets and then execs the container's program, and `execve` of a file without
+/// file capabilities or set-id bits transforms them. For root (`uid` 0) the file counts as
+/// holding every capability: permitted becomes inheritable | bounding | ambient, and
+/// effective all of permitted. For any other user the file holds none: permitted and
+/// effective become the ambient set. Inheritable stays; ambient is what permitted and
+/// inheritable allow. Our process does not exec, so it takes the result directly: a
+/// non-root container keeps no effective capability, as under runc.
+fn after_exec(caps: &Capabilities, uid: u32) -> (CapabilitySets, u64) {
+    let ambient = caps.ambient & caps.permitted & caps.inheritable;
+    let permitted = if uid == 0 {
+        caps.inheritable | caps.bounding | ambient
+    } else {
+        ambient
+    };
+    let sets = CapabilitySets {
+        effective: CapabilitySet::from_bits_retain(permitted),
+        permitted: CapabilitySet::from_bits_retain(permitted),
+        inheritable: CapabilitySet::from_bits_retain(caps.inheritable),
+    };
+    (sets, ambient)
 }
 
 /// `seccomp(SECCOMP_SET_MODE_FILTER, flags, program)`.

@@ -373,45 +373,84 @@ fn open_dir<Fd: AsFd>(root: Fd, path: &str) -> std::io::Result<OwnedFd> {
     Ok(in_root(root, path, OFlags::PATH | OFlags::DIRECTORY)?)
 }
 
+/// Most symlinks followed while making a destination, as the kernel's own limit.
+const MAX_LINKS: usize = 40;
+
 /// The destination `path` inside `root`, made if missing: directories one component at a
-/// time, each in its parent's descriptor, and the last one a directory or an empty file.
+/// time, each in its parent's descriptor, and the last one a directory or an empty file. A
+/// dangling symlink on the way is followed, and its target made inside the root, as the
+/// container would see it (runc's `MkdirAll` in the root does the same).
 fn ensure(root: &OwnedFd, path: &str, dir: bool) -> std::io::Result<OwnedFd> {
-    match in_root(root, path, OFlags::empty()) {
-        Err(Errno::NOENT) => {}
-        other => return Ok(other?),
-    }
-    let parts: Vec<&str> = path
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect();
-    let mut prefix = String::new();
-    for (i, part) in parts.iter().enumerate() {
-        let parent = open_dir(root, if prefix.is_empty() { "/" } else { &prefix })?;
-        prefix.push('/');
-        prefix.push_str(part);
-        match in_root(root, &prefix, OFlags::empty()) {
+    let mut path = path.to_string();
+    'restart: for _ in 0..=MAX_LINKS {
+        match in_root(root, &path, OFlags::empty()) {
             Err(Errno::NOENT) => {}
-            Ok(_) => continue,
-            Err(e) => return Err(e.into()),
+            other => return Ok(other?),
         }
-        let last = i + 1 == parts.len();
-        let made = if last && !dir {
-            rustix::fs::openat(
-                &parent,
-                *part,
-                OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o644),
-            )
-            .map(drop)
-        } else {
-            rustix::fs::mkdirat(&parent, *part, Mode::from_raw_mode(0o755))
-        };
-        match made {
-            Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(with_context(e, format!("create {prefix}"))),
+        let parts: Vec<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_string)
+            .collect();
+        let mut prefix = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            let parent_path = if prefix.is_empty() {
+                "/".to_string()
+            } else {
+                prefix.clone()
+            };
+            let parent = open_dir(root, &parent_path)?;
+            prefix.push('/');
+            prefix.push_str(part);
+            match in_root(root, &prefix, OFlags::empty()) {
+                Err(Errno::NOENT) => {}
+                Ok(_) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let last = i + 1 == parts.len();
+            let made = if last && !dir {
+                rustix::fs::openat(
+                    &parent,
+                    part.as_str(),
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::WRONLY
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o644),
+                )
+                .map(drop)
+            } else {
+                rustix::fs::mkdirat(&parent, part.as_str(), Mode::from_raw_mode(0o755))
+            };
+            match made {
+                Ok(()) => {}
+                Err(Errno::EXIST) => {
+                    // Something is there and does not resolve: a dangling symlink. Go on
+                    // from its target, inside the root.
+                    let Ok(target) = rustix::fs::readlinkat(&parent, part.as_str(), Vec::new())
+                    else {
+                        continue;
+                    };
+                    let target = target.to_string_lossy().into_owned();
+                    let base = if target.starts_with('/') {
+                        String::new()
+                    } else {
+                        parent_path
+                    };
+                    path = std::iter::once(base)
+                        .chain(std::iter::once(target))
+                        .chain(parts[i + 1..].iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join("/");
+                    continue 'restart;
+                }
+                Err(e) => return Err(with_context(e, format!("create {prefix}"))),
+            }
         }
+        return Ok(in_root(root, &path, OFlags::empty())?);
     }
-    Ok(in_root(root, path, OFlags::empty())?)
+    Err(Errno::LOOP.into())
 }
 
 fn make_device(root: &OwnedFd, d: &Device) -> std::io::Result<()> {

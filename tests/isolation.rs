@@ -1,0 +1,391 @@
+//! The container boundary, proved on running containers against a real containerd: what
+//! the kernel says of a Wasm container's process (credentials, capabilities, no_new_privs,
+//! seccomp, namespaces, root, mounts) is what it says of runc's for the same `ctr` flags,
+//! and what a module can reach (files, mounts, the host's loopback) is what a runc
+//! container could.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{containerd, fixture, images, Rootfs, Run};
+
+/// A rootfs with the probe module at /probe.wasm and the native sleeper at /sleep.
+fn rootfs() -> Rootfs {
+    let r = Rootfs::with(&[
+        ("probe.wasm", &fixture("probe.wasm")),
+        ("sleep", &fixture("native-sleep")),
+    ]);
+    r.write("etc/greeting", "hello from the image\n");
+    r
+}
+
+fn flags(f: &[&str]) -> Vec<String> {
+    f.iter().map(|s| s.to_string()).collect()
+}
+
+/// The `/proc/<pid>/status` fields that describe a process's privileges.
+const STATUS_FIELDS: &[&str] = &[
+    "Uid",
+    "Gid",
+    "Groups",
+    "CapInh",
+    "CapPrm",
+    "CapEff",
+    "CapBnd",
+    "CapAmb",
+    "NoNewPrivs",
+    "Seccomp",
+    "Seccomp_filters",
+];
+
+fn status(pid: i32) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| STATUS_FIELDS.contains(k))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect()
+}
+
+/// For each namespace type, whether the process has its own (not the host's, that is not
+/// this test process's).
+fn own_namespaces(pid: i32) -> BTreeMap<&'static str, bool> {
+    ["mnt", "pid", "net", "ipc", "uts", "cgroup", "user"]
+        .into_iter()
+        .map(|t| {
+            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{t}")).unwrap();
+            let ours = std::fs::read_link(format!("/proc/self/ns/{t}")).unwrap();
+            (t, theirs != ours)
+        })
+        .collect()
+}
+
+/// The process's mounts as it sees them: mount point, its read-only flag, and the file
+/// system type, sorted.
+fn mounts(pid: i32) -> Vec<(String, bool, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let mut m: Vec<_> = text
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let fstype = right.split(' ').next()?.to_string();
+            Some((
+                left.get(4)?.to_string(),
+                left.get(5)?.split(',').any(|o| o == "ro"),
+                fstype,
+            ))
+        })
+        .collect();
+    m.sort();
+    m
+}
+
+/// Starts a Wasm sleeper and a runc sleeper with the same flags; returns both pids.
+fn start_pair(name: &str, r: &Rootfs, extra: &[&str]) -> (i32, i32) {
+    let ctd = containerd();
+    let mut wasm = Run::rootfs(
+        &format!("{name}-wasm"),
+        r.path(),
+        &["/probe.wasm", "sleep", "60"],
+    );
+    wasm.flags = flags(extra);
+    let mut runc = Run::rootfs(&format!("{name}-runc"), r.path(), &["/sleep", "60"]);
+    runc.runtime = Some(images::RUNC.into());
+    runc.flags = flags(extra);
+    ctd.run_detached(&wasm);
+    ctd.run_detached(&runc);
+    for id in [&wasm.id, &runc.id] {
+        ctd.wait_status(id, "RUNNING", Duration::from_secs(20));
+    }
+    (
+        ctd.task_pid(&wasm.id).unwrap(),
+        ctd.task_pid(&runc.id).unwrap(),
+    )
+}
+
+#[test]
+fn the_process_gets_what_runc_gives_for_the_same_flags() {
+    if !common::can_run("same_as_runc") {
+        return;
+    }
+    let r = rootfs();
+    let ctd = containerd();
+    for (name, extra) in [
+        ("iso-default", vec![]),
+        ("iso-user", vec!["--user", "1000:1000"]),
+        ("iso-seccomp", vec!["--seccomp"]),
+        (
+            "iso-caps",
+            vec!["--cap-drop", "CAP_CHOWN", "--cap-add", "CAP_SYS_PTRACE"],
+        ),
+        (
+            "iso-privs",
+            vec!["--allow-new-privs", "--user", "1000:1000"],
+        ),
+        ("iso-ro", vec!["--read-only", "--hostname", "isolated"]),
+    ] {
+        let (wasm, runc) = start_pair(name, &r, &extra);
+        let (ws, rs) = (status(wasm), status(runc));
+        let (wn, rn) = (own_namespaces(wasm), own_namespaces(runc));
+        let (wm, rm) = (mounts(wasm), mounts(runc));
+        eprintln!("{name}: wasm {ws:?}\n{name}: runc {rs:?}");
+        eprintln!("{name}: wasm {wn:?}\n{name}: runc {rn:?}");
+        eprintln!("{name}: wasm {wm:?}\n{name}: runc {rm:?}");
+        ctd.remove(&format!("{name}-wasm"));
+        ctd.remove(&format!("{name}-runc"));
+        assert_eq!(ws, rs, "{name} {extra:?}: process status");
+        assert_eq!(wn, rn, "{name} {extra:?}: own namespaces");
+        assert_eq!(wm, rm, "{name} {extra:?}: mounts");
+    }
+}
+
+/// A bind mount of `src` at `dst` for `ctr run --mount`.
+fn bind(src: &Path, dst: &str, mode: &str) -> String {
+    format!(
+        "type=bind,src={},dst={dst},options=rbind:{mode}",
+        src.display()
+    )
+}
+
+fn probe(
+    id: &str,
+    r: &Rootfs,
+    args: &[&str],
+    extra: &[&str],
+    mounts: Vec<String>,
+) -> common::RunResult {
+    let mut full = vec!["/probe.wasm"];
+    full.extend_from_slice(args);
+    let mut run = Run::rootfs(id, r.path(), &full);
+    run.flags = flags(extra);
+    run.mounts = mounts;
+    containerd().run(&run)
+}
+
+#[test]
+fn files_obey_the_specs_user_and_read_only_mounts_refuse_writes() {
+    if !common::can_run("files_and_users") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let r = rootfs();
+    let data = tempfile::tempdir().unwrap();
+    // A world-writable volume with a root-only secret in it.
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let secret = data.path().join("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let user = ["--user", "1000:1000"];
+    let rw = || vec![bind(data.path(), "/data", "rw")];
+
+    let out = probe("files-secret", &r, &["cat", "/data/secret"], &user, rw());
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "the secret leaked: {out:?}");
+    assert!(out.stderr.contains("Permission denied"), "{out:?}");
+    // Root in the container reads it, as under runc.
+    let out = probe("files-secret-root", &r, &["cat", "/data/secret"], &[], rw());
+    assert_eq!(out.stdout, "root only\n", "{out:?}");
+
+    let out = probe(
+        "files-create",
+        &r,
+        &["write", "/data/made", "x"],
+        &user,
+        rw(),
+    );
+    assert_eq!(out.stdout, "written\n", "{out:?}");
+    let m = std::fs::metadata(data.path().join("made")).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (1000, 1000),
+        "owner of a file the module made"
+    );
+
+    let ro = vec![bind(data.path(), "/data", "ro")];
+    let out = probe("files-ro", &r, &["write", "/data/not", "x"], &[], ro);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    assert!(!data.path().join("not").exists());
+
+    let out = probe(
+        "files-ro-root",
+        &r,
+        &["write", "/new", "x"],
+        &["--read-only"],
+        vec![],
+    );
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+}
+
+#[test]
+fn the_root_is_the_rootfs_and_no_host_path_exists() {
+    if !common::can_run("root_is_rootfs") {
+        return;
+    }
+    let r = rootfs();
+    let ctd = containerd();
+    let mut run = Run::rootfs("root-ls", r.path(), &["/probe.wasm", "sleep", "60"]);
+    run.flags = vec![];
+    ctd.run_detached(&run);
+    ctd.wait_status("root-ls", "RUNNING", Duration::from_secs(20));
+    let pid = ctd.task_pid("root-ls").unwrap();
+    let root = std::fs::metadata(format!("/proc/{pid}/root/")).unwrap();
+    let rootfs = std::fs::metadata(r.path()).unwrap();
+    assert_eq!((root.dev(), root.ino()), (rootfs.dev(), rootfs.ino()));
+    ctd.remove("root-ls");
+
+    let out = probe("root-list", &r, &["ls", "/"], &[], vec![]);
+    let mut seen: Vec<&str> = out.stdout.lines().collect();
+    seen.sort();
+    // The image's files and the mount points the spec asked for; nothing of the host's.
+    assert_eq!(
+        seen,
+        [
+            ".",
+            "..",
+            "dev",
+            "etc",
+            "probe.wasm",
+            "proc",
+            "run",
+            "sleep",
+            "sys"
+        ],
+        "{out:?}"
+    );
+}
+
+#[test]
+fn mount_destinations_and_working_directories_are_container_paths() {
+    if !common::can_run("container_paths") {
+        return;
+    }
+    let r = rootfs();
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::write(vol.path().join("marker"), "in the volume\n").unwrap();
+    // A colon in a destination once made WasmEdge open the host's `/` read-write.
+    let out = probe(
+        "dst-colon",
+        &r,
+        &["ls", "/x:/"],
+        &[],
+        vec![bind(vol.path(), "/x:/", "ro")],
+    );
+    let mut seen: Vec<&str> = out.stdout.lines().collect();
+    seen.sort();
+    assert_eq!(seen, [".", "..", "marker"], "{out:?}");
+    let out = probe(
+        "dst-colon-cat",
+        &r,
+        &["cat", "/x:/marker"],
+        &[],
+        vec![bind(vol.path(), "/x:/", "ro")],
+    );
+    assert_eq!(out.stdout, "in the volume\n", "{out:?}");
+
+    // `..` and a symlink out of the root in a destination land inside the root.
+    std::os::unix::fs::symlink("../../../../../../tmp", r.path().join("escape")).unwrap();
+    let host_tmp_before = std::fs::read_dir("/tmp").unwrap().count();
+    let out = probe(
+        "dst-link",
+        &r,
+        &["cat", "/tmp/m/marker"],
+        &[],
+        vec![bind(vol.path(), "/escape/m", "ro")],
+    );
+    assert_eq!(out.stdout, "in the volume\n", "{out:?}");
+    assert!(r.path().join("tmp/m").is_dir(), "made inside the rootfs");
+    assert!(!Path::new("/tmp/m").exists(), "nothing made on the host");
+    assert_eq!(std::fs::read_dir("/tmp").unwrap().count(), host_tmp_before);
+    let out = probe(
+        "dst-dotdot",
+        &r,
+        &["cat", "/b/marker"],
+        &[],
+        vec![bind(vol.path(), "/a/../../../b", "ro")],
+    );
+    assert_eq!(out.stdout, "in the volume\n", "{out:?}");
+
+    // A working directory with a colon, and one through a symlink that climbs out.
+    r.write("..:/inside-colon", "colon dir\n");
+    let mut run = Run::rootfs(
+        "cwd-colon",
+        r.path(),
+        &["/probe.wasm", "cat", "inside-colon"],
+    );
+    run.cwd = Some("/..:".into());
+    let out = containerd().run(&run);
+    assert_eq!(out.stdout, "colon dir\n", "{out:?}");
+    r.write("real/here", "through the link\n");
+    std::os::unix::fs::symlink("../../../../real", r.path().join("w")).unwrap();
+    let mut run = Run::rootfs("cwd-link", r.path(), &["/probe.wasm", "cat", "here"]);
+    run.cwd = Some("/w".into());
+    let out = containerd().run(&run);
+    assert_eq!(out.stdout, "through the link\n", "{out:?}");
+}
+
+#[test]
+fn a_container_with_its_own_network_namespace_cannot_reach_the_hosts_loopback() {
+    if !common::can_run("no_host_loopback") {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let r = rootfs();
+    let out = probe("net-own", &r, &["connect", "127.0.0.1", &port], &[], vec![]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    // The same module on the host's network reaches it: the probe is not what fails.
+    let out = probe(
+        "net-host",
+        &r,
+        &["connect", "127.0.0.1", &port],
+        &["--net-host"],
+        vec![],
+    );
+    assert_eq!(out.stdout, "connected\n", "{out:?}");
+}
+
+#[test]
+fn a_seccomp_profile_blocks_its_system_calls() {
+    if !common::can_run("seccomp_blocks") {
+        return;
+    }
+    let r = rootfs();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let profile = profile.display().to_string();
+    let blocked = ["--seccomp", "--seccomp-profile", profile.as_str()];
+    let out = probe("seccomp-mkdir", &r, &["mkdir", "/made"], &blocked, vec![]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("mkdir /made: Operation not permitted"),
+        "{out:?}"
+    );
+    assert!(!r.path().join("made").exists());
+    let out = probe(
+        "seccomp-allowed",
+        &r,
+        &["mkdir", "/made"],
+        &["--seccomp"],
+        vec![],
+    );
+    assert_eq!(out.stdout, "made\n", "{out:?}");
+}
