@@ -26,6 +26,7 @@ PLAIN=(
   libclang-rt-19-dev-wasm32 wasi-libc wabt
   protobuf-compiler libprotobuf-dev # ttrpc / CRI code generation
   util-linux procps                 # nsenter, ps: used by the tests
+  containernetworking-plugins       # CNI's loopback plugin: CRI tests' pods with a network of their own
 )
 PKGS=("${NEWER[@]}" "${PLAIN[@]}")
 

@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, ImageStatusRequest, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    security_profile::ProfileType, Capability, ContainerConfig, ContainerMetadata, ContainerState,
+    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ImageSpec, ImageStatusRequest,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, SecurityProfile, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 use wasmedge_aot_shim::image::{ImageBuilder, Platform};
@@ -71,7 +72,8 @@ fn linux_image(reference: &str, entrypoint: &str, files: &[(&str, &Path)]) -> Im
 /// imported into `k8s.io`.
 fn cri() -> &'static Containerd {
     static CTD: OnceLock<Containerd> = OnceLock::new();
-    CTD.get_or_init(|| {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    let ctd = CTD.get_or_init(|| {
         let ctd = Containerd::start(true);
         let dir = tempfile::tempdir().unwrap();
         let images = [
@@ -98,7 +100,9 @@ fn cri() -> &'static Containerd {
             ctd.ctr_in_ok(K8S_NS, &["images", "import", archive.to_str().unwrap()]);
         }
         ctd
-    })
+    });
+    REGISTERED.call_once(|| common::images::shutdown_at_exit(ctd));
+    ctd
 }
 
 // ---------------------------------------------------------------------------------------
@@ -253,6 +257,12 @@ impl Cri {
     }
 
     async fn run_pod(&mut self, name: &str) -> Pod {
+        self.run_pod_with(name, host_network(NamespaceMode::Container))
+            .await
+    }
+
+    /// A pod with these namespace options (CNI gives it a network unless it is the host's).
+    async fn run_pod_with(&mut self, name: &str, namespaces: Option<NamespaceOption>) -> Pod {
         let logs = tempfile::Builder::new()
             .prefix("cri-logs")
             .tempdir()
@@ -268,7 +278,7 @@ impl Cri {
             log_directory: logs.path().display().to_string(),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: host_network(NamespaceMode::Container),
+                    namespace_options: namespaces,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -543,6 +553,162 @@ fn a_wasm_pod_runs_through_cri_logs_in_cri_format_and_leaves_nothing_behind() {
         let pod_id = pod.id.clone();
         cri.remove_pod(pod).await;
         cri.assert_gone(&[&pod_id, &id], &[pid]).await;
+    });
+}
+
+/// The `/proc/<pid>/status` lines whose keys are in `keys`, as `key: value`.
+fn status_of(pid: i32, keys: &[&str]) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter(|l| keys.iter().any(|k| l.starts_with(&format!("{k}:"))))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+fn ns_inode(pid: i32, t: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{t}")).unwrap()
+}
+
+#[test]
+fn a_restricted_pod_gets_its_security_context_and_its_containers_share_the_pods_namespaces() {
+    if !common::can_run("cri_security_context") {
+        return;
+    }
+    let ctd = cri();
+    block_on(async {
+        let mut cri = Cri::connect(ctd).await;
+        let pod = cri.run_pod("secure").await;
+        // runAsUser: 1000, runAsNonRoot (kubelet checks the uid), capabilities.drop: [ALL],
+        // seccompProfile: RuntimeDefault, allowPrivilegeEscalation: false.
+        let mut restricted = container("restricted", APP_IMAGE, &["/probe.wasm", "sleep", "60"]);
+        let sc = restricted
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap();
+        sc.run_as_user = Some(k8s_cri::v1::Int64Value { value: 1000 });
+        sc.run_as_group = Some(k8s_cri::v1::Int64Value { value: 3000 });
+        sc.capabilities = Some(Capability {
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        });
+        sc.seccomp = Some(SecurityProfile {
+            profile_type: ProfileType::RuntimeDefault as i32,
+            ..Default::default()
+        });
+        sc.no_new_privs = true;
+        let a = cri.run(&pod, restricted).await;
+        let b = cri
+            .run(
+                &pod,
+                container("neighbour", APP_IMAGE, &["/probe.wasm", "sleep", "60"]),
+            )
+            .await;
+        let (_, pa) = cri.status(&a).await;
+        let (_, pb) = cri.status(&b).await;
+        let (pa, pb) = (pa.unwrap(), pb.unwrap());
+        assert_eq!(
+            status_of(
+                pa,
+                &[
+                    "Uid",
+                    "Gid",
+                    "CapEff",
+                    "CapPrm",
+                    "CapBnd",
+                    "CapAmb",
+                    "NoNewPrivs",
+                    "Seccomp"
+                ]
+            ),
+            [
+                "Uid: 1000 1000 1000 1000",
+                "Gid: 3000 3000 3000 3000",
+                "CapPrm: 0000000000000000",
+                "CapEff: 0000000000000000",
+                "CapBnd: 0000000000000000",
+                "CapAmb: 0000000000000000",
+                "NoNewPrivs: 1",
+                "Seccomp: 2",
+            ]
+        );
+        // The pod's IPC namespace is shared by its containers and is not the host's; each
+        // container has its own mount and pid namespaces; a host-network pod keeps the
+        // host's network namespace.
+        let host = std::process::id() as i32;
+        assert_eq!(ns_inode(pa, "ipc"), ns_inode(pb, "ipc"));
+        assert_ne!(ns_inode(pa, "ipc"), ns_inode(host, "ipc"));
+        assert_eq!(ns_inode(pa, "uts"), ns_inode(pb, "uts"));
+        assert_eq!(ns_inode(pa, "net"), ns_inode(host, "net"));
+        for t in ["mnt", "pid"] {
+            assert_ne!(ns_inode(pa, t), ns_inode(pb, t), "{t}");
+            assert_ne!(ns_inode(pa, t), ns_inode(host, t), "{t}");
+        }
+        for id in [&a, &b] {
+            cri.stop_and_remove(id).await;
+        }
+        cri.remove_pod(pod).await;
+    });
+}
+
+#[test]
+fn a_pod_with_a_network_of_its_own_shares_it_with_its_containers_and_not_with_the_host() {
+    if !common::can_run("cri_pod_network") {
+        return;
+    }
+    let ctd = cri();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    block_on(async {
+        let mut cri = Cri::connect(ctd).await;
+        let pod_ns = Some(NamespaceOption {
+            network: NamespaceMode::Pod as i32,
+            pid: NamespaceMode::Container as i32,
+            ipc: NamespaceMode::Pod as i32,
+            ..Default::default()
+        });
+        let pod = cri.run_pod_with("net", pod_ns.clone()).await;
+        let in_pod = |name: &str, command: &[&str]| {
+            let mut c = container(name, APP_IMAGE, command);
+            c.linux
+                .as_mut()
+                .unwrap()
+                .security_context
+                .as_mut()
+                .unwrap()
+                .namespace_options = pod_ns.clone();
+            c
+        };
+        let a = cri
+            .run(&pod, in_pod("a", &["/probe.wasm", "sleep", "60"]))
+            .await;
+        let b = cri
+            .run(&pod, in_pod("b", &["/probe.wasm", "sleep", "60"]))
+            .await;
+        let (_, pa) = cri.status(&a).await;
+        let (_, pb) = cri.status(&b).await;
+        let (pa, pb) = (pa.unwrap(), pb.unwrap());
+        let host = std::process::id() as i32;
+        for t in ["net", "ipc", "uts"] {
+            assert_eq!(ns_inode(pa, t), ns_inode(pb, t), "{t}: the pod's");
+            assert_ne!(ns_inode(pa, t), ns_inode(host, t), "{t}: not the host's");
+        }
+        // The pod's loopback is its own: the host's listener is out of reach.
+        let c = cri
+            .run(
+                &pod,
+                in_pod("c", &["/probe.wasm", "connect", "127.0.0.1", &port]),
+            )
+            .await;
+        let status = cri.wait_exited(&c, Duration::from_secs(30)).await;
+        assert_eq!(status.exit_code, 3, "{status:?} {:?}", pod.log("c", 5));
+        for id in [&a, &b, &c] {
+            cri.stop_and_remove(id).await;
+        }
+        cri.remove_pod(pod).await;
     });
 }
 

@@ -211,6 +211,11 @@ impl Containerd {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
+        // The bridge CNI made for our pods, if any.
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &super::cni_bridge()])
+            .stderr(std::process::Stdio::null())
+            .status();
         // The (now empty) parent cgroups of this process's containers, in every hierarchy.
         for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
@@ -233,11 +238,15 @@ impl Containerd {
     }
 }
 
-/// Registers, once, an exit handler that shuts the shared containerd down: statics are never
-/// dropped, and without it every test run would leave its shims, mounts and temp dir.
-pub(super) fn shutdown_shared_at_exit() {
+/// The containerds kept in statics (the shared one, the CRI one), shut down at exit.
+static AT_EXIT: std::sync::Mutex<Vec<&'static Containerd>> = std::sync::Mutex::new(Vec::new());
+
+/// Has `ctd`, kept in a static, shut down when the test process exits: statics are never
+/// dropped, and without it every test run would leave its shims, mounts, bridge and temp dir.
+pub fn shutdown_at_exit(ctd: &'static Containerd) {
     extern "C" fn at_exit() {
-        if let Some(ctd) = super::SHARED.get() {
+        let all = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|p| p.into_inner()));
+        for ctd in all {
             ctd.shutdown();
         }
     }
@@ -248,6 +257,7 @@ pub(super) fn shutdown_shared_at_exit() {
         let rc = unsafe { libc::atexit(at_exit) };
         assert_eq!(rc, 0, "atexit failed");
     });
+    AT_EXIT.lock().unwrap_or_else(|p| p.into_inner()).push(ctd);
 }
 
 /// A containerd owned by one test, shut down and removed on drop (unlike the shared one).

@@ -33,6 +33,11 @@ pub fn shim_dir() -> PathBuf {
         .to_owned()
 }
 
+/// The bridge CNI makes for this test process's pods (a name of at most 15 bytes).
+pub fn cni_bridge() -> String {
+    format!("wt{}", std::process::id() % 100_000_000)
+}
+
 /// The runner binary, which the shim finds next to itself. It belongs to another package
 /// of the workspace (`runner/`), so cargo does not build it for these tests by itself:
 /// `cargo build --workspace --bins` first (`scripts/test.sh` does).
@@ -216,10 +221,10 @@ static SHARED: OnceLock<Containerd> = OnceLock::new();
 /// The containerd shared by the tests of this binary, started on first use and shut down
 /// (shims killed, mounts and temp dir removed) when the test process exits.
 pub fn containerd() -> &'static Containerd {
-    SHARED.get_or_init(|| {
-        images::shutdown_shared_at_exit();
-        Containerd::start(false)
-    })
+    let ctd = SHARED.get_or_init(|| Containerd::start(false));
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| images::shutdown_at_exit(ctd));
+    ctd
 }
 
 impl Containerd {
@@ -257,6 +262,32 @@ impl Containerd {
             )
         };
         std::fs::write(&shim_config, shim_config_text).unwrap();
+        if cri {
+            // CNI from Debian's containernetworking-plugins: pods that are not on the host's
+            // network get a namespace of their own, as on a real node. A bridge of this
+            // containerd's own (removed at shutdown) on a private subnet, no gateway, no
+            // masquerading: the host's routes and firewall are untouched.
+            let bin = dir.join("cni/bin");
+            let conf = dir.join("cni/net.d");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::create_dir_all(&conf).unwrap();
+            for plugin in ["loopback", "bridge", "host-local"] {
+                std::os::unix::fs::symlink(format!("/usr/lib/cni/{plugin}"), bin.join(plugin))
+                    .unwrap();
+            }
+            std::fs::write(
+                conf.join("10-wasmedge-tests.conflist"),
+                format!(
+                    r#"{{"cniVersion": "1.0.0", "name": "wasmedge-tests", "plugins": [
+                        {{"type": "bridge", "bridge": "{bridge}", "isGateway": false, "ipMasq": false,
+                          "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "10.249.0.0/16"}}]],
+                                   "dataDir": "{d}/cni/ipam"}}}}]}}"#,
+                    bridge = cni_bridge(),
+                    d = dir.display()
+                ),
+            )
+            .unwrap();
+        }
         let cri_config = if cri {
             format!(
                 r#"
