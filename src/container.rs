@@ -475,12 +475,8 @@ fn namespaces(
                     .unwrap_or("(no sandbox-id annotation)")
             )
         })?;
-        pod.get(what)?
-            .map(|fd| {
-                fd.try_clone()
-                    .map_err(|e| format!("{}: {e}", path.display()))
-            })
-            .transpose()
+        pod.get(what)
+            .map_err(|e| format!("{}: {e}", path.display()))
     };
     let open = |path: &Path| -> Result<OwnedFd, String> {
         File::open(path)

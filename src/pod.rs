@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use nix::sched::CloneFlags;
 
@@ -23,6 +24,80 @@ pub struct PodNamespaces {
     pub network: Option<OwnedFd>,
     pub ipc: Option<OwnedFd>,
     pub uts: Option<OwnedFd>,
+    /// Whether the pod has a pid namespace of its own (containers that share it:
+    /// `shareProcessNamespace`).
+    own_pid: bool,
+    /// The process that keeps the pod's pid namespace alive, started when the first
+    /// container joins it.
+    init: Mutex<Option<PodInit>>,
+}
+
+/// The init (pid 1) of a pod's pid namespace. A pid namespace lives only as long as its
+/// init, and our sandbox runs no pause process, so the shim forks one that does nothing
+/// but wait; it is killed with the sandbox, which ends every process of the namespace.
+#[derive(Debug)]
+struct PodInit {
+    pid: i32,
+    ns: OwnedFd,
+}
+
+impl Drop for PodInit {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+impl PodInit {
+    fn start() -> Result<PodInit, String> {
+        // SAFETY: the shim may have other threads, so the child makes system calls only
+        // (close_range, pause), which are async-signal-safe; clone without CLONE_VM and
+        // without a stack returns in the child on its copy of our stack, as fork does.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong,
+                std::ptr::null_mut::<libc::c_void>(),
+                std::ptr::null_mut::<libc::c_int>(),
+                std::ptr::null_mut::<libc::c_int>(),
+                0 as libc::c_ulong,
+            )
+        };
+        match pid {
+            -1 => Err(format!(
+                "fork the pod's pid namespace init: {}",
+                std::io::Error::last_os_error()
+            )),
+            0 => {
+                // SAFETY: as above; the child holds none of the shim's descriptors and
+                // sleeps until it is killed (as a namespace's init, it ignores signals
+                // without a handler, SIGKILL from the shim excepted).
+                unsafe {
+                    libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+                    loop {
+                        libc::pause();
+                    }
+                }
+            }
+            pid => {
+                let pid = pid as i32;
+                let init = |ns| PodInit { pid, ns };
+                let path = format!("/proc/{pid}/ns/pid");
+                match File::open(&path) {
+                    Ok(f) => Ok(init(f.into())),
+                    Err(e) => {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        Err(format!("open {path}: {e}"))
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The kinds of namespace a pod shares, by their `/proc/<pid>/ns/` names.
@@ -67,17 +142,24 @@ impl PodNamespaces {
             .map_err(|_| "the thread that makes the pod's namespaces panicked".to_string())?
     }
 
-    /// The pod's namespace of kind `what`: `Ok(None)` for the host's.
-    pub fn get(&self, what: Shared) -> Result<Option<&OwnedFd>, String> {
-        Ok(match what {
+    /// A descriptor of the pod's namespace of kind `what`: `Ok(None)` for the host's.
+    pub fn get(&self, what: Shared) -> Result<Option<OwnedFd>, String> {
+        let fd = match what {
             Shared::Network => self.network.as_ref(),
             Shared::Ipc => self.ipc.as_ref(),
             Shared::Uts => self.uts.as_ref(),
-            Shared::Pid => return Err(
-                "the pod's pid namespace (shareProcessNamespace) is not supported by this runtime"
-                    .into(),
-            ),
-        })
+            Shared::Pid if !self.own_pid => None,
+            Shared::Pid => {
+                let mut init = self.init.lock().unwrap_or_else(|p| p.into_inner());
+                if init.is_none() {
+                    *init = Some(PodInit::start()?);
+                }
+                let ns = &init.as_ref().expect("started above").ns;
+                return ns.try_clone().map(Some).map_err(|e| e.to_string());
+            }
+        };
+        fd.map(|f| f.try_clone().map_err(|e| e.to_string()))
+            .transpose()
     }
 }
 
@@ -130,6 +212,8 @@ fn make(spec: &SandboxSpec) -> Result<PodNamespaces, String> {
         network: open(&spec.network, "net")?,
         ipc: open(&spec.ipc, "ipc")?,
         uts: open(&spec.uts, "uts")?,
+        own_pid: spec.pid == Ns::New,
+        init: Mutex::new(None),
     })
 }
 

@@ -712,6 +712,88 @@ fn a_pod_with_a_network_of_its_own_shares_it_with_its_containers_and_not_with_th
     });
 }
 
+/// The pids of every process whose pid namespace is `ns` (a `pid:[inode]` link).
+fn processes_in(ns: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+                .ok()
+                .as_deref()
+                == Some(ns)
+        })
+        .collect()
+}
+
+#[test]
+fn share_process_namespace_gives_the_pod_one_pid_namespace_that_ends_with_it() {
+    if !common::can_run("cri_share_process_namespace") {
+        return;
+    }
+    let ctd = cri();
+    block_on(async {
+        let mut cri = Cri::connect(ctd).await;
+        let shared = host_network(NamespaceMode::Pod);
+        let pod = cri.run_pod_with("pidns", shared.clone()).await;
+        let in_pod = |name: &str, command: &[&str]| {
+            let mut c = container(name, APP_IMAGE, command);
+            c.linux
+                .as_mut()
+                .unwrap()
+                .security_context
+                .as_mut()
+                .unwrap()
+                .namespace_options = shared.clone();
+            c
+        };
+        let a = cri
+            .run(&pod, in_pod("a", &["/probe.wasm", "sleep", "60"]))
+            .await;
+        let b = cri
+            .run(&pod, in_pod("b", &["/probe.wasm", "sleep", "60"]))
+            .await;
+        let (_, pa) = cri.status(&a).await;
+        let (_, pb) = cri.status(&b).await;
+        let (pa, pb) = (pa.unwrap(), pb.unwrap());
+        let ns = ns_inode(pa, "pid");
+        assert_eq!(ns, ns_inode(pb, "pid"));
+        assert_ne!(ns, ns_inode(std::process::id() as i32, "pid"));
+        // The pod's init, a and b, seen from inside by a third container.
+        let c = cri
+            .run(&pod, in_pod("c", &["/probe.wasm", "ls", "/proc"]))
+            .await;
+        let status = cri.wait_exited(&c, Duration::from_secs(30)).await;
+        assert_eq!(status.exit_code, 0, "{status:?}");
+        let pids: Vec<String> = pod
+            .log("c", 200)
+            .into_iter()
+            .map(|(_, _, line)| line)
+            .filter(|l| l.parse::<u32>().is_ok())
+            .collect();
+        assert!(pids.len() >= 4, "init, a, b and c: {pids:?}");
+        assert!(pids.contains(&"1".to_string()), "{pids:?}");
+        for id in [&a, &b, &c] {
+            cri.stop_and_remove(id).await;
+        }
+        assert!(
+            !processes_in(&ns).is_empty(),
+            "the pod's init outlives its containers"
+        );
+        cri.remove_pod(pod).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !processes_in(&ns).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            processes_in(&ns),
+            Vec::<i32>::new(),
+            "nothing of the pod is left"
+        );
+    });
+}
+
 #[test]
 fn containers_of_a_pod_share_its_shim_and_stop_container_ends_a_running_module() {
     if !common::can_run("cri_two_containers") {
