@@ -37,11 +37,65 @@ pub fn v2_dir(cg: &Cgroup) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
     Ok(Some(f.into()))
 }
 
-/// Removes the cgroup; the container's process must have exited.
+/// Removes the cgroup. On cgroup v2 anything still in it is killed first (`cgroup.kill`),
+/// so that no process of the container outlives its delete.
 pub fn remove(path: &str) {
+    if hierarchies::is_cgroup2_unified_mode() {
+        let dir = std::path::Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(relative(path));
+        if let Err(e) = v2::remove(&dir) {
+            log::warn!("remove cgroup {path}: {e}");
+        }
+        return;
+    }
     let cg = Cgroup::load(hierarchies::auto(), relative(path));
     if let Err(e) = cg.delete() {
         log::warn!("remove cgroup {path}: {e}");
+    }
+}
+
+/// cgroup v2 operations on a cgroup's directory, whatever the hierarchy is mounted at (the
+/// tests run them on the hybrid hierarchy at `/sys/fs/cgroup/unified` of a v1 node).
+pub mod v2 {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    /// How long [`remove`] waits for the killed processes to leave.
+    const DRAIN: Duration = Duration::from_secs(5);
+
+    /// Kills every process in the cgroup and below it (`cgroup.kill`, Linux 5.14).
+    pub fn kill(dir: &Path) -> std::io::Result<()> {
+        std::fs::write(dir.join("cgroup.kill"), "1")
+    }
+
+    /// Whether a process is left in the cgroup or below (`populated` of `cgroup.events`).
+    pub fn populated(dir: &Path) -> std::io::Result<bool> {
+        let events = std::fs::read_to_string(dir.join("cgroup.events"))?;
+        Ok(events.lines().any(|l| l == "populated 1"))
+    }
+
+    /// Kills what is left in the cgroup, waits for it to go, and removes the directory.
+    /// A cgroup that is already gone is removed.
+    pub fn remove(dir: &Path) -> std::io::Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        if populated(dir)? {
+            kill(dir)?;
+            let deadline = Instant::now() + DRAIN;
+            while populated(dir)? {
+                if Instant::now() > deadline {
+                    return Err(std::io::Error::other(format!(
+                        "{}: processes still in it {DRAIN:?} after cgroup.kill",
+                        dir.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -204,6 +258,45 @@ fn read_oom_kills(file: &std::path::Path) -> std::io::Result<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cgroup v2 hierarchy of this machine: the host's if it runs v2 alone, else the
+    /// hybrid one v1 hosts mount at /sys/fs/cgroup/unified.
+    fn v2_root() -> Option<std::path::PathBuf> {
+        ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+    }
+
+    #[test]
+    fn a_v2_cgroup_is_killed_drained_and_removed() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (cgroups)");
+            return;
+        }
+        let Some(root) = v2_root() else {
+            eprintln!("skipped: no cgroup v2 hierarchy mounted");
+            return;
+        };
+        let dir = root.join(format!("wasmedge-aot-unit-v2-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
+        assert!(v2::populated(&dir).unwrap());
+        v2::remove(&dir).unwrap();
+        assert!(!dir.exists());
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "killed by cgroup.kill"
+        );
+        v2::remove(&dir).unwrap();
+    }
 
     fn is_root() -> bool {
         nix::unistd::geteuid().is_root()

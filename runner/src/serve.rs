@@ -164,3 +164,92 @@ pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit ends the process; nothing in it is left half-written (flushed above).
     unsafe { libc::_exit(code) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::cgroup::Hierarchies;
+
+    /// The cgroup v2 hierarchy: the host's if it runs v2 alone, else the hybrid one.
+    fn v2_root() -> Option<std::path::PathBuf> {
+        ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.join("cgroup.controllers").exists())
+    }
+
+    fn cgroup_of(pid: i32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("0::"))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    #[test]
+    fn a_process_is_born_in_its_v2_cgroup_or_joins_it_and_cgroup_kill_ends_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (cgroups)");
+            return;
+        }
+        let Some(root) = v2_root() else {
+            eprintln!("skipped: no cgroup v2 hierarchy mounted");
+            return;
+        };
+        let name = format!("wasmedge-aot-unit-clone3-{}", std::process::id());
+        let dir = root.join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        let fd: OwnedFd = File::open(&dir).unwrap().into();
+
+        // Born there: clone3(CLONE_INTO_CGROUP), our own child here (no CLONE_PARENT).
+        // SAFETY: the test thread forks; the child only sleeps and exits with _exit.
+        let born = match unsafe { fork_sibling(0, Some(fd.as_fd())) }.unwrap() {
+            None => {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                // SAFETY: a forked test child leaves without the parent's exit work.
+                unsafe { libc::_exit(0) }
+            }
+            Some(pid) => pid,
+        };
+        assert_eq!(cgroup_of(born), format!("0::/{name}"));
+
+        // Joined: a single-threaded child writes itself into cgroup.procs.
+        let v2_only = Hierarchies(
+            Hierarchies::of_self()
+                .0
+                .into_iter()
+                .filter(|h| h.v2)
+                .collect(),
+        );
+        let sub = format!("/{name}");
+        // SAFETY: as above.
+        let joined = match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let code = i32::from(v2_only.join_self(&sub).is_err());
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                // SAFETY: as above.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => child.as_raw(),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while cgroup_of(joined) != format!("0::/{name}") && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(cgroup_of(joined), format!("0::/{name}"));
+
+        std::fs::write(dir.join("cgroup.kill"), "1").unwrap();
+        for pid in [born, joined] {
+            let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+            assert!(
+                matches!(
+                    status,
+                    nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)
+                ),
+                "{status:?}"
+            );
+        }
+        std::fs::remove_dir(&dir).unwrap();
+    }
+}
