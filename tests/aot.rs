@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{containerd, create_outcome, unique_probe, Containerd, Run};
+use common::{containerd, create_outcome, fixture, unique_probe, Containerd, Rootfs, Run};
 
 /// `wasmedge-shimctl precompile` of `module` into the test containerd's node cache.
 fn precompile(ctd: &Containerd, module: &Path) {
@@ -103,6 +103,47 @@ fn ten_concurrent_first_runs_of_a_new_module_compile_once() {
         outcomes.iter().all(|(_, tier)| tier == "native"),
         "{outcomes:?}"
     );
+}
+
+#[test]
+fn a_tiered_first_start_returns_when_its_module_exits_while_the_compile_goes_on() {
+    if !common::can_run("tiered_does_not_wait") {
+        return;
+    }
+    // 2 MB of code: tens of seconds to compile, a fraction of one in the interpreter. The
+    // compile holds nothing of the container (its stdio once kept `ctr run` waiting for it).
+    let ctd = containerd();
+    let r = Rootfs::with(&[("code.wasm", &fixture("code-2mb.wasm"))]);
+    let mut run = Run::rootfs("tiered-long", r.path(), &["/code.wasm"]);
+    run.annotations = vec!["wasmedge-aot-shim.io/compile-policy=tiered".into()];
+    let out = ctd.run(&run);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        outcome(ctd, "tiered-long"),
+        ("miss-tiered".into(), "interpreter".into())
+    );
+    let compiles = common::compiles_of(ctd);
+    assert!(
+        !compiles.is_empty(),
+        "the run returned after {:?}, and no compile is left running: it waited for it",
+        out.elapsed
+    );
+    // Not in the container's cgroup, and with none of its stdio.
+    for pid in &compiles {
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(!cgroups.contains("tiered-long"), "{pid}: {cgroups}");
+        for fd in 0..3 {
+            let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+            assert!(
+                !target.to_string_lossy().contains("fifo"),
+                "{pid} fd {fd}: {target:?}"
+            );
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 #[test]

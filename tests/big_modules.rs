@@ -13,8 +13,8 @@ use common::{containerd, Rootfs, Run};
 /// test's module is new to the cache) and a `_start` that exits 0.
 fn big_module(mb: usize, seed: u8) -> Vec<u8> {
     use wasm_encoder::{
-        CodeSection, ConstExpr, DataSection, ExportKind, ExportSection, Function,
-        FunctionSection, Instruction, MemorySection, MemoryType, Module, TypeSection,
+        CodeSection, ConstExpr, DataSection, ExportKind, ExportSection, Function, FunctionSection,
+        Instruction, MemorySection, MemoryType, Module, TypeSection,
     };
     let mut m = Module::new();
     let mut types = TypeSection::new();
@@ -73,7 +73,10 @@ fn a_module_of_20_mb_starts_under_every_policy_without_hanging() {
         let t = Instant::now();
         let out = ctd.run(&run);
         assert_eq!(out.code, Some(0), "{policy}: {out:?}");
-        eprintln!("{policy}: 24 MiB module started and exited in {:?}", t.elapsed());
+        eprintln!(
+            "{policy}: 24 MiB module started and exited in {:?}",
+            t.elapsed()
+        );
     }
 }
 

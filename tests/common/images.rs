@@ -211,6 +211,13 @@ impl Containerd {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
+        // Whatever else runs with our shim configuration: compiles outlive their runner.
+        for pid in super::processes_of(self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         // The bridge CNI made for our pods, if any.
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &super::cni_bridge()])

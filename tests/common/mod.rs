@@ -723,6 +723,40 @@ pub fn runner_of(shim: i32) -> Option<i32> {
         .map(|(_, pid)| pid)
 }
 
+/// Processes that run with this containerd's shim configuration: its shims, their runners,
+/// container processes and compiles (found by the environment they inherit).
+pub fn processes_of(ctd: &Containerd) -> Vec<i32> {
+    let needle = format!(
+        "WASMEDGE_AOT_SHIM_CONFIG={}\0",
+        ctd.dir.join("shim.toml").display()
+    );
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// The compile processes of this containerd's runners: runner processes whose parent is
+/// a runner (container processes are the shim's children).
+pub fn compiles_of(ctd: &Containerd) -> Vec<i32> {
+    let mine = processes_of(ctd);
+    let is_runner = |pid: i32| {
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|e| e.file_name().is_some_and(|n| n == "wasmedge-shim-runner"))
+    };
+    mine.iter()
+        .copied()
+        .filter(|&pid| {
+            is_runner(pid) && ppid(pid).is_some_and(|p| is_runner(p) && mine.contains(&p))
+        })
+        .collect()
+}
+
 /// Processes whose command line mentions `needle` (for leak checks).
 pub fn processes_matching(needle: &str) -> Vec<(i32, String)> {
     let mut found = Vec::new();
