@@ -478,7 +478,8 @@ impl Cache {
     /// Returns the artifact for `module` under engine `fp`, compiling it with `compiler` on a miss.
     ///
     /// Any number of threads or processes asking for the same missing key cause one compile: the
-    /// first takes the key lock, the others wait up to [`CacheConfig::lock_timeout`] and then hit.
+    /// first takes the key lock, the others wait for as long as it lives and makes progress
+    /// (see [`crate::lock`]) and then hit; if it dies, one of them compiles.
     /// Compiles of different keys wait for one of [`CacheConfig::max_concurrent_compiles`] slots.
     pub fn get_or_compile(
         &self,
@@ -527,12 +528,16 @@ impl Cache {
         t.lookup += start.elapsed();
 
         let start = Instant::now();
-        let slot = lock::lock_any_with_timeout(
+        key_lock.announce("waiting-slot");
+        let slot = lock::lock_following(
             &self.layout.slots(self.cfg.max_concurrent_compiles),
-            self.cfg.lock_timeout,
             "compile slot",
             Some(key),
+            self.cfg.stall_timeout,
+            self.cfg.on_wait.as_ref(),
         )?;
+        key_lock.announce("compiling");
+        slot.announce("compiling");
         t.wait += start.elapsed();
 
         let kind = compiler.kind();
@@ -613,14 +618,15 @@ impl Cache {
         Ok(a)
     }
 
-    /// Takes the per-key lock that serializes compiles and removals of `key`, waiting up to
-    /// [`CacheConfig::lock_timeout`]. Exposed for tools and benchmarks.
+    /// Takes the per-key lock that serializes compiles and removals of `key`, waiting for as
+    /// long as its holder lives and makes progress. Exposed for tools and benchmarks.
     pub fn lock_key(&self, key: &Key) -> Result<KeyLock> {
-        lock::lock_with_timeout(
-            &self.layout.key_lock(key),
-            self.cfg.lock_timeout,
+        lock::lock_following(
+            std::slice::from_ref(&self.layout.key_lock(key)),
             "key lock",
             Some(*key),
+            self.cfg.stall_timeout,
+            self.cfg.on_wait.as_ref(),
         )
     }
 

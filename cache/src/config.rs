@@ -41,6 +41,26 @@ impl fmt::Debug for Clock {
     }
 }
 
+/// A callback that sees each wait for a lock (who holds it, for how long).
+#[derive(Clone)]
+pub struct WaitHook(Arc<dyn Fn(&crate::lock::Waiting) + Send + Sync>);
+
+impl WaitHook {
+    pub fn new(f: impl Fn(&crate::lock::Waiting) + Send + Sync + 'static) -> Self {
+        WaitHook(Arc::new(f))
+    }
+
+    pub(crate) fn call(&self, w: &crate::lock::Waiting) {
+        (self.0)(w)
+    }
+}
+
+impl fmt::Debug for WaitHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WaitHook")
+    }
+}
+
 /// Settings of a cache. Build with [`CacheConfig::new`] and adjust the public fields.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -50,10 +70,13 @@ pub struct CacheConfig {
     /// Size cap in bytes; after each publish, least-recently-used entries are evicted down to it.
     /// `None` (the default) means unbounded; [`crate::Cache::gc`] can still be called explicitly.
     pub max_size: Option<u64>,
-    /// How long a caller waits for the per-key lock (another process compiling the same module)
-    /// and, separately, for a compile slot. Default 10 minutes: large modules can take minutes to
-    /// compile at high optimisation levels.
-    pub lock_timeout: Duration,
+    /// A caller waits for the per-key lock (another process compiling the same module) and
+    /// for a compile slot for as long as their holders live and make progress; this is how
+    /// long holders that compile may use no CPU time before the wait fails
+    /// ([`crate::Error::Stalled`]). Default 10 minutes: no compile is that idle.
+    pub stall_timeout: Duration,
+    /// Sees every wait for a lock, every [`crate::lock::WAIT_REPORT_INTERVAL`].
+    pub on_wait: Option<WaitHook>,
     /// Most compiles running at once across all processes sharing `root`. Default: number of CPUs.
     /// It is the number of slot lock files a process tries, so processes sharing a root should
     /// agree on it; if they do not, the largest value is the effective bound.
@@ -75,7 +98,8 @@ impl CacheConfig {
         CacheConfig {
             root: root.into(),
             max_size: None,
-            lock_timeout: Duration::from_secs(600),
+            stall_timeout: Duration::from_secs(600),
+            on_wait: None,
             max_concurrent_compiles: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),

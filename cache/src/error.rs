@@ -74,13 +74,24 @@ pub enum Error {
         source: BoxError,
     },
 
-    /// Waiting for a lock took longer than [`crate::CacheConfig::lock_timeout`].
+    /// Waiting for a short-lived lock (stats, phase totals) took too long.
     #[error("timed out after {waited:?} waiting for {what} {}{key}", path.display())]
     LockTimeout {
         what: &'static str,
         path: PathBuf,
         key: ForKey,
         waited: Duration,
+    },
+
+    /// The holders of a lock this process waited for said they compiled, and used no CPU
+    /// time for [`crate::CacheConfig::stall_timeout`].
+    #[error("the compile holding {what} {}{key} (pid {holders:?}) made no progress for {stalled:?}", path.display())]
+    Stalled {
+        what: &'static str,
+        path: PathBuf,
+        key: ForKey,
+        holders: Vec<u32>,
+        stalled: Duration,
     },
 
     /// The module file changed between hashing and compiling; the result was discarded.

@@ -8,7 +8,7 @@ pub mod format;
 mod fsutil;
 mod key;
 mod layout;
-mod lock;
+pub mod lock;
 mod maintenance;
 mod side;
 mod stats;
@@ -18,7 +18,7 @@ pub use cache::{
     Artifact, ArtifactKind, Cache, Compiler, Fetched, Outcome, Timings, MEMO_RACY_WINDOW,
     TOUCH_INTERVAL,
 };
-pub use config::{CacheConfig, Clock};
+pub use config::{CacheConfig, Clock, WaitHook};
 pub use error::{BoxError, Error, ForKey, Result};
 pub use key::{
     Fingerprint, HashThreads, Key, ModuleHash, KEY_CONTEXT, KEY_FORMAT_VERSION, RAYON_THRESHOLD,

@@ -53,6 +53,8 @@ pub struct FakeCompiler {
     pub pause: Duration,
     /// Created after the first half is written, before the pause.
     pub halfway_marker: Option<PathBuf>,
+    /// Spend the pause using the CPU, as a compiler does, rather than asleep.
+    pub spin: bool,
     /// After writing, fill the file system of this path until ENOSPC.
     pub fill_disk: Option<PathBuf>,
 }
@@ -89,7 +91,15 @@ impl Compiler for FakeCompiler {
         if let Some(m) = &self.halfway_marker {
             fs::write(m, b"")?;
         }
-        std::thread::sleep(self.pause);
+        if self.spin {
+            let until = std::time::Instant::now() + self.pause;
+            let mut x = 0u64;
+            while std::time::Instant::now() < until {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        } else {
+            std::thread::sleep(self.pause);
+        }
         f.write_all(&data[half..])?;
         if let Some(p) = &self.fill_disk {
             let mut filler = fs::File::create(p)?;
