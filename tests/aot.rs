@@ -33,7 +33,7 @@ fn outcome(ctd: &Containerd, id: &str) -> (String, String) {
         let needle = format!("container {id}: ");
         for line in log
             .lines()
-            .filter(|l| l.contains(&needle) && l.contains("level=warning"))
+            .filter(|l| l.contains(&needle) && l.contains("level=warn"))
         {
             eprintln!("{line}");
         }
@@ -144,6 +144,78 @@ fn a_tiered_first_start_returns_when_its_module_exits_while_the_compile_goes_on(
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+#[test]
+fn a_full_cache_disk_never_fails_a_pod_and_its_failed_compile_is_not_paid_again() {
+    if !common::can_run("full_cache_disk") {
+        return;
+    }
+    // A file system too small for any artifact: the compile runs out of space.
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("fs");
+    std::fs::create_dir(&fs).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &fs,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=96k,mode=0700"),
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(fs.clone());
+    let ctd = common::images::Owned(Containerd::start_with(
+        false,
+        &format!(
+            "cache_dir = \"{}\"\ncompile_policy = \"sync\"\n",
+            fs.join("cache").display()
+        ),
+    ));
+    let r = unique_probe("full-disk");
+    let attempts = |ctd: &Containerd| {
+        ctd.log()
+            .lines()
+            .filter(|l| l.contains("aot compile of /probe.wasm") && l.contains("started as pid"))
+            .count()
+    };
+    for (i, id) in ["full-1", "full-2", "full-3"].into_iter().enumerate() {
+        let out = ctd.run(&Run::rootfs(id, r.path(), &["/probe.wasm"]));
+        assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+        assert_eq!(
+            out.stderr, "",
+            "nothing of the compiler reaches the container"
+        );
+        assert_eq!(outcome(&ctd, id), ("fallback".into(), "interpreter".into()));
+        let warning = ctd
+            .log()
+            .lines()
+            .rev()
+            .find(|l| l.contains(&format!("container {id}: ")) && l.contains("level=warn"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            warning.contains("no space left in the cache"),
+            "{i}: {warning}"
+        );
+        if i > 0 {
+            assert!(
+                warning.contains("s ago"),
+                "remembered, not tried again: {warning}"
+            );
+        }
+    }
+    assert_eq!(
+        attempts(&ctd),
+        1,
+        "one compile for three starts:\n{}",
+        ctd.log_tail()
+    );
 }
 
 #[test]

@@ -583,6 +583,7 @@ impl Cache {
             .unwrap_or_default();
         let artifact = self.publish_staged(&key, &stage, guard, kind, &hint)?;
         t.publish = start.elapsed();
+        self.clear_failure(&key);
         self.deltas.add(stats::MISSES, 1);
         self.deltas.add(stats::COMPILES, 1);
         self.deltas

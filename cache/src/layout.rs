@@ -13,6 +13,7 @@
 //!     locks/slot.<i>.lock         compile slots, i < max_concurrent_compiles
 //!     locks/stats.lock            serializes updates of `stats`
 //!     memo/<id>                   hash memo records, id = hex of blake3(file identity)[..16]
+//!     failed/<key>                the key's last failed compile (`crate::failures`)
 //!     stats                       persisted counters
 //!     phases.json                 the shim's per-phase totals (`crate::side`; contents are the shim's)
 //!     locks/phases.lock           serializes updates of `phases.json`
@@ -43,13 +44,14 @@ impl Layout {
     }
 
     /// Directories that must exist and pass the trust check.
-    pub fn dirs(&self) -> [PathBuf; 5] {
+    pub fn dirs(&self) -> [PathBuf; 6] {
         [
             self.base.clone(),
             self.entries(),
             self.tmp(),
             self.locks(),
             self.memo(),
+            self.failures(),
         ]
     }
 
@@ -64,6 +66,12 @@ impl Layout {
     }
     pub fn memo(&self) -> PathBuf {
         self.base.join("memo")
+    }
+    pub fn failures(&self) -> PathBuf {
+        self.base.join("failed")
+    }
+    pub fn failure_file(&self, key: &Key) -> PathBuf {
+        self.failures().join(key.to_hex())
     }
     pub fn stats_file(&self) -> PathBuf {
         self.base.join("stats")

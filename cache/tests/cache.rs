@@ -13,7 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use common::*;
 use wasmedge_aot_cache::{
-    ArtifactKind, Cache, CacheConfig, Clock, Error, Key, Outcome, MEMO_RACY_WINDOW,
+    ArtifactKind, Cache, CacheConfig, Clock, Error, FailureCause, Key, Outcome, MEMO_RACY_WINDOW,
 };
 
 struct Fixture {
@@ -669,5 +669,48 @@ fn shard_replaced_by_symlink_is_never_followed() {
     assert!(
         decoy_entry.join("meta").exists(),
         "the symlink target must not be touched"
+    );
+}
+
+#[test]
+fn a_failed_compile_is_remembered_with_its_cause_until_a_compile_succeeds() {
+    let f = fixture();
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let clock_now = now.clone();
+    let mut cfg = CacheConfig::new(&f.root);
+    cfg.clock =
+        Clock::from_fn(move || UNIX_EPOCH + Duration::from_secs(clock_now.load(Ordering::SeqCst)));
+    let cache = Cache::open(cfg).unwrap();
+    let m = f.module("fails.wasm");
+    let key = cache.key_for(&m, &fingerprint()).unwrap();
+    assert!(cache
+        .recent_failure(&key, Duration::from_secs(600))
+        .is_none());
+
+    cache.record_failure(&key, FailureCause::NoSpace, "no space left on device");
+    let got = cache
+        .recent_failure(&key, Duration::from_secs(600))
+        .unwrap();
+    assert_eq!(
+        (got.cause, got.message.as_str()),
+        (FailureCause::NoSpace, "no space left on device")
+    );
+    assert_eq!(cache.failures(Duration::from_secs(600)).len(), 1);
+    // Older than the window: forgotten for the decision, still a record.
+    now.fetch_add(601, Ordering::SeqCst);
+    assert!(cache
+        .recent_failure(&key, Duration::from_secs(600))
+        .is_none());
+    assert!(cache.failures(Duration::from_secs(600)).is_empty());
+
+    cache.record_failure(&key, FailureCause::Compiler, "unknown opcode");
+    cache
+        .get_or_compile(&m, &fingerprint(), &FakeCompiler::logging(&f.log))
+        .unwrap();
+    assert!(
+        cache
+            .recent_failure(&key, Duration::from_secs(600))
+            .is_none(),
+        "a compile that succeeded clears its key's failure"
     );
 }

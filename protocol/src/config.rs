@@ -80,6 +80,9 @@ pub struct Config {
     /// never takes the CPU from running containers. Compiles run in processes of their own,
     /// in the shim's cgroup, never in a container's.
     pub compile_nice: i32,
+    /// How long a module whose compile failed runs in the interpreter before a start tries
+    /// to compile it again (a full disk may be cleaned, a killed compile may fit later).
+    pub compile_retry_secs: u64,
     /// LLVM optimization level of AOT compiles, 0..=3.
     pub opt_level: u8,
 }
@@ -96,6 +99,7 @@ impl Default for Config {
             cache_max_bytes: 0,
             max_concurrent_compiles: 1,
             compile_nice: 10,
+            compile_retry_secs: 600,
             opt_level: 2,
         }
     }

@@ -178,6 +178,21 @@ impl Runner {
         };
         res.lookup = t.elapsed();
         let Some(artifact) = artifact else {
+            // A compile that failed a moment ago would fail again: the interpreter until the
+            // retry time, without paying for it on every start.
+            let retry = Duration::from_secs(self.config.compile_retry_secs);
+            if let Some(f) = self.compiles.recent_failure(self, &key, retry) {
+                let next = retry.saturating_sub(f.age(std::time::SystemTime::now()));
+                return res.fallback(format!(
+                    "the aot compile of {} failed {} s ago: {}: {}; running it in the interpreter \
+                     (a start tries again in {} s)",
+                    req.module_name,
+                    f.age(std::time::SystemTime::now()).as_secs(),
+                    f.cause,
+                    f.message,
+                    next.as_secs()
+                ));
+            }
             // A miss: a process of its own compiles the module (one per module on the node);
             // a synchronous start waits for it, a tiered one runs the interpreter meanwhile.
             match self.compiles.start(self, &key, module, &req.module_name) {

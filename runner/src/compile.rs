@@ -14,7 +14,9 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
 
-use wasmedge_aot_cache::Key;
+use std::time::Duration;
+
+use wasmedge_aot_cache::{Failure, FailureCause, Key};
 
 use crate::code::{fd_path, Runner};
 
@@ -26,10 +28,23 @@ pub struct Job {
     pub pidfd: OwnedFd,
 }
 
-/// The compiles this runner has started and not yet reaped.
+/// The compiles this runner has started and not yet reaped, and the ones that failed.
 #[derive(Debug, Default)]
 pub struct Compiles {
     jobs: RefCell<HashMap<Key, Rc<Job>>>,
+    /// Failures seen when reaping, kept here too: on a full disk the cache's record of a
+    /// failure may not get written.
+    failed: RefCell<HashMap<Key, Failure>>,
+}
+
+/// Exit codes of a compile process, by the cause of its failure.
+fn exit_code(cause: FailureCause) -> i32 {
+    match cause {
+        FailureCause::NoSpace => 2,
+        FailureCause::Compiler => 3,
+        FailureCause::Cache => 4,
+        FailureCause::Killed => 5,
+    }
 }
 
 impl Job {
@@ -55,6 +70,22 @@ impl Job {
 }
 
 impl Compiles {
+    /// Why `key`'s last compile failed, if it did less than `within` ago: a start then runs
+    /// the interpreter instead of paying for the same failure again.
+    pub fn recent_failure(&self, runner: &Runner, key: &Key, within: Duration) -> Option<Failure> {
+        self.reap_all(runner);
+        let now = std::time::SystemTime::now();
+        if let Some(f) = self
+            .failed
+            .borrow()
+            .get(key)
+            .filter(|f| f.age(now) < within)
+        {
+            return Some(f.clone());
+        }
+        runner.cache.as_ref().ok()?.recent_failure(key, within)
+    }
+
     /// The running compile of `key` (`false`), or a new one of `module` (`true`).
     pub fn start(
         &self,
@@ -63,14 +94,14 @@ impl Compiles {
         module: &File,
         name: &str,
     ) -> std::io::Result<(Rc<Job>, bool)> {
-        self.reap();
+        self.reap_all(runner);
         if let Some(job) = self.jobs.borrow().get(key) {
             return Ok((job.clone(), false));
         }
         // SAFETY: the runner is single-threaded, so the child may run arbitrary code.
         match unsafe { nix::unistd::fork() }? {
             nix::unistd::ForkResult::Child => {
-                let code = compile_main(runner, module, name);
+                let code = compile_main(runner, key, module, name);
                 crate::serve::exit_now(code)
             }
             nix::unistd::ForkResult::Parent { child } => {
@@ -79,6 +110,7 @@ impl Compiles {
                         .expect("a child's pid is positive"),
                     rustix::process::PidfdFlags::empty(),
                 )?;
+                eprintln!("aot compile of {name} ({key}) started as pid {child}");
                 let job = Rc::new(Job {
                     pid: child.as_raw(),
                     pidfd,
@@ -89,23 +121,78 @@ impl Compiles {
         }
     }
 
-    /// Reaps the compile processes that have ended.
-    pub fn reap(&self) {
-        self.jobs.borrow_mut().retain(|_, job| {
+    /// Reaps the compile processes that have ended, remembering the failures.
+    pub fn reap_all(&self, runner: &Runner) {
+        let mut ended = Vec::new();
+        self.jobs.borrow_mut().retain(|key, job| {
             if !job.has_ended() {
                 return true;
             }
-            let _ = nix::sys::wait::waitpid(
+            let status = nix::sys::wait::waitpid(
                 nix::unistd::Pid::from_raw(job.pid),
                 Some(nix::sys::wait::WaitPidFlag::WNOHANG),
             );
+            ended.push((*key, status));
             false
         });
+        for (key, status) in ended {
+            use nix::sys::wait::WaitStatus;
+            let (cause, message) = match status {
+                Ok(WaitStatus::Exited(_, 0)) => continue,
+                Ok(WaitStatus::Exited(_, code)) => match code {
+                    2 => (
+                        FailureCause::NoSpace,
+                        "no space left in the cache".to_string(),
+                    ),
+                    3 => (
+                        FailureCause::Compiler,
+                        "the compiler failed (the shim log says why)".into(),
+                    ),
+                    4 => (
+                        FailureCause::Cache,
+                        "the cache failed (the shim log says why)".into(),
+                    ),
+                    code => unexplained(runner, &format!("the compile exited with status {code}")),
+                },
+                Ok(WaitStatus::Signaled(_, sig, _)) => (
+                    FailureCause::Killed,
+                    format!("the compile was killed by {sig}"),
+                ),
+                _ => continue,
+            };
+            if let Ok(cache) = &runner.cache {
+                if cache
+                    .recent_failure(&key, Duration::from_secs(60))
+                    .is_none()
+                {
+                    cache.record_failure(&key, cause, &message);
+                }
+            }
+            eprintln!("aot compile of {key}: {message}");
+            let failure = Failure::new(cause, message, std::time::SystemTime::now());
+            self.failed.borrow_mut().insert(key, failure);
+        }
+    }
+}
+
+/// The cause of a compile that ended without an artifact and without saying why (the
+/// compiler's linker leaves the process on errors such as a truncated object): on a cache
+/// whose file system is full (less than 16 MiB left), that is what it was.
+pub fn unexplained(runner: &Runner, what: &str) -> (FailureCause, String) {
+    let full = nix::sys::statvfs::statvfs(&runner.config.cache_dir)
+        .is_ok_and(|s| (s.blocks_available() as u64) * (s.fragment_size() as u64) < 16 << 20);
+    if full {
+        (
+            FailureCause::NoSpace,
+            format!("{what}, on a full cache file system"),
+        )
+    } else {
+        (FailureCause::Killed, what.to_string())
     }
 }
 
 /// The compile process: compiles `module` into the cache and exits.
-fn compile_main(runner: &Runner, module: &File, name: &str) -> i32 {
+fn compile_main(runner: &Runner, key: &Key, module: &File, name: &str) -> i32 {
     // Its own session: a signal to a container's process group never reaches it.
     let _ = nix::unistd::setsid();
     // SAFETY: setpriority on ourselves; no memory is involved.
@@ -125,8 +212,10 @@ fn compile_main(runner: &Runner, module: &File, name: &str) -> i32 {
     let code = match cache.get_or_compile(&fd_path(module), &runner.fingerprint, &runner.engine) {
         Ok(_) => 0,
         Err(e) => {
+            let cause = e.failure_cause();
             eprintln!("aot compile of {name}: {e}");
-            1
+            cache.record_failure(key, cause, &e.to_string());
+            exit_code(cause)
         }
     };
     let _ = cache.flush_stats();

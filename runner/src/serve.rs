@@ -25,7 +25,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 pub fn serve(sock: OwnedFd, runner: &Runner) -> ! {
     let mut buf = vec![0u8; spawn::MAX_MESSAGE];
     loop {
-        runner.compiles.reap();
+        runner.compiles.reap_all(runner);
         let (req, fds) = match spawn::recv_request(sock.as_fd(), &mut buf) {
             Ok(Some(r)) => r,
             Ok(None) => std::process::exit(0),

@@ -267,8 +267,18 @@ fn load_code(
                 Err(e) => warning = Some(format!("{e}; running it in the interpreter")),
             },
             None => {
+                let why = runner
+                    .cache
+                    .as_ref()
+                    .ok()
+                    .and_then(|c| c.recent_failure(&key, std::time::Duration::from_secs(60)))
+                    .map(|f| (f.cause, f.message))
+                    .unwrap_or_else(|| {
+                        crate::compile::unexplained(runner, "it ended without an artifact")
+                    });
+                let why = format!("{}: {}", why.0, why.1);
                 warning = Some(format!(
-                    "the aot compile of {} failed (the shim log says why); running it in the interpreter",
+                    "the aot compile of {} failed: {why}; running it in the interpreter",
                     req.module_name
                 ))
             }
