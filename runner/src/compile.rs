@@ -180,7 +180,7 @@ impl Compiles {
 /// whose file system is full (less than 16 MiB left), that is what it was.
 pub fn unexplained(runner: &Runner, what: &str) -> (FailureCause, String) {
     let full = nix::sys::statvfs::statvfs(&runner.config.cache_dir)
-        .is_ok_and(|s| (s.blocks_available() as u64) * (s.fragment_size() as u64) < 16 << 20);
+        .is_ok_and(|s| s.blocks_available() * s.fragment_size() < 16 << 20);
     if full {
         (
             FailureCause::NoSpace,
