@@ -37,20 +37,42 @@ pub fn v2_dir(cg: &Cgroup) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
     Ok(Some(f.into()))
 }
 
-/// Removes the cgroup. On cgroup v2 anything still in it is killed first (`cgroup.kill`),
-/// so that no process of the container outlives its delete.
+/// Removes the cgroup, killing anything still in it first (`cgroup.kill` on v2, SIGKILL to
+/// each process it lists on v1), so that no process of the container outlives its delete
+/// and no directory outlives a shim that died.
 pub fn remove(path: &str) {
-    if hierarchies::is_cgroup2_unified_mode() {
-        let dir = std::path::Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(relative(path));
-        if let Err(e) = v2::remove(&dir) {
-            log::warn!("remove cgroup {path}: {e}");
-        }
-        return;
-    }
-    let cg = Cgroup::load(hierarchies::auto(), relative(path));
-    if let Err(e) = cg.delete() {
+    if let Err(e) = kill_and_remove(path) {
         log::warn!("remove cgroup {path}: {e}");
     }
+}
+
+fn kill_and_remove(path: &str) -> Result<(), String> {
+    if hierarchies::is_cgroup2_unified_mode() {
+        let dir = std::path::Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(relative(path));
+        return v2::remove(&dir).map_err(|e| e.to_string());
+    }
+    let cg = Cgroup::load(hierarchies::auto(), relative(path));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let procs = cg.procs();
+        if procs.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "{} processes still in it after SIGKILL",
+                procs.len()
+            ));
+        }
+        for p in procs {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    cg.delete().map_err(|e| e.to_string())
 }
 
 /// cgroup v2 operations on a cgroup's directory, whatever the hierarchy is mounted at (the

@@ -304,6 +304,16 @@ impl Container {
         }
     }
 
+    /// The container's cgroup path, if it has one.
+    pub fn cgroup_path(&self) -> Option<&str> {
+        self.cgroup.as_deref()
+    }
+
+    /// The rootfs the shim mounted for it, if it did.
+    pub fn rootfs_path(&self) -> Option<&Path> {
+        self.rootfs.as_deref()
+    }
+
     pub fn status(&self) -> Status {
         *self.status.borrow()
     }

@@ -14,6 +14,7 @@ pub mod runner;
 pub mod seccomp;
 pub mod service;
 pub mod spec;
+pub mod sweep;
 
 /// The node's configuration file, shared with the runner and the admin tool.
 pub use wasmedge_aot_protocol::config;

@@ -41,6 +41,8 @@ use crate::spec::{HostSecurity, SANDBOX_ID_ANNOTATION};
 
 /// The name containerd knows this runtime by.
 pub const RUNTIME_ID: &str = "io.containerd.wasmedge.v1";
+/// The shim's own binary name.
+pub const SHIM_BINARY: &str = "containerd-shim-wasmedge-v1";
 /// Binary the shim forks containers from; found next to the shim binary.
 pub const RUNNER_BINARY: &str = "wasmedge-shim-runner";
 
@@ -126,6 +128,18 @@ impl Shim for WasmEdgeShim {
         }
         let rootfs = bundle.join("rootfs");
         let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
+        // Its cgroup too (and whatever is still in it): the shim that made it is gone.
+        if let Ok(spec) = read_spec(&bundle).await {
+            if let Some(path) = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.to_string_lossy().into_owned())
+                .filter(|p| !p.is_empty())
+            {
+                crate::cgroup::remove(&path);
+            }
+        }
         info!(
             "cleaned up after dead shim of {} in {}",
             self.id, self.namespace
@@ -157,6 +171,12 @@ impl Shim for WasmEdgeShim {
                     Ok(dir) => state_dir = Some(dir),
                     Err(e) => warn!("node shim: {e}"),
                 }
+                // What dead node shims left: their containers' cgroups and mounts, and their
+                // run directories. Off the path of the first create.
+                let own = state_dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::sweep::dead_shims(Path::new(STATE_ROOT), own.as_deref())
+                });
             }
         }
         let service = TaskService {
@@ -502,6 +522,16 @@ impl Task for TaskService {
             let _ = std::fs::write(Path::new(&req.bundle).join(PID_FILE), pid.to_string());
         }
         inner.containers().insert(req.id.clone(), container.clone());
+        if let Some((dir, _)) = &inner.state {
+            let r = crate::sweep::Record {
+                id: req.id.clone(),
+                cgroup: container.cgroup_path().map(str::to_string),
+                rootfs: container.rootfs_path().map(Path::to_path_buf),
+            };
+            if let Err(e) = crate::sweep::record(dir, &r) {
+                warn!("record container {}: {e}", req.id);
+            }
+        }
         inner.publish_state();
         if let Some(watch) = oom {
             tokio::spawn(publish_oom_kills(inner.clone(), req.id.clone(), watch));
@@ -640,6 +670,9 @@ impl Task for TaskService {
             _ => (128 + libc::SIGKILL, OffsetDateTime::now_utc()),
         };
         self.inner.containers().remove(&req.id);
+        if let Some((dir, _)) = &self.inner.state {
+            crate::sweep::forget(dir, &req.id);
+        }
         self.inner.publish_state();
         crate::logger::detach_task(&req.id);
         let ev = TaskDelete {

@@ -193,3 +193,94 @@ fn an_upgrade_and_a_config_change_reach_new_containers_while_running_ones_stay()
     assert_eq!(ctd.task_status("up-new").as_deref(), Some("RUNNING"));
     ctd.remove("up-new");
 }
+
+/// The directories of cgroup `path` that exist, in every hierarchy.
+fn cgroup_dirs(path: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join(path.trim_start_matches('/')))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+#[test]
+fn a_shim_killed_with_running_containers_leaves_no_cgroup_and_no_process() {
+    if !common::can_run("killed_shim_cleanup") {
+        return;
+    }
+    let ctd = Owned(Containerd::start(false));
+    let r = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
+    ctd.run_detached(&Run::rootfs(
+        "orphan",
+        r.path(),
+        &["/probe.wasm", "sleep", "60"],
+    ));
+    ctd.wait_status("orphan", "RUNNING", Duration::from_secs(30));
+    let pid = ctd.task_pid("orphan").unwrap();
+    let shim = common::ppid(pid).unwrap();
+    let cgroup = format!("/{}/orphan", common::namespace());
+    assert!(
+        !cgroup_dirs(&cgroup).is_empty(),
+        "the container has a cgroup"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd sees its shim die and deletes its tasks through the shim binary.
+    wait_until(
+        "the cgroup and the process are gone",
+        Duration::from_secs(30),
+        || cgroup_dirs(&cgroup).is_empty() && !Path::new(&format!("/proc/{pid}")).exists(),
+    );
+}
+
+#[test]
+fn a_new_node_shim_sweeps_what_a_dead_one_left() {
+    if !common::can_run("sweep_dead_shim") {
+        return;
+    }
+    // A dead shim's run directory: its state names a pid that is not a shim, and it records
+    // a container whose cgroup still holds a process.
+    let dead = Path::new(STATE_ROOT).join(format!("sweep-test-{}", std::process::id()));
+    std::fs::create_dir_all(dead.join("containers")).unwrap();
+    std::fs::write(
+        dead.join("shim.json"),
+        r#"{"pid": 1, "namespace": "x", "group": "g", "version": "0", "identity": {"shim": null, "runner": null, "config": "none"}, "tasks": 1}"#,
+    )
+    .unwrap();
+    let cgroup = format!("/wasmedge-sweep-test-{}", std::process::id());
+    std::fs::write(
+        dead.join("containers/left"),
+        format!(r#"{{"id": "left", "cgroup": "{cgroup}", "rootfs": null}}"#),
+    )
+    .unwrap();
+    let mut spec = oci_spec::runtime::Spec::default();
+    spec.set_linux(None);
+    wasmedge_aot_shim::cgroup::create(&cgroup, &spec).unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    for d in cgroup_dirs(&cgroup) {
+        let procs = d.join("cgroup.procs");
+        if procs.exists() {
+            std::fs::write(procs, sleeper.id().to_string()).unwrap();
+        }
+    }
+
+    // The next node shim to start cleans it up.
+    let ctd = Owned(Containerd::start(false));
+    let r = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
+    let out = ctd.run(&Run::rootfs("sweeper", r.path(), &["/probe.wasm"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    wait_until(
+        "the dead shim's leftovers are gone",
+        Duration::from_secs(10),
+        || !dead.exists() && cgroup_dirs(&cgroup).is_empty(),
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+}
