@@ -64,6 +64,7 @@ fn thousands_of_containers_through_one_node_shim_leave_it_as_it_was() {
     }
     let sequential = t.elapsed();
     let t = Instant::now();
+    let rootfs = r.path();
     for batch in 0..25 {
         let ctd: &Containerd = &ctd;
         let outs: Vec<_> = std::thread::scope(|s| {
@@ -71,7 +72,7 @@ fn thousands_of_containers_through_one_node_shim_leave_it_as_it_was() {
                 .map(|j| {
                     s.spawn(move || {
                         let id = format!("soak-par-{batch}-{j}");
-                        ctd.run(&Run::rootfs(&id, r.path(), &["/probe.wasm"]))
+                        ctd.run(&Run::rootfs(&id, rootfs, &["/probe.wasm"]))
                     })
                 })
                 .collect();
