@@ -88,15 +88,15 @@ fn thousands_of_containers_through_one_node_shim_leave_it_as_it_was() {
     let after = (rss_kb(shim), fds(shim), rss_kb(runner), fds(runner));
     let tasks = ctd.ctr_ok(&["task", "ls", "-q"]);
     let containers = ctd.ctr_ok(&["container", "ls", "-q"]);
-    println!(
+    eprintln!(
         "soak: 2000 sequential in {sequential:?} ({:?} each), 200 at 8 at a time in {parallel:?}",
         sequential / 2000
     );
-    println!(
+    eprintln!(
         "soak: shim   RSS {} KB -> {} KB, fds {} -> {}",
         before.0, after.0, before.1, after.1
     );
-    println!(
+    eprintln!(
         "soak: runner RSS {} KB -> {} KB, fds {} -> {}",
         before.2, after.2, before.3, after.3
     );
