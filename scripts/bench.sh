@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# The benches drive the binaries of every package (the runner is a package of its own).
+cargo build --release --workspace --bins
 if command -v cargo-criterion >/dev/null 2>&1; then
   cargo criterion "$@"
 else
