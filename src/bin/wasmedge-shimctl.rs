@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use wasmedge_aot_cache::{Cache, CacheConfig, Outcome};
+use wasmedge_aot_cache::{Cache, HashThreads, Outcome};
 use wasmedge_aot_engine::{fingerprint, Engine, Options};
 use wasmedge_aot_shim::check::{self, CheckOptions};
 use wasmedge_aot_shim::config::Config;
@@ -349,11 +349,9 @@ fn load_config(args: &CacheArgs) -> Result<Config> {
 }
 
 fn open_cache(config: &Config) -> Result<Cache> {
-    let mut cfg = CacheConfig::new(&config.cache_dir);
-    cfg.max_size = (config.cache_max_bytes > 0).then_some(config.cache_max_bytes);
-    cfg.max_concurrent_compiles = config.max_concurrent_compiles;
-    // shimctl never forks: its module hashing may use rayon's pool.
-    cfg.hash_threads = wasmedge_aot_cache::HashThreads::Pool;
+    // Not on a start path: full digests on first use. shimctl never forks: its module
+    // hashing may use rayon's pool.
+    let cfg = config.cache_config(true, HashThreads::Pool);
     Cache::open(cfg).with_context(|| format!("open cache {}", config.cache_dir.display()))
 }
 
