@@ -53,7 +53,7 @@ const NODE_GROUP: &str = "wasmedge-node";
 const NODE_IDLE_GRACE: Duration = Duration::from_secs(30);
 /// Where a node-wide shim keeps its working directory (it outlives the bundle it starts in)
 /// and its [`ShimState`].
-pub const STATE_ROOT: &str = "/run/wasmedge-aot-shim";
+pub use wasmedge_aot_protocol::identity::STATE_ROOT;
 
 /// The shim process: what containerd's `start` and `delete` commands and the daemon share.
 pub struct WasmEdgeShim {
