@@ -22,8 +22,8 @@ if command -v cargo-deny >/dev/null 2>&1; then
     cargo deny check licenses bans sources
   fi
 fi
-# The integration tests drive the binaries of every package (the runner is a package of its
-# own): build them all first.
+# The integration tests drive the binaries of every package (the runner and the admin tool are
+# packages of their own): build them all first.
 cargo build --workspace --bins
 # Two test threads: the machine has two cores and each containerd test runs several processes.
 # Unit and integration tests (doc tests have nothing to run); the summed result closes the log.

@@ -1,11 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cgroup;
-pub mod check;
 pub mod container;
 pub mod error;
-pub mod image;
-pub mod install;
 pub mod logger;
 pub mod pod;
 pub mod runner;

@@ -14,7 +14,8 @@
 //! check` reads. The shim owns these records (it alone writes them); they live here because
 //! the admin tool reads them and must not link the shim.
 //!
-//! Digests are blake3, the hash the node already uses for modules: the shim links no other.
+//! Digests are blake3, the hash the node already uses for modules, so this crate (which the
+//! runner links too) brings no second hash function.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use wasmedge_aot_shim::image::{Archive, Form, Platform};
+use wasmedge_shimctl::image::{Archive, Form, Platform};
 
 /// The smallest WASI command: `(module (func (export "_start")))`.
 const EMPTY_COMMAND: &[u8] = &[

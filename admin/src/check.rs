@@ -20,9 +20,9 @@ use std::time::Duration;
 use serde::ser::SerializeStruct;
 use serde::Serialize;
 use wasmedge_aot_cache::trust;
+use wasmedge_aot_protocol::config::Config;
+use wasmedge_aot_protocol::identity::{self, Identity, STATE_ROOT};
 
-use crate::config::Config;
-use crate::identity::Identity;
 use crate::install::{
     registered_runtimes, BINARIES, DEFAULT_CONTAINERD_CONFIG, DEFAULT_RUNTIME_NAME, NODE_LABEL_KEY,
     NODE_LABEL_VALUE, RUNTIME_TYPE,
@@ -193,16 +193,9 @@ pub fn check(opts: &CheckOptions) -> CheckReport {
     });
     let installed = shim.as_deref().map(|shim| {
         let runner = shim.with_file_name(RUNNER_BINARY);
-        Identity::of(
-            shim,
-            &runner,
-            crate::identity::config_digest(&opts.shim_config),
-        )
+        Identity::of(shim, &runner, identity::config_digest(&opts.shim_config))
     });
-    checks.push(check_node_shims(
-        Path::new(crate::service::STATE_ROOT),
-        installed.as_ref(),
-    ));
+    checks.push(check_node_shims(Path::new(STATE_ROOT), installed.as_ref()));
     checks.extend(check_kubernetes(opts));
     CheckReport { checks }
 }
@@ -605,7 +598,7 @@ pub fn check_cache_dir(dir: &Path, euid: u32) -> Check {
 /// Informational: never fails the node.
 pub fn check_node_shims(state_root: &Path, installed: Option<&Identity>) -> Check {
     const NAME: &str = "node-shims";
-    let shims = crate::identity::live_shims(state_root, SHIM_BINARY);
+    let shims = identity::live_shims(state_root, SHIM_BINARY);
     if shims.is_empty() {
         return Check {
             required: false,

@@ -34,11 +34,11 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use wasmedge_aot_cache::{Cache, HashThreads, Outcome};
 use wasmedge_aot_engine::{fingerprint, Engine, Options};
+use wasmedge_aot_protocol::config::Config;
 use wasmedge_aot_protocol::phases;
-use wasmedge_aot_shim::check::{self, CheckOptions};
-use wasmedge_aot_shim::config::Config;
-use wasmedge_aot_shim::image::{Archive, ImageBuilder, Platform};
-use wasmedge_aot_shim::install::{self, ConfigVersion, InstallOptions, UninstallOptions};
+use wasmedge_shimctl::check::{self, CheckOptions};
+use wasmedge_shimctl::image::{Archive, ImageBuilder, Platform};
+use wasmedge_shimctl::install::{self, ConfigVersion, InstallOptions, UninstallOptions};
 
 #[derive(Parser)]
 #[command(

@@ -1,4 +1,6 @@
-//! OCI image archives for tests, benchmarks and demos, built without a registry or a daemon.
+//! OCI image archives, built without a registry or a daemon: `wasmedge-shimctl image build`
+//! (for operators and the demo), the images of the integration tests, and the reading of an
+//! exported image that `wasmedge-shimctl precompile --image` does.
 //!
 //! [`ImageBuilder`] writes an [OCI image layout] (`oci-layout`, `index.json`,
 //! `blobs/sha256/<hex>`) into one tar file that `ctr images import` of containerd 1.7 accepts.
