@@ -74,10 +74,6 @@ fn read_archive(path: &Path) -> Archive {
     Archive::read(std::fs::File::open(path).unwrap()).unwrap()
 }
 
-fn no_gzip(_: &str, _: &[u8]) -> Result<Vec<u8>, String> {
-    Err("unexpected compressed layer".into())
-}
-
 #[test]
 fn image_build_writes_both_forms() {
     let node = Node::new();
@@ -102,7 +98,7 @@ fn image_build_writes_both_forms() {
     assert_eq!(image.form, Form::Image);
     assert_eq!(image.platform, Some(Platform::wasip1()));
     assert_eq!(out["manifest_digest"], image.manifest_digest.as_str());
-    let found = archive.module(&image, &no_gzip).unwrap();
+    let found = archive.module(&image).unwrap();
     assert_eq!(found.source, "/app.wasm");
     assert_eq!(found.bytes, EMPTY_COMMAND);
 
@@ -126,10 +122,7 @@ fn image_build_writes_both_forms() {
     assert_eq!(config["os"], "wasip1");
     let layer = image.manifest.layers()[0].digest().to_string();
     assert_eq!(config["layerDigests"][0], layer.as_str());
-    assert_eq!(
-        archive.module(&image, &no_gzip).unwrap().bytes,
-        EMPTY_COMMAND
-    );
+    assert_eq!(archive.module(&image).unwrap().bytes, EMPTY_COMMAND);
 
     // A native baseline image: the file at the entrypoint, platform linux/amd64.
     let native = node.path("native.tar");
@@ -150,7 +143,7 @@ fn image_build_writes_both_forms() {
     let archive = read_archive(&native);
     let image = archive.image(None).unwrap();
     assert_eq!(image.platform, Some(Platform::linux_amd64()));
-    assert_eq!(archive.module(&image, &no_gzip).unwrap().source, "/hello");
+    assert_eq!(archive.module(&image).unwrap().source, "/hello");
 
     let out = node.run(&[
         "image",
