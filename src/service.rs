@@ -393,7 +393,7 @@ impl TaskService {
 /// Publishes `TaskOOM` for each OOM kill in the container's cgroup, until the cgroup is
 /// removed with the container.
 async fn publish_oom_kills(inner: Arc<Inner>, id: String, mut watch: crate::cgroup::OomWatch) {
-    debug!("container {id}: watching for OOM kills ({watch:?})");
+    debug!("container {id}: watching for OOM kills ({watch})");
     while watch.next_kill().await {
         warn!("container {id}: the kernel's OOM killer ended a process in its cgroup");
         let ev = TaskOOM {

@@ -500,7 +500,7 @@ fn ls(args: &CacheArgs) -> Result<()> {
                     "key": e.key.to_hex(),
                     "size": e.size,
                     "disk_size": e.disk_size,
-                    "kind": format!("{:?}", e.kind).to_lowercase(),
+                    "kind": e.kind.to_string(),
                     "hint": e.hint,
                     "created": rfc3339(e.created),
                     "last_used": rfc3339(e.last_used),
