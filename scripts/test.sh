@@ -22,6 +22,8 @@ if command -v cargo-deny >/dev/null 2>&1; then
     cargo deny check licenses bans sources
   fi
 fi
+# No binary links a crate it does not use.
+./scripts/check-deps.sh
 # The integration tests drive the binaries of every package (the runner and the admin tool are
 # packages of their own): build them all first.
 cargo build --workspace --bins
