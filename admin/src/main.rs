@@ -40,7 +40,7 @@ use wasmedge_aot_protocol::config::Config;
 use wasmedge_aot_protocol::phases;
 use wasmedge_shimctl::check::{self, CheckOptions};
 use wasmedge_shimctl::image::{Archive, ImageBuilder, Platform};
-use wasmedge_shimctl::install::{self, ConfigVersion, InstallOptions, UninstallOptions};
+use wasmedge_shimctl::install::{self, ConfigVersion, InstallOptions, NodeTarget};
 
 #[derive(Parser)]
 #[command(
@@ -173,7 +173,7 @@ struct RmArgs {
 
 /// What `install` and `uninstall` both act on.
 #[derive(Args)]
-struct NodeTarget {
+struct NodeTargetArgs {
     /// Where the binaries go.
     #[arg(long, default_value = install::DEFAULT_BIN_DIR)]
     bin_dir: PathBuf,
@@ -194,7 +194,7 @@ struct NodeTarget {
 #[derive(Args)]
 struct InstallArgs {
     #[command(flatten)]
-    target: NodeTarget,
+    target: NodeTargetArgs,
     /// Where the binaries are copied from [default: this binary's directory].
     #[arg(long)]
     source_dir: Option<PathBuf>,
@@ -209,7 +209,20 @@ struct InstallArgs {
 #[derive(Args)]
 struct UninstallArgs {
     #[command(flatten)]
-    target: NodeTarget,
+    target: NodeTargetArgs,
+}
+
+impl NodeTargetArgs {
+    /// The library's target, and whether to print JSON.
+    fn split(self) -> (NodeTarget, bool) {
+        let target = NodeTarget {
+            bin_dir: self.bin_dir,
+            containerd_config: self.containerd_config,
+            runtime_name: self.runtime_name,
+            restart: self.restart,
+        };
+        (target, self.json)
+    }
 }
 
 #[derive(Args)]
@@ -683,28 +696,19 @@ fn rm(args: &RmArgs) -> Result<()> {
 // ---- node setup ----
 
 fn install_cmd(args: InstallArgs) -> Result<ExitCode> {
-    let t = args.target;
+    let (target, json) = args.target.split();
     let report = install::install(&InstallOptions {
+        target,
         source_dir: args.source_dir,
-        bin_dir: t.bin_dir,
-        containerd_config: t.containerd_config,
-        runtime_name: t.runtime_name,
         config_version: args.config_version,
         force: args.force,
-        restart: t.restart,
     })?;
-    print_install(&report, t.json)
+    print_install(&report, json)
 }
 
 fn uninstall_cmd(args: UninstallArgs) -> Result<ExitCode> {
-    let t = args.target;
-    let report = install::uninstall(&UninstallOptions {
-        bin_dir: t.bin_dir,
-        containerd_config: t.containerd_config,
-        runtime_name: t.runtime_name,
-        restart: t.restart,
-    })?;
-    print_install(&report, t.json)
+    let (target, json) = args.target.split();
+    print_install(&install::uninstall(&target)?, json)
 }
 
 fn print_install(report: &install::InstallReport, json: bool) -> Result<ExitCode> {

@@ -6,16 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use wasmedge_aot_engine::EMPTY_COMMAND;
 use wasmedge_shimctl::image::{Archive, Form, Platform};
-
-/// The smallest WASI command: `(module (func (export "_start")))`.
-const EMPTY_COMMAND: &[u8] = &[
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
-    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type: () -> ()
-    0x03, 0x02, 0x01, 0x00, // func 0: type 0
-    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, // export
-    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: empty body
-];
 
 struct Node {
     dir: tempfile::TempDir,

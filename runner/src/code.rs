@@ -155,24 +155,14 @@ impl Runner {
         let t = Instant::now();
         let key = match cache.key_for(&path, &self.fingerprint) {
             Ok(k) => k,
-            Err(e) => {
-                return res.fallback(format!(
-                    "cannot hash {}: {e}; running it in the interpreter",
-                    req.module_name
-                ))
-            }
+            Err(e) => return res.fallback(cannot("hash", &req.module_name, e)),
         };
         res.hash = t.elapsed();
         res.key = Some(key);
         let t = Instant::now();
         let artifact = match cache.lookup(&key) {
             Ok(a) => a,
-            Err(e) => {
-                return res.fallback(format!(
-                    "cannot look up {}: {e}; running it in the interpreter",
-                    req.module_name
-                ))
-            }
+            Err(e) => return res.fallback(cannot("look up", &req.module_name, e)),
         };
         res.lookup = t.elapsed();
         let Some(artifact) = artifact else {
@@ -264,4 +254,9 @@ impl Resolution {
         self.warning = Some(warning);
         self
     }
+}
+
+/// The warning of a cache step that failed for `module`, which then runs in the interpreter.
+fn cannot(what: &str, module: &str, e: impl std::fmt::Display) -> String {
+    format!("cannot {what} {module}: {e}; running it in the interpreter")
 }
