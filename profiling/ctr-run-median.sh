@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Median of 20 interleaved `ctr run --rm` of a hello through this shim (warm cache) and of a
 # static native hello through runc, in the same containerd, and their ratio.
-# Usage: SOCK=/path/containerd.sock profiling/ctr-run-median.sh   (after cargo build --release)
+# Usage: SOCK=/path/containerd.sock profiling/ctr-run-median.sh   (after cargo build --release --workspace --bins)
 set -euo pipefail
 sock=${SOCK:?set SOCK to a containerd socket that has the wasmedge runtime (see scripts/demo.sh)}
 n=${N:-20}

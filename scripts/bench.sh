@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-# The benches drive the binaries of every package (the runner is a package of its own).
+# The e2e and large benches drive the runner and the shim from target/release: every
+# package's binaries first (cargo bench builds only the root package's).
 cargo build --release --workspace --bins
 if command -v cargo-criterion >/dev/null 2>&1; then
   cargo criterion "$@"

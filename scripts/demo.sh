@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SKIP_CARGO_TOOLS=1 ./scripts/setup.sh
-cargo build --release --bins
+# Every package's binaries: the shim, its runner and the admin tool are three packages.
+cargo build --release --workspace --bins
 bin=$PWD/target/release
 fixtures=$PWD/target/fixtures
 tests/fixtures/build.sh "$fixtures"

@@ -76,4 +76,12 @@ if ! command -v cargo-criterion >/dev/null 2>&1 && [ "${SKIP_CARGO_TOOLS:-0}" !=
   cargo install --locked cargo-criterion >/dev/null 2>&1 || echo "setup.sh: cargo-criterion not installed (benchmarks still run with cargo bench)" >&2
 fi
 
+# cargo-deny enforces deny.toml in every test run (licences, bans, sources), so it is not
+# optional: pinned, built from crates.io with its own lock file, and skipped when that very
+# version is installed.
+CARGO_DENY_VERSION=0.20.2
+if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+  cargo install --locked --version "$CARGO_DENY_VERSION" cargo-deny
+fi
+
 echo "setup.sh: $(wasmedge --version 2>/dev/null | head -1), containerd $(containerd --version | awk '{print $3}'), $(clang-19 --version | head -1)"

@@ -144,6 +144,21 @@ pub struct OomWatch {
     kills: Option<u64>,
 }
 
+/// What the log says of a watch: what signals it and the counter it confirms kills with.
+impl std::fmt::Display for OomWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = match self.notifier.get_ref() {
+            Notifier::V1(_) => "eventfd",
+            Notifier::V2(_) => "inotify",
+        };
+        write!(f, "{how} on {}", self.counters.display())?;
+        match self.kills {
+            Some(n) => write!(f, ", {n} kills so far"),
+            None => f.write_str(", no oom_kill counter in this kernel"),
+        }
+    }
+}
+
 impl std::fmt::Debug for OomWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OomWatch")
@@ -345,6 +360,11 @@ mod tests {
         spec.set_linux(Some(linux));
         let cg = create(&path, &spec).unwrap();
         let mut watch = OomWatch::new(&cg).unwrap().expect("a memory controller");
+        let shown = watch.to_string();
+        assert!(
+            shown.contains("on /sys/fs/cgroup/") && shown.contains("memory."),
+            "{shown}"
+        );
 
         // GNU tail keeps a line until it ends: 256 MiB without a newline outgrows the limit.
         let memory = cg

@@ -1,14 +1,9 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cgroup;
-pub mod check;
 pub mod container;
 pub mod error;
-pub mod identity;
-pub mod image;
-pub mod install;
 pub mod logger;
-pub mod phases;
 pub mod pod;
 pub mod runner;
 pub mod seccomp;
@@ -18,3 +13,7 @@ pub mod sweep;
 
 /// The node's configuration file, shared with the runner and the admin tool.
 pub use wasmedge_aot_protocol::config;
+/// The records the shim leaves for the admin tool: its identity and state file, and the
+/// node's phase totals. The shim owns them; their formats live in the protocol crate, which
+/// the admin tool reads them through.
+pub(crate) use wasmedge_aot_protocol::{identity, phases};

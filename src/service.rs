@@ -55,7 +55,7 @@ const NODE_GROUP: &str = "wasmedge-node";
 const NODE_IDLE_GRACE: Duration = Duration::from_secs(30);
 /// Where a node-wide shim keeps its working directory (it outlives the bundle it starts in)
 /// and its [`ShimState`].
-pub const STATE_ROOT: &str = "/run/wasmedge-aot-shim";
+pub use wasmedge_aot_protocol::identity::STATE_ROOT;
 
 /// The shim process: what containerd's `start` and `delete` commands and the daemon share.
 pub struct WasmEdgeShim {
@@ -413,7 +413,7 @@ impl TaskService {
 /// Publishes `TaskOOM` for each OOM kill in the container's cgroup, until the cgroup is
 /// removed with the container.
 async fn publish_oom_kills(inner: Arc<Inner>, id: String, mut watch: crate::cgroup::OomWatch) {
-    debug!("container {id}: watching for OOM kills ({watch:?})");
+    debug!("container {id}: watching for OOM kills ({watch})");
     while watch.next_kill().await {
         warn!("container {id}: the kernel's OOM killer ended a process in its cgroup");
         let ev = TaskOOM {

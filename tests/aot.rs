@@ -11,7 +11,7 @@ use common::{containerd, create_outcome, fixture, unique_probe, Containerd, Root
 
 /// `wasmedge-shimctl precompile` of `module` into the test containerd's node cache.
 fn precompile(ctd: &Containerd, module: &Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmedge-shimctl"))
+    let out = std::process::Command::new(common::shimctl_bin())
         .args(["precompile", "--cache-dir"])
         .arg(&ctd.cache_dir)
         .arg(module)

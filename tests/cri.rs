@@ -4,7 +4,7 @@
 //! in the CRI format, and check that nothing is left behind.
 //!
 //! No image can be pulled here, so the tests build their images with
-//! [`wasmedge_aot_shim::image`] (the pause image included) and import them into containerd's
+//! [`wasmedge_shimctl::image`] (the pause image included) and import them into containerd's
 //! `k8s.io` namespace.
 //!
 //! `cargo test --test cri -- --ignored` prints the start latency and memory per pod.
@@ -28,7 +28,7 @@ use k8s_cri::v1::{
     StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
-use wasmedge_aot_shim::image::{ImageBuilder, Platform};
+use wasmedge_shimctl::image::{ImageBuilder, Platform};
 
 use common::{fixture, Containerd};
 

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::images::Owned;
 use common::{fixture, Containerd, Rootfs, Run};
-use wasmedge_aot_shim::check::check_node_shims;
-use wasmedge_aot_shim::identity::{config_digest, Identity};
-use wasmedge_aot_shim::service::STATE_ROOT;
+use wasmedge_aot_protocol::identity::{config_digest, Identity, STATE_ROOT};
+use wasmedge_shimctl::check::check_node_shims;
 
 const SHIM: &str = "containerd-shim-wasmedge-v1";
 const RUNNER: &str = "wasmedge-shim-runner";

@@ -2,6 +2,7 @@
 //! get-or-compile and atomic publish.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -77,6 +78,17 @@ impl ArtifactKind {
         } else {
             ArtifactKind::Universal
         }
+    }
+}
+
+/// The kind's stable name, as `wasmedge-shimctl ls --json` reports it: `sharedlibrary` or
+/// `universal`.
+impl fmt::Display for ArtifactKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ArtifactKind::SharedLibrary => "sharedlibrary",
+            ArtifactKind::Universal => "universal",
+        })
     }
 }
 
@@ -806,5 +818,12 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<super::Cache>();
         assert_send_sync::<super::Artifact>();
+    }
+
+    #[test]
+    fn artifact_kinds_have_stable_names() {
+        use super::ArtifactKind;
+        assert_eq!(ArtifactKind::SharedLibrary.to_string(), "sharedlibrary");
+        assert_eq!(ArtifactKind::Universal.to_string(), "universal");
     }
 }

@@ -24,6 +24,17 @@ use wasmedge_types::{CompilerOptimizationLevel, CompilerOutputFormat};
 /// Exit code of a module that trapped, as wasmtime and a `SIGABRT` give.
 pub const TRAP_EXIT_CODE: i32 = 134;
 
+/// The smallest WASI command, `(module (func (export "_start")))`: it goes through the
+/// engine's whole path (load, validate, instantiate with WASI, run) with no guest work. The
+/// runner warms WasmEdge with it; tests compile and package it.
+pub const EMPTY_COMMAND: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type: () -> ()
+    0x03, 0x02, 0x01, 0x00, // func 0: type 0
+    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, // export
+    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: empty body
+];
+
 /// Errors from the engine; each names the module and the phase that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

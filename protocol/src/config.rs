@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use wasmedge_aot_cache::{CacheConfig, HashThreads};
 
 pub const CONFIG_ENV: &str = "WASMEDGE_AOT_SHIM_CONFIG";
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wasmedge-aot-shim/config.toml";
@@ -154,6 +155,32 @@ impl Config {
         Ok(c)
     }
 
+    /// The settings of the node cache this config names, for a process that opens it. The
+    /// cache's place, size cap and compile slots come from the config, so every process on
+    /// the node agrees on them; the two arguments are what the processes differ on:
+    ///
+    /// - `verify_on_first_use`: whether this process checks an artifact's full blake3 digest
+    ///   the first time it hands it out. The runner passes `false`: container starts check the
+    ///   artifact's file identity against its record, and a full digest of a large module on
+    ///   the start path would cost milliseconds per module (see ARCHITECTURE.md, "Integrity").
+    ///   The admin tool passes `true`: it is not on any start path.
+    /// - `hash_threads`: whether module hashing may use rayon's pool. A process that forks
+    ///   must pass [`HashThreads::One`] (a child inherits a pool without its threads, see
+    ///   [`HashThreads`]); only a process that never forks after hashing passes
+    ///   [`HashThreads::Pool`].
+    pub fn cache_config(
+        &self,
+        verify_on_first_use: bool,
+        hash_threads: HashThreads,
+    ) -> CacheConfig {
+        let mut c = CacheConfig::new(&self.cache_dir);
+        c.max_size = (self.cache_max_bytes > 0).then_some(self.cache_max_bytes);
+        c.max_concurrent_compiles = self.max_concurrent_compiles;
+        c.verify_on_first_use = verify_on_first_use;
+        c.hash_threads = hash_threads;
+        c
+    }
+
     /// The policy for one module, after a pod's annotation override and `auto`.
     pub fn effective_policy(&self, annotation: Option<Policy>, module_bytes: u64) -> Policy {
         match annotation.unwrap_or(self.compile_policy) {
@@ -204,6 +231,30 @@ mod tests {
         );
         let e = Config::load_from(dir.path()).unwrap_err();
         assert!(e.to_string().starts_with("read config"), "{e}");
+    }
+
+    #[test]
+    fn the_cache_config_follows_the_node_config_and_the_callers_two_choices() {
+        let c = Config::parse(
+            "cache_dir = \"/c\"\ncache_max_bytes = 1000\nmax_concurrent_compiles = 3\n",
+        )
+        .unwrap();
+        let runner = c.cache_config(false, HashThreads::One);
+        assert_eq!(runner.root, PathBuf::from("/c"));
+        assert_eq!(runner.max_size, Some(1000));
+        assert_eq!(runner.max_concurrent_compiles, 3);
+        assert!(!runner.verify_on_first_use);
+        assert_eq!(runner.hash_threads, HashThreads::One);
+        let admin = c.cache_config(true, HashThreads::Pool);
+        assert!(admin.verify_on_first_use);
+        assert_eq!(admin.hash_threads, HashThreads::Pool);
+        // No cap in the config: none in the cache.
+        assert_eq!(
+            Config::default()
+                .cache_config(true, HashThreads::One)
+                .max_size,
+            None
+        );
     }
 
     #[test]

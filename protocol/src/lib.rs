@@ -14,8 +14,16 @@
 //!
 //! Both are JSON over unix sockets with file descriptors passed as `SCM_RIGHTS`
 //! ([`wire`]): each side of every message has one encoder and one decoder, here.
+//!
+//! And the records the shim leaves for the admin tool (`wasmedge-shimctl`), which must not
+//! link the shim to read them:
+//!
+//! - [`identity`]: which binaries and configuration a node shim runs, and its state file.
+//! - [`phases`]: the node-wide sums of each container's start phases, in the cache's layout.
 
 pub mod config;
 pub mod container;
+pub mod identity;
+pub mod phases;
 pub mod spawn;
 pub mod wire;

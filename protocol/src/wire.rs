@@ -190,26 +190,26 @@ pub fn send_framed(
 pub fn recv_framed(sock: BorrowedFd<'_>, max: usize) -> Result<(Vec<u8>, Vec<OwnedFd>), WireError> {
     let mut header = [0u8; 4];
     let mut fds = Vec::new();
-    let mut got = 0;
-    while got < header.len() {
-        let (n, more, truncated) = recv_with_fds(sock, &mut header[got..])?;
-        if truncated {
-            return Err(WireError::Truncated);
-        }
-        fds.extend(more);
-        if n == 0 {
-            return Err(WireError::Closed);
-        }
-        got += n;
-    }
+    recv_exact(sock, &mut header, &mut fds)?;
     let len = u32::from_le_bytes(header) as usize;
     if len > max {
         return Err(WireError::TooLarge { len, max });
     }
     let mut body = vec![0u8; len];
+    recv_exact(sock, &mut body, &mut fds)?;
+    Ok((body, fds))
+}
+
+/// Fills `buf` from a blocking stream socket, adding the descriptors that come with it to
+/// `fds`.
+fn recv_exact(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<(), WireError> {
     let mut got = 0;
-    while got < len {
-        let (n, more, truncated) = recv_with_fds(sock, &mut body[got..])?;
+    while got < buf.len() {
+        let (n, more, truncated) = recv_with_fds(sock, &mut buf[got..])?;
         if truncated {
             return Err(WireError::Truncated);
         }
@@ -219,7 +219,7 @@ pub fn recv_framed(sock: BorrowedFd<'_>, max: usize) -> Result<(Vec<u8>, Vec<Own
         }
         got += n;
     }
-    Ok((body, fds))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use wasmedge_aot_cache::{Cache, CacheConfig, Fingerprint, Key};
+use wasmedge_aot_cache::{Cache, Fingerprint, HashThreads, Key};
 use wasmedge_aot_engine::{fingerprint, Engine, Loaded, Prepared};
 use wasmedge_aot_protocol::config::{Config, Policy};
 use wasmedge_aot_protocol::container::CacheOutcome;
@@ -91,12 +91,10 @@ pub fn fd_path(f: &impl AsRawFd) -> PathBuf {
 
 impl Runner {
     pub fn new(engine: Engine, config: Config) -> Result<Runner, String> {
-        let mut cache_config = CacheConfig::new(&config.cache_dir);
-        cache_config.max_size = (config.cache_max_bytes > 0).then_some(config.cache_max_bytes);
-        cache_config.max_concurrent_compiles = config.max_concurrent_compiles;
         // Container starts check an artifact's identity against its record; full digests are
-        // for `wasmedge-shimctl verify` (see ARCHITECTURE.md, "Integrity").
-        cache_config.verify_on_first_use = false;
+        // for `wasmedge-shimctl verify` (see ARCHITECTURE.md, "Integrity"). The runner forks,
+        // so it hashes on its one thread.
+        let cache_config = config.cache_config(false, HashThreads::One);
         let cache = Cache::open(cache_config).map_err(|e| e.to_string());
         if let Err(e) = &cache {
             eprintln!(
@@ -157,24 +155,14 @@ impl Runner {
         let t = Instant::now();
         let key = match cache.key_for(&path, &self.fingerprint) {
             Ok(k) => k,
-            Err(e) => {
-                return res.fallback(format!(
-                    "cannot hash {}: {e}; running it in the interpreter",
-                    req.module_name
-                ))
-            }
+            Err(e) => return res.fallback(cannot("hash", &req.module_name, e)),
         };
         res.hash = t.elapsed();
         res.key = Some(key);
         let t = Instant::now();
         let artifact = match cache.lookup(&key) {
             Ok(a) => a,
-            Err(e) => {
-                return res.fallback(format!(
-                    "cannot look up {}: {e}; running it in the interpreter",
-                    req.module_name
-                ))
-            }
+            Err(e) => return res.fallback(cannot("look up", &req.module_name, e)),
         };
         res.lookup = t.elapsed();
         let Some(artifact) = artifact else {
@@ -281,4 +269,9 @@ impl Resolution {
         self.warning = Some(warning);
         self
     }
+}
+
+/// The warning of a cache step that failed for `module`, which then runs in the interpreter.
+fn cannot(what: &str, module: &str, e: impl std::fmt::Display) -> String {
+    format!("cannot {what} {module}: {e}; running it in the interpreter")
 }

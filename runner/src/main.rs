@@ -21,16 +21,9 @@ use std::path::Path;
 use wasmedge_aot_engine::{Engine, Options, Outcome, WasiPlan};
 use wasmedge_aot_protocol::config::Config;
 
-/// The smallest WASI command: an empty `_start`. Running it once before serving makes the
-/// runner touch WasmEdge's lazily initialised state, so children share it instead of each
-/// building its own.
-const WARM_UP_MODULE: &[u8] = &[
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
-    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type: () -> ()
-    0x03, 0x02, 0x01, 0x00, // func 0: type 0
-    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, // export
-    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: empty body
-];
+/// An empty `_start`. Running it once before serving makes the runner touch WasmEdge's
+/// lazily initialised state, so children share it instead of each building its own.
+const WARM_UP_MODULE: &[u8] = wasmedge_aot_engine::EMPTY_COMMAND;
 
 fn main() {
     let config = Config::load().unwrap_or_else(|e| {

@@ -1,6 +1,6 @@
 //! Image archives for the tests, and the harness's import, listing and shutdown.
 //!
-//! Archives are built with `wasmedge_aot_shim::image` (the library behind
+//! Archives are built with `wasmedge_shimctl::image` (the library behind
 //! `wasmedge-shimctl image build`) into `<target>/fixtures/images`, once per test binary.
 //!
 //! Gotcha: `ctr images import` without a platform keeps only the host's (`linux/amd64`) and
@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use wasmedge_aot_shim::image::{ImageBuilder, Layout, Platform};
+use wasmedge_shimctl::image::{ImageBuilder, Layout, Platform};
 
 use super::{fixture, fixtures, namespace, Containerd};
 

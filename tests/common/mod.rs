@@ -42,13 +42,23 @@ pub fn cni_bridge() -> String {
 /// of the workspace (`runner/`), so cargo does not build it for these tests by itself:
 /// `cargo build --workspace --bins` first (`scripts/test.sh` does).
 pub fn runner_bin() -> PathBuf {
-    let runner = shim_dir().join("wasmedge-shim-runner");
+    workspace_bin("wasmedge-shim-runner")
+}
+
+/// The admin tool, `wasmedge-shimctl`, of another package (`admin/`): built as the runner is.
+pub fn shimctl_bin() -> PathBuf {
+    workspace_bin("wasmedge-shimctl")
+}
+
+/// A binary of another package of the workspace, next to the shim in the target directory.
+fn workspace_bin(name: &str) -> PathBuf {
+    let bin = shim_dir().join(name);
     assert!(
-        runner.exists(),
+        bin.exists(),
         "{} is missing: run `cargo build --workspace --bins` before the tests",
-        runner.display()
+        bin.display()
     );
-    runner
+    bin
 }
 
 fn target_dir() -> PathBuf {

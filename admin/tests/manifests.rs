@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
-use wasmedge_aot_shim::install::{
+use wasmedge_shimctl::install::{
     DEFAULT_RUNTIME_NAME, NODE_LABEL, NODE_LABEL_KEY, NODE_LABEL_VALUE,
 };
 
 fn k8s_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s")
+    // The manifests belong to the workspace, one level up from this package.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s")
 }
 
 /// Every YAML document of one file, as JSON values.
@@ -130,9 +131,9 @@ fn example_workloads_use_the_runtimeclass() {
             );
         }
         let policy = &w["spec"]["template"]["metadata"]["annotations"]
-            [wasmedge_aot_shim::config::POLICY_ANNOTATION];
+            [wasmedge_aot_protocol::config::POLICY_ANNOTATION];
         if let Some(p) = policy.as_str() {
-            p.parse::<wasmedge_aot_shim::config::Policy>()
+            p.parse::<wasmedge_aot_protocol::config::Policy>()
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
         }
     }
@@ -274,10 +275,7 @@ fn the_labelling_doc_names_the_label() {
 /// binary accepts.
 #[test]
 fn the_installer_script_uses_flags_shimctl_accepts() {
-    let yaml = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/daemonset-installer.yaml"),
-    )
-    .unwrap();
+    let yaml = std::fs::read_to_string(k8s_dir().join("daemonset-installer.yaml")).unwrap();
     let start = yaml
         .find("wasmedge-shimctl install")
         .expect("install command");

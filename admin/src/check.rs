@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use serde::ser::SerializeStruct;
 use serde::Serialize;
+use wait_timeout::ChildExt;
 use wasmedge_aot_cache::trust;
+use wasmedge_aot_protocol::config::Config;
+use wasmedge_aot_protocol::identity::{self, Identity, STATE_ROOT};
 
-use crate::config::Config;
-use crate::identity::Identity;
 use crate::install::{
     registered_runtimes, BINARIES, DEFAULT_CONTAINERD_CONFIG, DEFAULT_RUNTIME_NAME, NODE_LABEL_KEY,
     NODE_LABEL_VALUE, RUNTIME_TYPE,
@@ -193,16 +194,9 @@ pub fn check(opts: &CheckOptions) -> CheckReport {
     });
     let installed = shim.as_deref().map(|shim| {
         let runner = shim.with_file_name(RUNNER_BINARY);
-        Identity::of(
-            shim,
-            &runner,
-            crate::identity::config_digest(&opts.shim_config),
-        )
+        Identity::of(shim, &runner, identity::config_digest(&opts.shim_config))
     });
-    checks.push(check_node_shims(
-        Path::new(crate::service::STATE_ROOT),
-        installed.as_ref(),
-    ));
+    checks.push(check_node_shims(Path::new(STATE_ROOT), installed.as_ref()));
     checks.extend(check_kubernetes(opts));
     CheckReport { checks }
 }
@@ -234,35 +228,54 @@ impl CmdOutput {
 /// out, with a message that names the program.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<CmdOutput, String> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let child = cmd
+    // Output goes to unlinked temporary files rather than pipes, so the wait needs no thread
+    // to drain them: a child that writes more than a pipe holds cannot block, and a
+    // grandchild that keeps the descriptors open cannot hold the wait past the child's exit.
+    let capture =
+        || tempfile::tempfile().map_err(|e| format!("run {program}: temporary file: {e}"));
+    let (mut stdout, mut stderr) = (capture()?, capture()?);
+    let into_stdio = |f: &std::fs::File| {
+        f.try_clone()
+            .map(Stdio::from)
+            .map_err(|e| format!("run {program}: {e}"))
+    };
+    let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(into_stdio(&stdout)?)
+        .stderr(into_stdio(&stderr)?)
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => format!("{program} not found"),
             _ => format!("run {program}: {e}"),
         })?;
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(timeout) {
-        Ok(r) => r,
-        Err(_) => {
-            // The child is not reaped until wait_with_output returns, so the pid is still ours.
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = rx.recv();
+    let status = match child.wait_timeout(timeout) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
             return Err(format!("{program} timed out after {}s", timeout.as_secs()));
         }
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("wait for {program}: {e}"));
+        }
     };
-    let out = out.map_err(|e| format!("wait for {program}: {e}"))?;
     Ok(CmdOutput {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        success: status.success(),
+        stdout: read_captured(&mut stdout),
+        stderr: read_captured(&mut stderr),
     })
+}
+
+/// What a child wrote into `file` (the child's writes moved the shared offset to the end).
+fn read_captured(file: &mut std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut bytes = Vec::new();
+    if file.rewind().is_ok() {
+        let _ = file.read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// The server version in `ctr version` output (`Server:` then `  Version:  v1.7.24`).
@@ -605,7 +618,7 @@ pub fn check_cache_dir(dir: &Path, euid: u32) -> Check {
 /// Informational: never fails the node.
 pub fn check_node_shims(state_root: &Path, installed: Option<&Identity>) -> Check {
     const NAME: &str = "node-shims";
-    let shims = crate::identity::live_shims(state_root, SHIM_BINARY);
+    let shims = identity::live_shims(state_root, SHIM_BINARY);
     if shims.is_empty() {
         return Check {
             required: false,

@@ -401,54 +401,40 @@ pub fn detect_config_version() -> Result<ConfigVersion, String> {
         .ok_or_else(|| format!("containerd {major}.x is not supported"))
 }
 
-/// Options of [`install`].
+/// What [`install`] and [`uninstall`] both act on.
 #[derive(Debug, Clone)]
+pub struct NodeTarget {
+    /// Where the binaries go.
+    pub bin_dir: PathBuf,
+    /// containerd's config file.
+    pub containerd_config: PathBuf,
+    /// The runtime name (a RuntimeClass's handler).
+    pub runtime_name: String,
+    /// Restart containerd after a change of its config.
+    pub restart: bool,
+}
+
+impl Default for NodeTarget {
+    fn default() -> Self {
+        NodeTarget {
+            bin_dir: PathBuf::from(DEFAULT_BIN_DIR),
+            containerd_config: PathBuf::from(DEFAULT_CONTAINERD_CONFIG),
+            runtime_name: DEFAULT_RUNTIME_NAME.to_string(),
+            restart: false,
+        }
+    }
+}
+
+/// Options of [`install`].
+#[derive(Debug, Clone, Default)]
 pub struct InstallOptions {
+    pub target: NodeTarget,
     /// Where the binaries are copied from; `None` = the directory of the running executable.
     pub source_dir: Option<PathBuf>,
-    pub bin_dir: PathBuf,
-    pub containerd_config: PathBuf,
-    pub runtime_name: String,
     /// Config version to create when the file is missing; `None` = from `containerd --version`.
     pub config_version: Option<ConfigVersion>,
     /// Replace a runtime of the same name that has another runtime_type.
     pub force: bool,
-    /// Restart containerd after a change.
-    pub restart: bool,
-}
-
-impl Default for InstallOptions {
-    fn default() -> Self {
-        InstallOptions {
-            source_dir: None,
-            bin_dir: PathBuf::from(DEFAULT_BIN_DIR),
-            containerd_config: PathBuf::from(DEFAULT_CONTAINERD_CONFIG),
-            runtime_name: DEFAULT_RUNTIME_NAME.to_string(),
-            config_version: None,
-            force: false,
-            restart: false,
-        }
-    }
-}
-
-/// Options of [`uninstall`].
-#[derive(Debug, Clone)]
-pub struct UninstallOptions {
-    pub bin_dir: PathBuf,
-    pub containerd_config: PathBuf,
-    pub runtime_name: String,
-    pub restart: bool,
-}
-
-impl Default for UninstallOptions {
-    fn default() -> Self {
-        UninstallOptions {
-            bin_dir: PathBuf::from(DEFAULT_BIN_DIR),
-            containerd_config: PathBuf::from(DEFAULT_CONTAINERD_CONFIG),
-            runtime_name: DEFAULT_RUNTIME_NAME.to_string(),
-            restart: false,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -710,11 +696,12 @@ fn config_warnings(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Copies the binaries into `opts.bin_dir` and registers the runtime in containerd's config.
+/// Copies the binaries into `opts.target.bin_dir` and registers the runtime in containerd's config.
 pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
+    let target = &opts.target;
     let src_dir = source_dir(opts)?;
-    std::fs::create_dir_all(&opts.bin_dir)
-        .map_err(io(format!("create {}", opts.bin_dir.display())))?;
+    std::fs::create_dir_all(&target.bin_dir)
+        .map_err(io(format!("create {}", target.bin_dir.display())))?;
     // All or nothing: a missing source is found before anything is copied.
     for name in BINARIES {
         let src = src_dir.join(name);
@@ -728,7 +715,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
     let mut binaries = Vec::new();
     for name in BINARIES {
         let src = src_dir.join(name);
-        let dst = opts.bin_dir.join(name);
+        let dst = target.bin_dir.join(name);
         let same = match (src.canonicalize(), dst.canonicalize()) {
             (Ok(a), Ok(b)) => a == b,
             _ => false,
@@ -745,14 +732,14 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
         });
     }
 
-    let path = &opts.containerd_config;
+    let path = &target.containerd_config;
     let (old, edit) = match std::fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8(bytes.clone()).map_err(|e| InstallError::Parse {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?;
-            let edit = register_runtime(&text, &opts.runtime_name, opts.force)
+            let edit = register_runtime(&text, &target.runtime_name, opts.force)
                 .map_err(|e| with_path(e, path))?;
             (Some(bytes), edit)
         }
@@ -766,7 +753,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
                     }
                 })?,
             };
-            let text = minimal_config(version, &opts.runtime_name);
+            let text = minimal_config(version, &target.runtime_name);
             let edit = Edit {
                 text,
                 changed: true,
@@ -780,14 +767,14 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
     let backup_path = apply(path, old.as_deref(), &edit)?;
     let warnings = config_warnings(&edit.text);
     let changed = edit.changed || binaries.iter().any(|b| b.action != BinaryAction::Unchanged);
-    let restart = restart_outcome(edit.changed, opts.restart);
+    let restart = restart_outcome(edit.changed, target.restart);
     Ok(InstallReport {
         operation: "install",
         binaries,
         config: ConfigReport {
             path: path.clone(),
             version: Some(edit.version),
-            runtime_name: opts.runtime_name.clone(),
+            runtime_name: target.runtime_name.clone(),
             action: edit.action,
             backup: backup_path,
         },
@@ -819,8 +806,8 @@ fn apply(path: &Path, old: Option<&[u8]>, edit: &Edit) -> Result<Option<PathBuf>
 }
 
 /// Removes the runtime table (only if it is ours) and the binaries.
-pub fn uninstall(opts: &UninstallOptions) -> Result<InstallReport, InstallError> {
-    let path = &opts.containerd_config;
+pub fn uninstall(target: &NodeTarget) -> Result<InstallReport, InstallError> {
+    let path = &target.containerd_config;
     let (version, action, backup_path, config_changed) = match std::fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8(bytes.clone()).map_err(|e| InstallError::Parse {
@@ -828,7 +815,7 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<InstallReport, InstallError>
                 message: e.to_string(),
             })?;
             let edit =
-                unregister_runtime(&text, &opts.runtime_name).map_err(|e| with_path(e, path))?;
+                unregister_runtime(&text, &target.runtime_name).map_err(|e| with_path(e, path))?;
             let backup_path = apply(path, Some(&bytes), &edit)?;
             (Some(edit.version), edit.action, backup_path, edit.changed)
         }
@@ -839,7 +826,7 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<InstallReport, InstallError>
     };
     let mut binaries = Vec::new();
     for name in BINARIES {
-        let dst = opts.bin_dir.join(name);
+        let dst = target.bin_dir.join(name);
         let action = match std::fs::remove_file(&dst) {
             Ok(()) => BinaryAction::Removed,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BinaryAction::Absent,
@@ -858,12 +845,12 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<InstallReport, InstallError>
         config: ConfigReport {
             path: path.clone(),
             version,
-            runtime_name: opts.runtime_name.clone(),
+            runtime_name: target.runtime_name.clone(),
             action,
             backup: backup_path,
         },
         changed,
-        restart: restart_outcome(config_changed, opts.restart),
+        restart: restart_outcome(config_changed, target.restart),
         warnings: Vec::new(),
     })
 }
@@ -1202,8 +1189,11 @@ root = "/var/lib/containerd"   # keep this comment
         std::fs::write(&config, V2).unwrap();
         let opts = InstallOptions {
             source_dir: Some(src.clone()),
-            bin_dir: bin.clone(),
-            containerd_config: config.clone(),
+            target: NodeTarget {
+                bin_dir: bin.clone(),
+                containerd_config: config.clone(),
+                ..Default::default()
+            },
             ..Default::default()
         };
 
@@ -1249,7 +1239,7 @@ root = "/var/lib/containerd"   # keep this comment
         assert_eq!(r3.binaries[0].action, BinaryAction::Updated);
         assert_eq!(r3.restart, RestartOutcome::NotNeeded);
 
-        let u = uninstall(&UninstallOptions {
+        let u = uninstall(&NodeTarget {
             bin_dir: bin.clone(),
             containerd_config: config.clone(),
             ..Default::default()
@@ -1260,7 +1250,7 @@ root = "/var/lib/containerd"   # keep this comment
         assert!(u.config.backup.is_some());
         assert_eq!(std::fs::read_to_string(&config).unwrap(), V2);
         assert!(BINARIES.iter().all(|b| !bin.join(b).exists()));
-        let u2 = uninstall(&UninstallOptions {
+        let u2 = uninstall(&NodeTarget {
             bin_dir: bin,
             containerd_config: config,
             ..Default::default()
@@ -1276,8 +1266,11 @@ root = "/var/lib/containerd"   # keep this comment
         std::fs::write(tmp.path().join(BINARIES[0]), "x").unwrap();
         let e = install(&InstallOptions {
             source_dir: Some(tmp.path().to_path_buf()),
-            bin_dir: tmp.path().join("bin"),
-            containerd_config: tmp.path().join("config.toml"),
+            target: NodeTarget {
+                bin_dir: tmp.path().join("bin"),
+                containerd_config: tmp.path().join("config.toml"),
+                ..Default::default()
+            },
             config_version: Some(ConfigVersion::V2),
             ..Default::default()
         })
@@ -1297,8 +1290,11 @@ root = "/var/lib/containerd"   # keep this comment
         let config = tmp.path().join("new/config.toml");
         let r = install(&InstallOptions {
             source_dir: Some(tmp.path().to_path_buf()),
-            bin_dir: tmp.path().join("bin"),
-            containerd_config: config.clone(),
+            target: NodeTarget {
+                bin_dir: tmp.path().join("bin"),
+                containerd_config: config.clone(),
+                ..Default::default()
+            },
             config_version: Some(ConfigVersion::V3),
             ..Default::default()
         })

@@ -27,18 +27,20 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use wasmedge_aot_cache::{Cache, CacheConfig, Outcome};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use wasmedge_aot_cache::{Cache, HashThreads, Outcome};
 use wasmedge_aot_engine::{fingerprint, Engine, Options};
-use wasmedge_aot_shim::check::{self, CheckOptions};
-use wasmedge_aot_shim::config::Config;
-use wasmedge_aot_shim::image::{Archive, ImageBuilder, Platform};
-use wasmedge_aot_shim::install::{self, ConfigVersion, InstallOptions, UninstallOptions};
-use wasmedge_aot_shim::phases;
+use wasmedge_aot_protocol::config::Config;
+use wasmedge_aot_protocol::phases;
+use wasmedge_shimctl::check::{self, CheckOptions};
+use wasmedge_shimctl::image::{Archive, ImageBuilder, Platform};
+use wasmedge_shimctl::install::{self, ConfigVersion, InstallOptions, NodeTarget};
 
 #[derive(Parser)]
 #[command(
@@ -171,7 +173,7 @@ struct RmArgs {
 
 /// What `install` and `uninstall` both act on.
 #[derive(Args)]
-struct NodeTarget {
+struct NodeTargetArgs {
     /// Where the binaries go.
     #[arg(long, default_value = install::DEFAULT_BIN_DIR)]
     bin_dir: PathBuf,
@@ -192,7 +194,7 @@ struct NodeTarget {
 #[derive(Args)]
 struct InstallArgs {
     #[command(flatten)]
-    target: NodeTarget,
+    target: NodeTargetArgs,
     /// Where the binaries are copied from [default: this binary's directory].
     #[arg(long)]
     source_dir: Option<PathBuf>,
@@ -207,7 +209,20 @@ struct InstallArgs {
 #[derive(Args)]
 struct UninstallArgs {
     #[command(flatten)]
-    target: NodeTarget,
+    target: NodeTargetArgs,
+}
+
+impl NodeTargetArgs {
+    /// The library's target, and whether to print JSON.
+    fn split(self) -> (NodeTarget, bool) {
+        let target = NodeTarget {
+            bin_dir: self.bin_dir,
+            containerd_config: self.containerd_config,
+            runtime_name: self.runtime_name,
+            restart: self.restart,
+        };
+        (target, self.json)
+    }
 }
 
 #[derive(Args)]
@@ -349,11 +364,9 @@ fn load_config(args: &CacheArgs) -> Result<Config> {
 }
 
 fn open_cache(config: &Config) -> Result<Cache> {
-    let mut cfg = CacheConfig::new(&config.cache_dir);
-    cfg.max_size = (config.cache_max_bytes > 0).then_some(config.cache_max_bytes);
-    cfg.max_concurrent_compiles = config.max_concurrent_compiles;
-    // shimctl never forks: its module hashing may use rayon's pool.
-    cfg.hash_threads = wasmedge_aot_cache::HashThreads::Pool;
+    // Not on a start path: full digests on first use. shimctl never forks: its module
+    // hashing may use rayon's pool.
+    let cfg = config.cache_config(true, HashThreads::Pool);
     Cache::open(cfg).with_context(|| format!("open cache {}", config.cache_dir.display()))
 }
 
@@ -365,7 +378,10 @@ fn precompile(args: PrecompileArgs) -> Result<()> {
     let (module, label) = match (&args.module, &args.image) {
         (Some(path), _) => (path.clone(), path.display().to_string()),
         (None, Some(reference)) => {
-            let dir = tempfile_dir()?;
+            let dir = tempfile::Builder::new()
+                .prefix("wasmedge-shimctl.")
+                .tempdir()
+                .context("create a temporary directory")?;
             let (path, source) = module_of_image(&args, reference, dir.path())?;
             _tmp = dir;
             (path, format!("{reference} ({source})"))
@@ -436,34 +452,6 @@ fn with_progress<T>(label: &str, f: impl FnOnce() -> T) -> T {
     result
 }
 
-fn tempfile_dir() -> Result<TempDir> {
-    let base = std::env::temp_dir();
-    for n in 0..100u32 {
-        let path = base.join(format!("wasmedge-shimctl.{}.{n}", std::process::id()));
-        match std::fs::create_dir(&path) {
-            Ok(()) => return Ok(TempDir(path)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("create {}", path.display())),
-        }
-    }
-    bail!("no free temporary directory in {}", base.display())
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Exports `reference` from containerd with `ctr images export`, finds its module (the
 /// entrypoint of a plain image, the `application/wasm` layer of an artifact) and writes it
 /// to `dir/module.wasm`. Returns the file and where the module was found.
@@ -506,33 +494,11 @@ fn module_of_image(
         .or_else(|_| archive.image(None))
         .with_context(|| format!("find {reference} in its export"))?;
     let module = archive
-        .module(&image, &gunzip)
+        .module(&image)
         .with_context(|| format!("find the module of {reference}"))?;
     let path = dir.join("module.wasm");
     std::fs::write(&path, &module.bytes).with_context(|| format!("write {}", path.display()))?;
     Ok((path, module.source))
-}
-
-/// Decompresses a gzip layer with `gzip -dc` (no compression library in the shim).
-fn gunzip(media_type: &str, data: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    if !media_type.ends_with("gzip") {
-        return Err("unsupported compression (only gzip and uncompressed layers)".into());
-    }
-    let mut child = std::process::Command::new("gzip")
-        .arg("-dc")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("run gzip: {e}"))?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let data = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let out = child.wait_with_output().map_err(|e| format!("gzip: {e}"))?;
-    let _ = writer.join();
-    if !out.status.success() {
-        return Err(format!("gzip -dc failed: {}", out.status));
-    }
-    Ok(out.stdout)
 }
 
 fn ls(args: &CacheArgs) -> Result<()> {
@@ -547,7 +513,7 @@ fn ls(args: &CacheArgs) -> Result<()> {
                     "key": e.key.to_hex(),
                     "size": e.size,
                     "disk_size": e.disk_size,
-                    "kind": format!("{:?}", e.kind).to_lowercase(),
+                    "kind": e.kind.to_string(),
                     "hint": e.hint,
                     "created": rfc3339(e.created),
                     "last_used": rfc3339(e.last_used),
@@ -730,28 +696,19 @@ fn rm(args: &RmArgs) -> Result<()> {
 // ---- node setup ----
 
 fn install_cmd(args: InstallArgs) -> Result<ExitCode> {
-    let t = args.target;
+    let (target, json) = args.target.split();
     let report = install::install(&InstallOptions {
+        target,
         source_dir: args.source_dir,
-        bin_dir: t.bin_dir,
-        containerd_config: t.containerd_config,
-        runtime_name: t.runtime_name,
         config_version: args.config_version,
         force: args.force,
-        restart: t.restart,
     })?;
-    print_install(&report, t.json)
+    print_install(&report, json)
 }
 
 fn uninstall_cmd(args: UninstallArgs) -> Result<ExitCode> {
-    let t = args.target;
-    let report = install::uninstall(&UninstallOptions {
-        bin_dir: t.bin_dir,
-        containerd_config: t.containerd_config,
-        runtime_name: t.runtime_name,
-        restart: t.restart,
-    })?;
-    print_install(&report, t.json)
+    let (target, json) = args.target.split();
+    print_install(&install::uninstall(&target)?, json)
 }
 
 fn print_install(report: &install::InstallReport, json: bool) -> Result<ExitCode> {
@@ -838,29 +795,12 @@ fn human_size(n: u64) -> String {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds: the `ls` table has a column of that width).
 fn rfc3339(t: SystemTime) -> String {
-    let secs = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    };
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = OffsetDateTime::from(t);
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    // Only a year outside 0..=9999 has no RFC 3339 form; no file of a cache has one.
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 #[cfg(test)]
@@ -882,9 +822,15 @@ mod tests {
 
     #[test]
     fn times_format_as_utc() {
+        use std::time::UNIX_EPOCH;
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // leap day 2024
         assert_eq!(rfc3339(t), "2024-02-29T12:34:56Z");
+        assert_eq!(
+            rfc3339(t + Duration::from_millis(999)),
+            "2024-02-29T12:34:56Z",
+            "whole seconds"
+        );
         assert_eq!(human_size(512), "512 B");
         assert_eq!(human_size(1536), "1.5 KiB");
     }

@@ -7,15 +7,17 @@
 //! "lookup_us": .., "compile_us": .., "cgroup_us": .., "namespaces_us": .., "mounts_us": ..,
 //! "pivot_us": .., "credentials_us": .., "seccomp_us": .., "load_us": .., "instantiate_us":
 //! .., "run_us": ..}` (the isolation steps may be absent in older files: zero).
-//! Every shim adds one container's figures when the container exits. Nothing is recorded for
-//! a cache that does not exist or is not trusted. Reads are bounded; an unreadable or corrupt
-//! file counts from zero: these are statistics, never worth failing a container for.
+//! Every shim adds one container's figures when the container exits ([`record`]);
+//! `wasmedge-shimctl stats` reads them ([`read`]). Nothing is recorded for a cache that does
+//! not exist or is not trusted. Reads are bounded; an unreadable or corrupt file counts from
+//! zero: these are statistics, never worth failing a container for. The format lives here,
+//! beside the [`Timings`] it sums, because the shim writes it and the admin tool reads it.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use wasmedge_aot_protocol::container::{Tier, Timings};
+use crate::container::{Tier, Timings};
 
 pub const VERSION: u32 = 1;
 
@@ -109,7 +111,7 @@ mod tests {
             load_us: 4,
             instantiate_us: 5,
             tier,
-            cache: wasmedge_aot_protocol::container::CacheOutcome::Hit,
+            cache: crate::container::CacheOutcome::Hit,
         }
     }
 

@@ -10,17 +10,23 @@
 //! containers stay with the shim that started them, which exits when it has none left.
 //!
 //! Each node shim publishes what it runs and how many tasks it serves in its run directory
-//! ([`STATE_FILE`]), which `wasmedge-shimctl check` reads.
+//! (`<`[`STATE_ROOT`]`>/<namespace>-<socket>/`[`STATE_FILE`]), which `wasmedge-shimctl
+//! check` reads. The shim owns these records (it alone writes them); they live here because
+//! the admin tool reads them and must not link the shim.
+//!
+//! Digests are blake3, the hash the node already uses for modules, so this crate (which the
+//! runner links too) brings no second hash function.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::config::Config;
 
+/// Where node shims keep their run directories (one per namespace and socket).
+pub const STATE_ROOT: &str = "/run/wasmedge-aot-shim";
 /// A node shim's record of itself, in its run directory.
 pub const STATE_FILE: &str = "shim.json";
 /// Largest state file read back.
@@ -55,7 +61,7 @@ pub struct Identity {
     pub shim: Option<FileIdentity>,
     /// The runner it starts.
     pub runner: Option<FileIdentity>,
-    /// sha256 of the config file's bytes (hex), `none` when there is no file.
+    /// blake3 of the config file's bytes (hex), `none` when there is no file.
     pub config: String,
 }
 
@@ -71,8 +77,7 @@ impl Identity {
     /// 16 hex digits naming the identity in a grouping key.
     pub fn key(&self) -> String {
         let encoded = serde_json::to_vec(self).unwrap_or_default();
-        let h = Sha256::digest(&encoded);
-        h[..8].iter().map(|b| format!("{b:02x}")).collect()
+        blake3::hash(&encoded).to_hex()[..16].to_string()
     }
 }
 
@@ -98,10 +103,7 @@ pub fn config_digest(path: &Path) -> String {
 }
 
 fn digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    blake3::hash(bytes).to_hex().to_string()
 }
 
 /// A node shim's [`STATE_FILE`].
