@@ -188,10 +188,14 @@ pub fn check(opts: &CheckOptions) -> CheckReport {
     checks.push(check_runner(runner.as_deref()));
     checks.push(check_libwasmedge(runner.as_deref(), opts.timeout));
     checks.push(check_registered(opts));
-    checks.push(match Config::load_from(&opts.shim_config) {
+    let config = Config::load_from(&opts.shim_config);
+    checks.push(match &config {
         Ok(c) => check_cache_dir(&c.cache_dir, nix::unistd::geteuid().as_raw()),
         Err(e) => Check::fail("cache-dir", e.to_string()),
     });
+    if let Ok(c) = &config {
+        checks.push(check_compile_failures(c));
+    }
     let installed = shim.as_deref().map(|shim| {
         let runner = shim.with_file_name(RUNNER_BINARY);
         Identity::of(shim, &runner, identity::config_digest(&opts.shim_config))
@@ -609,6 +613,35 @@ pub fn check_cache_dir(dir: &Path, euid: u32) -> Check {
         ),
         Err(e) => Check::fail(NAME, e.to_string()),
     }
+}
+
+/// Compiles that failed within the retry window: their modules run in the interpreter until
+/// then. Informational: a module the compiler refuses still runs.
+pub fn check_compile_failures(config: &Config) -> Check {
+    const NAME: &str = "compile-failures";
+    let within = std::time::Duration::from_secs(config.compile_retry_secs);
+    let failures = wasmedge_aot_cache::recent_failures(&config.cache_dir, within);
+    let mut c = if failures.is_empty() {
+        Check::pass(
+            NAME,
+            format!("none in the last {} s", config.compile_retry_secs),
+        )
+    } else {
+        let list: Vec<String> = failures
+            .iter()
+            .map(|(k, f)| format!("{}: {}: {}", &k.to_hex()[..12], f.cause, f.message))
+            .collect();
+        Check::fail(
+            NAME,
+            format!(
+                "{} module(s) run in the interpreter until their compile is retried: {}",
+                failures.len(),
+                list.join("; ")
+            ),
+        )
+    };
+    c.required = false;
+    c
 }
 
 /// Which node shims run, of which binaries and configuration, and how many tasks each

@@ -366,7 +366,28 @@ fn load_config(args: &CacheArgs) -> Result<Config> {
 fn open_cache(config: &Config) -> Result<Cache> {
     // Not on a start path: full digests on first use. shimctl never forks: its module
     // hashing may use rayon's pool.
-    let cfg = config.cache_config(true, HashThreads::Pool);
+    let mut cfg = config.cache_config(true, HashThreads::Pool);
+    // A compile another process runs (a pod's, another precompile) is waited for as long as
+    // it lives and makes progress: say whose it is.
+    cfg.on_wait = Some(wasmedge_aot_cache::WaitHook::new(|w| {
+        let pids: Vec<String> = w
+            .holders
+            .iter()
+            .map(|h| format!("pid {} ({})", h.pid, h.state))
+            .collect();
+        eprintln!(
+            "waiting {}s for the {} of {} held by {}, {}s of CPU so far",
+            w.waited.as_secs(),
+            w.what,
+            w.key.map(|k| k.to_hex()).unwrap_or_default(),
+            if pids.is_empty() {
+                "a process that has not said who it is".to_string()
+            } else {
+                pids.join(", ")
+            },
+            w.holders_cpu.as_secs()
+        );
+    }));
     Cache::open(cfg).with_context(|| format!("open cache {}", config.cache_dir.display()))
 }
 
@@ -545,6 +566,8 @@ fn stats(args: &CacheArgs) -> Result<()> {
     let cache = open_cache(&config)?;
     let s = cache.stats().context("read cache stats")?;
     let p = phases::read(&config.cache_dir);
+    // Failures a start would still act on: within the retry window.
+    let failures = cache.failures(Duration::from_secs(config.compile_retry_secs));
     let per = |us: u64| -> f64 {
         if p.containers == 0 {
             0.0
@@ -591,6 +614,12 @@ fn stats(args: &CacheArgs) -> Result<()> {
                 "interpreter": p.interpreter,
                 "phases": phase_json,
             },
+            "recent_compile_failures": failures.iter().map(|(k, f)| json!({
+                "key": k.to_hex(),
+                "cause": f.cause,
+                "message": f.message,
+                "at_unix": f.at_unix,
+            })).collect::<Vec<_>>(),
         }));
     }
     println!("cache {}", config.cache_dir.display());
@@ -610,6 +639,10 @@ fn stats(args: &CacheArgs) -> Result<()> {
         human_size(s.evicted_bytes),
         s.invalid_entries
     );
+    println!("  recent compile failures {}", failures.len());
+    for (key, f) in &failures {
+        println!("    {} {}: {}", key.to_hex(), f.cause, f.message);
+    }
     println!(
         "containers {} (native {}, interpreter {})",
         p.containers, p.native, p.interpreter

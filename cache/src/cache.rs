@@ -546,7 +546,10 @@ impl Cache {
             "compile slot",
             Some(key),
             self.cfg.stall_timeout,
-            self.cfg.on_wait.as_ref(),
+            self.cfg
+                .on_wait
+                .as_ref()
+                .map(|h| (h, self.cfg.wait_report_interval)),
         )?;
         key_lock.announce("compiling");
         slot.announce("compiling");
@@ -639,7 +642,10 @@ impl Cache {
             "key lock",
             Some(*key),
             self.cfg.stall_timeout,
-            self.cfg.on_wait.as_ref(),
+            self.cfg
+                .on_wait
+                .as_ref()
+                .map(|h| (h, self.cfg.wait_report_interval)),
         )
     }
 

@@ -75,8 +75,10 @@ pub struct CacheConfig {
     /// long holders that compile may use no CPU time before the wait fails
     /// ([`crate::Error::Stalled`]). Default 10 minutes: no compile is that idle.
     pub stall_timeout: Duration,
-    /// Sees every wait for a lock, every [`crate::lock::WAIT_REPORT_INTERVAL`].
+    /// Sees every wait for a lock, every `wait_report_interval`.
     pub on_wait: Option<WaitHook>,
+    /// How often `on_wait` sees a wait; default [`crate::lock::WAIT_REPORT_INTERVAL`].
+    pub wait_report_interval: Duration,
     /// Most compiles running at once across all processes sharing `root`. Default: number of CPUs.
     /// It is the number of slot lock files a process tries, so processes sharing a root should
     /// agree on it; if they do not, the largest value is the effective bound.
@@ -100,6 +102,7 @@ impl CacheConfig {
             max_size: None,
             stall_timeout: Duration::from_secs(600),
             on_wait: None,
+            wait_report_interval: crate::lock::WAIT_REPORT_INTERVAL,
             max_concurrent_compiles: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),

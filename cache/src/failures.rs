@@ -123,11 +123,7 @@ impl Cache {
     }
 
     fn read_failure(&self, key: &Key) -> Option<Failure> {
-        let mut file = open_nofollow(&self.layout.failure_file(key)).ok()?;
-        let bytes = read_bounded(&mut file, FAILURE_MAX).ok()?;
-        serde_json::from_slice::<Failure>(&bytes)
-            .ok()
-            .filter(|f| f.version == VERSION)
+        failures_in_one(&self.layout, key)
     }
 
     /// Forgets `key`'s failure (its compile has now succeeded).
@@ -137,16 +133,37 @@ impl Cache {
 
     /// Every recorded failure younger than `within`, newest first.
     pub fn failures(&self, within: Duration) -> Vec<(Key, Failure)> {
-        let now = self.cfg.clock.now();
-        let mut out: Vec<(Key, Failure)> = fs::read_dir(self.layout.failures())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<Key>().ok())
-            .filter_map(|k| Some((k, self.read_failure(&k)?)))
-            .filter(|(_, f)| f.age(now) < within)
-            .collect();
-        out.sort_by_key(|(_, f)| std::cmp::Reverse(f.at_unix));
-        out
+        failures_in(&self.layout, within, self.cfg.clock.now())
     }
+}
+
+fn failures_in_one(layout: &crate::layout::Layout, key: &Key) -> Option<Failure> {
+    let mut file = open_nofollow(&layout.failure_file(key)).ok()?;
+    let bytes = read_bounded(&mut file, FAILURE_MAX).ok()?;
+    serde_json::from_slice::<Failure>(&bytes)
+        .ok()
+        .filter(|f| f.version == VERSION)
+}
+
+/// The recorded failures of the cache at `root` younger than `within`, newest first,
+/// without opening (and so without creating anything in) the cache: for `check`.
+pub fn recent_failures(root: &std::path::Path, within: Duration) -> Vec<(Key, Failure)> {
+    failures_in(&crate::layout::Layout::new(root), within, SystemTime::now())
+}
+
+fn failures_in(
+    layout: &crate::layout::Layout,
+    within: Duration,
+    now: SystemTime,
+) -> Vec<(Key, Failure)> {
+    let mut out: Vec<(Key, Failure)> = fs::read_dir(layout.failures())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<Key>().ok())
+        .filter_map(|k| Some((k, failures_in_one(layout, &k)?)))
+        .filter(|(_, f)| f.age(now) < within)
+        .collect();
+    out.sort_by_key(|(_, f)| std::cmp::Reverse(f.at_unix));
+    out
 }

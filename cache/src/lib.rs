@@ -21,7 +21,7 @@ pub use cache::{
 };
 pub use config::{CacheConfig, Clock, WaitHook};
 pub use error::{BoxError, Error, ForKey, Result};
-pub use failures::{Failure, FailureCause, FAILURE_MAX};
+pub use failures::{recent_failures, Failure, FailureCause, FAILURE_MAX};
 pub use key::{
     Fingerprint, HashThreads, Key, ModuleHash, KEY_CONTEXT, KEY_FORMAT_VERSION, RAYON_THRESHOLD,
 };

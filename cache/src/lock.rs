@@ -195,13 +195,13 @@ pub(crate) fn lock_any_with_timeout(
 
 /// Takes the first free lock among `paths`, waiting for as long as its holders live and
 /// make progress (see the module docs). `stall` is how long holders that say they compile
-/// may go without using CPU time; `on_wait` sees the wait every [`WAIT_REPORT_INTERVAL`].
+/// may go without using CPU time; `on_wait` sees the wait every `report` interval.
 pub(crate) fn lock_following(
     paths: &[PathBuf],
     what: &'static str,
     key: Option<Key>,
     stall: Duration,
-    on_wait: Option<&crate::config::WaitHook>,
+    on_wait: Option<(&crate::config::WaitHook, Duration)>,
 ) -> Result<KeyLock> {
     let start = Instant::now();
     let mut backoff = Duration::from_millis(1);
@@ -235,8 +235,8 @@ pub(crate) fn lock_following(
                 stalled: last_progress.elapsed(),
             });
         }
-        if let Some(hook) = on_wait {
-            if last_report.elapsed() >= WAIT_REPORT_INTERVAL {
+        if let Some((hook, report)) = on_wait {
+            if last_report.elapsed() >= report {
                 last_report = Instant::now();
                 hook.call(&Waiting {
                     what,

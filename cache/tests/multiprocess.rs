@@ -358,13 +358,28 @@ fn a_waiter_follows_a_compile_that_makes_progress_however_long_it_takes() {
     wait_for(&marker, Duration::from_secs(30));
     let mut cfg = CacheConfig::new(&env.root);
     cfg.stall_timeout = Duration::from_millis(500);
+    // Whoever waits can say whose compile it waits for (the admin tool prints it).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook_seen = seen.clone();
+    cfg.on_wait = Some(wasmedge_aot_cache::WaitHook::new(move |w| {
+        hook_seen.lock().unwrap().push(w.holders.clone());
+    }));
+    cfg.wait_report_interval = Duration::from_millis(200);
     let cache = Cache::open(cfg).unwrap();
     let r = cache
         .get_or_compile(&m, &fingerprint(), &FakeCompiler::logging(&env.log))
         .unwrap();
     assert_eq!(r.outcome, Outcome::WaitedHit);
+    let holder = child.id();
     assert!(child.wait().unwrap().success());
     assert_eq!(count_lines(&env.log, "start "), 1, "compiled once");
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty(), "the wait was reported");
+    assert!(
+        seen.iter()
+            .all(|h| h.len() == 1 && h[0].pid == holder && h[0].state == "compiling"),
+        "{seen:?}"
+    );
 }
 
 /// Issue 13, finding 5: a process's pending counters were copied into every process it forked,
