@@ -208,3 +208,34 @@ for m in modules:
         lr = "-" if not ls else (f"{ls[0]:.2f}" if ls[0] == ls[-1] else f"{ls[0]:.2f}-{ls[-1]:.2f}")
         print(f"| {m} | {size} | {lvl} | {cs} | {ccs} | {rs} | {sos} | {rn} | {cpu} | {ts} | {ns} | {ratio} | {lr} |")
 EOF
+
+# Where each compile's time went, from WasmEdge's own log lines (median over the runs):
+# building LLVM IR from the Wasm, verifying it, LLVM's optimisation passes, code generation,
+# writing the shared library.
+python3 - "$dir" "$modules" "$levels" <<'EOF2'
+import datetime, glob, os, re, statistics, sys
+d, modules, levels = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+steps = [("IR build", "compile start", "verify start"), ("verify", "verify start", "optimize start"),
+         ("optimize", "optimize start", "codegen start"), ("codegen", "codegen start", "output start"),
+         ("write", "output start", "codegen done")]
+print()
+print("| module | level | " + " | ".join(s[0] + " s" for s in steps) + " |")
+print("|---|---|" + "---|" * len(steps))
+for m in modules:
+    for l in levels:
+        if l == "interp": continue
+        runs = []
+        for f in sorted(glob.glob(os.path.join(d, "logs", f"{m}.O{l}.compile.*.out"))):
+            ts = {}
+            for line in open(f):
+                x = re.match(r"\[(\S+ \S+)\] \[info\] (.*)", line)
+                if x: ts[x.group(2).strip()] = datetime.datetime.strptime(x.group(1), "%Y-%m-%d %H:%M:%S.%f")
+            runs.append([(ts[b] - ts[a]).total_seconds() if a in ts and b in ts else None for _, a, b in steps])
+        if not runs: continue
+        cells = []
+        for i in range(len(steps)):
+            v = [r[i] for r in runs if r[i] is not None]
+            x = statistics.median(v) if v else None
+            cells.append("-" if x is None else (f"{x:.2f}" if x < 1 else f"{x:.1f}"))
+        print(f"| {m} | O{l} | " + " | ".join(cells) + " |")
+EOF2

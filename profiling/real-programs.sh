@@ -15,9 +15,10 @@
 #                       netlist (made by yosys, the place-and-route workload's input),
 #                       blinky.v / blinky.json the trivial ones (start-up)
 #
-# Versions: the newest of each wheel whose module WasmEdge 0.14.1 can AOT-compile. Later
-# YoWASP builds use the exception-handling proposal (a Tag section, exnref types), which
-# WasmEdge 0.14.1's compiler rejects ("requires enabling Exception Handling proposal").
+# Versions: builds that WasmEdge 0.14.1 can AOT-compile. The newest YoWASP yosys (0.70) and
+# nextpnr-ice40 (0.11) use the exception-handling proposal (a Tag section, exnref types),
+# which WasmEdge 0.14.1's compiler rejects ("requires enabling Exception Handling proposal");
+# yosys 0.50 (February 2025) and nextpnr-ice40 0.7 (February 2024, more code than 0.8) do not.
 # Needs: pip, unzip, python3, wat2wasm (wabt), clang-19 with wasi-libc, wasmedge.
 # Usage: profiling/real-programs.sh [DIR]
 set -euo pipefail
