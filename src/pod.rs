@@ -50,10 +50,35 @@ impl Drop for PodInit {
     }
 }
 
+/// The name (`argv[0]`) the shim binary runs as when it is a pod's init.
+pub const POD_INIT: &std::ffi::CStr = c"wasmedge-pod-init";
+
+/// The shim binary as a pod's init: pid 1 of the pod's pid namespace, holding it alive. It
+/// does nothing but wait (as a namespace's init it ignores every signal it has no handler
+/// for; the shim ends it with SIGKILL) and reap whatever is orphaned into it.
+pub fn pod_init_main() -> ! {
+    extern "C" fn wake(_: libc::c_int) {}
+    // SAFETY: the handler does nothing; it only makes SIGCHLD interrupt `pause`.
+    unsafe { libc::signal(libc::SIGCHLD, wake as *const () as libc::sighandler_t) };
+    loop {
+        match nix::sys::wait::wait() {
+            Ok(_) => {}
+            // No child: sleep until a signal (SIGCHLD wakes it for the next orphan).
+            Err(_) => {
+                // SAFETY: pause has no memory effects.
+                unsafe { libc::pause() };
+            }
+        }
+    }
+}
+
 impl PodInit {
     fn start() -> Result<PodInit, String> {
+        // Built before the fork: the child must not allocate.
+        let argv: [*const libc::c_char; 2] = [POD_INIT.as_ptr(), std::ptr::null()];
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
         // SAFETY: the shim may have other threads, so the child makes system calls only
-        // (close_range, pause), which are async-signal-safe; clone without CLONE_VM and
+        // (close_range, execve), which are async-signal-safe; clone without CLONE_VM and
         // without a stack returns in the child on its copy of our stack, as fork does.
         let pid = unsafe {
             libc::syscall(
@@ -71,14 +96,13 @@ impl PodInit {
                 std::io::Error::last_os_error()
             )),
             0 => {
-                // SAFETY: as above; the child holds none of the shim's descriptors and
-                // sleeps until it is killed (as a namespace's init, it ignores signals
-                // without a handler, SIGKILL from the shim excepted).
+                // SAFETY: as above. The child keeps none of the shim's descriptors and
+                // becomes a fresh image of the shim binary under its own name, which only
+                // waits ([`pod_init_main`]): none of the shim's memory stays in the pod.
                 unsafe {
                     libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
-                    loop {
-                        libc::pause();
-                    }
+                    libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr());
+                    libc::_exit(127)
                 }
             }
             pid => {
