@@ -291,7 +291,10 @@ impl Container {
                     t.credentials_us,
                     t.seccomp_us,
                     t.cache,
-                    t.tier
+                    match t.opt_level {
+                        Some(level) => format!("{} O{level}", t.tier),
+                        None => t.tier.to_string(),
+                    }
                 );
                 self.timings = t;
                 *self.control.get_mut() = Some(control);

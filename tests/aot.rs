@@ -218,6 +218,63 @@ fn a_full_cache_disk_never_fails_a_pod_and_its_failed_compile_is_not_paid_again(
     );
 }
 
+/// The optimisation level of the native code a container ran (`O0`, `O2`), from its create
+/// line, if it ran native code.
+fn level(ctd: &Containerd, id: &str) -> Option<String> {
+    let needle = format!("container {id}: cgroup");
+    let log = ctd.log();
+    let line = log.lines().rev().find(|l| l.contains(&needle))?;
+    let rest = line.split("tier native ").nth(1)?;
+    Some(rest.split(['"', ' ']).next()?.to_string())
+}
+
+#[test]
+fn a_module_runs_its_quick_tier_first_and_its_full_tier_once_compiled() {
+    if !common::can_run("tiers") {
+        return;
+    }
+    let ctd = containerd();
+    let r = unique_probe("tiers");
+    let out = ctd.run(&Run::rootfs("tier-1", r.path(), &["/probe.wasm"]));
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+    assert_eq!(outcome(ctd, "tier-1"), ("compiled".into(), "native".into()));
+    assert_eq!(
+        level(ctd, "tier-1").as_deref(),
+        Some("O0"),
+        "the quick tier first"
+    );
+    // The full tier compiles in the background; a later start takes it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut n = 1;
+    loop {
+        n += 1;
+        let id = format!("tier-{n}");
+        let out = ctd.run(&Run::rootfs(&id, r.path(), &["/probe.wasm"]));
+        assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+        assert_eq!(outcome(ctd, &id).0, "hit");
+        if level(ctd, &id).as_deref() == Some("O2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no start ran the full tier:\n{}",
+            ctd.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Both tiers are entries of their own, which `ls` tells apart.
+    let ls = std::process::Command::new(common::shimctl_bin())
+        .args(["ls", "--cache-dir"])
+        .arg(&ctd.cache_dir)
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.contains("probe.wasm O0") && ls.contains("probe.wasm O2"),
+        "{ls}"
+    );
+}
+
 #[test]
 fn a_corrupted_cache_entry_is_recompiled_and_the_app_still_runs() {
     if !common::can_run("corrupt_entry") {
@@ -254,7 +311,19 @@ fn a_corrupted_cache_entry_is_recompiled_and_the_app_still_runs() {
         &["/probe.wasm", "args", "ok"],
     ));
     assert_eq!(out.stdout, "/probe.wasm\nargs\nok\n", "{out:?}");
-    assert_eq!(outcome(ctd, "cor-2"), ("compiled".into(), "native".into()));
+    // Native code again: recompiled, or another tier of the module (its quick or full
+    // compile), never the corrupted file, which is gone.
+    let (cache, tier) = outcome(ctd, "cor-2");
+    assert_eq!(tier, "native");
+    assert!(
+        matches!(cache.as_str(), "compiled" | "waited-hit" | "hit"),
+        "{cache}"
+    );
+    assert_ne!(
+        std::fs::read(&so).ok(),
+        Some(bytes),
+        "the corrupted artifact is still there"
+    );
 }
 
 #[test]
@@ -347,10 +416,11 @@ fn an_unusable_cache_runs_the_interpreter_with_a_warning_and_a_new_fingerprint_r
         outcome(shared, "fp-o2"),
         ("compiled".into(), "native".into())
     );
+    // (Its quick tier off: O0 code is the same for both, and would rightly be a hit.)
     let o1 = Containerd::start_with(
         false,
         &format!(
-            "cache_dir = \"{}\"\nopt_level = 1\n",
+            "cache_dir = \"{}\"\nopt_level = 1\nquick_opt_level = 1\n",
             shared.cache_dir.display()
         ),
     );

@@ -611,6 +611,7 @@ fn stats(args: &CacheArgs) -> Result<()> {
             "containers": {
                 "total": p.containers,
                 "native": p.native,
+                "native_by_level": p.native_by_level,
                 "interpreter": p.interpreter,
                 "phases": phase_json,
             },
@@ -643,9 +644,23 @@ fn stats(args: &CacheArgs) -> Result<()> {
     for (key, f) in &failures {
         println!("    {} {}: {}", key.to_hex(), f.cause, f.message);
     }
+    let by_level: Vec<String> = p
+        .native_by_level
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(level, n)| format!("O{level} {n}"))
+        .collect();
     println!(
-        "containers {} (native {}, interpreter {})",
-        p.containers, p.native, p.interpreter
+        "containers {} (native {}{}, interpreter {})",
+        p.containers,
+        p.native,
+        if by_level.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", by_level.join(", "))
+        },
+        p.interpreter
     );
     println!("  {:<12} {:>12} {:>14}", "PHASE", "TOTAL ms", "AVG ms");
     for (name, us) in phase_list {

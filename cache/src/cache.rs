@@ -499,6 +499,22 @@ impl Cache {
         fp: &Fingerprint,
         compiler: &dyn Compiler,
     ) -> Result<Fetched> {
+        let hint = module
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.get_or_compile_as(module, &hint, fp, compiler)
+    }
+
+    /// Like [`Cache::get_or_compile`], recording `hint` (what `ls` shows: the module's name
+    /// as its user knows it, the tier) instead of the file's name.
+    pub fn get_or_compile_as(
+        &self,
+        module: &Path,
+        hint: &str,
+        fp: &Fingerprint,
+        compiler: &dyn Compiler,
+    ) -> Result<Fetched> {
         let mut t = Timings::default();
         let start = Instant::now();
         let (mh, from_memo) = self.hash_module_memo(module)?;
@@ -592,11 +608,7 @@ impl Cache {
         }
 
         let start = Instant::now();
-        let hint = module
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let artifact = self.publish_staged(&key, &stage, guard, kind, &hint)?;
+        let artifact = self.publish_staged(&key, &stage, guard, kind, hint)?;
         t.publish = start.elapsed();
         self.clear_failure(&key);
         self.deltas.add(stats::MISSES, 1);

@@ -84,8 +84,15 @@ pub struct Config {
     /// How long a module whose compile failed runs in the interpreter before a start tries
     /// to compile it again (a full disk may be cleaned, a killed compile may fit later).
     pub compile_retry_secs: u64,
-    /// LLVM optimization level of AOT compiles, 0..=3.
+    /// LLVM optimization level of the full tier, 0..=3: the code every start runs once it
+    /// is compiled.
     pub opt_level: u8,
+    /// LLVM optimization level of the quick tier, compiled first so that a module gets
+    /// native code in seconds while its full tier compiles in the background (`profiling/
+    /// levels.md`: O0 compiles 7-24x faster than O2 and runs 37-61x faster than the
+    /// interpreter, 1.6-3.1x slower than O2). A level at or above `opt_level` turns the
+    /// quick tier off.
+    pub quick_opt_level: u8,
 }
 
 impl Default for Config {
@@ -94,14 +101,16 @@ impl Default for Config {
             grouping: Grouping::Node,
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
             compile_policy: Policy::Auto,
-            // Measured here (2 cores, opt level 2): a 41 KB C program compiles in 1.6 s, a
-            // 10.6 MB module in 141 s. 256 KiB keeps a synchronous first start to seconds.
-            sync_max_module_bytes: 256 << 10,
+            // Measured here (profiling/levels.md): the quick tier (O0) compiles about 2.5-3
+            // s per MB of code, so up to 1 MiB a synchronous first start waits seconds, and
+            // a larger module starts in the interpreter at once.
+            sync_max_module_bytes: 1 << 20,
             cache_max_bytes: 0,
             max_concurrent_compiles: 1,
             compile_nice: 10,
             compile_retry_secs: 600,
             opt_level: 2,
+            quick_opt_level: 0,
         }
     }
 }
@@ -149,6 +158,12 @@ impl Config {
         if c.opt_level > 3 {
             return Err(format!("opt_level {} is not in 0..=3", c.opt_level));
         }
+        if c.quick_opt_level > 3 {
+            return Err(format!(
+                "quick_opt_level {} is not in 0..=3",
+                c.quick_opt_level
+            ));
+        }
         if !(0..=19).contains(&c.compile_nice) {
             return Err(format!("compile_nice {} is not in 0..=19", c.compile_nice));
         }
@@ -179,6 +194,16 @@ impl Config {
         c.verify_on_first_use = verify_on_first_use;
         c.hash_threads = hash_threads;
         c
+    }
+
+    /// The optimisation levels a module is compiled at, in order: the quick tier (if it is
+    /// on), then the full one.
+    pub fn tiers(&self) -> Vec<u8> {
+        if self.quick_opt_level < self.opt_level {
+            vec![self.quick_opt_level, self.opt_level]
+        } else {
+            vec![self.opt_level]
+        }
     }
 
     /// The policy for one module, after a pod's annotation override and `auto`.
@@ -258,11 +283,21 @@ mod tests {
     }
 
     #[test]
+    fn the_quick_tier_comes_first_unless_it_is_not_quicker() {
+        assert_eq!(Config::default().tiers(), vec![0, 2]);
+        let off = Config::parse("quick_opt_level = 2").unwrap();
+        assert_eq!(off.tiers(), vec![2]);
+        let o1 = Config::parse("opt_level = 1\nquick_opt_level = 3").unwrap();
+        assert_eq!(o1.tiers(), vec![1]);
+        assert!(Config::parse("quick_opt_level = 4").is_err());
+    }
+
+    #[test]
     fn auto_compiles_small_modules_synchronously_and_large_ones_tiered() {
         let c = Config::default();
         assert_eq!(c.effective_policy(None, 100_000), Policy::Sync);
-        assert_eq!(c.effective_policy(None, 256 << 10), Policy::Sync);
-        assert_eq!(c.effective_policy(None, (256 << 10) + 1), Policy::Tiered);
+        assert_eq!(c.effective_policy(None, 1 << 20), Policy::Sync);
+        assert_eq!(c.effective_policy(None, (1 << 20) + 1), Policy::Tiered);
         assert_eq!(c.effective_policy(None, 100 << 20), Policy::Tiered);
         assert_eq!(c.effective_policy(Some(Policy::Off), 10), Policy::Off);
         assert_eq!(

@@ -252,6 +252,8 @@ pub struct Timings {
     pub load_us: u64,
     pub instantiate_us: u64,
     pub tier: Tier,
+    /// The optimisation level of the native code that ran (its tier in the cache).
+    pub opt_level: Option<u8>,
     pub cache: CacheOutcome,
 }
 

@@ -26,6 +26,10 @@ pub struct PhaseTotals {
     pub version: u32,
     pub containers: u64,
     pub native: u64,
+    /// Of the native starts, how many ran code of each optimisation level (the quick tier's
+    /// and the full one's), as `[O0, O1, O2, O3]`.
+    #[serde(default)]
+    pub native_by_level: [u64; 4],
     pub interpreter: u64,
     pub hash_us: u64,
     pub lookup_us: u64,
@@ -53,6 +57,9 @@ impl PhaseTotals {
         self.containers += 1;
         if t.tier == Tier::Native {
             self.native += 1;
+            if let Some(level) = t.opt_level.filter(|l| *l < 4) {
+                self.native_by_level[level as usize] += 1;
+            }
         } else {
             self.interpreter += 1;
         }
@@ -111,6 +118,7 @@ mod tests {
             load_us: 4,
             instantiate_us: 5,
             tier,
+            opt_level: (tier == Tier::Native).then_some(2),
             cache: crate::container::CacheOutcome::Hit,
         }
     }

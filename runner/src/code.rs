@@ -2,6 +2,10 @@
 //! runner keeps (the native module loaded and instantiated once), the node cache, a
 //! compile, or the interpreter.
 //!
+//! Code comes in tiers (`Config::tiers`): a quick one (O0: compiled in seconds) and the
+//! full one (O2). A start takes the best tier present in the cache; a module that lacks
+//! its full tier gets it compiled in the background, after its quick tier if it has none.
+//!
 //! Nothing here fails a container: an unusable cache or a failed compile means the
 //! interpreter, and one warning that says why. Everything here runs on the runner's one
 //! thread, so its cost is paid once per module, not per container: hashing goes through
@@ -16,7 +20,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use wasmedge_aot_cache::{Cache, Fingerprint, HashThreads, Key};
-use wasmedge_aot_engine::{fingerprint, Engine, Loaded, Prepared};
+use wasmedge_aot_engine::{fingerprint, Engine, Loaded, Options, Prepared};
 use wasmedge_aot_protocol::config::{Config, Policy};
 use wasmedge_aot_protocol::container::CacheOutcome;
 use wasmedge_aot_protocol::spawn::SpawnRequest;
@@ -27,12 +31,20 @@ use crate::process::cgroup::Hierarchies;
 /// Most native modules kept loaded in the runner.
 const MAX_TEMPLATES: usize = 16;
 
+/// One tier of native code: what compiles it and the cache's view of it.
+pub struct CodeTier {
+    /// Its LLVM optimisation level.
+    pub level: u8,
+    pub engine: Engine,
+    pub fingerprint: Fingerprint,
+}
+
 /// Everything a container process inherits from the runner, set up once before any fork.
 pub struct Runner {
-    pub engine: Engine,
+    /// The tiers, quickest first; the last is the full tier.
+    pub tiers: Vec<CodeTier>,
     pub config: Config,
     pub cache: Result<Cache, String>,
-    pub fingerprint: Fingerprint,
     /// Native modules loaded (parsed, validated, `dlopen`ed) and instantiated for earlier
     /// containers, most recently used last. A container of the same module is forked with
     /// its instance ready: it only sets its WASI environment, and shares the module's pages
@@ -68,12 +80,15 @@ struct Template {
 #[derive(Default)]
 pub struct Resolution {
     pub policy: Policy,
-    /// The module's cache key, when it was hashed.
-    pub key: Option<Key>,
-    /// A template of the module's native code: the container process starts from it.
-    pub template: bool,
-    /// The compile a synchronous start waits for.
+    /// The template of the module's native code the container process starts from: its
+    /// entry's key and tier level.
+    pub template: Option<(Key, u8)>,
+    /// The compile a synchronous start waits for, and the entries (key, level) of the
+    /// module's tiers, best last: the start takes the first of them to appear.
     pub compile: Option<Rc<Job>>,
+    pub wait_for: Vec<(Key, u8)>,
+    /// The module's full-tier key, under which a failed compile is recorded.
+    pub full_key: Option<Key>,
     /// Whether this start's miss started that compile (rather than joining one).
     pub started_compile: bool,
     pub outcome: CacheOutcome,
@@ -90,7 +105,12 @@ pub fn fd_path(f: &impl AsRawFd) -> PathBuf {
 }
 
 impl Runner {
-    pub fn new(engine: Engine, config: Config) -> Result<Runner, String> {
+    /// The engine of the full tier (any tier's engine loads and runs any tier's code).
+    pub fn engine(&self) -> &Engine {
+        &self.tiers.last().expect("at least the full tier").engine
+    }
+
+    pub fn new(config: Config) -> Result<Runner, String> {
         // Container starts check an artifact's identity against its record; full digests are
         // for `wasmedge-shimctl verify` (see ARCHITECTURE.md, "Integrity"). The runner forks,
         // so it hashes on its one thread.
@@ -115,9 +135,17 @@ impl Runner {
         let own_pid_ns = File::open("/proc/self/ns/pid")
             .map_err(|e| format!("open /proc/self/ns/pid: {e}"))?
             .into();
+        let mut tiers = Vec::new();
+        for level in config.tiers() {
+            let engine = Engine::new(Options::for_node(level)).map_err(|e| e.to_string())?;
+            tiers.push(CodeTier {
+                level,
+                fingerprint: fingerprint(&engine),
+                engine,
+            });
+        }
         Ok(Runner {
-            fingerprint: fingerprint(&engine),
-            engine,
+            tiers,
             config,
             cache,
             templates: RefCell::new(Vec::new()),
@@ -153,57 +181,87 @@ impl Runner {
         };
         let path = fd_path(module);
         let t = Instant::now();
-        let key = match cache.key_for(&path, &self.fingerprint) {
-            Ok(k) => k,
+        let hash = match cache.hash_module(&path) {
+            Ok(h) => h,
             Err(e) => return res.fallback(cannot("hash", &req.module_name, e)),
         };
+        let keys: Vec<(Key, u8)> = self
+            .tiers
+            .iter()
+            .map(|t| (Key::derive(&hash, &t.fingerprint), t.level))
+            .collect();
         res.hash = t.elapsed();
-        res.key = Some(key);
+        // The best tier present, from the full one down.
         let t = Instant::now();
-        let artifact = match cache.lookup(&key) {
-            Ok(a) => a,
-            Err(e) => return res.fallback(cannot("look up", &req.module_name, e)),
-        };
-        res.lookup = t.elapsed();
-        let Some(artifact) = artifact else {
-            // A compile that failed a moment ago would fail again: the interpreter until the
-            // retry time, without paying for it on every start.
-            let retry = Duration::from_secs(self.config.compile_retry_secs);
-            if let Some(f) = self.compiles.recent_failure(self, &key, retry) {
-                let next = retry.saturating_sub(f.age(std::time::SystemTime::now()));
-                return res.fallback(format!(
-                    "the aot compile of {} failed {} s ago: {}: {}; running it in the interpreter \
-                     (a start tries again in {} s)",
-                    req.module_name,
-                    f.age(std::time::SystemTime::now()).as_secs(),
-                    f.cause,
-                    f.message,
-                    next.as_secs()
-                ));
+        let mut found = None;
+        for (i, (key, _)) in keys.iter().enumerate().rev() {
+            match cache.lookup(key) {
+                Ok(Some(a)) => {
+                    found = Some((i, a));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => return res.fallback(cannot("look up", &req.module_name, e)),
             }
-            // A miss: a process of its own compiles the module (one per module on the node);
-            // a synchronous start waits for it, a tiered one runs the interpreter meanwhile.
-            match self.compiles.start(self, &key, module, &req.module_name) {
-                Ok((job, started)) => {
+        }
+        res.lookup = t.elapsed();
+        // The tiers still to compile: those above the best present.
+        let first_missing = found.as_ref().map_or(0, |(i, _)| i + 1);
+        let full = keys.last().expect("at least the full tier").0;
+        res.full_key = Some(full);
+        let retry = Duration::from_secs(self.config.compile_retry_secs);
+        let failure = self.compiles.recent_failure(self, &full, retry);
+        if first_missing < keys.len() && failure.is_none() {
+            // A process of its own compiles them (one per module on the node).
+            match self
+                .compiles
+                .start(self, &full, module, &req.module_name, first_missing)
+            {
+                Ok((job, started)) if found.is_none() => {
                     if policy == Policy::Sync {
                         res.compile = Some(job);
                         res.started_compile = started;
+                        res.wait_for = keys.clone();
                     } else {
                         res.outcome = CacheOutcome::MissTiered;
                     }
                 }
-                Err(e) => {
+                Ok(_) => {}
+                Err(e) if found.is_none() => {
                     return res.fallback(format!(
                         "cannot start the aot compile of {}: {e}; running it in the interpreter",
                         req.module_name
                     ))
                 }
+                Err(e) => eprintln!(
+                    "cannot start the full-tier compile of {}: {e}",
+                    req.module_name
+                ),
+            }
+        }
+        let Some((i, artifact)) = found else {
+            if let Some(f) = failure {
+                // A compile that failed a moment ago would fail again: the interpreter until
+                // the retry time, without paying for it on every start.
+                let now = std::time::SystemTime::now();
+                return res.fallback(format!(
+                    "the aot compile of {} failed {} s ago: {}: {}; running it in the interpreter \
+                     (a start tries again in {} s)",
+                    req.module_name,
+                    f.age(now).as_secs(),
+                    f.cause,
+                    f.message,
+                    retry.saturating_sub(f.age(now)).as_secs()
+                ));
             }
             return res;
         };
         res.outcome = CacheOutcome::Hit;
         let t = Instant::now();
-        res.template = self.template_for(&key, &artifact.path, &artifact.file, module);
+        let (key, level) = keys[i];
+        if self.template_for(&key, &artifact.path, &artifact.file, module) {
+            res.template = Some((key, level));
+        }
         res.load = t.elapsed();
         res
     }
@@ -223,13 +281,13 @@ impl Runner {
                 return true;
             }
         }
-        let Ok(loaded) = self.engine.load_native(so, &self.link_dir) else {
+        let Ok(loaded) = self.engine().load_native(so, &self.link_dir) else {
             return false;
         };
         // A start function would run guest code here, in the process every container of
         // the node is forked from; such modules instantiate in their own process.
         let prepared = match wasmedge_aot_engine::has_start_section(&fd_path(module)) {
-            Ok(false) => self.engine.prepare(&loaded).ok(),
+            Ok(false) => self.engine().prepare(&loaded).ok(),
             _ => None,
         };
         if templates.len() >= MAX_TEMPLATES {

@@ -57,15 +57,21 @@ impl Job {
         matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
-    /// Waits until the compile process has exited (its pidfd becomes readable).
-    pub fn wait(&self) {
+    /// Waits up to `timeout` for the compile process to exit; whether it has.
+    pub fn wait_for(&self, timeout: Duration) -> bool {
         let mut fds = [nix::poll::PollFd::new(
             self.pidfd.as_fd(),
             nix::poll::PollFlags::POLLIN,
         )];
-        while let Err(nix::errno::Errno::EINTR) =
-            nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE)
-        {}
+        let timeout =
+            nix::poll::PollTimeout::try_from(timeout).unwrap_or(nix::poll::PollTimeout::MAX);
+        loop {
+            match nix::poll::poll(&mut fds, timeout) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(n) => return n > 0,
+                Err(_) => return true,
+            }
+        }
     }
 }
 
@@ -86,13 +92,15 @@ impl Compiles {
         runner.cache.as_ref().ok()?.recent_failure(key, within)
     }
 
-    /// The running compile of `key` (`false`), or a new one of `module` (`true`).
+    /// The running compile of the module whose full tier is `key` (`false`), or a new one
+    /// (`true`) that compiles `module` at the tiers from `from` on, quickest first.
     pub fn start(
         &self,
         runner: &Runner,
         key: &Key,
         module: &File,
         name: &str,
+        from: usize,
     ) -> std::io::Result<(Rc<Job>, bool)> {
         self.reap_all(runner);
         if let Some(job) = self.jobs.borrow().get(key) {
@@ -101,7 +109,7 @@ impl Compiles {
         // SAFETY: the runner is single-threaded, so the child may run arbitrary code.
         match unsafe { nix::unistd::fork() }? {
             nix::unistd::ForkResult::Child => {
-                let code = compile_main(runner, key, module, name);
+                let code = compile_main(runner, key, module, name, from);
                 crate::serve::exit_now(code)
             }
             nix::unistd::ForkResult::Parent { child } => {
@@ -191,8 +199,10 @@ pub fn unexplained(runner: &Runner, what: &str) -> (FailureCause, String) {
     }
 }
 
-/// The compile process: compiles `module` into the cache and exits.
-fn compile_main(runner: &Runner, key: &Key, module: &File, name: &str) -> i32 {
+/// The compile process: compiles `module` into the cache at each tier from `from` on,
+/// publishing each as it is done, and exits. A failure is recorded under the full tier's
+/// `key` (what a start checks before compiling again).
+fn compile_main(runner: &Runner, key: &Key, module: &File, name: &str, from: usize) -> i32 {
     // Its own session: a signal to a container's process group never reaches it.
     let _ = nix::unistd::setsid();
     // SAFETY: setpriority on ourselves; no memory is involved.
@@ -209,15 +219,19 @@ fn compile_main(runner: &Runner, key: &Key, module: &File, name: &str) -> i32 {
     }
     crate::process::close_fds_except(&[module.as_raw_fd()]);
     let Ok(cache) = &runner.cache else { return 1 };
-    let code = match cache.get_or_compile(&fd_path(module), &runner.fingerprint, &runner.engine) {
-        Ok(_) => 0,
-        Err(e) => {
+    let mut code = 0;
+    for tier in &runner.tiers[from..] {
+        let hint = format!("{name} O{}", tier.level);
+        if let Err(e) =
+            cache.get_or_compile_as(&fd_path(module), &hint, &tier.fingerprint, &tier.engine)
+        {
             let cause = e.failure_cause();
-            eprintln!("aot compile of {name}: {e}");
+            eprintln!("aot compile of {name} at O{}: {e}", tier.level);
             cache.record_failure(key, cause, &e.to_string());
-            exit_code(cause)
+            code = exit_code(cause);
+            break;
         }
-    };
+    }
     let _ = cache.flush_stats();
     code
 }

@@ -18,7 +18,7 @@ mod serve;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 
-use wasmedge_aot_engine::{Engine, Options, Outcome, WasiPlan};
+use wasmedge_aot_engine::{Engine, Outcome, WasiPlan};
 use wasmedge_aot_protocol::config::Config;
 
 /// An empty `_start`. Running it once before serving makes the runner touch WasmEdge's
@@ -30,22 +30,15 @@ fn main() {
         eprintln!("wasmedge-shim-runner: {e}; using the defaults");
         Config::default()
     });
-    let engine = match Engine::new(Options::for_node(config.opt_level)) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("wasmedge-shim-runner: {e}");
-            std::process::exit(1);
-        }
-    };
-    warm_up(&engine);
-    release_compiler_pages();
-    let runner = match code::Runner::new(engine, config) {
+    let runner = match code::Runner::new(config) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("wasmedge-shim-runner: {e}");
             std::process::exit(1);
         }
     };
+    warm_up(runner.engine());
+    release_compiler_pages();
     // SAFETY: the shim starts us with our end of the runner socket as fd 0, and nothing
     // else in this process owns fd 0.
     let sock = unsafe { OwnedFd::from_raw_fd(0) };

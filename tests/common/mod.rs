@@ -700,7 +700,13 @@ pub fn create_outcome(log: &str, id: &str) -> Option<(String, String)> {
     let needle = format!("container {id}: cgroup");
     let line = log.lines().rev().find(|l| l.contains(&needle))?;
     let cache = line.split("cache ").nth(1)?.split(',').next()?.to_string();
-    let tier = line.split("tier ").nth(1)?.split('"').next()?.to_string();
+    // `tier native O2` or `tier interpreter`: the tier's name, without its level.
+    let tier = line
+        .split("tier ")
+        .nth(1)?
+        .split(['"', ' '])
+        .next()?
+        .to_string();
     Some((cache, tier))
 }
 

@@ -184,7 +184,7 @@ fn prepare(
     // Errors name the module as the container sees it, not the file WasmEdge read.
     let instance = match code.prepared {
         Some(p) => p.with_wasi(&wasi),
-        None => runner.engine.instantiate(&code.loaded, &wasi),
+        None => runner.engine().instantiate(&code.loaded, &wasi),
     }
     .map_err(|e| at("instantiate")(e.in_module(std::path::Path::new(&req.module_name))))?;
     timings.instantiate_us = micros(t.elapsed());
@@ -232,8 +232,9 @@ fn load_code(
 ) -> Result<Code, StepError> {
     timings.load_us = micros(res.load);
     let mut warning = res.warning;
-    if res.template {
-        if let Some((loaded, prepared)) = res.key.and_then(|k| runner.take_template(&k)) {
+    if let Some((key, level)) = res.template {
+        if let Some((loaded, prepared)) = runner.take_template(&key) {
+            timings.opt_level = Some(level);
             return Ok(Code {
                 loaded,
                 prepared,
@@ -241,23 +242,22 @@ fn load_code(
             });
         }
     }
-    if let (Some(job), Some(key), Policy::Sync) = (&res.compile, res.key, res.policy) {
+    if let (Some(job), Policy::Sync) = (&res.compile, res.policy) {
         let t = Instant::now();
-        job.wait();
+        let found = wait_for_entry(runner, job, &res.wait_for);
         timings.compile_us = micros(t.elapsed());
-        let found = runner
-            .cache
-            .as_ref()
-            .ok()
-            .and_then(|c| c.lookup(&key).ok().flatten());
         match found {
-            Some(artifact) => match runner.engine.load_native(&artifact.path, &runner.link_dir) {
+            Some((artifact, level)) => match runner
+                .engine()
+                .load_native(&artifact.path, &runner.link_dir)
+            {
                 Ok(l) => {
                     timings.cache = if res.started_compile {
                         CacheOutcome::Compiled
                     } else {
                         CacheOutcome::WaitedHit
                     };
+                    timings.opt_level = Some(level);
                     return Ok(Code {
                         loaded: Rc::new(l),
                         prepared: None,
@@ -267,19 +267,19 @@ fn load_code(
                 Err(e) => warning = Some(format!("{e}; running it in the interpreter")),
             },
             None => {
-                let why = runner
-                    .cache
-                    .as_ref()
-                    .ok()
-                    .and_then(|c| c.recent_failure(&key, std::time::Duration::from_secs(60)))
+                let why = res
+                    .full_key
+                    .and_then(|full| {
+                        let c = runner.cache.as_ref().ok()?;
+                        c.recent_failure(&full, std::time::Duration::from_secs(60))
+                    })
                     .map(|f| (f.cause, f.message))
                     .unwrap_or_else(|| {
                         crate::compile::unexplained(runner, "it ended without an artifact")
                     });
-                let why = format!("{}: {}", why.0, why.1);
                 warning = Some(format!(
-                    "the aot compile of {} failed: {why}; running it in the interpreter",
-                    req.module_name
+                    "the aot compile of {} failed: {}: {}; running it in the interpreter",
+                    req.module_name, why.0, why.1
                 ))
             }
         }
@@ -288,7 +288,7 @@ fn load_code(
     let bytes =
         read_all(module).map_err(|e| at("load")(format!("read {}: {e}", req.module_name)))?;
     let loaded = runner
-        .engine
+        .engine()
         .load_bytes(std::path::Path::new(&req.module_name), &bytes)
         .map_err(at("load"))?;
     Ok(Code {
@@ -296,6 +296,29 @@ fn load_code(
         prepared: None,
         warning,
     })
+}
+
+/// Waits, as long as the compile runs, for one of the module's tiers (`keys`, best last) to
+/// appear, and returns the best present: a compile publishes its quick tier long before it
+/// ends with the full one, and a start that joined a compile of the full tier alone waits
+/// for that.
+fn wait_for_entry(
+    runner: &Runner,
+    job: &crate::compile::Job,
+    keys: &[(wasmedge_aot_cache::Key, u8)],
+) -> Option<(wasmedge_aot_cache::Artifact, u8)> {
+    let cache = runner.cache.as_ref().ok()?;
+    loop {
+        let ended = job.wait_for(Duration::from_millis(20));
+        for (key, level) in keys.iter().rev() {
+            if let Ok(Some(a)) = cache.lookup(key) {
+                return Some((a, *level));
+            }
+        }
+        if ended {
+            return None;
+        }
+    }
 }
 
 fn read_all(f: &File) -> std::io::Result<Vec<u8>> {
