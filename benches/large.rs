@@ -22,19 +22,17 @@
 //! `cargo criterion --bench large` (or `cargo bench --bench large`)
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use wasmedge_aot_cache::{Cache, CacheConfig};
 use wasmedge_aot_engine::{fingerprint, Engine, Options, Outcome, WasiPlan};
-use wasmedge_aot_protocol::container::{ContainerPlan, Report, Start, MAX_MESSAGE};
-use wasmedge_aot_protocol::spawn::{BlockingClient, PidNamespace, SpawnReply, SpawnRequest};
-use wasmedge_aot_protocol::wire;
-use wasmedge_aot_shim::config::{Config, CONFIG_ENV};
+use wasmedge_aot_protocol::spawn::{BlockingClient, PidNamespace};
+use wasmedge_aot_shim::config::Config;
+
+mod support;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures")
@@ -83,120 +81,22 @@ fn large_module(engine: &Engine, node: &Path) -> (PathBuf, PathBuf) {
     (wasm, so)
 }
 
-/// The runner the shim would start, on the bench's node cache, with this process in the
-/// shim's place: the parent of the runner's container processes.
-fn start_runner(node: &Path) -> BlockingClient {
-    let config = node.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir = {:?}\n",
-            node.join("cache").display().to_string()
-        ),
-    )
-    .unwrap();
-    // Single-threaded here: nothing reads the environment concurrently.
-    std::env::set_var(CONFIG_ENV, &config);
-    let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/wasmedge-shim-runner");
-    assert!(
-        runner.exists(),
-        "{} is missing: cargo build --release --workspace --bins",
-        runner.display()
-    );
-    let (sock, _child) =
-        wasmedge_aot_protocol::spawn::start_runner(&runner, Stdio::inherit()).unwrap();
-    BlockingClient::new(sock)
-}
-
-/// The plan of a container as `ctr run` makes it by default: its own pid, mount, network,
-/// IPC and UTS namespaces, the default mounts (proc, a fresh /dev with devpts, shm and
-/// mqueue, sysfs), masked and read-only paths, the default capabilities, no_new_privs;
-/// the spec translated by the shim's own code.
-fn isolated_plan(rootfs: &Path) -> (ContainerPlan, PidNamespace) {
-    let mut spec = oci_spec::runtime::Spec::default();
-    let mut process = spec.process().clone().unwrap();
-    process.set_args(Some(vec!["/large.wasm".into()]));
-    process.set_no_new_privileges(Some(true));
-    spec.set_process(Some(process));
-    let cs = wasmedge_aot_shim::spec::container(&spec, Default::default()).unwrap();
-    let mut plan = cs.plan;
-    plan.root.path = rootfs.to_owned();
-    plan.env = vec!["PATH=/".into()];
-    let pid = match cs.pid {
-        wasmedge_aot_shim::spec::Ns::New => PidNamespace::New,
-        _ => PidNamespace::Inherit,
-    };
-    (plan, pid)
-}
-
-/// One container start through the runner, as the shim does it: the cgroup (if
-/// `cgroup`), spawn, plan, Ready, start, exit. Returns the time to the container's exit;
-/// removing the cgroup afterwards is the delete's cost, not the start's.
+/// One warm start of the large module through the runner: cgroup (if `cgroup`), spawn,
+/// Ready, start, exit.
 fn runner_start(
     runner: &BlockingClient,
     module: &File,
-    plan: &(ContainerPlan, PidNamespace),
+    plan: &(
+        wasmedge_aot_protocol::container::ContainerPlan,
+        PidNamespace,
+    ),
     n: usize,
     cgroup: bool,
 ) -> Duration {
-    let devnull = || -> OwnedFd { File::open("/dev/null").unwrap().into() };
-    let devnull_w = || -> OwnedFd {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/null")
-            .unwrap()
-            .into()
-    };
-    let (plan, pid_namespace) = plan;
-    let mut plan = plan.clone();
-    plan.cgroup = cgroup.then(|| format!("/wasmedge-aot-bench/large-{}-{n}", std::process::id()));
-    let (stdin, stdout, stderr) = (devnull(), devnull_w(), devnull_w());
-    let (ours, theirs) = UnixStream::pair().unwrap();
-
-    let t = Instant::now();
-    if let Some(path) = &plan.cgroup {
-        let mut spec = oci_spec::runtime::Spec::default();
-        spec.set_linux(None);
-        wasmedge_aot_shim::cgroup::create(path, &spec).unwrap();
-    }
-    // The plan fits in the socket's buffer: it waits there for the process.
-    let body = wire::encode("plan", &plan).unwrap();
-    wire::send_framed(
-        ours.as_fd(),
-        &body,
-        &[stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
-    )
-    .unwrap();
-    let req = SpawnRequest {
-        id: format!("large-{n}"),
-        module_name: "/large.wasm".into(),
-        policy: None,
-        pid_namespace: *pid_namespace,
-        into_cgroup: false,
-    };
-    let pid = match runner
-        .spawn(&req, theirs.as_fd(), module.as_fd(), None, None)
-        .unwrap()
-    {
-        SpawnReply::Spawned { pid } => pid,
-        SpawnReply::Failed { error } => panic!("spawn: {error}"),
-    };
-    drop(theirs);
-    let (report, _) = wire::recv_framed(ours.as_fd(), MAX_MESSAGE).unwrap();
-    match wire::decode::<Report>("report", &report).unwrap() {
-        Report::Ready { .. } => {}
-        other => panic!("container process did not get ready: {other:?}"),
-    }
-    wire::send_framed(ours.as_fd(), &wire::encode("start", &Start).unwrap(), &[]).unwrap();
-    // The container process is our child, as it is the shim's.
-    let pid = nix::unistd::Pid::from_raw(pid);
-    let status = nix::sys::wait::waitpid(pid, None).unwrap();
-    let elapsed = t.elapsed();
-    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
-    if let Some(path) = &plan.cgroup {
-        wasmedge_aot_shim::cgroup::remove(path);
-    }
-    elapsed
+    let path = cgroup.then(|| format!("/wasmedge-aot-bench/large-{}-{n}", std::process::id()));
+    let (t, code) = support::run_container(runner, module, plan, &format!("large-{n}"), path);
+    assert_eq!(code, 0);
+    t
 }
 
 fn warm_start(c: &mut Criterion) {
@@ -229,10 +129,10 @@ fn warm_start(c: &mut Criterion) {
     });
 
     if nix::unistd::geteuid().is_root() {
-        let runner = start_runner(&node);
+        let runner = support::start_runner(&node);
         let module = File::open(&wasm).unwrap();
         let rootfs = tempfile::tempdir().unwrap();
-        let plan = isolated_plan(rootfs.path());
+        let plan = support::isolated_plan(rootfs.path(), &["/large.wasm"]);
         // The first start loads the module into the runner; every later one is warm.
         runner_start(&runner, &module, &plan, 0, true);
         let mut n = 1;

