@@ -124,7 +124,12 @@ fn cpu_bound(c: &mut Criterion) {
             let plan = support::isolated_plan(rootfs.path(), &argv);
             let (t, code) =
                 support::run_container(&runner, &module, &plan, &format!("{}-{n}", p.name), None);
-            assert_eq!(code, expected(args), "{} {args:?} through the runner", p.name);
+            assert_eq!(
+                code,
+                expected(args),
+                "{} {args:?} through the runner",
+                p.name
+            );
             t
         };
         let through_cli = |args: &[&str]| -> Duration {

@@ -42,12 +42,28 @@ fn thousands_of_containers_through_one_node_shim_leave_it_as_it_was() {
     ctd.wait_status("soak-anchor", "RUNNING", Duration::from_secs(60));
     let shim = common::ppid(ctd.task_pid("soak-anchor").unwrap()).unwrap();
     let runner = common::runner_of(shim).unwrap();
-    // Warm: the module's first start compiles and makes the runner's template.
-    assert_eq!(
-        ctd.run(&Run::rootfs("soak-warm", r.path(), &["/probe.wasm"]))
-            .code,
-        Some(0)
-    );
+    // Warm: the module's first start compiles its quick tier, and its full tier compiles in
+    // the background; once that is done (and reaped at the next start), the runner holds
+    // the full tier's template and nothing transient.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for w in 0.. {
+        let out = ctd.run(&Run::rootfs(
+            &format!("soak-warm-{w}"),
+            r.path(),
+            &["/probe.wasm"],
+        ));
+        assert_eq!(out.code, Some(0), "{out:?}");
+        if w > 0 && common::compiles_of(&ctd).is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the full tier's compile did not end"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let warm = Run::rootfs("soak-warm", r.path(), &["/probe.wasm"]);
+    assert_eq!(ctd.run(&warm).code, Some(0));
     let before = (rss_kb(shim), fds(shim), rss_kb(runner), fds(runner));
 
     let t = Instant::now();
@@ -60,6 +76,16 @@ fn thousands_of_containers_through_one_node_shim_leave_it_as_it_was() {
         ));
         if out.stdout != "hello from wasm\n" || out.code != Some(0) {
             failed.push((i, out));
+        }
+        if (i + 1) % 500 == 0 {
+            eprintln!(
+                "soak: after {} containers: shim RSS {} KB, fds {}; runner RSS {} KB, fds {}",
+                i + 1,
+                rss_kb(shim),
+                fds(shim),
+                rss_kb(runner),
+                fds(runner)
+            );
         }
     }
     let sequential = t.elapsed();
@@ -109,8 +135,16 @@ fn thousands_of_containers_through_one_node_shim_leave_it_as_it_was() {
     );
     assert_eq!(tasks.trim(), "soak-anchor", "tasks left behind");
     assert_eq!(containers.trim(), "soak-anchor", "containers left behind");
-    assert_eq!(after.1, before.1, "the shim's descriptors");
-    assert_eq!(after.3, before.3, "the runner's descriptors");
+    // Flat, give or take the one descriptor a request in flight holds (containerd's
+    // connection of the moment, a log pipe being closed).
+    assert!(
+        after.1.abs_diff(before.1) <= 1,
+        "the shim's descriptors: {before:?} {after:?}"
+    );
+    assert!(
+        after.3.abs_diff(before.3) <= 1,
+        "the runner's descriptors: {before:?} {after:?}"
+    );
     assert!(
         after.0 < before.0 + 4096,
         "the shim's RSS grew by more than 4 MB"
