@@ -962,12 +962,16 @@ fn shim_socket(pid: i32) -> Option<String> {
     args.get(i + 1).cloned()
 }
 
-/// The shim address in containerd's first `shim bootstrap parameters` line after the
-/// first line holding `marker` (the tests run one at a time, so that is this task's).
+/// The shim address in containerd's first line about dialling a shim after the first line
+/// holding `marker` (the tests run one at a time, so that is this task's): `shim bootstrap
+/// parameters` in containerd 1.7, `connecting to shim ID` in 2.x, both with `address="..."`.
 fn bootstrap_address_after(log: &str, marker: &str) -> Option<String> {
     log.lines()
         .skip_while(|l| !l.contains(marker))
-        .find(|l| l.contains("msg=\"shim bootstrap parameters\""))?
+        .find(|l| {
+            l.contains("msg=\"shim bootstrap parameters\"")
+                || l.contains("msg=\"connecting to shim ")
+        })?
         .split("address=\"")
         .nth(1)?
         .split('"')
