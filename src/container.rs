@@ -47,6 +47,8 @@ pub struct CreateContext<'a> {
     pub host: HostSecurity,
     /// The sandbox of the pod with this id, if this shim serves it.
     pub sandbox: &'a (dyn Fn(&str) -> Option<Arc<Container>> + Sync),
+    /// Where a module that is not in the rootfs comes from: the image's Wasm layer.
+    pub layers: &'a crate::image_layers::ImageLayers,
 }
 
 #[derive(Debug)]
@@ -174,8 +176,24 @@ impl Container {
         let root = open_dir(rootfs)
             .map_err(|e| create_err("rootfs")(&format!("{}: {e}", rootfs.display())))?;
         check_cwd(&root, &cs.plan.cwd).map_err(|e| create_err("cwd")(&e))?;
-        let module = open_module(&root, &cs.plan.cwd, &cs.module)
-            .map_err(|e| create_err("entrypoint")(&e))?;
+        let (module, module_hash) = match open_module(&root, &cs.plan.cwd, &cs.module)
+            .map_err(|e| create_err("entrypoint")(&e))?
+        {
+            Some(file) => (file, None),
+            // Not in the rootfs: the module of an image whose layer is the module itself.
+            None => {
+                let m = ctx.layers.module(&id, &cs.module).await.map_err(|e| {
+                    create_err("entrypoint")(&format!(
+                        "entrypoint {:?} not found in the container root, and {e}",
+                        cs.module
+                    ))
+                })?;
+                let file = m.open().map_err(|e| {
+                    create_err("entrypoint")(&format!("open the module of {}: {e}", m.digest))
+                })?;
+                (file, Some(m.hash.to_hex()))
+            }
+        };
         check_wasm(&module, &cs.module).map_err(|e| create_err("entrypoint")(&e))?;
         drop(root);
         cs.plan.root.path = rootfs.to_owned();
@@ -221,6 +239,7 @@ impl Container {
         let req = SpawnRequest {
             id: self.id.clone(),
             module_name: cs.module.clone(),
+            module_hash,
             policy: cs.policy,
             pid_namespace: match &pid_ns {
                 PidNs::Inherit => PidNamespace::Inherit,
@@ -557,8 +576,8 @@ fn check_cwd(root: &OwnedFd, cwd: &str) -> Result<(), String> {
 }
 
 /// The module `entry` (`process.args[0]`, absolute or relative to `cwd`), opened read-only
-/// inside the container's root.
-fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<File, String> {
+/// inside the container's root; `None` if there is no such file.
+fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<Option<File>, String> {
     let path = if entry.starts_with('/') {
         entry.to_string()
     } else {
@@ -566,11 +585,7 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<File, String> {
     };
     let f = match in_root(root, &path, OFlags::RDONLY | OFlags::NOCTTY) {
         Ok(fd) => File::from(fd),
-        Err(rustix::io::Errno::NOENT) => {
-            return Err(format!(
-                "entrypoint {entry:?} not found in the container root"
-            ))
-        }
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(format!("entrypoint {entry:?}: {e}")),
     };
     let m = f
@@ -579,7 +594,7 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<File, String> {
     if !m.is_file() {
         return Err(format!("entrypoint {entry:?} is not a regular file"));
     }
-    Ok(f)
+    Ok(Some(f))
 }
 
 /// Refuses anything that is not a core Wasm module before a process is forked for it.

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use wasmedge_shimctl::install::{parse_containerd_major, registered_runtimes, BINARIES, RUNTIME_TYPE};
+use wasmedge_shimctl::install::{
+    parse_containerd_major, registered_runtimes, BINARIES, RUNTIME_TYPE,
+};
 
 /// Where `scripts/setup.sh` extracts containerd 2.x.
 const CONTAINERD2: &str = "/opt/containerd-2.1.9/usr/bin/containerd";
@@ -65,7 +67,11 @@ fn dumped_runtimes(containerd: &Path, config: &Path) -> Vec<(String, String)> {
         .unwrap();
     let dump = ok(
         out,
-        &format!("{} --config {} config dump", containerd.display(), config.display()),
+        &format!(
+            "{} --config {} config dump",
+            containerd.display(),
+            config.display()
+        ),
     );
     assert!(
         dump.contains("version = 2") || dump.contains("version = 3"),
