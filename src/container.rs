@@ -12,11 +12,11 @@ use std::time::Instant;
 use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::asynchronous::util::{mount_rootfs, read_spec};
 use log::{debug, warn};
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 use time::OffsetDateTime;
 use tokio::sync::watch;
-use wasmedge_aot_protocol::container::{NamespaceAction, Report, Timings};
-use wasmedge_aot_protocol::spawn::{PidNamespace, SpawnReply, SpawnRequest};
+use wasmedge_aot_protocol::container::{open_in_root, NamespaceAction, Report, Timings};
+use wasmedge_aot_protocol::spawn::{PidNamespace, SpawnFds, SpawnReply, SpawnRequest};
 
 use crate::cgroup::OomWatch;
 use crate::error::ShimError;
@@ -115,21 +115,14 @@ impl Container {
             started_at: Mutex::new(None),
             cleaned: Mutex::new(false),
         };
-        let create_err = |context: &'static str| {
-            let id = id.clone();
-            move |e: &dyn std::fmt::Display| ShimError::Create {
-                id,
-                context,
-                message: e.to_string(),
-            }
-        };
         if sandbox {
-            let s = spec::sandbox(&spec).map_err(|e| create_err("spec")(&e))?;
-            c.pod = Some(PodNamespaces::create(&s).map_err(|e| create_err("pod namespaces")(&e))?);
+            let s = spec::sandbox(&spec).map_err(ShimError::create(&id, "spec"))?;
+            c.pod =
+                Some(PodNamespaces::create(&s).map_err(ShimError::create(&id, "pod namespaces"))?);
             c.pid = std::process::id() as i32;
             return Ok((c, None));
         }
-        let cs = spec::container(&spec, ctx.host).map_err(|e| create_err("spec")(&e))?;
+        let cs = spec::container(&spec, ctx.host).map_err(ShimError::create(&id, "spec"))?;
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs).map_err(ShimError::io(format!(
                 "create rootfs dir {}",
@@ -163,39 +156,31 @@ impl Container {
         ctx: &CreateContext<'_>,
     ) -> Result<(i32, Option<OomWatch>), ShimError> {
         let id = self.id.clone();
-        let create_err = |context: &'static str| {
-            let id = id.clone();
-            move |e: &dyn std::fmt::Display| ShimError::Create {
-                id,
-                context,
-                message: e.to_string(),
-            }
-        };
         let root = open_dir(rootfs)
-            .map_err(|e| create_err("rootfs")(&format!("{}: {e}", rootfs.display())))?;
-        check_cwd(&root, &cs.plan.cwd).map_err(|e| create_err("cwd")(&e))?;
+            .map_err(|e| ShimError::create(&id, "rootfs")(format!("{}: {e}", rootfs.display())))?;
+        check_cwd(&root, &cs.plan.cwd).map_err(ShimError::create(&id, "cwd"))?;
         let module = open_module(&root, &cs.plan.cwd, &cs.module)
-            .map_err(|e| create_err("entrypoint")(&e))?;
-        check_wasm(&module, &cs.module).map_err(|e| create_err("entrypoint")(&e))?;
+            .map_err(ShimError::create(&id, "entrypoint"))?;
+        check_wasm(&module, &cs.module).map_err(ShimError::create(&id, "entrypoint"))?;
         drop(root);
         cs.plan.root.path = rootfs.to_owned();
         if let Some(profile) = &cs.seccomp {
             let program = ctx
                 .seccomp
                 .program(profile)
-                .map_err(|e| create_err("seccomp")(&e))?;
+                .map_err(ShimError::create(&id, "seccomp"))?;
             cs.plan.seccomp = Some((*program).clone());
         }
         let pod = cs.sandbox_id.as_deref().and_then(|s| (ctx.sandbox)(s));
         let (ns_fds, pid_ns) = namespaces(&mut cs, pod.as_deref().and_then(|p| p.pod.as_ref()))
-            .map_err(|e| create_err("namespaces")(&e))?;
+            .map_err(ShimError::create(&id, "namespaces"))?;
 
         let cgroup_started = Instant::now();
         let mut oom = None;
         let mut cgroup_dir = None;
         if let Some(path) = &cs.plan.cgroup {
             let cg = crate::cgroup::create(path, spec)
-                .map_err(|e| create_err("cgroup")(&format!("{path}: {e}")))?;
+                .map_err(|e| ShimError::create(&id, "cgroup")(format!("{path}: {e}")))?;
             self.cgroup = Some(path.clone());
             match OomWatch::new(&cg) {
                 Ok(watch) => oom = watch,
@@ -206,12 +191,14 @@ impl Container {
             }
             // On cgroup v2 the process is born in its cgroup and never moves.
             cgroup_dir = crate::cgroup::v2_dir(&cg)
-                .map_err(|e| create_err("cgroup")(&format!("{path}: {e}")))?;
+                .map_err(|e| ShimError::create(&id, "cgroup")(format!("{path}: {e}")))?;
         }
 
-        let stdin = open_stdin(&self.stdio.stdin).map_err(|e| create_err("open stdin")(&e))?;
-        let stdout = open_output(&self.stdio.stdout).map_err(|e| create_err("open stdout")(&e))?;
-        let stderr = open_output(&self.stdio.stderr).map_err(|e| create_err("open stderr")(&e))?;
+        let stdin = open_stdin(&self.stdio.stdin).map_err(ShimError::create(&id, "open stdin"))?;
+        let stdout =
+            open_output(&self.stdio.stdout).map_err(ShimError::create(&id, "open stdout"))?;
+        let stderr =
+            open_output(&self.stdio.stderr).map_err(ShimError::create(&id, "open stderr"))?;
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(ShimError::io("control socketpair"))?;
         let mut control = Control::new(ours).map_err(ShimError::io("control socket"))?;
@@ -238,13 +225,15 @@ impl Container {
                 .runner
                 .spawn(
                     &req,
-                    theirs.as_fd(),
-                    module.as_fd(),
-                    match &pid_ns {
-                        PidNs::Join(fd) => Some(fd.as_fd()),
-                        _ => None,
+                    SpawnFds {
+                        control: theirs.as_fd(),
+                        module: module.as_fd(),
+                        pid_ns: match &pid_ns {
+                            PidNs::Join(fd) => Some(fd.as_fd()),
+                            _ => None,
+                        },
+                        cgroup: cgroup_dir.as_ref().map(|d| d.as_fd()),
                     },
-                    cgroup_dir.as_ref().map(|d| d.as_fd()),
                 )
                 .await;
             // Our copy of the process's end goes now: if there is no process, the plan's
@@ -253,10 +242,10 @@ impl Container {
             reply
         };
         let (reply, sent) = tokio::join!(spawned, control.send_plan(&cs.plan, &plan_fds));
-        let pid = match reply.map_err(|e| create_err("start container process")(&e))? {
+        let pid = match reply.map_err(ShimError::create(&id, "start container process"))? {
             SpawnReply::Spawned { pid } => pid,
             SpawnReply::Failed { error } => {
-                return Err(create_err("start container process")(&error))
+                return Err(ShimError::create(&id, "start container process")(error))
             }
         };
         self.pid = pid;
@@ -300,9 +289,12 @@ impl Container {
                 *self.control.get_mut() = Some(control);
                 Ok((pid, oom))
             }
-            Ok(Report::Failed { error }) => Err(create_err("set up the container process")(&error)),
-            Err(_) => Err(create_err("start container process")(
-                &"the container process died before reporting",
+            Ok(Report::Failed { error }) => Err(ShimError::create(
+                &id,
+                "set up the container process",
+            )(error)),
+            Err(_) => Err(ShimError::create(&id, "start container process")(
+                "the container process died before reporting",
             )),
         }
     }
@@ -538,20 +530,8 @@ fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
     )?)
 }
 
-/// Opens `path` inside the container's root as the container would: `..` and symlinks
-/// never leave the root.
-fn in_root(root: &OwnedFd, path: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat2(
-        root,
-        path,
-        flags | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )
-}
-
 fn check_cwd(root: &OwnedFd, cwd: &str) -> Result<(), String> {
-    in_root(root, cwd, OFlags::PATH | OFlags::DIRECTORY)
+    open_in_root(root, cwd, OFlags::PATH | OFlags::DIRECTORY)
         .map(drop)
         .map_err(|e| format!("process.cwd {cwd:?} is not a directory in the container root: {e}"))
 }
@@ -564,7 +544,7 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<File, String> {
     } else {
         format!("{}/{entry}", cwd.trim_end_matches('/'))
     };
-    let f = match in_root(root, &path, OFlags::RDONLY | OFlags::NOCTTY) {
+    let f = match open_in_root(root, &path, OFlags::RDONLY | OFlags::NOCTTY) {
         Ok(fd) => File::from(fd),
         Err(rustix::io::Errno::NOENT) => {
             return Err(format!(

@@ -430,64 +430,76 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
 
 /// Fields this runtime has no way to apply: refused, never ignored.
 fn refuse_unsupported(spec: &Spec, host: HostSecurity) -> Result<(), SpecError> {
+    const UNSUPPORTED: &str = "not supported by this runtime";
     let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
-    if process.io_priority().is_some() {
-        return Err(unsupported(
+    let set = |l: &Option<String>| l.as_ref().is_some_and(|l| !l.is_empty());
+    let mut present = vec![
+        (
             "process.ioPriority",
-            "not supported by this runtime",
-        ));
-    }
-    if process.scheduler().is_some() {
-        return Err(unsupported(
+            process.io_priority().is_some(),
+            UNSUPPORTED,
+        ),
+        (
             "process.scheduler",
-            "not supported by this runtime",
-        ));
-    }
-    if host.selinux
-        && process
-            .selinux_label()
-            .as_ref()
-            .is_some_and(|l| !l.is_empty())
-    {
-        return Err(unsupported(
+            process.scheduler().is_some(),
+            UNSUPPORTED,
+        ),
+        (
             "process.selinuxLabel",
+            host.selinux && set(process.selinux_label()),
             "SELinux labels are not supported by this runtime",
-        ));
-    }
-    if spec.hooks().is_some() {
-        return Err(unsupported(
+        ),
+        (
             "hooks",
+            spec.hooks().is_some(),
             "OCI hooks are not supported by this runtime",
-        ));
-    }
+        ),
+    ];
     if let Some(linux) = spec.linux() {
-        let present = [
-            ("linux.intelRdt", linux.intel_rdt().is_some()),
-            ("linux.personality", linux.personality().is_some()),
-            ("linux.memoryPolicy", linux.memory_policy().is_some()),
-            ("linux.timeOffsets", linux.time_offsets().is_some()),
+        let non_empty = |v: Option<usize>| v.is_some_and(|n| n > 0);
+        present.extend([
+            ("linux.intelRdt", linux.intel_rdt().is_some(), UNSUPPORTED),
+            (
+                "linux.personality",
+                linux.personality().is_some(),
+                UNSUPPORTED,
+            ),
+            (
+                "linux.memoryPolicy",
+                linux.memory_policy().is_some(),
+                UNSUPPORTED,
+            ),
+            (
+                "linux.timeOffsets",
+                linux.time_offsets().is_some(),
+                UNSUPPORTED,
+            ),
             (
                 "linux.netDevices",
-                linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()),
+                non_empty(linux.net_devices().as_ref().map(|d| d.len())),
+                UNSUPPORTED,
             ),
             (
                 "linux.uidMappings",
-                linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
+                non_empty(linux.uid_mappings().as_ref().map(Vec::len)),
+                UNSUPPORTED,
             ),
             (
                 "linux.gidMappings",
-                linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
+                non_empty(linux.gid_mappings().as_ref().map(Vec::len)),
+                UNSUPPORTED,
             ),
             (
                 "linux.mountLabel",
-                host.selinux && linux.mount_label().as_ref().is_some_and(|l| !l.is_empty()),
+                host.selinux && set(linux.mount_label()),
+                UNSUPPORTED,
             ),
-        ];
-        if let Some((field, _)) = present.iter().find(|(_, p)| *p) {
-            return Err(unsupported(*field, "not supported by this runtime"));
-        }
+        ]);
     }
-    Ok(())
+    match present.into_iter().find(|(_, p, _)| *p) {
+        Some((field, _, why)) => Err(unsupported(field, why)),
+        None => Ok(()),
+    }
 }
 
 /// Container paths must be absolute; they are resolved inside the container's root.

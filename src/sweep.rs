@@ -17,7 +17,7 @@ use crate::identity::{live_shims, STATE_FILE};
 /// The directory of container records in a run directory.
 pub const CONTAINERS_DIR: &str = "containers";
 /// Most bytes of a record read back.
-const RECORD_MAX: u64 = 16 * 1024;
+const RECORD_MAX: usize = 16 * 1024;
 
 /// What a node shim records of one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,16 +64,7 @@ pub fn forget(run_dir: &Path, id: &str) {
 }
 
 fn read_record(path: &Path) -> Option<Record> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ok()?;
-    let mut bytes = Vec::new();
-    f.take(RECORD_MAX).read_to_end(&mut bytes).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    serde_json::from_slice(&wasmedge_aot_cache::atomic::read_small(path, RECORD_MAX)?).ok()
 }
 
 /// Cleans up after every dead node shim under `state_root` (never `own`, nor a live one).

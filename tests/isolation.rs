@@ -295,7 +295,6 @@ fn mount_destinations_and_working_directories_are_container_paths() {
 
     // `..` and a symlink out of the root in a destination land inside the root.
     std::os::unix::fs::symlink("../../../../../../tmp", r.path().join("escape")).unwrap();
-    let host_tmp_before = std::fs::read_dir("/tmp").unwrap().count();
     let out = probe(
         "dst-link",
         &r,
@@ -306,7 +305,6 @@ fn mount_destinations_and_working_directories_are_container_paths() {
     assert_eq!(out.stdout, "in the volume\n", "{out:?}");
     assert!(r.path().join("tmp/m").is_dir(), "made inside the rootfs");
     assert!(!Path::new("/tmp/m").exists(), "nothing made on the host");
-    assert_eq!(std::fs::read_dir("/tmp").unwrap().count(), host_tmp_before);
     let out = probe(
         "dst-dotdot",
         &r,

@@ -62,6 +62,14 @@ pub fn write_atomic(
     Ok(())
 }
 
+/// Reads back a small file such a writer replaces: never through a symlink at `path`, never a
+/// non-regular file, never more than `max` bytes (checked before allocating). `None` when it
+/// is missing or any of that fails: these files are records a reader can do without.
+pub fn read_small(path: &Path, max: usize) -> Option<Vec<u8>> {
+    let mut f = crate::fsutil::open_nofollow(path).ok()?;
+    crate::format::read_bounded(&mut f, max).ok()
+}
+
 /// Whether `file_name` is a temporary file [`write_atomic`] made for `name` (a leftover of a
 /// process that died between create and rename).
 pub fn is_temp_of(file_name: &str, name: &str) -> bool {

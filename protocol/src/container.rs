@@ -14,9 +14,31 @@
 //! container's root); host paths are the rootfs and bind-mount sources, which only the
 //! kernel sees. End of stream before `Start` means the shim gave up on the container.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 use serde::{Deserialize, Serialize};
+
+/// Opens `path`, a container path, inside the container's root as the container would see
+/// it: `..` and symlinks (absolute ones included) resolve inside `root` and never leave it,
+/// and `/proc` magic links are refused. The shim (checking the module and the working
+/// directory at create) and the container process (mounting, masking) both resolve a plan's
+/// paths this one way. No `flags` opens an `O_PATH` descriptor.
+pub fn open_in_root(root: impl AsFd, path: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    let flags = if flags.is_empty() {
+        OFlags::PATH
+    } else {
+        flags
+    };
+    rustix::fs::openat2(
+        root,
+        path,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+}
 
 /// Upper bound of a plan (argv and env included) and of a report.
 pub const MAX_MESSAGE: usize = 8 << 20;
