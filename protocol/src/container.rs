@@ -91,6 +91,19 @@ pub enum NamespaceKind {
     Cgroup,
 }
 
+impl std::fmt::Display for NamespaceKind {
+    /// The OCI spec's name of the namespace type, as errors name it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NamespaceKind::Mount => "mount",
+            NamespaceKind::Network => "network",
+            NamespaceKind::Ipc => "ipc",
+            NamespaceKind::Uts => "uts",
+            NamespaceKind::Cgroup => "cgroup",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NamespaceAction {
     /// A new namespace of the process's own.

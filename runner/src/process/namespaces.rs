@@ -45,7 +45,7 @@ pub fn enter(
         match ns.action {
             NamespaceAction::Join => {
                 let fd = fds.next().ok_or_else(|| {
-                    at("namespaces")(format!("no descriptor to join the {:?} namespace", ns.kind))
+                    at("namespaces")(format!("no descriptor to join the {} namespace", ns.kind))
                 })?;
                 joins.push((ns.kind, fd));
             }
@@ -55,7 +55,7 @@ pub fn enter(
     for kind in JOIN_ORDER {
         for (_, fd) in joins.iter().filter(|(k, _)| *k == kind) {
             nix::sched::setns(fd.as_fd(), flag(kind))
-                .map_err(|e| at("namespaces")(format!("join the {kind:?} namespace: {e}")))?;
+                .map_err(|e| at("namespaces")(format!("join the {kind} namespace: {e}")))?;
         }
     }
     if !new.is_empty() {
