@@ -15,14 +15,16 @@ use log::{debug, warn};
 use rustix::fs::{Mode, OFlags};
 use time::OffsetDateTime;
 use tokio::sync::watch;
-use wasmedge_aot_protocol::container::{open_in_root, NamespaceAction, Report, Timings};
+use wasmedge_aot_protocol::container::{
+    open_in_root, NamespaceAction, NamespaceKind, Report, Timings,
+};
 use wasmedge_aot_protocol::spawn::{PidNamespace, SpawnFds, SpawnReply, SpawnRequest};
 
 use crate::cgroup::OomWatch;
 use crate::error::ShimError;
 use crate::pod::{names_process_namespace, PodNamespaces, Shared};
 use crate::runner::{Control, Runner};
-use crate::spec::{self, ContainerSpec, HostSecurity, Ns};
+use crate::spec::{self, ContainerSpec, HostSecurity, IdMaps, Ns};
 
 /// The lifecycle states containerd distinguishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,10 +252,19 @@ impl Container {
         };
         self.pid = pid;
         drop((stdin, stdout, stderr, ns_fds, module));
-        let report = match sent {
+        let mut report = match sent {
             Ok(()) => control.report().await,
             Err(e) => Err(e),
         };
+        if let Ok(Report::MapIds) = report {
+            // The process is in its new user namespace and waits for its maps; only a
+            // process privileged outside the namespace (its parent, us) can write them.
+            map_ids(pid, cs.id_maps.as_ref()).map_err(ShimError::create(&id, "user namespace"))?;
+            report = match control.ids_mapped().await {
+                Ok(()) => control.report().await,
+                Err(e) => Err(e),
+            };
+        }
         match report {
             Ok(Report::Ready {
                 timings: t,
@@ -293,6 +304,9 @@ impl Container {
                 &id,
                 "set up the container process",
             )(error)),
+            Ok(Report::MapIds) => Err(ShimError::create(&id, "user namespace")(
+                "the container process asked for its id maps twice",
+            )),
             Err(_) => Err(ShimError::create(&id, "start container process")(
                 "the container process died before reporting",
             )),
@@ -455,6 +469,19 @@ impl Container {
     }
 }
 
+/// Writes the uid and gid maps of process `pid`'s new user namespace (each in one `write`,
+/// as the kernel requires).
+fn map_ids(pid: i32, maps: Option<&IdMaps>) -> Result<(), String> {
+    let maps =
+        maps.ok_or("the container process made a user namespace the spec did not ask for")?;
+    for (file, ranges) in [("uid_map", &maps.uid), ("gid_map", &maps.gid)] {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, IdMaps::map_file(ranges))
+            .map_err(|e| format!("write {path}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// A pid namespace to be born in, with the descriptor of one to join.
 enum PidNs {
     Inherit,
@@ -497,6 +524,13 @@ fn namespaces(
             continue;
         }
         let path = joins.next().ok_or("a namespace to join without its path")?;
+        if ns.kind == NamespaceKind::User && path.starts_with(format!("/proc/{shim}")) {
+            // CRI naming the pod's user namespace: the sandbox holds none (see spec::sandbox).
+            return Err(format!(
+                "{} names the pod's user namespace, which this runtime does not make",
+                path.display()
+            ));
+        }
         match names_process_namespace(&path, shim) {
             Some(what) => match pod_ns(&path, what)? {
                 Some(fd) => fds.push(fd),

@@ -4,6 +4,8 @@
 //! ```text
 //! shim → container   ContainerPlan + fds: stdin, stdout, stderr, then one namespace
 //!                    descriptor for each NamespaceAction::Join, in plan order
+//! [container → shim  Report::MapIds (in a new user namespace)
+//!  shim → container  IdsMapped (its uid_map and gid_map written)]
 //! container → shim   Report: Ready (loaded, instantiated, isolated; waiting) or Failed
 //! shim → container   Start
 //! ```
@@ -89,6 +91,10 @@ pub enum NamespaceKind {
     Ipc,
     Uts,
     Cgroup,
+    /// Always last in a plan (its descriptor, for a join, the last one): the process enters
+    /// it after its root is set up and its module instantiated, just before it drops its
+    /// credentials (see the runner's `process::namespaces::enter_user`).
+    User,
 }
 
 impl std::fmt::Display for NamespaceKind {
@@ -100,6 +106,7 @@ impl std::fmt::Display for NamespaceKind {
             NamespaceKind::Ipc => "ipc",
             NamespaceKind::Uts => "uts",
             NamespaceKind::Cgroup => "cgroup",
+            NamespaceKind::User => "user",
         })
     }
 }
@@ -249,9 +256,14 @@ pub struct Seccomp {
     pub flags: u32,
 }
 
-/// The container process's one report.
+/// The container process's report: [`Report::Ready`] or [`Report::Failed`], after
+/// [`Report::MapIds`] if it made a user namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Report {
+    /// In a new user namespace of its own: its uid and gid maps must be written by a process
+    /// privileged outside it (the shim, its parent, which has the spec's mappings) before it
+    /// can change its credentials. It waits for [`IdsMapped`].
+    MapIds,
     /// Isolated, loaded and instantiated; waiting for [`Start`].
     Ready {
         timings: Timings,
@@ -265,6 +277,10 @@ pub enum Report {
 /// The shim's go-ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Start;
+
+/// The shim's answer to [`Report::MapIds`]: the maps are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdsMapped;
 
 /// Microseconds each step of a container's create took, measured in its process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
