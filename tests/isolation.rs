@@ -149,6 +149,38 @@ fn the_process_gets_what_runc_gives_for_the_same_flags() {
     }
 }
 
+#[test]
+fn a_start_section_runs_as_the_container_never_as_the_set_up() {
+    if !common::can_run("start_section_credentials") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    // Instantiation runs a module's start section: guest code, before `_start`. It must
+    // already be the container (user, capabilities, seccomp), not the host's root that set
+    // the container up.
+    let r = Rootfs::with(&[("start.wasm", &fixture("start-open.wasm"))]);
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let secret = data.path().join("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut run = Run::rootfs("start-section", r.path(), &["/start.wasm"]);
+    run.flags = flags(&["--user", "1000:1000", "--seccomp"]);
+    run.mounts = vec![bind(data.path(), "/data", "rw")];
+    let out = containerd().run(&run);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout, "start: open errno 02\n",
+        "the start section read the secret: {out:?}"
+    );
+    let m = std::fs::metadata(data.path().join("made-in-start")).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (1000, 1000),
+        "owner of the start section's file"
+    );
+}
+
 /// `/probe.wasm` and the native sleeper `/sleep` as an image: `ctr run --uidmap` makes a
 /// user namespace only for an image (whose snapshot it remaps), not for `--rootfs`.
 const USERNS_IMAGE: &str = "localhost/wasmedge-tests/userns:v1";

@@ -16,12 +16,13 @@
 //! 6. **root**: the rootfs as its own mount, the spec's mounts inside it, devices,
 //!    `pivot_root` (no host path exists for the process afterwards), sysctls, masked and
 //!    read-only paths, a read-only root; `chdir` to the working directory.
-//! 7. **instantiate**: the module with WASI preopens `/` and `.`, which are now the
-//!    container's root and working directory: no host path reaches the module.
-//! 8. **user namespace** (where the plan has one): join it, or make it and have the shim
+//! 7. **user namespace** (where the plan has one): join it, or make it and have the shim
 //!    write its id maps (`namespaces::enter_user` says why this comes so late).
-//! 9. **credentials**: oom score, rlimits, AppArmor, groups, uid/gid, capabilities (all five
+//! 8. **credentials**: oom score, rlimits, AppArmor, groups, uid/gid, capabilities (all five
 //!    sets), umask, no_new_privs, and the seccomp filter last.
+//! 9. **instantiate**: the module with WASI preopens `/` and `.`, which are now the
+//!    container's root and working directory: no host path reaches the module. This is the
+//!    first step that can run guest code (a start section), so it comes after every drop.
 //! 10. **ready**: report, wait for `start`, run.
 //!
 //! Any step that cannot do what the plan asks fails the create with an error that names
@@ -174,9 +175,26 @@ fn prepare(
     timings.mounts_us = micros(mounts);
     timings.pivot_us = micros(pivot);
 
-    // 7. Instantiate, with the container's root as `/` and its working directory as `.`,
-    // under the container's rlimits.
+    // 7. The user namespace, whose maps the shim writes; 8. credentials, seccomp last.
+    // Rlimits first: raising a hard limit needs CAP_SYS_RESOURCE, which goes next.
     credentials::rlimits(&plan)?;
+    let t = Instant::now();
+    namespaces::enter_user(&plan, &mut fds, || {
+        send(control, &Report::MapIds).map_err(at("user namespace"))?;
+        if !receive::<IdsMapped>(control, "ids mapped") {
+            return Err(at("user namespace")("the shim did not write the id maps"));
+        }
+        Ok(())
+    })?;
+    timings.namespaces_us += micros(t.elapsed());
+    let (creds, seccomp) = credentials::apply(&plan, pending)?;
+    timings.credentials_us = micros(creds);
+    timings.seccomp_us = micros(seccomp);
+
+    // 9. Instantiate, with the container's root as `/` and its working directory as `.`.
+    // Only now: instantiation runs guest code (a module's start section), which must run
+    // as the container, never with the set-up's host root, capabilities or no filter. The
+    // preopens are opened as the container's user, as runc's process would open them.
     let t = Instant::now();
     let wasi = WasiPlan {
         args: plan.args.clone(),
@@ -194,20 +212,6 @@ fn prepare(
         wasmedge_aot_engine::Tier::Native => Tier::Native,
         wasmedge_aot_engine::Tier::Interpreter => Tier::Interpreter,
     };
-
-    // 8. The user namespace, whose maps the shim writes; 9. credentials, seccomp last.
-    let t = Instant::now();
-    namespaces::enter_user(&plan, &mut fds, || {
-        send(control, &Report::MapIds).map_err(at("user namespace"))?;
-        if !receive::<IdsMapped>(control, "ids mapped") {
-            return Err(at("user namespace")("the shim did not write the id maps"));
-        }
-        Ok(())
-    })?;
-    timings.namespaces_us += micros(t.elapsed());
-    let (creds, seccomp) = credentials::apply(&plan, pending)?;
-    timings.credentials_us = micros(creds);
-    timings.seccomp_us = micros(seccomp);
     if std::process::id() == 1 {
         terminate_on_signals();
     }

@@ -82,8 +82,8 @@ pub fn enter(
 /// creates one and has its maps written (`map_ids`: the shim, privileged outside the
 /// namespace, writes them, and only then can the process take a mapped uid).
 ///
-/// This comes after the root, the mounts and the module's instantiation, and just before the
-/// credentials, unlike runc, which enters it first: the container's other namespaces (made
+/// This comes after the root and the mounts, just before the credentials (and the module's
+/// instantiation, which runs guest code, after those), unlike runc, which enters it first: the container's other namespaces (made
 /// earlier, by the host's root) are then owned by the host's user namespace, so the
 /// container's root holds its capabilities over its user namespace alone, never over its
 /// mounts, network or hostname. That is less than runc grants, and it is all a Wasm module
