@@ -3,7 +3,7 @@
 //! container too: it runs nothing, and holds the pod's namespaces ([`crate::pod`]).
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -251,21 +251,33 @@ impl Container {
             }
         };
         self.pid = pid;
+        // A handle on this very process for the id maps (see `map_ids`), taken before any
+        // await in which the shim's reaper could collect it.
+        let process = cs.id_maps.as_ref().map(|_| pidfd_of(pid));
         drop((stdin, stdout, stderr, ns_fds, module));
         let mut report = match sent {
             Ok(()) => control.report().await,
             Err(e) => Err(e),
         };
+        let mut mapped = false;
         if let Ok(Report::MapIds) = report {
             // The process is in its new user namespace and waits for its maps; only a
             // process privileged outside the namespace (its parent, us) can write them.
-            map_ids(pid, cs.id_maps.as_ref()).map_err(ShimError::create(&id, "user namespace"))?;
+            map_ids(pid, process, cs.id_maps.as_ref())
+                .map_err(ShimError::create(&id, "user namespace"))?;
+            mapped = true;
             report = match control.ids_mapped().await {
                 Ok(()) => control.report().await,
                 Err(e) => Err(e),
             };
         }
         match report {
+            // A process that skipped its user namespace would run in the host's.
+            Ok(Report::Ready { .. }) if cs.id_maps.is_some() && !mapped => {
+                Err(ShimError::create(&id, "user namespace")(
+                    "the container process reported ready without making its user namespace",
+                ))
+            }
             Ok(Report::Ready {
                 timings: t,
                 warning,
@@ -469,15 +481,66 @@ impl Container {
     }
 }
 
+fn pidfd_of(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Writes the uid and gid maps of process `pid`'s new user namespace (each in one `write`,
-/// as the kernel requires).
-fn map_ids(pid: i32, maps: Option<&IdMaps>) -> Result<(), String> {
-    let maps =
-        maps.ok_or("the container process made a user namespace the spec did not ask for")?;
+/// as the kernel requires). `process` is a pidfd of it, taken when it was born: its
+/// `/proc/<pid>` is opened first and used only if the process is still alive afterwards, so
+/// that a pid the reaper freed and the kernel handed to another process never gets the maps.
+fn map_ids(
+    pid: i32,
+    process: Option<std::io::Result<OwnedFd>>,
+    maps: Option<&IdMaps>,
+) -> Result<(), String> {
+    let (Some(maps), Some(process)) = (maps, process) else {
+        return Err("the container process made a user namespace the spec did not ask for".into());
+    };
+    let process = process.map_err(|e| format!("pidfd of process {pid}: {e}"))?;
+    let dir = format!("/proc/{pid}");
+    let proc_dir = rustix::fs::open(
+        &dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open {dir}: {e}"))?;
+    // SAFETY: pidfd_send_signal with signal 0 only checks that the process exists; the
+    // info pointer may be null and `process` is a valid pidfd.
+    let alive = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            process.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    } == 0;
+    if !alive {
+        return Err(format!(
+            "process {pid} ended before its id maps were written"
+        ));
+    }
     for (file, ranges) in [("uid_map", &maps.uid), ("gid_map", &maps.gid)] {
-        let path = format!("/proc/{pid}/{file}");
-        std::fs::write(&path, IdMaps::map_file(ranges))
-            .map_err(|e| format!("write {path}: {e}"))?;
+        let f = rustix::fs::openat(
+            &proc_dir,
+            file,
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("open {dir}/{file}: {e}"))?;
+        let text = IdMaps::map_file(ranges);
+        let n = rustix::io::write(&f, text.as_bytes())
+            .map_err(|e| format!("write {dir}/{file}: {e}"))?;
+        if n != text.len() {
+            return Err(format!("write {dir}/{file}: {n} of {} bytes", text.len()));
+        }
     }
     Ok(())
 }
@@ -578,8 +641,11 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<File, String> {
     } else {
         format!("{}/{entry}", cwd.trim_end_matches('/'))
     };
-    let f = match open_in_root(root, &path, OFlags::RDONLY | OFlags::NOCTTY) {
-        Ok(fd) => File::from(fd),
+    // O_PATH first: opening a FIFO for reading would block this (single-threaded) shim until
+    // a writer came, and opening a device node runs its driver's open as the host's root.
+    // Only a regular file is opened for reading, through the descriptor just checked.
+    let found = match open_in_root(root, &path, OFlags::PATH) {
+        Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => {
             return Err(format!(
                 "entrypoint {entry:?} not found in the container root"
@@ -587,13 +653,17 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<File, String> {
         }
         Err(e) => return Err(format!("entrypoint {entry:?}: {e}")),
     };
-    let m = f
-        .metadata()
-        .map_err(|e| format!("entrypoint {entry:?}: {e}"))?;
-    if !m.is_file() {
+    let st = rustix::fs::fstat(&found).map_err(|e| format!("entrypoint {entry:?}: {e}"))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(format!("entrypoint {entry:?} is not a regular file"));
     }
-    Ok(f)
+    let reopened = rustix::fs::open(
+        format!("/proc/self/fd/{}", found.as_raw_fd()),
+        OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("entrypoint {entry:?}: {e}"))?;
+    Ok(File::from(reopened))
 }
 
 /// Refuses anything that is not a core Wasm module before a process is forked for it.

@@ -110,6 +110,26 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_or_a_directory_reads_as_absent_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix_mkfifo(&fifo);
+        assert_eq!(read_small(&fifo, 1024), None);
+        assert_eq!(read_small(dir.path(), 1024), None);
+        let big = dir.path().join("big");
+        fs::write(&big, vec![b'x'; 2048]).unwrap();
+        assert_eq!(read_small(&big, 1024), None);
+        fs::write(&big, b"ok").unwrap();
+        assert_eq!(read_small(&big, 1024).as_deref(), Some(&b"ok"[..]));
+    }
+
+    fn nix_mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path for the duration of the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+
+    #[test]
     fn a_symlink_at_the_name_is_replaced_not_followed() {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");

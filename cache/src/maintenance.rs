@@ -320,6 +320,12 @@ impl Cache {
     /// would never be loaded again. A link still in use by a loaded library does not need its
     /// name any more (`dlopen` keeps the object).
     fn prune_links(&self) {
+        // Links lived at `<root>/links` before the layout owned them: that directory holds
+        // nothing any release reads any more.
+        let legacy = self.cfg.root.join("links");
+        if fs::symlink_metadata(&legacy).is_ok_and(|m| m.is_dir()) {
+            let _ = fs::remove_dir_all(&legacy);
+        }
         let Ok(rd) = fs::read_dir(self.layout.links()) else {
             return;
         };
