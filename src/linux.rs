@@ -179,7 +179,12 @@ impl<'a> RuncLog<'a> {
     /// `runc <op>: <why>`: the last error runc logged since the mark, else what it printed.
     fn explain(&self, op: &str, e: runc::error::Error) -> String {
         if let Some(msg) = self.last_error() {
-            return format!("runc {op}: {msg}");
+            // runc 1.1 begins its own with `runc create failed: ...`.
+            return if msg.starts_with("runc ") {
+                msg
+            } else {
+                format!("runc {op}: {msg}")
+            };
         }
         match e {
             runc::error::Error::CommandFailed {

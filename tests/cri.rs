@@ -932,7 +932,7 @@ fn containers_of_a_pod_share_its_shim_and_stop_container_ends_a_running_module()
 }
 
 #[test]
-fn a_non_wasm_entrypoint_fails_with_its_reason_and_the_pod_stays_usable() {
+fn a_non_wasm_entrypoint_runs_as_a_linux_container_whose_failure_leaves_the_pod_usable() {
     if !common::can_run("cri_not_wasm") {
         return;
     }
@@ -940,18 +940,23 @@ fn a_non_wasm_entrypoint_fails_with_its_reason_and_the_pod_stays_usable() {
     block_on(async {
         let mut cri = Cri::connect(ctd).await;
         let pod = cri.run_pod("bad").await;
-        // CRI creates the task (the shim's Create) in StartContainer, not CreateContainer.
-        let bad = cri
-            .create(&pod, container("bad", NOT_WASM_IMAGE, &[]))
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctd.log_tail()));
-        let err = cri.start(&bad).await.expect_err("a text file is no module");
-        assert!(
-            err.message().contains("/app.wasm is not a wasm module"),
-            "{err:?}"
+        // A script is no module: runc runs it, and its interpreter is not in the image.
+        let bad = cri.run(&pod, container("bad", NOT_WASM_IMAGE, &[])).await;
+        let status = cri.wait_exited(&bad, Duration::from_secs(30)).await;
+        assert_eq!(
+            (status.exit_code, status.reason.as_str()),
+            (1, "Error"),
+            "{status:?}"
         );
-        let (status, _) = cri.status(&bad).await;
-        assert_ne!(status.state, ContainerState::ContainerRunning as i32);
+        // runc's reason, in the container's log as kubectl logs shows it.
+        assert_eq!(
+            pod.log("bad", 1),
+            [(
+                "stderr".into(),
+                "F".into(),
+                "exec /app.wasm: no such file or directory".into()
+            )]
+        );
 
         let id = cri
             .run(&pod, container("hello", APP_IMAGE, &["/probe.wasm"]))
