@@ -128,8 +128,15 @@ fn ctr_run_with_a_terminal_gives_a_linux_container_its_tty() {
     }
     let ctd = containerd();
     let r = native_rootfs();
-    // ctr -t needs a terminal of its own: a pty whose master the test reads.
-    let pty = nix::pty::openpty(None, None).unwrap();
+    // ctr -t needs a terminal of its own: a pty whose master the test reads. ctr gives the
+    // container's terminal its size (ResizePty).
+    let size = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 77,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
     let slave = std::fs::File::from(pty.slave);
     let mut child = Command::new("ctr")
         .arg("-a")
@@ -154,7 +161,7 @@ fn ctr_run_with_a_terminal_gives_a_linux_container_its_tty() {
                 break;
             }
             out.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&out).contains("tty ") {
+            if String::from_utf8_lossy(&out).contains('\n') {
                 break;
             }
         }
@@ -174,6 +181,23 @@ fn ctr_run_with_a_terminal_gives_a_linux_container_its_tty() {
     };
     let out = reader.join().unwrap();
     assert!(status.success(), "{status:?}: {out}\n{}", ctd.log_tail());
-    assert!(out.contains("tty yes"), "{out:?}");
+    assert!(out.contains("tty yes 77x33"), "{out:?}");
     assert_eq!(runc_state("native-tty"), None);
+}
+
+#[test]
+fn a_linux_container_over_its_memory_limit_is_oom_killed_and_reported() {
+    if !common::can_run("linux_oom") {
+        return;
+    }
+    let ctd = containerd();
+    let r = native_rootfs();
+    let events = ctd.events();
+    let mut run = Run::rootfs("native-oom", r.path(), &["/native-tool", "alloc", "256"]);
+    run.memory_limit = Some(32 << 20);
+    let out = ctd.run(&run);
+    assert_eq!(out.code, Some(137), "{out:?}");
+    assert!(!out.stdout.contains("allocated"), "{out:?}");
+    events.wait_for(&["/tasks/oom", "native-oom"], Duration::from_secs(5));
+    assert_eq!(runc_state("native-oom"), None);
 }
