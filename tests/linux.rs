@@ -121,15 +121,9 @@ fn ctr_task_exec_runs_in_a_linux_container_with_its_output_and_exit_code() {
     assert!(std::fs::metadata(format!("/proc/{pid}")).is_err());
 }
 
-#[test]
-fn ctr_run_with_a_terminal_gives_a_linux_container_its_tty() {
-    if !common::can_run("linux_tty") {
-        return;
-    }
-    let ctd = containerd();
-    let r = native_rootfs();
-    // ctr -t needs a terminal of its own: a pty whose master the test reads. ctr gives the
-    // container's terminal its size (ResizePty).
+/// Runs `ctr ARGS` with a terminal of its own (`-t` needs one): a pty of 77x33 whose master
+/// the test reads up to the first line of output. Returns ctr's success and that output.
+fn ctr_on_a_pty(ctd: &common::Containerd, args: &[&str]) -> (bool, String) {
     let size = nix::pty::Winsize {
         ws_row: 33,
         ws_col: 77,
@@ -141,11 +135,8 @@ fn ctr_run_with_a_terminal_gives_a_linux_container_its_tty() {
     let mut child = Command::new("ctr")
         .arg("-a")
         .arg(&ctd.address)
-        .args(["-n", namespace(), "run", "--rm", "-t", "--fifo-dir"])
-        .arg(ctd.fifo_dir())
-        .args(["--runtime", common::RUNTIME, "--rootfs"])
-        .arg(r.path())
-        .args(["native-tty", "/native-tool", "tty"])
+        .args(["-n", namespace()])
+        .args(args)
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave))
@@ -161,7 +152,7 @@ fn ctr_run_with_a_terminal_gives_a_linux_container_its_tty() {
                 break;
             }
             out.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&out).contains('\n') {
+            if out.contains(&b'\n') {
                 break;
             }
         }
@@ -174,15 +165,70 @@ fn ctr_run_with_a_terminal_gives_a_linux_container_its_tty() {
         }
         assert!(
             Instant::now() < deadline,
-            "ctr run -t did not end\n{}",
+            "ctr {args:?} did not end\n{}",
             ctd.log_tail()
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let out = reader.join().unwrap();
-    assert!(status.success(), "{status:?}: {out}\n{}", ctd.log_tail());
+    (status.success(), reader.join().unwrap())
+}
+
+#[test]
+fn ctr_run_and_exec_with_a_terminal_give_a_linux_container_its_tty_and_its_size() {
+    if !common::can_run("linux_tty") {
+        return;
+    }
+    let ctd = containerd();
+    let r = native_rootfs();
+    let fifo = ctd.fifo_dir().display().to_string();
+    let root = r.path().display().to_string();
+    // ctr gives the container's terminal the size of its own (ResizePty).
+    let (ok, out) = ctr_on_a_pty(
+        ctd,
+        &[
+            "run",
+            "--rm",
+            "-t",
+            "--fifo-dir",
+            &fifo,
+            "--runtime",
+            common::RUNTIME,
+            "--rootfs",
+            &root,
+            "native-tty",
+            "/native-tool",
+            "tty",
+        ],
+    );
+    assert!(ok, "{out}\n{}", ctd.log_tail());
     assert!(out.contains("tty yes 77x33"), "{out:?}");
     assert_eq!(runc_state("native-tty"), None);
+
+    let id = "native-tty-exec";
+    ctd.run_detached(&Run::rootfs(
+        id,
+        r.path(),
+        &["/native-tool", "sleep", "100"],
+    ));
+    ctd.wait_status(id, "RUNNING", Duration::from_secs(10));
+    let (ok, out) = ctr_on_a_pty(
+        ctd,
+        &[
+            "task",
+            "exec",
+            "-t",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            "t1",
+            id,
+            "/native-tool",
+            "tty",
+        ],
+    );
+    assert!(ok, "{out}\n{}", ctd.log_tail());
+    assert!(out.contains("tty yes 77x33"), "{out:?}");
+    ctd.remove(id);
 }
 
 #[test]
