@@ -639,7 +639,7 @@ impl Container {
         }
     }
 
-    fn precondition(&self, message: &str) -> ShimError {
+    pub(crate) fn precondition(&self, message: &str) -> ShimError {
         ShimError::FailedPrecondition {
             id: self.id.clone(),
             message: message.into(),

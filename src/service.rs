@@ -757,7 +757,8 @@ impl Task for TaskService {
             let sig = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
                 ShimError::InvalidArgument(format!("invalid signal {}", req.signal))
             })?;
-            // Its pid stays ours until the reaper has taken its exit, which sets it stopped.
+            // Signalled by pid, as a Wasm container's process is: the pid is the exec's until
+            // the reaper takes its exit, and the exec is stopped as soon as the exit is seen.
             return match nix::sys::signal::kill(nix::unistd::Pid::from_raw(exec.pid()), sig) {
                 Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(api::Empty::new()),
                 Err(e) => Err(ShimError::Io {
@@ -885,7 +886,7 @@ impl Task for TaskService {
         let c = self.inner.get(&req.id)?;
         let linux = self.inner.linux_of(&c)?;
         if matches!(c.status(), Status::Stopped { .. }) {
-            return Err(c_precondition(&c, "the container is not running").into());
+            return Err(c.precondition("the container is not running").into());
         }
         let spec = req
             .spec
@@ -1010,12 +1011,5 @@ impl Task for TaskService {
             }
         }
         Ok(api::Empty::new())
-    }
-}
-
-fn c_precondition(c: &Container, message: &str) -> ShimError {
-    ShimError::FailedPrecondition {
-        id: c.id.clone(),
-        message: message.into(),
     }
 }
