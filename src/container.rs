@@ -1,6 +1,8 @@
 //! One container as the shim sees it: its bundle and rootfs mount, its stdio, its cgroup,
-//! and the process the runner forked for it, from create to delete. A pod's sandbox is a
-//! container too: it runs nothing, and holds the pod's namespaces ([`crate::pod`]).
+//! and its process, from create to delete. The entrypoint decides what runs it: a Wasm
+//! module (by its magic) gets a process the runner forks; anything else is a Linux
+//! container that runc runs ([`crate::linux`]). A pod's sandbox is a container too: it runs
+//! nothing, and holds the pod's namespaces ([`crate::pod`]).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -22,6 +24,7 @@ use wasmedge_aot_protocol::spawn::{PidNamespace, SpawnFds, SpawnReply, SpawnRequ
 
 use crate::cgroup::OomWatch;
 use crate::error::ShimError;
+use crate::linux::Linux;
 use crate::pod::{names_process_namespace, PodNamespaces, Shared};
 use crate::runner::{Control, Runner};
 use crate::spec::{self, ContainerSpec, HostSecurity, IdMaps, Ns};
@@ -31,7 +34,108 @@ use crate::spec::{self, ContainerSpec, HostSecurity, IdMaps, Ns};
 pub enum Status {
     Created,
     Running,
-    Stopped { code: i32, at: OffsetDateTime },
+    /// Frozen (`runc pause`); Linux containers only.
+    Paused,
+    Stopped {
+        code: i32,
+        at: OffsetDateTime,
+    },
+}
+
+/// A process's life as containerd sees it: its status (which `Wait` watches) and when it
+/// started. A container's, and each exec'd process's.
+#[derive(Debug)]
+pub struct ProcessState {
+    status: watch::Sender<Status>,
+    started_at: Mutex<Option<Instant>>,
+}
+
+impl Default for ProcessState {
+    fn default() -> Self {
+        ProcessState::new()
+    }
+}
+
+impl ProcessState {
+    pub fn new() -> ProcessState {
+        ProcessState {
+            status: watch::channel(Status::Created).0,
+            started_at: Mutex::new(None),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    /// Created → running, from now.
+    pub fn set_running(&self) {
+        *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.status.send_if_modified(|s| {
+            if *s == Status::Created {
+                *s = Status::Running;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Running → paused, or paused → running.
+    pub fn set_paused(&self, paused: bool) {
+        let (from, to) = if paused {
+            (Status::Running, Status::Paused)
+        } else {
+            (Status::Paused, Status::Running)
+        };
+        self.status.send_if_modified(|s| {
+            let change = *s == from;
+            if change {
+                *s = to;
+            }
+            change
+        });
+    }
+
+    /// Records the exit the reaper saw; returns false if the process had already exited.
+    pub fn set_exited(&self, code: i32) -> bool {
+        self.status.send_if_modified(|s| {
+            if matches!(s, Status::Stopped { .. }) {
+                return false;
+            }
+            *s = Status::Stopped {
+                code,
+                at: OffsetDateTime::now_utc(),
+            };
+            true
+        })
+    }
+
+    /// Waits until the process has exited; returns its code and time.
+    pub async fn wait(&self) -> (i32, OffsetDateTime) {
+        let mut rx = self.status.subscribe();
+        let status = rx
+            .wait_for(|s| matches!(s, Status::Stopped { .. }))
+            .await
+            .map(|s| *s)
+            .unwrap_or(Status::Stopped {
+                code: 255,
+                at: OffsetDateTime::now_utc(),
+            });
+        match status {
+            Status::Stopped { code, at } => (code, at),
+            _ => unreachable!("wait_for returned a non-stopped status"),
+        }
+    }
+
+    /// How long the process has run (until now, or until it exited if called on exit).
+    pub fn run_time(&self) -> std::time::Duration {
+        self.started_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
 }
 
 /// Stdio as containerd passed it (FIFO paths, possibly empty).
@@ -44,6 +148,8 @@ pub struct StdioPaths {
 
 /// What a create needs from the shim beyond the request.
 pub struct CreateContext<'a> {
+    /// The containerd namespace (runc keeps a state directory per namespace).
+    pub namespace: &'a str,
     pub runner: &'a Runner,
     pub seccomp: &'a crate::seccomp::Compiled,
     pub host: HostSecurity,
@@ -65,12 +171,21 @@ pub struct Container {
     pub pid: i32,
     /// What the create cost, phase by phase.
     pub timings: Timings,
+    /// A Linux container (runc's), or `None` for a Wasm container or a sandbox.
+    pub linux: Option<Linux>,
     rootfs: Option<PathBuf>,
     cgroup: Option<String>,
     control: tokio::sync::Mutex<Option<Control>>,
-    status: watch::Sender<Status>,
-    started_at: Mutex<Option<Instant>>,
+    state: ProcessState,
     cleaned: Mutex<bool>,
+}
+
+/// What runs a container's entrypoint.
+enum Entrypoint {
+    /// A file that starts with Wasm's magic: our path, with the module opened.
+    Wasm(File),
+    /// Anything else: runc.
+    Linux,
 }
 
 impl Container {
@@ -84,11 +199,6 @@ impl Container {
         ctx: &CreateContext<'_>,
     ) -> Result<(Container, Option<OomWatch>), ShimError> {
         let id = req.id.clone();
-        if req.terminal {
-            return Err(ShimError::Unsupported(
-                "a terminal (tty) for a wasm container",
-            ));
-        }
         let bundle = PathBuf::from(&req.bundle);
         let spec = read_spec(&bundle).await?;
         let rootfs = bundle.join(
@@ -110,11 +220,11 @@ impl Container {
             },
             pid: 0,
             timings: Timings::default(),
+            linux: None,
             rootfs: None,
             cgroup: None,
             control: tokio::sync::Mutex::new(None),
-            status: watch::channel(Status::Created).0,
-            started_at: Mutex::new(None),
+            state: ProcessState::new(),
             cleaned: Mutex::new(false),
         };
         if sandbox {
@@ -124,7 +234,6 @@ impl Container {
             c.pid = std::process::id() as i32;
             return Ok((c, None));
         }
-        let cs = spec::container(&spec, ctx.host).map_err(ShimError::create(&id, "spec"))?;
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs).map_err(ShimError::io(format!(
                 "create rootfs dir {}",
@@ -138,7 +247,14 @@ impl Container {
                 }
             }
         }
-        match c.spawn(&spec, cs, &rootfs, ctx).await {
+        let created = match entrypoint(&spec, &rootfs) {
+            Entrypoint::Wasm(module) => {
+                c.create_wasm(&spec, module, &rootfs, req.terminal, ctx)
+                    .await
+            }
+            Entrypoint::Linux => c.create_linux(&spec, req.terminal, ctx).await,
+        };
+        match created {
             Ok((pid, oom)) => {
                 c.pid = pid;
                 Ok((c, oom))
@@ -150,10 +266,79 @@ impl Container {
         }
     }
 
+    /// A Linux container: runc creates it from the bundle, its cgroup included, which the
+    /// shim then only watches for OOM kills (see [`crate::linux`]).
+    async fn create_linux(
+        &mut self,
+        spec: &oci_spec::runtime::Spec,
+        terminal: bool,
+        ctx: &CreateContext<'_>,
+    ) -> Result<(i32, Option<OomWatch>), ShimError> {
+        let sandbox = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(spec::SANDBOX_ID_ANNOTATION))
+            .and_then(|s| (ctx.sandbox)(s));
+        let (linux, pid) = Linux::create(crate::linux::CreateArgs {
+            id: &self.id,
+            namespace: ctx.namespace,
+            bundle: &self.bundle,
+            spec,
+            stdio: &self.stdio,
+            terminal,
+            pod: sandbox.as_deref().and_then(|s| s.pod.as_ref()),
+        })
+        .await
+        .map_err(|message| ShimError::Create {
+            id: self.id.clone(),
+            context: "linux container",
+            message,
+        })?;
+        self.linux = Some(linux);
+        let cgroup = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty());
+        let mut oom = None;
+        if let Some(path) = cgroup {
+            match OomWatch::new(&crate::cgroup::load(&path)) {
+                Ok(watch) => oom = watch,
+                Err(e) => warn!(
+                    "container {}: cgroup {path}: {e}; its OOM kills go unreported",
+                    self.id
+                ),
+            }
+        }
+        debug!("container {}: a Linux container, pid {pid}", self.id);
+        Ok((pid, oom))
+    }
+
+    /// A Wasm container: the spec read into the container's plan, the module checked, and a
+    /// process the runner forks, which isolates itself and loads the module.
+    async fn create_wasm(
+        &mut self,
+        spec: &oci_spec::runtime::Spec,
+        module: File,
+        rootfs: &Path,
+        terminal: bool,
+        ctx: &CreateContext<'_>,
+    ) -> Result<(i32, Option<OomWatch>), ShimError> {
+        if terminal {
+            return Err(ShimError::Unsupported(
+                "a terminal (tty) for a wasm container",
+            ));
+        }
+        let cs = spec::container(spec, ctx.host).map_err(ShimError::create(&self.id, "spec"))?;
+        self.spawn(spec, cs, module, rootfs, ctx).await
+    }
+
     async fn spawn(
         &mut self,
         spec: &oci_spec::runtime::Spec,
         mut cs: ContainerSpec,
+        module: File,
         rootfs: &Path,
         ctx: &CreateContext<'_>,
     ) -> Result<(i32, Option<OomWatch>), ShimError> {
@@ -161,8 +346,6 @@ impl Container {
         let root = open_dir(rootfs)
             .map_err(|e| ShimError::create(&id, "rootfs")(format!("{}: {e}", rootfs.display())))?;
         check_cwd(&root, &cs.plan.cwd).map_err(ShimError::create(&id, "cwd"))?;
-        let module = open_module(&root, &cs.plan.cwd, &cs.module)
-            .map_err(ShimError::create(&id, "entrypoint"))?;
         check_wasm(&module, &cs.module).map_err(ShimError::create(&id, "entrypoint"))?;
         drop(root);
         cs.plan.root.path = rootfs.to_owned();
@@ -336,83 +519,72 @@ impl Container {
     }
 
     pub fn status(&self) -> Status {
-        *self.status.borrow()
+        self.state.status()
     }
 
-    /// Lets the module run.
+    /// Lets the module (or the Linux container's process) run.
     pub async fn start(&self) -> Result<(), ShimError> {
         if self.sandbox {
-            return self.set_running();
+            self.state.set_running();
+            return Ok(());
+        }
+        if self.status() != Status::Created {
+            return Err(self.precondition("not in created state"));
+        }
+        if let Some(linux) = &self.linux {
+            linux.start(&self.id).await?;
+            self.state.set_running();
+            return Ok(());
         }
         let mut control = self.control.lock().await;
         let Some(stream) = control.as_mut() else {
             return Err(self.precondition("already started"));
         };
-        if self.status() != Status::Created {
-            return Err(self.precondition("not in created state"));
-        }
         stream.start().await.map_err(|e| ShimError::Io {
             context: format!("start container {}", self.id),
             source: std::io::Error::other(e),
         })?;
         *control = None;
-        self.set_running()
+        self.state.set_running();
+        Ok(())
     }
 
     /// How long the module has run (until now, or until it exited if called on exit).
     pub fn run_time(&self) -> std::time::Duration {
-        self.started_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed())
-            .unwrap_or_default()
-    }
-
-    fn set_running(&self) -> Result<(), ShimError> {
-        *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        self.status.send_if_modified(|s| {
-            if *s == Status::Created {
-                *s = Status::Running;
-                true
-            } else {
-                false
-            }
-        });
-        Ok(())
+        self.state.run_time()
     }
 
     /// Records the exit the reaper saw; returns false if the container had already exited.
     pub fn set_exited(&self, code: i32) -> bool {
-        self.status.send_if_modified(|s| {
-            if matches!(s, Status::Stopped { .. }) {
-                return false;
-            }
-            *s = Status::Stopped {
-                code,
-                at: OffsetDateTime::now_utc(),
-            };
-            true
-        })
+        self.state.set_exited(code)
     }
 
     /// Waits until the container has exited; returns its code and time.
     pub async fn wait(&self) -> (i32, OffsetDateTime) {
-        let mut rx = self.status.subscribe();
-        let status = rx
-            .wait_for(|s| matches!(s, Status::Stopped { .. }))
-            .await
-            .map(|s| *s)
-            .unwrap_or(Status::Stopped {
-                code: 255,
-                at: OffsetDateTime::now_utc(),
-            });
-        match status {
-            Status::Stopped { code, at } => (code, at),
-            _ => unreachable!("wait_for returned a non-stopped status"),
-        }
+        self.state.wait().await
     }
 
-    pub fn kill(&self, signal: u32, all: bool) -> Result<(), ShimError> {
+    /// Freezes (`paused`) or thaws every process of a Linux container.
+    pub async fn pause(&self, paused: bool) -> Result<(), ShimError> {
+        let Some(linux) = &self.linux else {
+            return Err(ShimError::Unsupported(
+                "pause and resume of a wasm container",
+            ));
+        };
+        let (from, verb) = if paused {
+            (Status::Running, "pause")
+        } else {
+            (Status::Paused, "resume")
+        };
+        if self.status() != from {
+            return Err(self.precondition(&format!("cannot {verb} it: {:?}", self.status())));
+        }
+        linux.freeze(&self.id, paused).await?;
+        self.state.set_paused(paused);
+        Ok(())
+    }
+
+    pub async fn kill(&self, signal: u32, all: bool) -> Result<(), ShimError> {
         if matches!(self.status(), Status::Stopped { .. }) {
             return Err(ShimError::NotFound(format!(
                 "{}: process already finished",
@@ -432,6 +604,9 @@ impl Container {
             }
             return Ok(());
         }
+        if let Some(linux) = &self.linux {
+            return linux.kill(&self.id, signal, all).await;
+        }
         // The container process leads its own session, so `all` reaches anything it forked.
         let target = if all { -self.pid } else { self.pid };
         match nix::sys::signal::kill(nix::unistd::Pid::from_raw(target), sig) {
@@ -443,13 +618,21 @@ impl Container {
         }
     }
 
-    /// Kills a container that never ran (containerd deletes created tasks without start).
+    /// Ends what is left of the container before its delete: a Wasm container that never
+    /// ran (containerd deletes created tasks without start) is killed; a Linux container is
+    /// deleted from runc (`delete --force`: what still runs, its state and its cgroup).
     pub async fn discard(&self) {
         if self.sandbox {
             self.set_exited(128 + libc::SIGKILL);
+        } else if let Some(linux) = &self.linux {
+            let running = !matches!(self.status(), Status::Stopped { .. });
+            linux.delete(&self.id).await;
+            if running {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.wait()).await;
+            }
         } else if self.status() == Status::Created {
             *self.control.lock().await = None;
-            let _ = self.kill(libc::SIGKILL as u32, false);
+            let _ = self.kill(libc::SIGKILL as u32, false).await;
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.wait()).await;
         }
     }
@@ -473,7 +656,7 @@ impl Container {
         }
     }
 
-    fn precondition(&self, message: &str) -> ShimError {
+    pub(crate) fn precondition(&self, message: &str) -> ShimError {
         ShimError::FailedPrecondition {
             id: self.id.clone(),
             message: message.into(),
@@ -666,6 +849,34 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<File, String> {
     Ok(File::from(reopened))
 }
 
+/// What runs the container's entrypoint (`process.args[0]`, resolved as the Wasm path
+/// resolves it: absolute, or relative to the working directory, inside the root): the Wasm
+/// path for a regular file that starts with Wasm's magic, runc for anything else (a Linux
+/// executable, a script, a name runc looks up on `PATH`, or nothing at all: runc's error
+/// then says what is missing).
+fn entrypoint(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Entrypoint {
+    let Some(process) = spec.process() else {
+        return Entrypoint::Linux;
+    };
+    let Some(entry) = process.args().as_ref().and_then(|a| a.first()) else {
+        return Entrypoint::Linux;
+    };
+    let cwd = process.cwd().to_string_lossy();
+    let cwd = if cwd.is_empty() { "/" } else { &cwd };
+    let Ok(root) = open_dir(rootfs) else {
+        return Entrypoint::Linux;
+    };
+    match open_module(&root, cwd, entry) {
+        Ok(module) if has_wasm_magic(&module) => Entrypoint::Wasm(module),
+        _ => Entrypoint::Linux,
+    }
+}
+
+fn has_wasm_magic(file: &File) -> bool {
+    let mut magic = [0u8; 4];
+    file.read_at(&mut magic, 0).is_ok_and(|n| n == 4) && magic == *b"\0asm"
+}
+
 /// Refuses anything that is not a core Wasm module before a process is forked for it.
 fn check_wasm(module: &File, name: &str) -> Result<(), String> {
     let mut head = [0u8; 8];
@@ -706,7 +917,7 @@ fn fifo_path(uri: &str) -> Result<&str, std::io::Error> {
 }
 
 /// Opens an output FIFO without blocking when containerd's reader is not there yet.
-fn open_output(uri: &str) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_output(uri: &str) -> std::io::Result<OwnedFd> {
     if uri.is_empty() {
         return dev_null(true);
     }
@@ -738,7 +949,7 @@ fn open_output(uri: &str) -> std::io::Result<OwnedFd> {
     Ok(file.into())
 }
 
-fn open_stdin(uri: &str) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_stdin(uri: &str) -> std::io::Result<OwnedFd> {
     if uri.is_empty() {
         return dev_null(false);
     }

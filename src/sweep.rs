@@ -4,9 +4,11 @@
 //! in each bundle, which removes the container's mount and cgroup). What containerd no
 //! longer knows (its state lost, or a bundle already gone) only the shims can find: so each
 //! node shim keeps a record of every container it serves in its run directory
-//! (`<run dir>/containers/<id>`: the cgroup and the rootfs), and a node shim that starts
-//! removes, for every run directory whose shim is dead, the recorded containers' cgroups
-//! (killing what is still in them) and mounts, then the directory.
+//! (`<run dir>/containers/<id>`: the cgroup, the rootfs, and for a Linux container runc's
+//! state root), and a node shim that starts removes, for every run directory whose shim is
+//! dead, the recorded Linux containers from runc (`runc delete --force`: their processes,
+//! state and cgroups), the recorded cgroups (killing what is still in them) and mounts, then
+//! the directory.
 
 use std::path::{Path, PathBuf};
 
@@ -25,17 +27,15 @@ pub struct Record {
     pub id: String,
     pub cgroup: Option<String>,
     pub rootfs: Option<PathBuf>,
+    /// runc's state root, for a Linux container (records written before there were any
+    /// have none).
+    #[serde(default)]
+    pub runc_root: Option<PathBuf>,
 }
 
 fn record_path(run_dir: &Path, id: &str) -> Option<PathBuf> {
     // containerd ids are `[A-Za-z0-9_.-]+`; anything else is never a file name of ours.
-    let plain = !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    plain.then(|| run_dir.join(CONTAINERS_DIR).join(id))
+    crate::linux::is_plain_name(id).then(|| run_dir.join(CONTAINERS_DIR).join(id))
 }
 
 /// Records a container the shim of `run_dir` serves.
@@ -93,6 +93,18 @@ pub fn dead_shims(state_root: &Path, own: Option<&Path>) -> Vec<PathBuf> {
             .flatten()
             .filter_map(|e| read_record(&e.path()))
         {
+            if let Some(root) = &r.runc_root {
+                // runc is driven through the shim's async client: from this blocking
+                // thread, on the shim's runtime (whose own thread drives its I/O).
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => rt.block_on(crate::linux::force_delete(root, &r.id)),
+                    Err(_) => log::warn!(
+                        "container {} of {}: no runtime to run runc delete on",
+                        r.id,
+                        dir.display()
+                    ),
+                }
+            }
             if let Some(cgroup) = &r.cgroup {
                 crate::cgroup::remove(cgroup);
             }

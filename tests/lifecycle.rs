@@ -288,11 +288,16 @@ fn bad_modules_fail_their_container_clearly_while_others_carry_on() {
         ("bad-fifo", "/fifo.wasm", "is not a regular file"),
         ("bad-device", "/null.wasm", "is not a regular file"),
         ("bad-corrupt", "/corrupt.wasm", "load module"),
-        ("bad-notwasm", "/script.sh", "is not a wasm module"),
+        // No Wasm magic: a Linux container, which runc refuses, saying why.
+        (
+            "bad-notwasm",
+            "/script.sh",
+            "runc create failed: unable to start container process: exec: \"/script.sh\": permission denied",
+        ),
         (
             "bad-missing",
             "/missing.wasm",
-            "entrypoint \"/missing.wasm\" not found",
+            "exec: \"/missing.wasm\": stat /missing.wasm: no such file or directory",
         ),
     ];
     for (id, entry, message) in cases {
