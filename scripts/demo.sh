@@ -13,40 +13,17 @@ bin=$PWD/target/release
 fixtures=$PWD/target/fixtures
 tests/fixtures/build.sh "$fixtures"
 
-work=$(mktemp -d /tmp/wasmedge-demo.XXXXXX)
-sock=$work/containerd.sock
-ns=demo
+. scripts/lib/private-containerd.sh
+pcd_init "$(mktemp -d /tmp/wasmedge-demo.XXXXXX)" demo "$bin"
+work=$pcd_work sock=$pcd_sock ns=$pcd_ns
 cleanup() {
-  set +e
   ctr -a "$sock" -n "$ns" task kill -s SIGKILL demo-hello >/dev/null 2>&1
-  [ -n "${ctd_pid:-}" ] && kill "$ctd_pid" 2>/dev/null && wait "$ctd_pid" 2>/dev/null
-  pkill -f "containerd-shim-wasmedge-v1 -namespace $ns .*-address $sock" 2>/dev/null
-  grep -o " $work[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
-  rm -rf "$work"
+  pcd_cleanup
 }
 trap cleanup EXIT
 
-cat >"$work/config.toml" <<TOML
-version = 2
-root = "$work/root"
-state = "$work/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$sock"
-[ttrpc]
-  address = "$sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmedge]
-  runtime_type = "io.containerd.wasmedge.v1"
-[debug]
-  level = "debug"
-TOML
-echo "cache_dir = \"$work/cache\"" >"$work/shim.toml"
-
 echo "== starting a private containerd in $work"
-PATH="$bin:$PATH" WASMEDGE_AOT_SHIM_CONFIG="$work/shim.toml" \
-  containerd --config "$work/config.toml" >"$work/containerd.log" 2>&1 &
-ctd_pid=$!
-for _ in $(seq 100); do ctr -a "$sock" version >/dev/null 2>&1 && break; sleep 0.1; done
+pcd_start "cache_dir = \"$work/cache\""
 
 echo "== packaging probe.wasm as an OCI image and importing it"
 "$bin/wasmedge-shimctl" image build --module "$fixtures/probe.wasm" \

@@ -22,6 +22,11 @@ pub fn create(path: &str, spec: &Spec) -> Result<Cgroup, String> {
     Ok(cg)
 }
 
+/// The cgroup at `path` as it is: a Linux container's, which runc made.
+pub fn load(path: &str) -> Cgroup {
+    Cgroup::load(hierarchies::auto(), relative(path))
+}
+
 /// On cgroup v2, the cgroup's directory, opened for `clone3(CLONE_INTO_CGROUP)`: the
 /// container process is born in it. `None` on v1, where the process joins by itself.
 pub fn v2_dir(cg: &Cgroup) -> std::io::Result<Option<std::os::fd::OwnedFd>> {

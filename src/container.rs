@@ -1,9 +1,11 @@
 //! One container as the shim sees it: its bundle and rootfs mount, its stdio, its cgroup,
-//! and the process the runner forked for it, from create to delete. A pod's sandbox is a
-//! container too: it runs nothing, and holds the pod's namespaces ([`crate::pod`]).
+//! and its process, from create to delete. The entrypoint decides what runs it: a Wasm
+//! module (by its magic) gets a process the runner forks; anything else is a Linux
+//! container that runc runs ([`crate::linux`]). A pod's sandbox is a container too: it runs
+//! nothing, and holds the pod's namespaces ([`crate::pod`]).
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,24 +14,129 @@ use std::time::Instant;
 use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::asynchronous::util::{mount_rootfs, read_spec};
 use log::{debug, warn};
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 use time::OffsetDateTime;
 use tokio::sync::watch;
-use wasmedge_aot_protocol::container::{NamespaceAction, Report, Timings};
-use wasmedge_aot_protocol::spawn::{PidNamespace, SpawnReply, SpawnRequest};
+use wasmedge_aot_protocol::container::{
+    open_in_root, NamespaceAction, NamespaceKind, Report, Timings,
+};
+use wasmedge_aot_protocol::spawn::{PidNamespace, SpawnFds, SpawnReply, SpawnRequest};
 
 use crate::cgroup::OomWatch;
 use crate::error::ShimError;
+use crate::image_layers::LayerError;
+use crate::linux::Linux;
 use crate::pod::{names_process_namespace, PodNamespaces, Shared};
 use crate::runner::{Control, Runner};
-use crate::spec::{self, ContainerSpec, HostSecurity, Ns};
+use crate::spec::{self, ContainerSpec, HostSecurity, IdMaps, Ns};
 
 /// The lifecycle states containerd distinguishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Created,
     Running,
-    Stopped { code: i32, at: OffsetDateTime },
+    /// Frozen (`runc pause`); Linux containers only.
+    Paused,
+    Stopped {
+        code: i32,
+        at: OffsetDateTime,
+    },
+}
+
+/// A process's life as containerd sees it: its status (which `Wait` watches) and when it
+/// started. A container's, and each exec'd process's.
+#[derive(Debug)]
+pub struct ProcessState {
+    status: watch::Sender<Status>,
+    started_at: Mutex<Option<Instant>>,
+}
+
+impl Default for ProcessState {
+    fn default() -> Self {
+        ProcessState::new()
+    }
+}
+
+impl ProcessState {
+    pub fn new() -> ProcessState {
+        ProcessState {
+            status: watch::channel(Status::Created).0,
+            started_at: Mutex::new(None),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    /// Created → running, from now.
+    pub fn set_running(&self) {
+        *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.status.send_if_modified(|s| {
+            if *s == Status::Created {
+                *s = Status::Running;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Running → paused, or paused → running.
+    pub fn set_paused(&self, paused: bool) {
+        let (from, to) = if paused {
+            (Status::Running, Status::Paused)
+        } else {
+            (Status::Paused, Status::Running)
+        };
+        self.status.send_if_modified(|s| {
+            let change = *s == from;
+            if change {
+                *s = to;
+            }
+            change
+        });
+    }
+
+    /// Records the exit the reaper saw; returns false if the process had already exited.
+    pub fn set_exited(&self, code: i32) -> bool {
+        self.status.send_if_modified(|s| {
+            if matches!(s, Status::Stopped { .. }) {
+                return false;
+            }
+            *s = Status::Stopped {
+                code,
+                at: OffsetDateTime::now_utc(),
+            };
+            true
+        })
+    }
+
+    /// Waits until the process has exited; returns its code and time.
+    pub async fn wait(&self) -> (i32, OffsetDateTime) {
+        let mut rx = self.status.subscribe();
+        let status = rx
+            .wait_for(|s| matches!(s, Status::Stopped { .. }))
+            .await
+            .map(|s| *s)
+            .unwrap_or(Status::Stopped {
+                code: 255,
+                at: OffsetDateTime::now_utc(),
+            });
+        match status {
+            Status::Stopped { code, at } => (code, at),
+            _ => unreachable!("wait_for returned a non-stopped status"),
+        }
+    }
+
+    /// How long the process has run (until now, or until it exited if called on exit).
+    pub fn run_time(&self) -> std::time::Duration {
+        self.started_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
 }
 
 /// Stdio as containerd passed it (FIFO paths, possibly empty).
@@ -42,6 +149,8 @@ pub struct StdioPaths {
 
 /// What a create needs from the shim beyond the request.
 pub struct CreateContext<'a> {
+    /// The containerd namespace (runc keeps a state directory per namespace).
+    pub namespace: &'a str,
     pub runner: &'a Runner,
     pub seccomp: &'a crate::seccomp::Compiled,
     pub host: HostSecurity,
@@ -65,12 +174,31 @@ pub struct Container {
     pub pid: i32,
     /// What the create cost, phase by phase.
     pub timings: Timings,
+    /// A Linux container (runc's), or `None` for a Wasm container or a sandbox.
+    pub linux: Option<Linux>,
     rootfs: Option<PathBuf>,
     cgroup: Option<String>,
     control: tokio::sync::Mutex<Option<Control>>,
-    status: watch::Sender<Status>,
-    started_at: Mutex<Option<Instant>>,
+    state: ProcessState,
     cleaned: Mutex<bool>,
+}
+
+/// What runs a container's entrypoint.
+enum Entrypoint {
+    /// A file that starts with Wasm's magic: our path, with the module opened.
+    Wasm(File),
+    /// No such file in the rootfs: the module of an image whose layer is the module itself
+    /// if its image has one ([`crate::image_layers`]), runc otherwise.
+    Missing(String),
+    /// Anything else: runc.
+    Linux,
+}
+
+/// The module a Wasm container runs, and its hash if the shim already knows it.
+struct Module {
+    file: File,
+    /// blake3 of a module read from an image's Wasm layer (the runner then does not hash).
+    hash: Option<String>,
 }
 
 impl Container {
@@ -84,11 +212,6 @@ impl Container {
         ctx: &CreateContext<'_>,
     ) -> Result<(Container, Option<OomWatch>), ShimError> {
         let id = req.id.clone();
-        if req.terminal {
-            return Err(ShimError::Unsupported(
-                "a terminal (tty) for a wasm container",
-            ));
-        }
         let bundle = PathBuf::from(&req.bundle);
         let spec = read_spec(&bundle).await?;
         let rootfs = bundle.join(
@@ -110,28 +233,20 @@ impl Container {
             },
             pid: 0,
             timings: Timings::default(),
+            linux: None,
             rootfs: None,
             cgroup: None,
             control: tokio::sync::Mutex::new(None),
-            status: watch::channel(Status::Created).0,
-            started_at: Mutex::new(None),
+            state: ProcessState::new(),
             cleaned: Mutex::new(false),
         };
-        let create_err = |context: &'static str| {
-            let id = id.clone();
-            move |e: &dyn std::fmt::Display| ShimError::Create {
-                id,
-                context,
-                message: e.to_string(),
-            }
-        };
         if sandbox {
-            let s = spec::sandbox(&spec).map_err(|e| create_err("spec")(&e))?;
-            c.pod = Some(PodNamespaces::create(&s).map_err(|e| create_err("pod namespaces")(&e))?);
+            let s = spec::sandbox(&spec).map_err(ShimError::create(&id, "spec"))?;
+            c.pod =
+                Some(PodNamespaces::create(&s).map_err(ShimError::create(&id, "pod namespaces"))?);
             c.pid = std::process::id() as i32;
             return Ok((c, None));
         }
-        let cs = spec::container(&spec, ctx.host).map_err(|e| create_err("spec")(&e))?;
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs).map_err(ShimError::io(format!(
                 "create rootfs dir {}",
@@ -145,7 +260,20 @@ impl Container {
                 }
             }
         }
-        match c.spawn(&spec, cs, &rootfs, ctx).await {
+        let module = match entrypoint(&spec, &rootfs) {
+            Entrypoint::Wasm(file) => Ok(Some(Module { file, hash: None })),
+            Entrypoint::Missing(argv0) => c.layer_module(&argv0, ctx).await,
+            Entrypoint::Linux => Ok(None),
+        };
+        let created = match module {
+            Ok(Some(module)) => {
+                c.create_wasm(&spec, module, &rootfs, req.terminal, ctx)
+                    .await
+            }
+            Ok(None) => c.create_linux(&spec, req.terminal, ctx).await,
+            Err(e) => Err(e),
+        };
+        match created {
             Ok((pid, oom)) => {
                 c.pid = pid;
                 Ok((c, oom))
@@ -157,63 +285,132 @@ impl Container {
         }
     }
 
+    /// The module of a container whose entrypoint `argv0` is no file in its rootfs: its
+    /// image's Wasm layer. `None` when the image has no Wasm layer (or the container no
+    /// image): the container is then a Linux one, and runc's error names what is missing.
+    async fn layer_module(
+        &self,
+        argv0: &str,
+        ctx: &CreateContext<'_>,
+    ) -> Result<Option<Module>, ShimError> {
+        let entry_err = ShimError::create(&self.id, "entrypoint");
+        match ctx.layers.module(&self.id, argv0).await {
+            Ok(m) => {
+                let file = m
+                    .open()
+                    .map_err(|e| entry_err(format!("open the module of {}: {e}", m.digest)))?;
+                Ok(Some(Module {
+                    file,
+                    hash: Some(m.hash.to_hex()),
+                }))
+            }
+            Err(LayerError::NoImage | LayerError::NoWasmLayer { .. }) => Ok(None),
+            Err(e) => Err(entry_err(format!(
+                "entrypoint {argv0:?} not found in the container root, and {e}"
+            ))),
+        }
+    }
+
+    /// A Linux container: runc creates it from the bundle, its cgroup included, which the
+    /// shim then only watches for OOM kills (see [`crate::linux`]).
+    async fn create_linux(
+        &mut self,
+        spec: &oci_spec::runtime::Spec,
+        terminal: bool,
+        ctx: &CreateContext<'_>,
+    ) -> Result<(i32, Option<OomWatch>), ShimError> {
+        let sandbox = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(spec::SANDBOX_ID_ANNOTATION))
+            .and_then(|s| (ctx.sandbox)(s));
+        let (linux, pid) = Linux::create(crate::linux::CreateArgs {
+            id: &self.id,
+            namespace: ctx.namespace,
+            bundle: &self.bundle,
+            spec,
+            stdio: &self.stdio,
+            terminal,
+            pod: sandbox.as_deref().and_then(|s| s.pod.as_ref()),
+        })
+        .await
+        .map_err(|message| ShimError::Create {
+            id: self.id.clone(),
+            context: "linux container",
+            message,
+        })?;
+        self.linux = Some(linux);
+        let cgroup = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty());
+        let mut oom = None;
+        if let Some(path) = cgroup {
+            match OomWatch::new(&crate::cgroup::load(&path)) {
+                Ok(watch) => oom = watch,
+                Err(e) => warn!(
+                    "container {}: cgroup {path}: {e}; its OOM kills go unreported",
+                    self.id
+                ),
+            }
+        }
+        debug!("container {}: a Linux container, pid {pid}", self.id);
+        Ok((pid, oom))
+    }
+
+    /// A Wasm container: the spec read into the container's plan, the module checked, and a
+    /// process the runner forks, which isolates itself and loads the module.
+    async fn create_wasm(
+        &mut self,
+        spec: &oci_spec::runtime::Spec,
+        module: Module,
+        rootfs: &Path,
+        terminal: bool,
+        ctx: &CreateContext<'_>,
+    ) -> Result<(i32, Option<OomWatch>), ShimError> {
+        if terminal {
+            return Err(ShimError::Unsupported(
+                "a terminal (tty) for a wasm container",
+            ));
+        }
+        let cs = spec::container(spec, ctx.host).map_err(ShimError::create(&self.id, "spec"))?;
+        self.spawn(spec, cs, module, rootfs, ctx).await
+    }
+
     async fn spawn(
         &mut self,
         spec: &oci_spec::runtime::Spec,
         mut cs: ContainerSpec,
+        module: Module,
         rootfs: &Path,
         ctx: &CreateContext<'_>,
     ) -> Result<(i32, Option<OomWatch>), ShimError> {
         let id = self.id.clone();
-        let create_err = |context: &'static str| {
-            let id = id.clone();
-            move |e: &dyn std::fmt::Display| ShimError::Create {
-                id,
-                context,
-                message: e.to_string(),
-            }
-        };
         let root = open_dir(rootfs)
-            .map_err(|e| create_err("rootfs")(&format!("{}: {e}", rootfs.display())))?;
-        check_cwd(&root, &cs.plan.cwd).map_err(|e| create_err("cwd")(&e))?;
-        let (module, module_hash) = match open_module(&root, &cs.plan.cwd, &cs.module)
-            .map_err(|e| create_err("entrypoint")(&e))?
-        {
-            Some(file) => (file, None),
-            // Not in the rootfs: the module of an image whose layer is the module itself.
-            None => {
-                let m = ctx.layers.module(&id, &cs.module).await.map_err(|e| {
-                    create_err("entrypoint")(&format!(
-                        "entrypoint {:?} not found in the container root, and {e}",
-                        cs.module
-                    ))
-                })?;
-                let file = m.open().map_err(|e| {
-                    create_err("entrypoint")(&format!("open the module of {}: {e}", m.digest))
-                })?;
-                (file, Some(m.hash.to_hex()))
-            }
-        };
-        check_wasm(&module, &cs.module).map_err(|e| create_err("entrypoint")(&e))?;
+            .map_err(|e| ShimError::create(&id, "rootfs")(format!("{}: {e}", rootfs.display())))?;
+        check_cwd(&root, &cs.plan.cwd).map_err(ShimError::create(&id, "cwd"))?;
+        check_wasm(&module.file, &cs.module).map_err(ShimError::create(&id, "entrypoint"))?;
         drop(root);
         cs.plan.root.path = rootfs.to_owned();
         if let Some(profile) = &cs.seccomp {
             let program = ctx
                 .seccomp
                 .program(profile)
-                .map_err(|e| create_err("seccomp")(&e))?;
+                .map_err(ShimError::create(&id, "seccomp"))?;
             cs.plan.seccomp = Some((*program).clone());
         }
         let pod = cs.sandbox_id.as_deref().and_then(|s| (ctx.sandbox)(s));
         let (ns_fds, pid_ns) = namespaces(&mut cs, pod.as_deref().and_then(|p| p.pod.as_ref()))
-            .map_err(|e| create_err("namespaces")(&e))?;
+            .map_err(ShimError::create(&id, "namespaces"))?;
 
         let cgroup_started = Instant::now();
         let mut oom = None;
         let mut cgroup_dir = None;
         if let Some(path) = &cs.plan.cgroup {
             let cg = crate::cgroup::create(path, spec)
-                .map_err(|e| create_err("cgroup")(&format!("{path}: {e}")))?;
+                .map_err(|e| ShimError::create(&id, "cgroup")(format!("{path}: {e}")))?;
             self.cgroup = Some(path.clone());
             match OomWatch::new(&cg) {
                 Ok(watch) => oom = watch,
@@ -224,12 +421,14 @@ impl Container {
             }
             // On cgroup v2 the process is born in its cgroup and never moves.
             cgroup_dir = crate::cgroup::v2_dir(&cg)
-                .map_err(|e| create_err("cgroup")(&format!("{path}: {e}")))?;
+                .map_err(|e| ShimError::create(&id, "cgroup")(format!("{path}: {e}")))?;
         }
 
-        let stdin = open_stdin(&self.stdio.stdin).map_err(|e| create_err("open stdin")(&e))?;
-        let stdout = open_output(&self.stdio.stdout).map_err(|e| create_err("open stdout")(&e))?;
-        let stderr = open_output(&self.stdio.stderr).map_err(|e| create_err("open stderr")(&e))?;
+        let stdin = open_stdin(&self.stdio.stdin).map_err(ShimError::create(&id, "open stdin"))?;
+        let stdout =
+            open_output(&self.stdio.stdout).map_err(ShimError::create(&id, "open stdout"))?;
+        let stderr =
+            open_output(&self.stdio.stderr).map_err(ShimError::create(&id, "open stderr"))?;
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(ShimError::io("control socketpair"))?;
         let mut control = Control::new(ours).map_err(ShimError::io("control socket"))?;
@@ -239,7 +438,7 @@ impl Container {
         let req = SpawnRequest {
             id: self.id.clone(),
             module_name: cs.module.clone(),
-            module_hash,
+            module_hash: module.hash,
             policy: cs.policy,
             pid_namespace: match &pid_ns {
                 PidNs::Inherit => PidNamespace::Inherit,
@@ -257,13 +456,15 @@ impl Container {
                 .runner
                 .spawn(
                     &req,
-                    theirs.as_fd(),
-                    module.as_fd(),
-                    match &pid_ns {
-                        PidNs::Join(fd) => Some(fd.as_fd()),
-                        _ => None,
+                    SpawnFds {
+                        control: theirs.as_fd(),
+                        module: module.file.as_fd(),
+                        pid_ns: match &pid_ns {
+                            PidNs::Join(fd) => Some(fd.as_fd()),
+                            _ => None,
+                        },
+                        cgroup: cgroup_dir.as_ref().map(|d| d.as_fd()),
                     },
-                    cgroup_dir.as_ref().map(|d| d.as_fd()),
                 )
                 .await;
             // Our copy of the process's end goes now: if there is no process, the plan's
@@ -272,19 +473,40 @@ impl Container {
             reply
         };
         let (reply, sent) = tokio::join!(spawned, control.send_plan(&cs.plan, &plan_fds));
-        let pid = match reply.map_err(|e| create_err("start container process")(&e))? {
+        let pid = match reply.map_err(ShimError::create(&id, "start container process"))? {
             SpawnReply::Spawned { pid } => pid,
             SpawnReply::Failed { error } => {
-                return Err(create_err("start container process")(&error))
+                return Err(ShimError::create(&id, "start container process")(error))
             }
         };
         self.pid = pid;
-        drop((stdin, stdout, stderr, ns_fds, module));
-        let report = match sent {
+        // A handle on this very process for the id maps (see `map_ids`), taken before any
+        // await in which the shim's reaper could collect it.
+        let process = cs.id_maps.as_ref().map(|_| pidfd_of(pid));
+        drop((stdin, stdout, stderr, ns_fds, module.file));
+        let mut report = match sent {
             Ok(()) => control.report().await,
             Err(e) => Err(e),
         };
+        let mut mapped = false;
+        if let Ok(Report::MapIds) = report {
+            // The process is in its new user namespace and waits for its maps; only a
+            // process privileged outside the namespace (its parent, us) can write them.
+            map_ids(pid, process, cs.id_maps.as_ref())
+                .map_err(ShimError::create(&id, "user namespace"))?;
+            mapped = true;
+            report = match control.ids_mapped().await {
+                Ok(()) => control.report().await,
+                Err(e) => Err(e),
+            };
+        }
         match report {
+            // A process that skipped its user namespace would run in the host's.
+            Ok(Report::Ready { .. }) if cs.id_maps.is_some() && !mapped => {
+                Err(ShimError::create(&id, "user namespace")(
+                    "the container process reported ready without making its user namespace",
+                ))
+            }
             Ok(Report::Ready {
                 timings: t,
                 warning,
@@ -319,9 +541,15 @@ impl Container {
                 *self.control.get_mut() = Some(control);
                 Ok((pid, oom))
             }
-            Ok(Report::Failed { error }) => Err(create_err("set up the container process")(&error)),
-            Err(_) => Err(create_err("start container process")(
-                &"the container process died before reporting",
+            Ok(Report::Failed { error }) => Err(ShimError::create(
+                &id,
+                "set up the container process",
+            )(error)),
+            Ok(Report::MapIds) => Err(ShimError::create(&id, "user namespace")(
+                "the container process asked for its id maps twice",
+            )),
+            Err(_) => Err(ShimError::create(&id, "start container process")(
+                "the container process died before reporting",
             )),
         }
     }
@@ -337,83 +565,72 @@ impl Container {
     }
 
     pub fn status(&self) -> Status {
-        *self.status.borrow()
+        self.state.status()
     }
 
-    /// Lets the module run.
+    /// Lets the module (or the Linux container's process) run.
     pub async fn start(&self) -> Result<(), ShimError> {
         if self.sandbox {
-            return self.set_running();
+            self.state.set_running();
+            return Ok(());
+        }
+        if self.status() != Status::Created {
+            return Err(self.precondition("not in created state"));
+        }
+        if let Some(linux) = &self.linux {
+            linux.start(&self.id).await?;
+            self.state.set_running();
+            return Ok(());
         }
         let mut control = self.control.lock().await;
         let Some(stream) = control.as_mut() else {
             return Err(self.precondition("already started"));
         };
-        if self.status() != Status::Created {
-            return Err(self.precondition("not in created state"));
-        }
         stream.start().await.map_err(|e| ShimError::Io {
             context: format!("start container {}", self.id),
             source: std::io::Error::other(e),
         })?;
         *control = None;
-        self.set_running()
+        self.state.set_running();
+        Ok(())
     }
 
     /// How long the module has run (until now, or until it exited if called on exit).
     pub fn run_time(&self) -> std::time::Duration {
-        self.started_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed())
-            .unwrap_or_default()
-    }
-
-    fn set_running(&self) -> Result<(), ShimError> {
-        *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        self.status.send_if_modified(|s| {
-            if *s == Status::Created {
-                *s = Status::Running;
-                true
-            } else {
-                false
-            }
-        });
-        Ok(())
+        self.state.run_time()
     }
 
     /// Records the exit the reaper saw; returns false if the container had already exited.
     pub fn set_exited(&self, code: i32) -> bool {
-        self.status.send_if_modified(|s| {
-            if matches!(s, Status::Stopped { .. }) {
-                return false;
-            }
-            *s = Status::Stopped {
-                code,
-                at: OffsetDateTime::now_utc(),
-            };
-            true
-        })
+        self.state.set_exited(code)
     }
 
     /// Waits until the container has exited; returns its code and time.
     pub async fn wait(&self) -> (i32, OffsetDateTime) {
-        let mut rx = self.status.subscribe();
-        let status = rx
-            .wait_for(|s| matches!(s, Status::Stopped { .. }))
-            .await
-            .map(|s| *s)
-            .unwrap_or(Status::Stopped {
-                code: 255,
-                at: OffsetDateTime::now_utc(),
-            });
-        match status {
-            Status::Stopped { code, at } => (code, at),
-            _ => unreachable!("wait_for returned a non-stopped status"),
-        }
+        self.state.wait().await
     }
 
-    pub fn kill(&self, signal: u32, all: bool) -> Result<(), ShimError> {
+    /// Freezes (`paused`) or thaws every process of a Linux container.
+    pub async fn pause(&self, paused: bool) -> Result<(), ShimError> {
+        let Some(linux) = &self.linux else {
+            return Err(ShimError::Unsupported(
+                "pause and resume of a wasm container",
+            ));
+        };
+        let (from, verb) = if paused {
+            (Status::Running, "pause")
+        } else {
+            (Status::Paused, "resume")
+        };
+        if self.status() != from {
+            return Err(self.precondition(&format!("cannot {verb} it: {:?}", self.status())));
+        }
+        linux.freeze(&self.id, paused).await?;
+        self.state.set_paused(paused);
+        Ok(())
+    }
+
+    pub async fn kill(&self, signal: u32, all: bool) -> Result<(), ShimError> {
         if matches!(self.status(), Status::Stopped { .. }) {
             return Err(ShimError::NotFound(format!(
                 "{}: process already finished",
@@ -433,6 +650,9 @@ impl Container {
             }
             return Ok(());
         }
+        if let Some(linux) = &self.linux {
+            return linux.kill(&self.id, signal, all).await;
+        }
         // The container process leads its own session, so `all` reaches anything it forked.
         let target = if all { -self.pid } else { self.pid };
         match nix::sys::signal::kill(nix::unistd::Pid::from_raw(target), sig) {
@@ -444,13 +664,21 @@ impl Container {
         }
     }
 
-    /// Kills a container that never ran (containerd deletes created tasks without start).
+    /// Ends what is left of the container before its delete: a Wasm container that never
+    /// ran (containerd deletes created tasks without start) is killed; a Linux container is
+    /// deleted from runc (`delete --force`: what still runs, its state and its cgroup).
     pub async fn discard(&self) {
         if self.sandbox {
             self.set_exited(128 + libc::SIGKILL);
+        } else if let Some(linux) = &self.linux {
+            let running = !matches!(self.status(), Status::Stopped { .. });
+            linux.delete(&self.id).await;
+            if running {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.wait()).await;
+            }
         } else if self.status() == Status::Created {
             *self.control.lock().await = None;
-            let _ = self.kill(libc::SIGKILL as u32, false);
+            let _ = self.kill(libc::SIGKILL as u32, false).await;
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.wait()).await;
         }
     }
@@ -474,12 +702,76 @@ impl Container {
         }
     }
 
-    fn precondition(&self, message: &str) -> ShimError {
+    pub(crate) fn precondition(&self, message: &str) -> ShimError {
         ShimError::FailedPrecondition {
             id: self.id.clone(),
             message: message.into(),
         }
     }
+}
+
+fn pidfd_of(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Writes the uid and gid maps of process `pid`'s new user namespace (each in one `write`,
+/// as the kernel requires). `process` is a pidfd of it, taken when it was born: its
+/// `/proc/<pid>` is opened first and used only if the process is still alive afterwards, so
+/// that a pid the reaper freed and the kernel handed to another process never gets the maps.
+fn map_ids(
+    pid: i32,
+    process: Option<std::io::Result<OwnedFd>>,
+    maps: Option<&IdMaps>,
+) -> Result<(), String> {
+    let (Some(maps), Some(process)) = (maps, process) else {
+        return Err("the container process made a user namespace the spec did not ask for".into());
+    };
+    let process = process.map_err(|e| format!("pidfd of process {pid}: {e}"))?;
+    let dir = format!("/proc/{pid}");
+    let proc_dir = rustix::fs::open(
+        &dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open {dir}: {e}"))?;
+    // SAFETY: pidfd_send_signal with signal 0 only checks that the process exists; the
+    // info pointer may be null and `process` is a valid pidfd.
+    let alive = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            process.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    } == 0;
+    if !alive {
+        return Err(format!(
+            "process {pid} ended before its id maps were written"
+        ));
+    }
+    for (file, ranges) in [("uid_map", &maps.uid), ("gid_map", &maps.gid)] {
+        let f = rustix::fs::openat(
+            &proc_dir,
+            file,
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("open {dir}/{file}: {e}"))?;
+        let text = IdMaps::map_file(ranges);
+        let n = rustix::io::write(&f, text.as_bytes())
+            .map_err(|e| format!("write {dir}/{file}: {e}"))?;
+        if n != text.len() {
+            return Err(format!("write {dir}/{file}: {n} of {} bytes", text.len()));
+        }
+    }
+    Ok(())
 }
 
 /// A pid namespace to be born in, with the descriptor of one to join.
@@ -524,6 +816,13 @@ fn namespaces(
             continue;
         }
         let path = joins.next().ok_or("a namespace to join without its path")?;
+        if ns.kind == NamespaceKind::User && path.starts_with(format!("/proc/{shim}")) {
+            // CRI naming the pod's user namespace: the sandbox holds none (see spec::sandbox).
+            return Err(format!(
+                "{} names the pod's user namespace, which this runtime does not make",
+                path.display()
+            ));
+        }
         match names_process_namespace(&path, shim) {
             Some(what) => match pod_ns(&path, what)? {
                 Some(fd) => fds.push(fd),
@@ -557,20 +856,8 @@ fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
     )?)
 }
 
-/// Opens `path` inside the container's root as the container would: `..` and symlinks
-/// never leave the root.
-fn in_root(root: &OwnedFd, path: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat2(
-        root,
-        path,
-        flags | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )
-}
-
 fn check_cwd(root: &OwnedFd, cwd: &str) -> Result<(), String> {
-    in_root(root, cwd, OFlags::PATH | OFlags::DIRECTORY)
+    open_in_root(root, cwd, OFlags::PATH | OFlags::DIRECTORY)
         .map(drop)
         .map_err(|e| format!("process.cwd {cwd:?} is not a directory in the container root: {e}"))
 }
@@ -583,18 +870,54 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<Option<File>, S
     } else {
         format!("{}/{entry}", cwd.trim_end_matches('/'))
     };
-    let f = match in_root(root, &path, OFlags::RDONLY | OFlags::NOCTTY) {
-        Ok(fd) => File::from(fd),
+    // O_PATH first: opening a FIFO for reading would block this (single-threaded) shim until
+    // a writer came, and opening a device node runs its driver's open as the host's root.
+    // Only a regular file is opened for reading, through the descriptor just checked.
+    let found = match open_in_root(root, &path, OFlags::PATH) {
+        Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(format!("entrypoint {entry:?}: {e}")),
     };
-    let m = f
-        .metadata()
-        .map_err(|e| format!("entrypoint {entry:?}: {e}"))?;
-    if !m.is_file() {
+    let st = rustix::fs::fstat(&found).map_err(|e| format!("entrypoint {entry:?}: {e}"))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(format!("entrypoint {entry:?} is not a regular file"));
     }
-    Ok(Some(f))
+    let reopened = rustix::fs::open(
+        format!("/proc/self/fd/{}", found.as_raw_fd()),
+        OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("entrypoint {entry:?}: {e}"))?;
+    Ok(Some(File::from(reopened)))
+}
+
+/// What runs the container's entrypoint (`process.args[0]`, resolved as the Wasm path
+/// resolves it: absolute, or relative to the working directory, inside the root): the Wasm
+/// path for a regular file that starts with Wasm's magic, runc for anything else (a Linux
+/// executable, a script, a name runc looks up on `PATH`, or nothing at all: runc's error
+/// then says what is missing).
+fn entrypoint(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Entrypoint {
+    let Some(process) = spec.process() else {
+        return Entrypoint::Linux;
+    };
+    let Some(entry) = process.args().as_ref().and_then(|a| a.first()) else {
+        return Entrypoint::Linux;
+    };
+    let cwd = process.cwd().to_string_lossy();
+    let cwd = if cwd.is_empty() { "/" } else { &cwd };
+    let Ok(root) = open_dir(rootfs) else {
+        return Entrypoint::Linux;
+    };
+    match open_module(&root, cwd, entry) {
+        Ok(Some(module)) if has_wasm_magic(&module) => Entrypoint::Wasm(module),
+        Ok(None) => Entrypoint::Missing(entry.clone()),
+        _ => Entrypoint::Linux,
+    }
+}
+
+fn has_wasm_magic(file: &File) -> bool {
+    let mut magic = [0u8; 4];
+    file.read_at(&mut magic, 0).is_ok_and(|n| n == 4) && magic == *b"\0asm"
 }
 
 /// Refuses anything that is not a core Wasm module before a process is forked for it.
@@ -637,7 +960,7 @@ fn fifo_path(uri: &str) -> Result<&str, std::io::Error> {
 }
 
 /// Opens an output FIFO without blocking when containerd's reader is not there yet.
-fn open_output(uri: &str) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_output(uri: &str) -> std::io::Result<OwnedFd> {
     if uri.is_empty() {
         return dev_null(true);
     }
@@ -669,7 +992,7 @@ fn open_output(uri: &str) -> std::io::Result<OwnedFd> {
     Ok(file.into())
 }
 
-fn open_stdin(uri: &str) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_stdin(uri: &str) -> std::io::Result<OwnedFd> {
     if uri.is_empty() {
         return dev_null(false);
     }

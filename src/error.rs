@@ -30,6 +30,20 @@ pub enum ShimError {
 }
 
 impl ShimError {
+    /// A `map_err` for a step of container `id`'s create that failed: the error names the
+    /// container and the step (`context`).
+    pub fn create<E: std::fmt::Display>(
+        id: &str,
+        context: &'static str,
+    ) -> impl FnOnce(E) -> ShimError {
+        let id = id.to_owned();
+        move |e| ShimError::Create {
+            id,
+            context,
+            message: e.to_string(),
+        }
+    }
+
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
         let context = context.into();
         move |source| ShimError::Io { context, source }

@@ -49,7 +49,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::time::{timeout, timeout_at, Instant};
 use wasmedge_aot_cache::{ModuleHash, ModuleHasher};
-use wasmedge_aot_protocol::wasm_layer::{select, Layer, TITLE_ANNOTATION};
+use wasmedge_aot_protocol::wasm_layer::{select, Layer, SelectError, TITLE_ANNOTATION};
 
 /// Most bytes of an image index or manifest (containerd's own limit for a manifest it
 /// fetches is 4 MiB).
@@ -80,6 +80,11 @@ const INDEX_TYPES: [&str; 2] = [
 pub enum LayerError {
     #[error("the container has no image to take a Wasm layer from")]
     NoImage,
+    #[error("image {image}: {source}")]
+    NoWasmLayer {
+        image: String,
+        source: wasmedge_aot_protocol::wasm_layer::SelectError,
+    },
     #[error("connect to containerd at {address}: {message}")]
     Connect { address: String, message: String },
     #[error("containerd {call}: {message}")]
@@ -156,8 +161,6 @@ struct Descriptor {
 struct Platform {
     #[serde(default)]
     architecture: String,
-    #[serde(default)]
-    os: String,
 }
 
 /// An image manifest or index: `layers` for the one, `manifests` for the other.
@@ -227,9 +230,15 @@ impl ImageLayers {
             },
         };
         let layers = self.layers_of(&channel, &image).await.map_err(in_image)?;
-        let chosen = select(&layers, argv0).map_err(|e| LayerError::Image {
-            image: image.clone(),
-            message: e.to_string(),
+        let chosen = select(&layers, argv0).map_err(|e| match e {
+            SelectError::NoWasmLayer => LayerError::NoWasmLayer {
+                image: image.clone(),
+                source: e,
+            },
+            SelectError::Ambiguous { .. } => LayerError::Image {
+                image: image.clone(),
+                message: e.to_string(),
+            },
         })?;
         let layer = &layers[chosen];
         if let Some(m) = self.kept(&layer.digest) {
@@ -534,22 +543,12 @@ fn parse_manifest(media_type: &str, bytes: &[u8]) -> Result<Parsed, String> {
                 .as_ref()
                 .is_some_and(|p| p.architecture == "wasm")
         });
-        return match (wasm, manifests.as_slice()) {
-            (Some(d), _) | (None, [d]) => Ok(Parsed::Index(d.clone())),
-            (None, _) => Err(format!(
-                "an image index of {} manifests, none for a wasm platform ({})",
-                manifests.len(),
-                manifests
-                    .iter()
-                    .map(|d| d
-                        .platform
-                        .as_ref()
-                        .map(|p| format!("{}/{}", p.os, p.architecture))
-                        .unwrap_or_else(|| "no platform".into()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-        };
+        return Ok(match (wasm, manifests.as_slice()) {
+            (Some(d), _) | (None, [d]) => Parsed::Index(d.clone()),
+            // A multi-platform image with no wasm platform (a Linux image whose entrypoint
+            // runc finds on PATH): no Wasm layer, so the container is a Linux one.
+            (None, _) => Parsed::Manifest(Arc::new(Vec::new())),
+        });
     }
     let layers = m
         .layers
@@ -637,11 +636,10 @@ mod tests {
         let linux_only = br#"{"manifests":[
             {"digest":"sha256:a","size":1,"platform":{"os":"linux","architecture":"amd64"}},
             {"digest":"sha256:b","size":1,"platform":{"os":"linux","architecture":"arm64"}}]}"#;
-        let e = parse_manifest("", linux_only).unwrap_err();
-        assert_eq!(
-            e,
-            "an image index of 2 manifests, none for a wasm platform (linux/amd64, linux/arm64)"
-        );
+        let Parsed::Manifest(layers) = parse_manifest("", linux_only).unwrap() else {
+            panic!("a Linux index is no Wasm image")
+        };
+        assert!(layers.is_empty());
         assert!(parse_manifest("", b"[1,2]")
             .unwrap_err()
             .starts_with("not an image manifest or index: "));

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
-use wasmedge_aot_protocol::container::{ContainerPlan, Report, Start, MAX_MESSAGE};
-use wasmedge_aot_protocol::spawn::{self, SpawnReply, SpawnRequest};
+use wasmedge_aot_protocol::container::{ContainerPlan, IdsMapped, Report, Start, MAX_MESSAGE};
+use wasmedge_aot_protocol::spawn::{self, SpawnFds, SpawnReply, SpawnRequest};
 use wasmedge_aot_protocol::wire::{self, WireError};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,12 +82,9 @@ impl Runner {
     pub async fn spawn(
         &self,
         req: &SpawnRequest,
-        control: BorrowedFd<'_>,
-        module: BorrowedFd<'_>,
-        pid_ns: Option<BorrowedFd<'_>>,
-        cgroup: Option<BorrowedFd<'_>>,
+        fds: SpawnFds<BorrowedFd<'_>>,
     ) -> Result<SpawnReply, RunnerError> {
-        let (bytes, fds) = req.encode(control, module, pid_ns, cgroup)?;
+        let (bytes, fds) = req.encode(fds)?;
         let _turn = self.turn.lock().await;
         self.sock
             .async_io(Interest::WRITABLE, |s| {
@@ -181,6 +178,13 @@ impl Control {
             .await
             .map_err(|_| WireError::Closed)?;
         Ok(wire::decode("report", &body)?)
+    }
+
+    /// Tells the process its uid and gid maps are written.
+    pub async fn ids_mapped(&mut self) -> Result<(), RunnerError> {
+        let body = wire::frame(&wire::encode("ids mapped", &IdsMapped)?);
+        self.stream.write_all(&body).await?;
+        Ok(())
     }
 
     /// Tells the process to run its module.

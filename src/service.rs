@@ -1,5 +1,6 @@
 //! The shim v2 glue: containerd's `start`/`delete` commands and the ttrpc task service.
-//! Thin on purpose: the work is in [`crate::container`] and [`crate::runner`].
+//! Thin on purpose: the work is in [`crate::container`], [`crate::runner`] and, for Linux
+//! containers and the processes exec'd into them, [`crate::linux`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,13 +13,15 @@ use containerd_shim::asynchronous::util::{read_spec, write_str_to_file};
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::monitor::{Subject, Topic};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::topics::{
-    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC,
-    TASK_START_EVENT_TOPIC,
+    TASK_CREATE_EVENT_TOPIC, TASK_DELETE_EVENT_TOPIC, TASK_EXEC_ADDED_EVENT_TOPIC,
+    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC,
+    TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
 use containerd_shim::protos::ttrpc::context::Context;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
@@ -34,7 +37,7 @@ use wasmedge_aot_protocol::config::{Config, Grouping};
 
 use crate::identity::{Identity, ShimState};
 
-use crate::container::{Container, CreateContext, Status};
+use crate::container::{Container, CreateContext, ProcessState, Status};
 use crate::error::ShimError;
 use crate::image_layers::ImageLayers;
 use crate::runner::Runner;
@@ -129,6 +132,10 @@ impl Shim for WasmEdgeShim {
                     );
                 }
             }
+        }
+        // A Linux container: runc's state of it, its processes and its cgroup.
+        if let Ok(root) = crate::linux::state_root(&self.namespace) {
+            crate::linux::force_delete(&root, &self.id).await;
         }
         let rootfs = bundle.join("rootfs");
         let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
@@ -353,6 +360,9 @@ impl Inner {
 
     async fn on_exit(&self, pid: i32, code: i32) {
         let container = self.containers().values().find(|c| c.pid == pid).cloned();
+        if container.is_none() && self.on_exec_exit(pid, code).await {
+            return;
+        }
         let Some(c) = container else {
             let mut unclaimed = self
                 .unclaimed_exits
@@ -372,6 +382,21 @@ impl Inner {
                 c.id,
                 run.as_micros()
             );
+            if let Some(linux) = &c.linux {
+                if !linux.own_pid_namespace {
+                    // Without a pid namespace of its own nothing ends the container's other
+                    // processes with its init: the shim does, as containerd's runc shim.
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        if let Some(linux) = &c.linux {
+                            let _ = linux.kill(&c.id, libc::SIGKILL as u32, true).await;
+                        }
+                    });
+                }
+                self.publish_exit(&c).await;
+                // The phase totals are the Wasm start path's.
+                return;
+            }
             self.publish_exit(&c).await;
             let (path, timings) = (self.phases.clone(), c.timings.clone());
             tokio::task::spawn_blocking(move || {
@@ -380,6 +405,46 @@ impl Inner {
                 }
             });
         }
+    }
+
+    /// The exit of a process exec'd into a Linux container, if `pid` is one: published as
+    /// the exec's `TaskExit`.
+    async fn on_exec_exit(&self, pid: i32, code: i32) -> bool {
+        let found = self.containers().values().find_map(|c| {
+            let exec = c.linux.as_ref()?.exec_of_pid(pid)?;
+            Some((c.id.clone(), exec))
+        });
+        let Some((id, exec)) = found else {
+            return false;
+        };
+        if exec.state.set_exited(code) {
+            debug!("exec {} in {id} (pid {pid}) exited with {code}", exec.id);
+            self.publish_exec_exit(&id, &exec.id, pid, &exec.state)
+                .await;
+        }
+        true
+    }
+
+    async fn publish_exec_exit(&self, id: &str, exec_id: &str, pid: i32, state: &ProcessState) {
+        if let Status::Stopped { code, at } = state.status() {
+            let ev = TaskExit {
+                container_id: id.to_string(),
+                id: exec_id.to_string(),
+                pid: pid as u32,
+                exit_status: code as u32,
+                exited_at: timestamp(at),
+                ..Default::default()
+            };
+            self.publish(TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
+        }
+    }
+
+    /// A Linux container's, for a request that names an exec: containerd asks a Wasm
+    /// container for none but `Exec` itself, which fails.
+    fn linux_of<'c>(&self, c: &'c Container) -> Result<&'c crate::linux::Linux, ShimError> {
+        c.linux
+            .as_ref()
+            .ok_or(ShimError::Unsupported("exec into a wasm container"))
     }
 
     async fn publish_exit(&self, c: &Container) {
@@ -511,6 +576,7 @@ impl Task for TaskService {
                 .cloned()
         };
         let ctx = CreateContext {
+            namespace: &inner.namespace,
             runner: &runner,
             seccomp: &inner.seccomp,
             host: inner.host,
@@ -526,7 +592,7 @@ impl Task for TaskService {
             }
         };
         let pid = container.pid;
-        if !container.sandbox {
+        if !container.sandbox && container.linux.is_none() {
             let _ = std::fs::write(Path::new(&req.bundle).join(PID_FILE), pid.to_string());
         }
         inner.containers().insert(req.id.clone(), container.clone());
@@ -535,6 +601,7 @@ impl Task for TaskService {
                 id: req.id.clone(),
                 cgroup: container.cgroup_path().map(str::to_string),
                 rootfs: container.rootfs_path().map(Path::to_path_buf),
+                runc_root: container.linux.as_ref().map(|l| l.root.clone()),
             };
             if let Err(e) = crate::sweep::record(dir, &r) {
                 warn!("record container {}: {e}", req.id);
@@ -580,10 +647,39 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(ShimError::Unsupported("exec").into());
-        }
         let c = self.inner.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let linux = self.inner.linux_of(&c)?;
+            let pid = linux.start_exec(&c.id, &req.exec_id).await?;
+            let exec = linux.exec(&c.id, &req.exec_id)?;
+            // An exec that ended before its pid was known.
+            let early = self
+                .inner
+                .unclaimed_exits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&pid);
+            let ev = TaskExecStarted {
+                container_id: c.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            };
+            self.inner
+                .publish(TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev))
+                .await;
+            if let Some(code) = early {
+                if exec.state.set_exited(code) {
+                    self.inner
+                        .publish_exec_exit(&c.id, &exec.id, pid, &exec.state)
+                        .await;
+                }
+            }
+            return Ok(api::StartResponse {
+                pid: pid as u32,
+                ..Default::default()
+            });
+        }
         c.start().await?;
         let ev = TaskStart {
             container_id: c.id.clone(),
@@ -614,9 +710,20 @@ impl Task for TaskService {
             stderr: c.stdio.stderr.clone(),
             ..Default::default()
         };
-        resp.status = match c.status() {
+        let mut status = c.status();
+        if !req.exec_id.is_empty() {
+            let exec = self.inner.linux_of(&c)?.exec(&c.id, &req.exec_id)?;
+            resp.exec_id = exec.id.clone();
+            resp.pid = exec.pid() as u32;
+            resp.stdin = exec.stdio.stdin.clone();
+            resp.stdout = exec.stdio.stdout.clone();
+            resp.stderr = exec.stdio.stderr.clone();
+            status = exec.state.status();
+        }
+        resp.status = match status {
             Status::Created => api::Status::CREATED,
             Status::Running => api::Status::RUNNING,
+            Status::Paused => api::Status::PAUSED,
             Status::Stopped { code, at } => {
                 resp.exit_status = code as u32;
                 resp.exited_at = timestamp(at);
@@ -633,7 +740,12 @@ impl Task for TaskService {
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
         let c = self.inner.get(&req.id)?;
-        let (code, at) = c.wait().await;
+        let (code, at) = if req.exec_id.is_empty() {
+            c.wait().await
+        } else {
+            let exec = self.inner.linux_of(&c)?.exec(&c.id, &req.exec_id)?;
+            exec.state.wait().await
+        };
         Ok(api::WaitResponse {
             exit_status: code as u32,
             exited_at: timestamp(at),
@@ -642,12 +754,30 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        if !req.exec_id.is_empty() {
-            return Err(ShimError::Unsupported("exec").into());
-        }
         let c = self.inner.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let exec = self.inner.linux_of(&c)?.exec(&c.id, &req.exec_id)?;
+            if exec.state.status() != Status::Running {
+                return Err(
+                    ShimError::NotFound(format!("{} exec {}: not running", c.id, exec.id)).into(),
+                );
+            }
+            let sig = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
+                ShimError::InvalidArgument(format!("invalid signal {}", req.signal))
+            })?;
+            // Signalled by pid, as a Wasm container's process is: the pid is the exec's until
+            // the reaper takes its exit, and the exec is stopped as soon as the exit is seen.
+            return match nix::sys::signal::kill(nix::unistd::Pid::from_raw(exec.pid()), sig) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(api::Empty::new()),
+                Err(e) => Err(ShimError::Io {
+                    context: format!("kill exec {} in {}", exec.id, c.id),
+                    source: e.into(),
+                }
+                .into()),
+            };
+        }
         let was_stopped = matches!(c.status(), Status::Stopped { .. });
-        c.kill(req.signal, req.all)?;
+        c.kill(req.signal, req.all).await?;
         if c.sandbox && !was_stopped && matches!(c.status(), Status::Stopped { .. }) {
             self.inner.publish_exit(&c).await;
         }
@@ -659,11 +789,21 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(ShimError::Unsupported("exec").into());
-        }
         let c = self.inner.get(&req.id)?;
-        if c.status() == Status::Running {
+        if !req.exec_id.is_empty() {
+            let exec = self.inner.linux_of(&c)?.remove_exec(&c.id, &req.exec_id)?;
+            let (code, at) = match exec.state.status() {
+                Status::Stopped { code, at } => (code, at),
+                _ => (0, OffsetDateTime::now_utc()),
+            };
+            return Ok(api::DeleteResponse {
+                pid: exec.pid() as u32,
+                exit_status: code as u32,
+                exited_at: timestamp(at),
+                ..Default::default()
+            });
+        }
+        if matches!(c.status(), Status::Running | Status::Paused) {
             return Err(ShimError::FailedPrecondition {
                 id: c.id.clone(),
                 message: "cannot delete a running container: kill it first".into(),
@@ -709,7 +849,15 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::PidsResponse> {
         let c = self.inner.get(&req.id)?;
         let mut resp = api::PidsResponse::default();
-        if !matches!(c.status(), Status::Stopped { .. }) {
+        if let Some(linux) = &c.linux {
+            for pid in linux.pids(&c.id).await? {
+                resp.processes
+                    .push(containerd_shim::protos::types::task::ProcessInfo {
+                        pid,
+                        ..Default::default()
+                    });
+            }
+        } else if !matches!(c.status(), Status::Stopped { .. }) {
             resp.processes
                 .push(containerd_shim::protos::types::task::ProcessInfo {
                     pid: c.pid as u32,
@@ -741,17 +889,83 @@ impl Task for TaskService {
     async fn exec(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ExecProcessRequest,
+        req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(ShimError::Unsupported("exec into a wasm container").into())
+        let c = self.inner.get(&req.id)?;
+        let linux = self.inner.linux_of(&c)?;
+        if matches!(c.status(), Status::Stopped { .. }) {
+            return Err(c.precondition("the container is not running").into());
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|any| any.value.as_slice())
+            .ok_or_else(|| {
+                ShimError::InvalidArgument(format!("exec {}: no process spec", req.exec_id))
+            })?;
+        linux.add_exec(
+            &c.id,
+            &req.exec_id,
+            spec,
+            req.terminal,
+            crate::container::StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+            },
+        )?;
+        let ev = TaskExecAdded {
+            container_id: c.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        self.inner
+            .publish(TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev))
+            .await;
+        Ok(api::Empty::new())
     }
 
     async fn resize_pty(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ResizePtyRequest,
+        req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(ShimError::Unsupported("a terminal (tty) for a wasm container").into())
+        let c = self.inner.get(&req.id)?;
+        let Some(linux) = &c.linux else {
+            return Err(ShimError::Unsupported("a terminal (tty) for a wasm container").into());
+        };
+        linux.resize(&c.id, &req.exec_id, req.width, req.height)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let c = self.inner.get(&req.id)?;
+        c.pause(true).await?;
+        let ev = TaskPaused {
+            container_id: c.id.clone(),
+            ..Default::default()
+        };
+        self.inner
+            .publish(TASK_PAUSED_EVENT_TOPIC, Box::new(ev))
+            .await;
+        Ok(api::Empty::new())
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let c = self.inner.get(&req.id)?;
+        c.pause(false).await?;
+        let ev = TaskResumed {
+            container_id: c.id.clone(),
+            ..Default::default()
+        };
+        self.inner
+            .publish(TASK_RESUMED_EVENT_TOPIC, Box::new(ev))
+            .await;
+        Ok(api::Empty::new())
     }
 
     async fn close_io(
@@ -759,7 +973,8 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
-        // The container process holds its stdin itself; there is nothing to close here.
+        // The container's process (or exec'd one) holds its stdin FIFO itself: containerd's
+        // close of its end reaches it as EOF. A terminal's input ends with the FIFO too.
         self.inner.get(&req.id)?;
         Ok(api::Empty::new())
     }

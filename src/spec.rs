@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxDeviceType, LinuxNamespaceType, LinuxSeccomp, Mount as OciMount, PosixRlimitType, Spec,
+    LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, LinuxSeccomp, Mount as OciMount,
+    PosixRlimitType, Spec,
 };
 use wasmedge_aot_protocol::config::{Policy, POLICY_ANNOTATION};
 use wasmedge_aot_protocol::container::{
@@ -94,12 +95,96 @@ pub struct ContainerSpec {
     /// The path of each [`NamespaceAction::Join`] in `plan.namespaces`, in order.
     pub joins: Vec<PathBuf>,
     pub pid: Ns,
+    /// For a new user namespace, its `uid_map` and `gid_map`, which the shim writes when the
+    /// process asks ([`Report::MapIds`](wasmedge_aot_protocol::container::Report)).
+    pub id_maps: Option<IdMaps>,
     /// `linux.seccomp`, to compile.
     pub seccomp: Option<LinuxSeccomp>,
     /// The compile policy the pod's annotation asks for.
     pub policy: Option<Policy>,
     /// The pod this container belongs to (CRI's sandbox id).
     pub sandbox_id: Option<String>,
+}
+
+/// A new user namespace's mappings, from `linux.uidMappings` and `linux.gidMappings`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMaps {
+    pub uid: Vec<IdRange>,
+    pub gid: Vec<IdRange>,
+}
+
+/// `size` ids from `container_id` in the namespace are `host_id` and up outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub size: u32,
+}
+
+impl IdMaps {
+    /// The contents of `/proc/<pid>/uid_map` (`uid`) or `gid_map`: one line a range.
+    pub fn map_file(ranges: &[IdRange]) -> String {
+        ranges
+            .iter()
+            .map(|r| format!("{} {} {}\n", r.container_id, r.host_id, r.size))
+            .collect()
+    }
+}
+
+/// The kernel's limits on a uid or gid map: lines, and bytes in its one write (a page).
+const MAX_ID_RANGES: usize = 340;
+const MAP_FILE_MAX: usize = 4096;
+
+fn id_ranges(field: &str, m: &Option<Vec<LinuxIdMapping>>) -> Result<Vec<IdRange>, SpecError> {
+    let ranges: Vec<IdRange> = m
+        .iter()
+        .flatten()
+        .map(|m| IdRange {
+            container_id: m.container_id(),
+            host_id: m.host_id(),
+            size: m.size(),
+        })
+        .collect();
+    if ranges.is_empty() {
+        return Err(invalid(
+            field,
+            "a new user namespace needs its mappings (none given)",
+        ));
+    }
+    if ranges.len() > MAX_ID_RANGES {
+        return Err(invalid(
+            field,
+            format!(
+                "{} ranges, more than the kernel's {MAX_ID_RANGES}",
+                ranges.len()
+            ),
+        ));
+    }
+    if IdMaps::map_file(&ranges).len() >= MAP_FILE_MAX {
+        return Err(invalid(
+            field,
+            format!("the map must be written in one write of under {MAP_FILE_MAX} bytes"),
+        ));
+    }
+    for r in &ranges {
+        let fits = |start: u32| start.checked_add(r.size).is_some();
+        if r.size == 0 || !fits(r.container_id) || !fits(r.host_id) {
+            return Err(invalid(
+                field,
+                format!(
+                    "range {} {} {} is empty or runs past the largest id",
+                    r.container_id, r.host_id, r.size
+                ),
+            ));
+        }
+    }
+    Ok(ranges)
+}
+
+fn is_mapped(ranges: &[IdRange], id: u32) -> bool {
+    ranges
+        .iter()
+        .any(|r| id >= r.container_id && id - r.container_id < r.size)
 }
 
 /// What a pod sandbox's spec asks the shim to hold for the pod's containers.
@@ -166,6 +251,14 @@ pub fn sandbox(spec: &Spec) -> Result<SandboxSpec, SpecError> {
         domainname: spec.domainname().clone().filter(|h| !h.is_empty()),
         sysctl: sorted_sysctl(spec),
     };
+    if all.contains_key(&LinuxNamespaceType::User) {
+        // Kubernetes' `hostUsers: false`. A container of its own gets one; a pod's would have
+        // to be made and held by the shim, as its network namespace is.
+        return Err(unsupported(
+            "linux.namespaces",
+            "a pod sandbox's user namespace is not supported by this runtime",
+        ));
+    }
     for (name, ns) in [("ipc", &s.ipc), ("uts", &s.uts)] {
         if let Ns::Join(p) = ns {
             return Err(unsupported(
@@ -299,14 +392,13 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
             "a container needs a mount namespace of its own (its root is set up there)",
         ));
     }
-    for t in [LinuxNamespaceType::User, LinuxNamespaceType::Time] {
-        if all.contains_key(&t) {
-            return Err(unsupported(
-                "linux.namespaces",
-                format!("a {t} namespace is not supported by this runtime"),
-            ));
-        }
+    if all.contains_key(&LinuxNamespaceType::Time) {
+        return Err(unsupported(
+            "linux.namespaces",
+            "a time namespace is not supported by this runtime",
+        ));
     }
+    let id_maps = user_namespace(spec, &all, &mut plan_ns, &mut joins)?;
     let uts = ns_of(&all, LinuxNamespaceType::Uts);
     let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
     if hostname.is_some() && uts == Ns::Host {
@@ -422,72 +514,141 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
         plan,
         joins,
         pid: ns_of(&all, LinuxNamespaceType::Pid),
+        id_maps,
         seccomp,
         policy,
         sandbox_id: annotation(spec, SANDBOX_ID_ANNOTATION).map(str::to_string),
     })
 }
 
+/// `linux.namespaces`' user namespace, last in the plan (see [`NamespaceKind::User`]): for a
+/// new one, the mappings the shim writes; a path is joined as the others are. Mappings
+/// without a new user namespace mean nothing and are refused, as are a user and groups the
+/// mappings leave out (the kernel would refuse the process's `setresuid` later, less
+/// clearly).
+fn user_namespace(
+    spec: &Spec,
+    all: &HashMap<LinuxNamespaceType, Ns>,
+    plan_ns: &mut Vec<Namespace>,
+    joins: &mut Vec<PathBuf>,
+) -> Result<Option<IdMaps>, SpecError> {
+    let linux = spec.linux().clone().unwrap_or_default();
+    let has_maps = |m: &Option<Vec<LinuxIdMapping>>| m.as_ref().is_some_and(|m| !m.is_empty());
+    let given = has_maps(linux.uid_mappings()) || has_maps(linux.gid_mappings());
+    match ns_of(all, LinuxNamespaceType::User) {
+        Ns::Host if given => Err(invalid(
+            "linux.uidMappings",
+            "mappings without a user namespace of the container's own",
+        )),
+        Ns::Host => Ok(None),
+        Ns::Join(path) if given => Err(invalid(
+            "linux.uidMappings",
+            format!(
+                "mappings for the user namespace {} it joins, whose maps are already written",
+                path.display()
+            ),
+        )),
+        Ns::Join(path) => {
+            plan_ns.push(Namespace {
+                kind: NamespaceKind::User,
+                action: NamespaceAction::Join,
+            });
+            joins.push(path);
+            Ok(None)
+        }
+        Ns::New => {
+            let maps = IdMaps {
+                uid: id_ranges("linux.uidMappings", linux.uid_mappings())?,
+                gid: id_ranges("linux.gidMappings", linux.gid_mappings())?,
+            };
+            let user = spec.process().as_ref().ok_or(SpecError::NoProcess)?.user();
+            if !is_mapped(&maps.uid, user.uid()) {
+                return Err(invalid(
+                    "process.user.uid",
+                    format!("{} is not mapped by linux.uidMappings", user.uid()),
+                ));
+            }
+            let gids =
+                std::iter::once(user.gid()).chain(user.additional_gids().iter().flatten().copied());
+            for gid in gids {
+                if !is_mapped(&maps.gid, gid) {
+                    return Err(invalid(
+                        "process.user",
+                        format!("gid {gid} is not mapped by linux.gidMappings"),
+                    ));
+                }
+            }
+            plan_ns.push(Namespace {
+                kind: NamespaceKind::User,
+                action: NamespaceAction::New,
+            });
+            Ok(Some(maps))
+        }
+    }
+}
+
 /// Fields this runtime has no way to apply: refused, never ignored.
 fn refuse_unsupported(spec: &Spec, host: HostSecurity) -> Result<(), SpecError> {
+    const UNSUPPORTED: &str = "not supported by this runtime";
     let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
-    if process.io_priority().is_some() {
-        return Err(unsupported(
+    let set = |l: &Option<String>| l.as_ref().is_some_and(|l| !l.is_empty());
+    let mut present = vec![
+        (
             "process.ioPriority",
-            "not supported by this runtime",
-        ));
-    }
-    if process.scheduler().is_some() {
-        return Err(unsupported(
+            process.io_priority().is_some(),
+            UNSUPPORTED,
+        ),
+        (
             "process.scheduler",
-            "not supported by this runtime",
-        ));
-    }
-    if host.selinux
-        && process
-            .selinux_label()
-            .as_ref()
-            .is_some_and(|l| !l.is_empty())
-    {
-        return Err(unsupported(
+            process.scheduler().is_some(),
+            UNSUPPORTED,
+        ),
+        (
             "process.selinuxLabel",
+            host.selinux && set(process.selinux_label()),
             "SELinux labels are not supported by this runtime",
-        ));
-    }
-    if spec.hooks().is_some() {
-        return Err(unsupported(
+        ),
+        (
             "hooks",
+            spec.hooks().is_some(),
             "OCI hooks are not supported by this runtime",
-        ));
-    }
+        ),
+    ];
     if let Some(linux) = spec.linux() {
-        let present = [
-            ("linux.intelRdt", linux.intel_rdt().is_some()),
-            ("linux.personality", linux.personality().is_some()),
-            ("linux.memoryPolicy", linux.memory_policy().is_some()),
-            ("linux.timeOffsets", linux.time_offsets().is_some()),
+        let non_empty = |v: Option<usize>| v.is_some_and(|n| n > 0);
+        present.extend([
+            ("linux.intelRdt", linux.intel_rdt().is_some(), UNSUPPORTED),
+            (
+                "linux.personality",
+                linux.personality().is_some(),
+                UNSUPPORTED,
+            ),
+            (
+                "linux.memoryPolicy",
+                linux.memory_policy().is_some(),
+                UNSUPPORTED,
+            ),
+            (
+                "linux.timeOffsets",
+                linux.time_offsets().is_some(),
+                UNSUPPORTED,
+            ),
             (
                 "linux.netDevices",
-                linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()),
-            ),
-            (
-                "linux.uidMappings",
-                linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
-            ),
-            (
-                "linux.gidMappings",
-                linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
+                non_empty(linux.net_devices().as_ref().map(|d| d.len())),
+                UNSUPPORTED,
             ),
             (
                 "linux.mountLabel",
-                host.selinux && linux.mount_label().as_ref().is_some_and(|l| !l.is_empty()),
+                host.selinux && set(linux.mount_label()),
+                UNSUPPORTED,
             ),
-        ];
-        if let Some((field, _)) = present.iter().find(|(_, p)| *p) {
-            return Err(unsupported(*field, "not supported by this runtime"));
-        }
+        ]);
     }
-    Ok(())
+    match present.into_iter().find(|(_, p, _)| *p) {
+        Some((field, _, why)) => Err(unsupported(field, why)),
+        None => Ok(()),
+    }
 }
 
 /// Container paths must be absolute; they are resolved inside the container's root.

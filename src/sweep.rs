@@ -4,9 +4,11 @@
 //! in each bundle, which removes the container's mount and cgroup). What containerd no
 //! longer knows (its state lost, or a bundle already gone) only the shims can find: so each
 //! node shim keeps a record of every container it serves in its run directory
-//! (`<run dir>/containers/<id>`: the cgroup and the rootfs), and a node shim that starts
-//! removes, for every run directory whose shim is dead, the recorded containers' cgroups
-//! (killing what is still in them) and mounts, then the directory.
+//! (`<run dir>/containers/<id>`: the cgroup, the rootfs, and for a Linux container runc's
+//! state root), and a node shim that starts removes, for every run directory whose shim is
+//! dead, the recorded Linux containers from runc (`runc delete --force`: their processes,
+//! state and cgroups), the recorded cgroups (killing what is still in them) and mounts, then
+//! the directory.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +19,7 @@ use crate::identity::{live_shim, STATE_FILE};
 /// The directory of container records in a run directory.
 pub const CONTAINERS_DIR: &str = "containers";
 /// Most bytes of a record read back.
-const RECORD_MAX: u64 = 16 * 1024;
+const RECORD_MAX: usize = 16 * 1024;
 
 /// What a node shim records of one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,17 +27,15 @@ pub struct Record {
     pub id: String,
     pub cgroup: Option<String>,
     pub rootfs: Option<PathBuf>,
+    /// runc's state root, for a Linux container (records written before there were any
+    /// have none).
+    #[serde(default)]
+    pub runc_root: Option<PathBuf>,
 }
 
 fn record_path(run_dir: &Path, id: &str) -> Option<PathBuf> {
     // containerd ids are `[A-Za-z0-9_.-]+`; anything else is never a file name of ours.
-    let plain = !id.is_empty()
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    plain.then(|| run_dir.join(CONTAINERS_DIR).join(id))
+    crate::linux::is_plain_name(id).then(|| run_dir.join(CONTAINERS_DIR).join(id))
 }
 
 /// Records a container the shim of `run_dir` serves.
@@ -64,16 +64,7 @@ pub fn forget(run_dir: &Path, id: &str) {
 }
 
 fn read_record(path: &Path) -> Option<Record> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ok()?;
-    let mut bytes = Vec::new();
-    f.take(RECORD_MAX).read_to_end(&mut bytes).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    serde_json::from_slice(&wasmedge_aot_cache::atomic::read_small(path, RECORD_MAX)?).ok()
 }
 
 /// Cleans up after every dead node shim under `state_root` (never `own`, nor a live one).
@@ -104,6 +95,18 @@ pub fn dead_shims(state_root: &Path, own: Option<&Path>) -> Vec<PathBuf> {
             .flatten()
             .filter_map(|e| read_record(&e.path()))
         {
+            if let Some(root) = &r.runc_root {
+                // runc is driven through the shim's async client: from this blocking
+                // thread, on the shim's runtime (whose own thread drives its I/O).
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => rt.block_on(crate::linux::force_delete(root, &r.id)),
+                    Err(_) => log::warn!(
+                        "container {} of {}: no runtime to run runc delete on",
+                        r.id,
+                        dir.display()
+                    ),
+                }
+            }
             if let Some(cgroup) = &r.cgroup {
                 crate::cgroup::remove(cgroup);
             }

@@ -1,7 +1,9 @@
 //! The shim under Kubernetes: containerd's CRI plugin driven over its unix socket the way
 //! kubelet drives it for a Pod with `runtimeClassName: wasmedge` on the host network (no
 //! CNI): run the pod sandbox, create, start, stop and remove its containers, read their logs
-//! in the CRI format, and check that nothing is left behind.
+//! in the CRI format, and check that nothing is left behind. Pods mix Wasm containers with
+//! Linux ones (a native sidecar and init container, run by runc through the shim), which
+//! share the pod's network, IPC, volumes and logs, and take `ExecSync`.
 //!
 //! No image can be pulled here, so the tests build their images with
 //! [`wasmedge_shimctl::image`] (the pause image included) and import them into containerd's
@@ -20,9 +22,9 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     security_profile::ProfileType, Capability, ContainerConfig, ContainerMetadata, ContainerState,
-    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ImageSpec, ImageStatusRequest,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
+    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
+    ImageStatusRequest, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, SecurityProfile, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest,
@@ -41,6 +43,8 @@ const APP_IMAGE: &str = "example.com/wasmedge-cri/probe:1";
 const NOT_WASM_IMAGE: &str = "example.com/wasmedge-cri/not-wasm:1";
 /// probe.wasm as the one layer of its image (runwasi's layout).
 const LAYER_IMAGE: &str = "example.com/wasmedge-cri/probe:wasm-layer";
+/// A Linux image: `/native-tool`, the static native sidecar and init container.
+const NATIVE_IMAGE: &str = "example.com/wasmedge-cri/native-tool:1";
 const SHIM_BINARY: &str = "containerd-shim-wasmedge-v1";
 const RUNNER_BINARY: &str = "wasmedge-shim-runner";
 
@@ -94,6 +98,11 @@ fn cri() -> &'static Containerd {
                 NOT_WASM_IMAGE,
                 "/app.wasm",
                 &[("/app.wasm", &fixture("not-wasm.txt"))],
+            ),
+            linux_image(
+                NATIVE_IMAGE,
+                "/native-tool",
+                &[("/native-tool", &fixture("native-tool"))],
             ),
         ];
         for (i, image) in images.iter().enumerate() {
@@ -225,7 +234,7 @@ impl Cri {
             ctd,
         };
         // The CRI plugin learns of imported images from containerd's events: wait for them.
-        for image in [PAUSE_IMAGE, APP_IMAGE, NOT_WASM_IMAGE] {
+        for image in [PAUSE_IMAGE, APP_IMAGE, NOT_WASM_IMAGE, NATIVE_IMAGE] {
             cri.wait_image(image).await;
         }
         cri
@@ -265,6 +274,16 @@ impl Cri {
 
     /// A pod with these namespace options (CNI gives it a network unless it is the host's).
     async fn run_pod_with(&mut self, name: &str, namespaces: Option<NamespaceOption>) -> Pod {
+        self.run_pod_in(name, namespaces, String::new()).await
+    }
+
+    /// A pod whose containers' cgroups are under `cgroup_parent` (kubelet always names one).
+    async fn run_pod_in(
+        &mut self,
+        name: &str,
+        namespaces: Option<NamespaceOption>,
+        cgroup_parent: String,
+    ) -> Pod {
         let logs = tempfile::Builder::new()
             .prefix("cri-logs")
             .tempdir()
@@ -279,6 +298,7 @@ impl Cri {
             }),
             log_directory: logs.path().display().to_string(),
             linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent,
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: namespaces,
                     ..Default::default()
@@ -914,7 +934,7 @@ fn containers_of_a_pod_share_its_shim_and_stop_container_ends_a_running_module()
 }
 
 #[test]
-fn a_non_wasm_entrypoint_fails_with_its_reason_and_the_pod_stays_usable() {
+fn a_non_wasm_entrypoint_runs_as_a_linux_container_whose_failure_leaves_the_pod_usable() {
     if !common::can_run("cri_not_wasm") {
         return;
     }
@@ -922,18 +942,23 @@ fn a_non_wasm_entrypoint_fails_with_its_reason_and_the_pod_stays_usable() {
     block_on(async {
         let mut cri = Cri::connect(ctd).await;
         let pod = cri.run_pod("bad").await;
-        // CRI creates the task (the shim's Create) in StartContainer, not CreateContainer.
-        let bad = cri
-            .create(&pod, container("bad", NOT_WASM_IMAGE, &[]))
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctd.log_tail()));
-        let err = cri.start(&bad).await.expect_err("a text file is no module");
-        assert!(
-            err.message().contains("/app.wasm is not a wasm module"),
-            "{err:?}"
+        // A script is no module: runc runs it, and its interpreter is not in the image.
+        let bad = cri.run(&pod, container("bad", NOT_WASM_IMAGE, &[])).await;
+        let status = cri.wait_exited(&bad, Duration::from_secs(30)).await;
+        assert_eq!(
+            (status.exit_code, status.reason.as_str()),
+            (1, "Error"),
+            "{status:?}"
         );
-        let (status, _) = cri.status(&bad).await;
-        assert_ne!(status.state, ContainerState::ContainerRunning as i32);
+        // runc's reason, in the container's log as kubectl logs shows it.
+        assert_eq!(
+            pod.log("bad", 1),
+            [(
+                "stderr".into(),
+                "F".into(),
+                "exec /app.wasm: no such file or directory".into()
+            )]
+        );
 
         let id = cri
             .run(&pod, container("hello", APP_IMAGE, &["/probe.wasm"]))
@@ -1155,6 +1180,358 @@ fn measure_pod_start_latency_and_memory_per_idle_pod() {
         );
         for pod in pods {
             cri.remove_pod(pod).await;
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Linux containers in Wasm pods (issue 15)
+
+/// `config` with the pod's namespace options and `mounts` (an `emptyDir` is a host directory
+/// kubelet makes and bind-mounts into each container that names it).
+fn in_pod(
+    mut config: ContainerConfig,
+    namespaces: &Option<NamespaceOption>,
+    mounts: &[Mount],
+) -> ContainerConfig {
+    config
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options = namespaces.clone();
+    config.mounts = mounts.to_vec();
+    config
+}
+
+impl Cri {
+    /// `ExecSync`: (exit code, stdout, stderr).
+    async fn exec_sync(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+    ) -> Result<(i32, String, String), tonic::Status> {
+        let resp = self
+            .rt
+            .exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout: 30,
+            })
+            .await?
+            .into_inner();
+        Ok((
+            resp.exit_code,
+            String::from_utf8_lossy(&resp.stdout).into_owned(),
+            String::from_utf8_lossy(&resp.stderr).into_owned(),
+        ))
+    }
+
+    async fn wait_log(&self, pod: &Pod, container: &str, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pod.log(container, 1).iter().any(|l| l.2 == line) {
+            assert!(
+                Instant::now() < deadline,
+                "{container} did not log {line:?}: {:?}\n{}",
+                pod.log(container, 1),
+                self.ctd.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// What is left of a Linux container on the node: runc's state of it, its cgroup (in any
+/// hierarchy, under the pod's cgroup parent), the mounts of its bundle.
+fn leftovers_of_linux_container(ctd: &Containerd, id: &str, cgroup_parent: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let state = Path::new("/run/wasmedge-aot-shim/runc")
+        .join(K8S_NS)
+        .join(id);
+    if state.exists() {
+        left.push(state.display().to_string());
+    }
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let cg = hierarchy
+            .path()
+            .join(cgroup_parent.trim_start_matches('/'))
+            .join(id);
+        if cg.exists() {
+            left.push(cg.display().to_string());
+        }
+    }
+    let bundle = ctd
+        .dir
+        .join("state/io.containerd.runtime.v2.task")
+        .join(K8S_NS)
+        .join(id);
+    left.extend(common::mounts_under(&bundle));
+    left
+}
+
+#[test]
+fn a_wasm_container_and_a_native_sidecar_share_the_pods_network_volume_and_logs() {
+    if !common::can_run("cri_sidecar") {
+        return;
+    }
+    let ctd = cri();
+    let volume = tempfile::Builder::new()
+        .prefix("empty-dir")
+        .tempdir()
+        .unwrap();
+    let cgroup_parent = format!("/wasmedge-cri-{}", std::process::id());
+    block_on(async {
+        let mut cri = Cri::connect(ctd).await;
+        let ns = Some(NamespaceOption {
+            network: NamespaceMode::Pod as i32,
+            pid: NamespaceMode::Container as i32,
+            ipc: NamespaceMode::Pod as i32,
+            ..Default::default()
+        });
+        let pod = cri
+            .run_pod_in("sidecar", ns.clone(), cgroup_parent.clone())
+            .await;
+        let data = [Mount {
+            container_path: "/data".into(),
+            host_path: volume.path().display().to_string(),
+            ..Default::default()
+        }];
+        let wasm =
+            |name: &str, command: &[&str]| in_pod(container(name, APP_IMAGE, command), &ns, &data);
+        let native = |name: &str, command: &[&str]| {
+            in_pod(container(name, NATIVE_IMAGE, command), &ns, &data)
+        };
+
+        // The init container runs to its end before the app starts, as kubelet runs it.
+        let init = cri
+            .run(
+                &pod,
+                native(
+                    "init",
+                    &[
+                        "/native-tool",
+                        "write",
+                        "/data/from-init",
+                        "prepared by init",
+                    ],
+                ),
+            )
+            .await;
+        let status = cri.wait_exited(&init, Duration::from_secs(30)).await;
+        assert_eq!(status.exit_code, 0, "{status:?} {:?}", pod.log("init", 1));
+        assert_eq!(
+            pod.log("init", 1),
+            [("stdout".into(), "F".into(), "written".into())]
+        );
+
+        // The sidecar listens on the pod's loopback.
+        let port = "8080";
+        let sidecar = cri
+            .run(&pod, native("sidecar", &["/native-tool", "listen", port]))
+            .await;
+        cri.wait_log(&pod, "sidecar", "listening on 127.0.0.1:8080")
+            .await;
+        let (status, sidecar_pid) = cri.status(&sidecar).await;
+        assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+        let sidecar_pid = sidecar_pid.expect("verbose status names the task pid");
+        let shim = cri.task_pid(&pod.id).expect("sandbox task listed");
+        assert_eq!(exe_name(shim), SHIM_BINARY);
+
+        // The Wasm container reads what the init container wrote, reaches the sidecar over
+        // localhost, and writes for the sidecar to read.
+        let reader = cri
+            .run(
+                &pod,
+                wasm("reader", &["/probe.wasm", "cat", "/data/from-init"]),
+            )
+            .await;
+        let status = cri.wait_exited(&reader, Duration::from_secs(30)).await;
+        assert_eq!(status.exit_code, 0, "{status:?} {:?}", pod.log("reader", 1));
+        assert_eq!(pod.log("reader", 1)[0].2, "prepared by init");
+
+        let client = cri
+            .run(
+                &pod,
+                wasm("client", &["/probe.wasm", "connect", "127.0.0.1", port]),
+            )
+            .await;
+        let status = cri.wait_exited(&client, Duration::from_secs(30)).await;
+        assert_eq!(status.exit_code, 0, "{status:?} {:?}", pod.log("client", 2));
+        assert_eq!(pod.log("client", 1)[0].2, "connected");
+        cri.wait_log(&pod, "sidecar", "accepted a connection").await;
+
+        let writer = cri
+            .run(
+                &pod,
+                wasm(
+                    "writer",
+                    &["/probe.wasm", "write", "/data/from-wasm", "written by wasm"],
+                ),
+            )
+            .await;
+        let status = cri.wait_exited(&writer, Duration::from_secs(30)).await;
+        assert_eq!(status.exit_code, 0, "{status:?}");
+
+        // ExecSync into the sidecar: its output and exit code, as kubectl exec and exec
+        // probes see them.
+        let (code, out, err) = cri
+            .exec_sync(&sidecar, &["/native-tool", "cat", "/data/from-wasm"])
+            .await
+            .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", ctd.log_tail()));
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (0, "written by wasm", "")
+        );
+        let (code, out, err) = cri
+            .exec_sync(&sidecar, &["/native-tool", "exit", "7", "probe failed"])
+            .await
+            .unwrap();
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (7, "probe failed\n", "probe failed on stderr\n")
+        );
+        let err = cri
+            .exec_sync(&sidecar, &["/no-such-binary"])
+            .await
+            .map(|(code, out, err)| format!("exit {code}: {out}{err}"))
+            .unwrap_or_else(|e| e.message().to_string());
+        assert!(err.contains("no-such-binary"), "{err}");
+
+        // The sidecar shares the pod's network, IPC and UTS namespaces with Wasm containers.
+        let sleeper = cri
+            .run(&pod, wasm("sleeper", &["/probe.wasm", "sleep", "60"]))
+            .await;
+        let (_, sleeper_pid) = cri.status(&sleeper).await;
+        let sleeper_pid = sleeper_pid.unwrap();
+        let host = std::process::id() as i32;
+        for t in ["net", "ipc", "uts"] {
+            assert_eq!(
+                ns_inode(sidecar_pid, t),
+                ns_inode(sleeper_pid, t),
+                "{t}: the pod's"
+            );
+            assert_ne!(
+                ns_inode(sidecar_pid, t),
+                ns_inode(host, t),
+                "{t}: not the host's"
+            );
+        }
+        assert_ne!(ns_inode(sidecar_pid, "mnt"), ns_inode(host, "mnt"));
+        // Exec into a Wasm container keeps its clear error.
+        let err = cri
+            .exec_sync(&sleeper, &["/probe.wasm"])
+            .await
+            .expect_err("no exec into a wasm container");
+        assert!(
+            err.message().contains("exec into a wasm container"),
+            "{err:?}"
+        );
+
+        // The sidecar's log, in the CRI format.
+        let log = pod.log("sidecar", 2);
+        assert_eq!(
+            log,
+            [
+                (
+                    "stdout".into(),
+                    "F".into(),
+                    "listening on 127.0.0.1:8080".into()
+                ),
+                ("stdout".into(), "F".into(), "accepted a connection".into()),
+            ]
+        );
+
+        // StopPodSandbox ends everything; RemovePodSandbox leaves nothing behind.
+        let ids = [&init, &sidecar, &reader, &client, &writer, &sleeper];
+        let pod_id = pod.id.clone();
+        cri.remove_pod(pod).await;
+        let mut pids = vec![sidecar_pid, sleeper_pid];
+        pids.retain(|p| std::fs::metadata(format!("/proc/{p}")).is_ok());
+        assert_eq!(pids, Vec::<i32>::new(), "processes of the pod remain");
+        let mut all: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
+        all.push(&pod_id);
+        cri.assert_gone(&all, &[sidecar_pid, sleeper_pid]).await;
+        for id in [&init, &sidecar] {
+            assert_eq!(
+                leftovers_of_linux_container(ctd, id, &cgroup_parent),
+                Vec::<String>::new(),
+                "{id}"
+            );
+        }
+    });
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(hierarchy.path().join(cgroup_parent.trim_start_matches('/')));
+    }
+}
+
+#[test]
+fn a_pod_of_only_linux_containers_runs_under_the_wasmedge_runtime_class() {
+    if !common::can_run("cri_linux_pod") {
+        return;
+    }
+    let ctd = cri();
+    block_on(async {
+        let mut cri = Cri::connect(ctd).await;
+        let pod = cri.run_pod("linux-only").await;
+        let shim = cri.task_pid(&pod.id).expect("sandbox task listed");
+        assert_eq!(
+            exe_name(shim),
+            SHIM_BINARY,
+            "no pause process: the shim's pid"
+        );
+        let hello = cri
+            .run(&pod, container("hello", NATIVE_IMAGE, &["/native-tool"]))
+            .await;
+        let status = cri.wait_exited(&hello, Duration::from_secs(30)).await;
+        assert_eq!(status.exit_code, 0, "{status:?}");
+        assert_eq!(pod.log("hello", 1)[0].2, "hello from native");
+        let failing = cri
+            .run(
+                &pod,
+                container(
+                    "failing",
+                    NATIVE_IMAGE,
+                    &["/native-tool", "exit", "3", "bye"],
+                ),
+            )
+            .await;
+        let status = cri.wait_exited(&failing, Duration::from_secs(30)).await;
+        assert_eq!(status.exit_code, 3, "{status:?}");
+        assert_eq!(status.reason, "Error", "{status:?}");
+
+        // StopContainer ends a running one through runc's kill.
+        let sleeper = cri
+            .run(
+                &pod,
+                container("sleeper", NATIVE_IMAGE, &["/native-tool", "sleep", "1000"]),
+            )
+            .await;
+        let (_, pid) = cri.status(&sleeper).await;
+        let pid = pid.unwrap();
+        assert_eq!(
+            common::ppid(pid),
+            Some(shim),
+            "the shim reaps runc's container"
+        );
+        cri.stop_and_remove(&sleeper).await;
+        assert!(
+            std::fs::metadata(format!("/proc/{pid}")).is_err(),
+            "pid {pid} remains"
+        );
+        for id in [&hello, &failing] {
+            cri.stop_and_remove(id).await;
+        }
+        let pod_id = pod.id.clone();
+        cri.remove_pod(pod).await;
+        cri.assert_gone(&[&pod_id, &hello, &failing, &sleeper], &[pid])
+            .await;
+        for id in [&hello, &failing, &sleeper] {
+            assert_eq!(
+                leftovers_of_linux_container(ctd, id, ""),
+                Vec::<String>::new()
+            );
         }
     });
 }

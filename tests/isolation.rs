@@ -149,6 +149,164 @@ fn the_process_gets_what_runc_gives_for_the_same_flags() {
     }
 }
 
+#[test]
+fn a_start_section_runs_as_the_container_never_as_the_set_up() {
+    if !common::can_run("start_section_credentials") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    // Instantiation runs a module's start section: guest code, before `_start`. It must
+    // already be the container (user, capabilities, seccomp), not the host's root that set
+    // the container up.
+    let r = Rootfs::with(&[("start.wasm", &fixture("start-open.wasm"))]);
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let secret = data.path().join("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut run = Run::rootfs("start-section", r.path(), &["/start.wasm"]);
+    run.flags = flags(&["--user", "1000:1000", "--seccomp"]);
+    run.mounts = vec![bind(data.path(), "/data", "rw")];
+    let out = containerd().run(&run);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout, "start: open errno 02\n",
+        "the start section read the secret: {out:?}"
+    );
+    let m = std::fs::metadata(data.path().join("made-in-start")).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (1000, 1000),
+        "owner of the start section's file"
+    );
+}
+
+/// `/probe.wasm` and the native sleeper `/sleep` as an image: `ctr run --uidmap` makes a
+/// user namespace only for an image (whose snapshot it remaps), not for `--rootfs`.
+const USERNS_IMAGE: &str = "localhost/wasmedge-tests/userns:v1";
+const ID_MAPS: [&str; 4] = ["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"];
+
+fn userns_image() -> images::Archive {
+    let read = |name: &str| std::fs::read(fixture(name)).unwrap();
+    images::archive(
+        "userns.tar",
+        wasmedge_shimctl::image::ImageBuilder::image(USERNS_IMAGE)
+            .module("/probe.wasm", read("probe.wasm"))
+            .file("/sleep", read("native-sleep"), 0o755),
+    )
+}
+
+#[test]
+fn a_user_namespace_maps_the_containers_users_to_unprivileged_host_users() {
+    if !common::can_run("user_namespace") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let ctd = containerd();
+    // runc's process enters its user namespace first and must then reach the bundle's rootfs
+    // through the harness's directory: let others traverse it (not list it).
+    std::fs::set_permissions(&ctd.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    ctd.import_image(&userns_image());
+
+    // What the host sees of the process is what it sees of runc's: the same ids and
+    // capabilities, the same maps, a user namespace of its own.
+    let maps = |pid: i32| {
+        ["uid_map", "gid_map"].map(|f| {
+            std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    };
+    for (name, user) in [
+        ("uns-root", vec![]),
+        ("uns-user", vec!["--user", "1000:1000"]),
+    ] {
+        let mut extra = ID_MAPS.to_vec();
+        extra.extend(user);
+        let mut wasm = Run::image(
+            &format!("{name}-wasm"),
+            USERNS_IMAGE,
+            &["/probe.wasm", "sleep", "60"],
+        );
+        wasm.flags = flags(&extra);
+        let mut runc = Run::image(&format!("{name}-runc"), USERNS_IMAGE, &["/sleep", "60"]);
+        runc.runtime = Some(images::RUNC.into());
+        runc.flags = flags(&extra);
+        ctd.run_detached(&wasm);
+        ctd.run_detached(&runc);
+        for id in [&wasm.id, &runc.id] {
+            ctd.wait_status(id, "RUNNING", Duration::from_secs(20));
+        }
+        let (w, r) = (
+            ctd.task_pid(&wasm.id).unwrap(),
+            ctd.task_pid(&runc.id).unwrap(),
+        );
+        let (ws, rs) = (status(w), status(r));
+        let (wn, rn) = (own_namespaces(w), own_namespaces(r));
+        let (wm, rm) = (maps(w), maps(r));
+        eprintln!("{name}: wasm {ws:?} {wn:?} {wm:?}\n{name}: runc {rs:?} {rn:?} {rm:?}");
+        ctd.remove(&wasm.id);
+        ctd.remove(&runc.id);
+        assert_eq!(ws, rs, "{name}: process status");
+        assert_eq!(wn, rn, "{name}: own namespaces");
+        assert!(wn["user"], "{name}: a user namespace of its own");
+        assert_eq!(wm, rm, "{name}: id maps");
+        assert_eq!(wm, ["0 100000 65536", "0 100000 65536"], "{name}");
+        let host_uid = if name == "uns-root" {
+            "100000"
+        } else {
+            "101000"
+        };
+        assert_eq!(
+            ws["Uid"],
+            [host_uid; 4].join(" "),
+            "{name}: uid on the host"
+        );
+    }
+
+    // Inside, the container's root is root, over its own users only: a host root's
+    // 0600 file in a volume stays closed to it, and what it creates belongs to host 100000.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let secret = data.path().join("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = |id: &str, args: &[&str], user: &[&str]| {
+        let mut full = vec!["/probe.wasm"];
+        full.extend_from_slice(args);
+        let mut r = Run::image(id, USERNS_IMAGE, &full);
+        let mut extra = ID_MAPS.to_vec();
+        extra.extend_from_slice(user);
+        r.flags = flags(&extra);
+        r.mounts = vec![bind(data.path(), "/data", "rw")];
+        ctd.run(&r)
+    };
+    let out = run("uns-status", &["cat", "/proc/self/status"], &[]);
+    assert!(out.stdout.contains("\nUid:\t0\t0\t0\t0\n"), "{out:?}");
+    let out = run("uns-secret", &["cat", "/data/secret"], &[]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "the secret leaked: {out:?}");
+    assert!(out.stderr.contains("Permission denied"), "{out:?}");
+    let out = run("uns-create", &["write", "/data/made", "x"], &[]);
+    assert_eq!(out.stdout, "written\n", "{out:?}");
+    let m = std::fs::metadata(data.path().join("made")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (100000, 100000), "owner on the host");
+
+    // A user the mappings leave out fails the create, naming the field.
+    let out = run(
+        "uns-unmapped",
+        &["cat", "/etc/hostname"],
+        &["--user", "70000:0"],
+    );
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("process.user.uid") && out.stderr.contains("70000"),
+        "{out:?}"
+    );
+}
+
 /// A bind mount of `src` at `dst` for `ctr run --mount`.
 fn bind(src: &Path, dst: &str, mode: &str) -> String {
     format!(
@@ -295,7 +453,6 @@ fn mount_destinations_and_working_directories_are_container_paths() {
 
     // `..` and a symlink out of the root in a destination land inside the root.
     std::os::unix::fs::symlink("../../../../../../tmp", r.path().join("escape")).unwrap();
-    let host_tmp_before = std::fs::read_dir("/tmp").unwrap().count();
     let out = probe(
         "dst-link",
         &r,
@@ -306,7 +463,6 @@ fn mount_destinations_and_working_directories_are_container_paths() {
     assert_eq!(out.stdout, "in the volume\n", "{out:?}");
     assert!(r.path().join("tmp/m").is_dir(), "made inside the rootfs");
     assert!(!Path::new("/tmp/m").exists(), "nothing made on the host");
-    assert_eq!(std::fs::read_dir("/tmp").unwrap().count(), host_tmp_before);
     let out = probe(
         "dst-dotdot",
         &r,

@@ -270,13 +270,34 @@ fn bad_modules_fail_their_container_clearly_while_others_carry_on() {
         ("corrupt.wasm", &fixture("corrupt.wasm")),
         ("script.sh", &fixture("not-wasm.txt")),
     ]);
+    // A FIFO nobody writes (opening it to read would block the shim for every container of
+    // the node) and a device node (opening it runs its driver as the host's root).
+    nix::unistd::mkfifo(
+        &bad.path().join("fifo.wasm"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    nix::sys::stat::mknod(
+        &bad.path().join("null.wasm"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
     let cases = [
+        ("bad-fifo", "/fifo.wasm", "is not a regular file"),
+        ("bad-device", "/null.wasm", "is not a regular file"),
         ("bad-corrupt", "/corrupt.wasm", "load module"),
-        ("bad-notwasm", "/script.sh", "is not a wasm module"),
+        // No Wasm magic: a Linux container, which runc refuses, saying why.
+        (
+            "bad-notwasm",
+            "/script.sh",
+            "runc create failed: unable to start container process: exec: \"/script.sh\": permission denied",
+        ),
         (
             "bad-missing",
             "/missing.wasm",
-            "entrypoint \"/missing.wasm\" not found",
+            "exec: \"/missing.wasm\": stat /missing.wasm: no such file or directory",
         ),
     ];
     for (id, entry, message) in cases {

@@ -215,7 +215,20 @@ fn a_shim_killed_with_running_containers_leaves_no_cgroup_and_no_process() {
         r.path(),
         &["/probe.wasm", "sleep", "60"],
     ));
+    // And a Linux container, which runc runs for the shim.
+    let native = Rootfs::with(&[("native-tool", &fixture("native-tool"))]);
+    ctd.run_detached(&Run::rootfs(
+        "orphan-linux",
+        native.path(),
+        &["/native-tool", "sleep", "60"],
+    ));
     ctd.wait_status("orphan", "RUNNING", Duration::from_secs(30));
+    ctd.wait_status("orphan-linux", "RUNNING", Duration::from_secs(30));
+    let linux_pid = ctd.task_pid("orphan-linux").unwrap();
+    let runc_state = Path::new("/run/wasmedge-aot-shim/runc")
+        .join(common::namespace())
+        .join("orphan-linux");
+    assert!(runc_state.exists());
     let pid = ctd.task_pid("orphan").unwrap();
     let shim = common::ppid(pid).unwrap();
     let cgroup = format!("/{}/orphan", common::namespace());
@@ -228,11 +241,19 @@ fn a_shim_killed_with_running_containers_leaves_no_cgroup_and_no_process() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    // containerd sees its shim die and deletes its tasks through the shim binary.
+    // containerd sees its shim die and deletes its tasks through the shim binary, which
+    // has runc force-delete the Linux container.
+    let linux_cgroup = format!("/{}/orphan-linux", common::namespace());
     wait_until(
-        "the cgroup and the process are gone",
+        "the cgroups, the processes and runc's state are gone",
         Duration::from_secs(30),
-        || cgroup_dirs(&cgroup).is_empty() && !Path::new(&format!("/proc/{pid}")).exists(),
+        || {
+            cgroup_dirs(&cgroup).is_empty()
+                && cgroup_dirs(&linux_cgroup).is_empty()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+                && !Path::new(&format!("/proc/{linux_pid}")).exists()
+                && !runc_state.exists()
+        },
     );
 }
 
@@ -282,4 +303,87 @@ fn a_new_node_shim_sweeps_what_a_dead_one_left() {
     );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+}
+
+/// A Linux container (runc's) that a dead shim recorded: the sweep has runc force-delete it.
+#[test]
+fn a_new_node_shim_has_runc_delete_a_linux_container_a_dead_one_left() {
+    if !common::can_run("sweep_dead_shim_runc") {
+        return;
+    }
+    let tag = format!("sweep-runc-{}", std::process::id());
+    // A container runc runs under a state root of the shim's, as a shim would have left it.
+    let root = Path::new("/run/wasmedge-aot-shim/runc").join(&tag);
+    let bundle = tempfile::tempdir().unwrap();
+    std::fs::create_dir(bundle.path().join("rootfs")).unwrap();
+    std::fs::copy(
+        fixture("native-tool"),
+        bundle.path().join("rootfs/native-tool"),
+    )
+    .unwrap();
+    let spec = std::process::Command::new("runc")
+        .arg("spec")
+        .current_dir(bundle.path())
+        .status()
+        .unwrap();
+    assert!(spec.success());
+    let config = bundle.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    json["process"]["args"] = serde_json::json!(["/native-tool", "sleep", "60"]);
+    json["process"]["terminal"] = false.into();
+    std::fs::write(&config, serde_json::to_vec(&json).unwrap()).unwrap();
+    let run = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "--detach", "--bundle"])
+        .arg(bundle.path())
+        .arg("left-linux")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(run.success());
+    let state = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["state", "left-linux"])
+        .output()
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
+    let pid = state["pid"].as_i64().unwrap();
+
+    let dead = Path::new(STATE_ROOT).join(format!("sweep-test-{tag}"));
+    std::fs::create_dir_all(dead.join("containers")).unwrap();
+    std::fs::write(
+        dead.join("shim.json"),
+        r#"{"pid": 1, "namespace": "x", "group": "g", "version": "0", "identity": {"shim": null, "runner": null, "config": "none"}, "tasks": 1}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dead.join("containers/left-linux"),
+        format!(
+            r#"{{"id": "left-linux", "cgroup": null, "rootfs": null, "runc_root": "{}"}}"#,
+            root.display()
+        ),
+    )
+    .unwrap();
+
+    let ctd = Owned(Containerd::start(false));
+    let r = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
+    let out = ctd.run(&Run::rootfs("sweeper-runc", r.path(), &["/probe.wasm"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    wait_until(
+        "the dead shim's Linux container is gone",
+        Duration::from_secs(20),
+        || {
+            !dead.exists()
+                && !root.join("left-linux").exists()
+                // Gone, or a zombie of whoever adopted it.
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map_or(true, |s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        },
+    );
+    let _ = std::fs::remove_dir(&root);
 }

@@ -17,13 +17,13 @@
 //! [`registered_runtimes`]) are pure and hold all the TOML logic.
 
 use std::fmt;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Serialize;
 use toml_edit::{DocumentMut, Item, Key, Table};
+use wasmedge_aot_cache::atomic;
 
 /// The runtime name `install` registers, which a Kubernetes `RuntimeClass` names as `handler`.
 pub const DEFAULT_RUNTIME_NAME: &str = "wasmedge";
@@ -561,45 +561,12 @@ impl fmt::Display for InstallReport {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, `mode`,
-/// rename, then fsync of the directory.
+/// Writes `bytes` to `path` with permissions `mode`, atomically and durably, through the
+/// project's one writer (`wasmedge_aot_cache::atomic`: an unpredictable temporary name
+/// never followed through a symlink, fsync, rename, fsync of the directory).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io(format!("create {}", tmp.display())))?;
-        f.write_all(bytes)
-            .map_err(io(format!("write {}", tmp.display())))?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io(format!("chmod {}", tmp.display())))?;
-        f.sync_all()
-            .map_err(io(format!("fsync {}", tmp.display())))?;
-        std::fs::rename(&tmp, path).map_err(io(format!(
-            "rename {} to {}",
-            tmp.display(),
-            path.display()
-        )))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    atomic::write_atomic(path, bytes, mode, atomic::Durability::Durable)
+        .map_err(io(format!("replace {}", path.display())))
 }
 
 fn source_dir(opts: &InstallOptions) -> Result<PathBuf, InstallError> {

@@ -609,20 +609,7 @@ fn stats(args: &CacheArgs) -> Result<()> {
             us as f64 / p.containers as f64
         }
     };
-    let phase_list = [
-        ("hash", p.hash_us),
-        ("lookup", p.lookup_us),
-        ("compile", p.compile_us),
-        ("cgroup", p.cgroup_us),
-        ("namespaces", p.namespaces_us),
-        ("mounts", p.mounts_us),
-        ("pivot", p.pivot_us),
-        ("credentials", p.credentials_us),
-        ("seccomp", p.seccomp_us),
-        ("load", p.load_us),
-        ("instantiate", p.instantiate_us),
-        ("run", p.run_us),
-    ];
+    let phase_list = p.phases();
     if args.json {
         let mut phase_json = serde_json::Map::new();
         for (name, us) in phase_list {

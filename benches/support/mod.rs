@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use wasmedge_aot_protocol::config::CONFIG_ENV;
 use wasmedge_aot_protocol::container::{ContainerPlan, Report, Start, MAX_MESSAGE};
-use wasmedge_aot_protocol::spawn::{BlockingClient, PidNamespace, SpawnReply, SpawnRequest};
+use wasmedge_aot_protocol::spawn::{
+    BlockingClient, PidNamespace, SpawnFds, SpawnReply, SpawnRequest,
+};
 use wasmedge_aot_protocol::wire;
 
 /// The runner the shim would start, with the node cache at `node/cache`.
@@ -109,7 +111,15 @@ pub fn run_container(
         into_cgroup: false,
     };
     let pid = match runner
-        .spawn(&req, theirs.as_fd(), module.as_fd(), None, None)
+        .spawn(
+            &req,
+            SpawnFds {
+                control: theirs.as_fd(),
+                module: module.as_fd(),
+                pid_ns: None,
+                cgroup: None,
+            },
+        )
         .unwrap()
     {
         SpawnReply::Spawned { pid } => pid,

@@ -10,7 +10,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// How hard [`write_atomic`] works to make the new contents survive a crash.
@@ -24,7 +24,7 @@ pub enum Durability {
     BestEffort,
 }
 
-/// Replaces the file at `path` with `bytes`, created with `mode` (less the umask).
+/// Replaces the file at `path` with `bytes`, with permissions `mode` (the umask does not apply).
 pub fn write_atomic(
     path: &Path,
     bytes: &[u8],
@@ -51,6 +51,9 @@ pub fn write_atomic(
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(p)
         })?;
+    // Exactly `mode`, whatever the umask: an installed binary must stay executable.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
     tmp.as_file_mut().write_all(bytes)?;
     if durability == Durability::Durable {
         tmp.as_file().sync_all()?;
@@ -60,6 +63,14 @@ pub fn write_atomic(
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Reads back a small file such a writer replaces: never through a symlink at `path`, never a
+/// non-regular file, never more than `max` bytes (checked before allocating). `None` when it
+/// is missing or any of that fails: these files are records a reader can do without.
+pub fn read_small(path: &Path, max: usize) -> Option<Vec<u8>> {
+    let mut f = crate::fsutil::open_nofollow(path).ok()?;
+    crate::format::read_bounded(&mut f, max).ok()
 }
 
 /// Whether `file_name` is a temporary file [`write_atomic`] made for `name` (a leftover of a
@@ -83,17 +94,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("stats");
         write_atomic(&p, b"one", 0o600, Durability::Durable).unwrap();
-        write_atomic(&p, b"two", 0o644, Durability::BestEffort).unwrap();
+        // Group-writable: the usual umask (022) would take that bit away; the mode asked for
+        // is the mode the file gets.
+        write_atomic(&p, b"two", 0o664, Durability::BestEffort).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o644 & !umask()
+            0o664
         );
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("stats")]);
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_reads_as_absent_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix_mkfifo(&fifo);
+        assert_eq!(read_small(&fifo, 1024), None);
+        assert_eq!(read_small(dir.path(), 1024), None);
+        let big = dir.path().join("big");
+        fs::write(&big, vec![b'x'; 2048]).unwrap();
+        assert_eq!(read_small(&big, 1024), None);
+        fs::write(&big, b"ok").unwrap();
+        assert_eq!(read_small(&big, 1024).as_deref(), Some(&b"ok"[..]));
+    }
+
+    fn nix_mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path for the duration of the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     }
 
     #[test]
@@ -119,14 +152,5 @@ mod tests {
         assert!(!is_temp_of("stats", "stats"));
         assert!(!is_temp_of(".stats2.x.tmp", "stats"));
         assert!(!is_temp_of(".stats.x", "stats"));
-    }
-
-    fn umask() -> u32 {
-        // SAFETY: umask has no preconditions; the old mask is put back at once.
-        unsafe {
-            let old = libc::umask(0o022);
-            libc::umask(old);
-            old as u32
-        }
     }
 }

@@ -208,6 +208,12 @@ impl Cache {
         Ok(cache)
     }
 
+    /// Where the engine makes the names it loads artifacts by (see the layout): inside the
+    /// cache, checked with it.
+    pub fn link_dir(&self) -> PathBuf {
+        self.layout.links()
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &CacheConfig {
         &self.cfg

@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Opens read-only; a symlink as the last component fails with `ELOOP` instead of being followed.
+/// `O_NONBLOCK`: a FIFO planted at the path must not block the open (callers then refuse
+/// anything but a regular file); it changes nothing for a regular file.
 pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
 }
 

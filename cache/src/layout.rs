@@ -15,6 +15,9 @@
 //!     memo/<id>                   hash memo records, id = hex of blake3(file identity)[..16]
 //!     failed/<key>                the key's last failed compile (`crate::failures`)
 //!     stats                       persisted counters
+//!     links/<dev>-<ino>.so        a symlink to an artifact (`Cache::link_dir`): the name the engine
+//!                                 loads it by, unique to the file, because `dlopen` hands back an
+//!                                 already loaded object for a known name; dead ones are pruned
 //!     phases.json                 the shim's per-phase totals (`crate::side`; contents are the shim's)
 //!     locks/phases.lock           serializes updates of `phases.json`
 //!     .<name>.<random>.tmp        a file being replaced (`crate::atomic`), also in memo/
@@ -44,7 +47,7 @@ impl Layout {
     }
 
     /// Directories that must exist and pass the trust check.
-    pub fn dirs(&self) -> [PathBuf; 6] {
+    pub fn dirs(&self) -> [PathBuf; 7] {
         [
             self.base.clone(),
             self.entries(),
@@ -52,6 +55,7 @@ impl Layout {
             self.locks(),
             self.memo(),
             self.failures(),
+            self.links(),
         ]
     }
 
@@ -69,6 +73,9 @@ impl Layout {
     }
     pub fn failures(&self) -> PathBuf {
         self.base.join("failed")
+    }
+    pub fn links(&self) -> PathBuf {
+        self.base.join("links")
     }
     pub fn failure_file(&self, key: &Key) -> PathBuf {
         self.failures().join(key.to_hex())

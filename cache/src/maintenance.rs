@@ -295,6 +295,7 @@ impl Cache {
                 }
             }
         }
+        self.prune_links();
         // Torn updates of files under a lock leave their temporaries behind; only while their
         // lock is ours are they dead.
         for (file, lock_path) in [
@@ -313,6 +314,26 @@ impl Cache {
             }
         }
         Ok(())
+    }
+
+    /// Removes the links whose artifact is gone (evicted, replaced or removed as invalid): they
+    /// would never be loaded again. A link still in use by a loaded library does not need its
+    /// name any more (`dlopen` keeps the object).
+    fn prune_links(&self) {
+        // Links lived at `<root>/links` before the layout owned them: that directory holds
+        // nothing any release reads any more.
+        let legacy = self.cfg.root.join("links");
+        if fs::symlink_metadata(&legacy).is_ok_and(|m| m.is_dir()) {
+            let _ = fs::remove_dir_all(&legacy);
+        }
+        let Ok(rd) = fs::read_dir(self.layout.links()) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if fs::metadata(e.path()).is_err() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 
     fn prune_memo(&self) {

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use crate::atomic::{write_atomic, Durability};
 use crate::error::{Error, Result};
-use crate::format::read_bounded;
-use crate::fsutil::open_nofollow;
 use crate::layout::Layout;
 use crate::lock;
 use crate::trust;
@@ -24,9 +22,7 @@ pub const SIDE_RECORD_MAX: usize = 64 * 1024;
 /// Reads the phase totals record of the cache at `root`; `None` when it is missing,
 /// unreadable, not a regular file or too large.
 pub fn read_phase_totals(root: &Path) -> Option<Vec<u8>> {
-    let path = Layout::new(root).phases_file();
-    let mut f = open_nofollow(&path).ok()?;
-    read_bounded(&mut f, SIDE_RECORD_MAX).ok()
+    crate::atomic::read_small(&Layout::new(root).phases_file(), SIDE_RECORD_MAX)
 }
 
 /// Replaces the phase totals record of the cache at `root` with `update(old)`, under its lock.

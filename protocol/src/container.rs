@@ -4,6 +4,8 @@
 //! ```text
 //! shim → container   ContainerPlan + fds: stdin, stdout, stderr, then one namespace
 //!                    descriptor for each NamespaceAction::Join, in plan order
+//! [container → shim  Report::MapIds (in a new user namespace)
+//!  shim → container  IdsMapped (its uid_map and gid_map written)]
 //! container → shim   Report: Ready (loaded, instantiated, isolated; waiting) or Failed
 //! shim → container   Start
 //! ```
@@ -14,9 +16,31 @@
 //! container's root); host paths are the rootfs and bind-mount sources, which only the
 //! kernel sees. End of stream before `Start` means the shim gave up on the container.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 use serde::{Deserialize, Serialize};
+
+/// Opens `path`, a container path, inside the container's root as the container would see
+/// it: `..` and symlinks (absolute ones included) resolve inside `root` and never leave it,
+/// and `/proc` magic links are refused. The shim (checking the module and the working
+/// directory at create) and the container process (mounting, masking) both resolve a plan's
+/// paths this one way. No `flags` opens an `O_PATH` descriptor.
+pub fn open_in_root(root: impl AsFd, path: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    let flags = if flags.is_empty() {
+        OFlags::PATH
+    } else {
+        flags
+    };
+    rustix::fs::openat2(
+        root,
+        path,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+}
 
 /// Upper bound of a plan (argv and env included) and of a report.
 pub const MAX_MESSAGE: usize = 8 << 20;
@@ -67,6 +91,24 @@ pub enum NamespaceKind {
     Ipc,
     Uts,
     Cgroup,
+    /// Always last in a plan (its descriptor, for a join, the last one): the process enters
+    /// it after its root is set up and its module instantiated, just before it drops its
+    /// credentials (see the runner's `process::namespaces::enter_user`).
+    User,
+}
+
+impl std::fmt::Display for NamespaceKind {
+    /// The OCI spec's name of the namespace type, as errors name it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NamespaceKind::Mount => "mount",
+            NamespaceKind::Network => "network",
+            NamespaceKind::Ipc => "ipc",
+            NamespaceKind::Uts => "uts",
+            NamespaceKind::Cgroup => "cgroup",
+            NamespaceKind::User => "user",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,9 +256,14 @@ pub struct Seccomp {
     pub flags: u32,
 }
 
-/// The container process's one report.
+/// The container process's report: [`Report::Ready`] or [`Report::Failed`], after
+/// [`Report::MapIds`] if it made a user namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Report {
+    /// In a new user namespace of its own: its uid and gid maps must be written by a process
+    /// privileged outside it (the shim, its parent, which has the spec's mappings) before it
+    /// can change its credentials. It waits for [`IdsMapped`].
+    MapIds,
     /// Isolated, loaded and instantiated; waiting for [`Start`].
     Ready {
         timings: Timings,
@@ -230,6 +277,10 @@ pub enum Report {
 /// The shim's go-ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Start;
+
+/// The shim's answer to [`Report::MapIds`]: the maps are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdsMapped;
 
 /// Microseconds each step of a container's create took, measured in its process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,7 +30,7 @@ pub const STATE_ROOT: &str = "/run/wasmedge-aot-shim";
 /// A node shim's record of itself, in its run directory.
 pub const STATE_FILE: &str = "shim.json";
 /// Largest state file read back.
-const STATE_MAX: u64 = 16 * 1024;
+const STATE_MAX: usize = 16 * 1024;
 
 /// The identity of an executable file: a new build installed over it changes at least one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,16 +160,7 @@ pub fn live_shim(dir: &Path, shim_binary: &str) -> Option<ShimState> {
 }
 
 fn read_state(path: &Path) -> Option<ShimState> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ok()?;
-    let mut text = Vec::new();
-    f.take(STATE_MAX).read_to_end(&mut text).ok()?;
-    serde_json::from_slice(&text).ok()
+    serde_json::from_slice(&wasmedge_aot_cache::atomic::read_small(path, STATE_MAX)?).ok()
 }
 
 #[cfg(test)]

@@ -52,6 +52,24 @@ pub struct PhaseTotals {
 }
 
 impl PhaseTotals {
+    /// Each phase's name and total, in the order `wasmedge-shimctl stats` lists them.
+    pub fn phases(&self) -> [(&'static str, u64); 12] {
+        [
+            ("hash", self.hash_us),
+            ("lookup", self.lookup_us),
+            ("compile", self.compile_us),
+            ("cgroup", self.cgroup_us),
+            ("namespaces", self.namespaces_us),
+            ("mounts", self.mounts_us),
+            ("pivot", self.pivot_us),
+            ("credentials", self.credentials_us),
+            ("seccomp", self.seccomp_us),
+            ("load", self.load_us),
+            ("instantiate", self.instantiate_us),
+            ("run", self.run_us),
+        ]
+    }
+
     fn add(&mut self, t: &Timings, run_us: u64) {
         self.version = VERSION;
         self.containers += 1;

@@ -61,17 +61,18 @@ pub enum PidNamespace {
     Join,
 }
 
-/// The descriptors of a [`SpawnRequest`], in the order they travel.
+/// The descriptors of a [`SpawnRequest`], in the order they travel: borrowed by the sender
+/// ([`SpawnRequest::encode`]), owned by the receiver ([`SpawnRequest::decode`]).
 #[derive(Debug)]
-pub struct SpawnFds {
+pub struct SpawnFds<Fd = OwnedFd> {
     /// The container's control stream ([`crate::container`]).
-    pub control: OwnedFd,
+    pub control: Fd,
     /// The module file, read-only.
-    pub module: OwnedFd,
+    pub module: Fd,
     /// With [`PidNamespace::Join`].
-    pub pid_ns: Option<OwnedFd>,
+    pub pid_ns: Option<Fd>,
     /// With [`SpawnRequest::into_cgroup`]: the cgroup's directory.
-    pub cgroup: Option<OwnedFd>,
+    pub cgroup: Option<Fd>,
 }
 
 /// The runner's answer to one request.
@@ -88,11 +89,14 @@ impl SpawnRequest {
     /// The datagram and its descriptors, in wire order.
     pub fn encode<'a>(
         &self,
-        control: BorrowedFd<'a>,
-        module: BorrowedFd<'a>,
-        pid_ns: Option<BorrowedFd<'a>>,
-        cgroup: Option<BorrowedFd<'a>>,
+        fds: SpawnFds<BorrowedFd<'a>>,
     ) -> Result<(Vec<u8>, Vec<BorrowedFd<'a>>), WireError> {
+        let SpawnFds {
+            control,
+            module,
+            pid_ns,
+            cgroup,
+        } = fds;
         if (self.pid_namespace == PidNamespace::Join) != pid_ns.is_some()
             || self.into_cgroup != cgroup.is_some()
         {
@@ -191,12 +195,9 @@ impl BlockingClient {
     pub fn spawn(
         &self,
         req: &SpawnRequest,
-        control: BorrowedFd<'_>,
-        module: BorrowedFd<'_>,
-        pid_ns: Option<BorrowedFd<'_>>,
-        cgroup: Option<BorrowedFd<'_>>,
+        fds: SpawnFds<BorrowedFd<'_>>,
     ) -> Result<SpawnReply, WireError> {
-        let (bytes, fds) = req.encode(control, module, pid_ns, cgroup)?;
+        let (bytes, fds) = req.encode(fds)?;
         wire::send_datagram(self.sock.as_fd(), &bytes, &fds)?;
         let mut buf = vec![0u8; MAX_MESSAGE];
         match wire::recv_datagram(self.sock.as_fd(), &mut buf)? {
@@ -237,7 +238,12 @@ mod tests {
         let (control, module, pid_ns) = (file(), file(), file());
         let r = req(PidNamespace::Join, false);
         let (bytes, fds) = r
-            .encode(control.as_fd(), module.as_fd(), Some(pid_ns.as_fd()), None)
+            .encode(SpawnFds {
+                control: control.as_fd(),
+                module: module.as_fd(),
+                pid_ns: Some(pid_ns.as_fd()),
+                cgroup: None,
+            })
             .unwrap();
         wire::send_datagram(a.as_fd(), &bytes, &fds).unwrap();
         let mut buf = vec![0u8; MAX_MESSAGE];
@@ -252,7 +258,12 @@ mod tests {
     fn a_request_whose_descriptors_do_not_match_its_fields_is_refused() {
         let (control, module) = (file(), file());
         let err = req(PidNamespace::Join, false)
-            .encode(control.as_fd(), module.as_fd(), None, None)
+            .encode(SpawnFds {
+                control: control.as_fd(),
+                module: module.as_fd(),
+                pid_ns: None,
+                cgroup: None,
+            })
             .unwrap_err();
         assert!(
             matches!(

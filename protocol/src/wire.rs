@@ -62,6 +62,10 @@ pub fn encode<T: serde::Serialize>(what: &'static str, msg: &T) -> Result<Vec<u8
     serde_json::to_vec(msg).map_err(|source| WireError::Encode { what, source })
 }
 
+/// What [`decode`] decodes into (serde's bound, re-exported so that users of the wire need
+/// no serde of their own).
+pub use serde::de::DeserializeOwned;
+
 pub fn decode<T: serde::de::DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],

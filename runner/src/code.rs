@@ -121,17 +121,11 @@ impl Runner {
                 "wasmedge-shim-runner: aot cache unusable, modules run in the interpreter: {e}"
             );
         }
-        let link_dir = config.cache_dir.join("links");
-        if cache.is_ok() {
-            use std::os::unix::fs::DirBuilderExt;
-            let _ = std::fs::DirBuilder::new().mode(0o700).create(&link_dir);
-            // Links to artifacts that were evicted or replaced since are dead weight.
-            for entry in std::fs::read_dir(&link_dir).into_iter().flatten().flatten() {
-                if std::fs::metadata(entry.path()).is_err() {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
+        // Where the engine names the libraries it loads; unused without a cache.
+        let link_dir = match &cache {
+            Ok(c) => c.link_dir(),
+            Err(_) => PathBuf::new(),
+        };
         let own_pid_ns = File::open("/proc/self/ns/pid")
             .map_err(|e| format!("open /proc/self/ns/pid: {e}"))?
             .into();

@@ -10,6 +10,10 @@ fn main() {
     {
         pod_init_main();
     }
+    // runc's client writes its temporary files (exec process specs) to XDG_RUNTIME_DIR, else
+    // to /tmp: the shim writes as root only under directories it owns. Set while the
+    // process has one thread, before anything reads the environment.
+    std::env::set_var("XDG_RUNTIME_DIR", wasmedge_aot_shim::linux::SCRATCH_DIR);
     shim();
 }
 

@@ -109,11 +109,11 @@ fn what_cannot_be_honoured_is_refused_naming_the_field() {
     assert!(e.to_string().contains("mount namespace"), "{e}");
 
     let mut namespaces = own_namespaces();
-    namespaces.push(ns(LinuxNamespaceType::User, None));
+    namespaces.push(ns(LinuxNamespaceType::Time, None));
     let e = translate(spec_with(namespaces).build().unwrap()).unwrap_err();
     assert!(
         e.to_string()
-            .starts_with("linux.namespaces: a user namespace"),
+            .starts_with("linux.namespaces: a time namespace"),
         "{e}"
     );
 
@@ -387,4 +387,111 @@ fn a_pod_sandbox_asks_for_the_namespaces_it_holds() {
     .build()
     .unwrap();
     assert_eq!(sandbox(&host).unwrap().network, Ns::Host);
+    // `hostUsers: false`: the pod's user namespace would have to be held like its network's.
+    let userns = spec_with(vec![
+        ns(LinuxNamespaceType::Ipc, None),
+        ns(LinuxNamespaceType::Uts, None),
+        ns(LinuxNamespaceType::User, None),
+    ])
+    .build()
+    .unwrap();
+    let e = sandbox(&userns).unwrap_err().to_string();
+    assert!(
+        e.contains("a pod sandbox's user namespace is not supported"),
+        "{e}"
+    );
+}
+
+fn id_map(container_id: u32, host_id: u32, size: u32) -> oci_spec::runtime::LinuxIdMapping {
+    oci_spec::runtime::LinuxIdMappingBuilder::default()
+        .container_id(container_id)
+        .host_id(host_id)
+        .size(size)
+        .build()
+        .unwrap()
+}
+
+/// A container with a user namespace of its own (or `path`'s), `maps` as both its uid and
+/// gid mappings, and `uid` as its user.
+fn with_user_namespace(
+    path: Option<&str>,
+    maps: Vec<oci_spec::runtime::LinuxIdMapping>,
+    uid: u32,
+) -> Spec {
+    let mut namespaces = own_namespaces();
+    namespaces.push(ns(LinuxNamespaceType::User, path));
+    let mut s = spec_with(namespaces).build().unwrap();
+    let mut linux = s.linux().clone().unwrap();
+    if !maps.is_empty() {
+        linux.set_uid_mappings(Some(maps.clone()));
+        linux.set_gid_mappings(Some(maps));
+    }
+    s.set_linux(Some(linux));
+    let mut p = s.process().clone().unwrap();
+    p.set_user(UserBuilder::default().uid(uid).gid(0u32).build().unwrap());
+    s.set_process(Some(p));
+    s
+}
+
+#[test]
+fn a_new_user_namespace_comes_last_with_the_maps_the_shim_writes() {
+    let maps = vec![id_map(0, 100000, 65536), id_map(65536, 300000, 1)];
+    let cs = translate(with_user_namespace(None, maps, 1000)).unwrap();
+    let last = cs.plan.namespaces.last().unwrap();
+    assert_eq!(
+        (last.kind, last.action),
+        (NamespaceKind::User, NamespaceAction::New)
+    );
+    let m = cs.id_maps.unwrap();
+    assert_eq!(IdMaps::map_file(&m.uid), "0 100000 65536\n65536 300000 1\n");
+    assert_eq!(m.uid, m.gid);
+
+    // Joined by path: a join like the others, last, with no maps of ours.
+    let cs = translate(with_user_namespace(Some("/proc/42/ns/user"), vec![], 0)).unwrap();
+    let last = cs.plan.namespaces.last().unwrap();
+    assert_eq!(
+        (last.kind, last.action),
+        (NamespaceKind::User, NamespaceAction::Join)
+    );
+    assert_eq!(cs.joins.last().unwrap(), Path::new("/proc/42/ns/user"));
+    assert!(cs.id_maps.is_none());
+}
+
+#[test]
+fn user_namespace_mappings_that_cannot_work_are_refused_naming_the_field() {
+    let err = |s: Spec| translate(s).unwrap_err().to_string();
+    let e = err(with_user_namespace(None, vec![], 0));
+    assert!(
+        e.starts_with("linux.uidMappings: a new user namespace needs"),
+        "{e}"
+    );
+    let e = err(with_user_namespace(
+        None,
+        vec![id_map(0, 100000, 1000)],
+        1000,
+    ));
+    assert_eq!(
+        e,
+        "process.user.uid: 1000 is not mapped by linux.uidMappings"
+    );
+    let e = err(with_user_namespace(None, vec![id_map(0, u32::MAX, 2)], 0));
+    assert!(e.contains("runs past the largest id"), "{e}");
+    let e = err(with_user_namespace(None, vec![id_map(5, 5, 1); 341], 5));
+    assert!(e.contains("more than the kernel's 340"), "{e}");
+    let e = err(with_user_namespace(
+        Some("/proc/42/ns/user"),
+        vec![id_map(0, 100000, 65536)],
+        0,
+    ));
+    assert!(
+        e.starts_with("linux.uidMappings: mappings for the user namespace"),
+        "{e}"
+    );
+
+    // Mappings without a user namespace would silently mean nothing.
+    let mut s = spec_with(own_namespaces()).build().unwrap();
+    let mut linux = s.linux().clone().unwrap();
+    linux.set_uid_mappings(Some(vec![id_map(0, 100000, 65536)]));
+    s.set_linux(Some(linux));
+    assert!(err(s).starts_with("linux.uidMappings: mappings without a user namespace"));
 }

@@ -16,11 +16,14 @@
 //! 6. **root**: the rootfs as its own mount, the spec's mounts inside it, devices,
 //!    `pivot_root` (no host path exists for the process afterwards), sysctls, masked and
 //!    read-only paths, a read-only root; `chdir` to the working directory.
-//! 7. **instantiate**: the module with WASI preopens `/` and `.`, which are now the
-//!    container's root and working directory: no host path reaches the module.
+//! 7. **user namespace** (where the plan has one): join it, or make it and have the shim
+//!    write its id maps (`namespaces::enter_user` says why this comes so late).
 //! 8. **credentials**: oom score, rlimits, AppArmor, groups, uid/gid, capabilities (all five
 //!    sets), umask, no_new_privs, and the seccomp filter last.
-//! 9. **ready**: report, wait for `start`, run.
+//! 9. **instantiate**: the module with WASI preopens `/` and `.`, which are now the
+//!    container's root and working directory: no host path reaches the module. This is the
+//!    first step that can run guest code (a start section), so it comes after every drop.
+//! 10. **ready**: report, wait for `start`, run.
 //!
 //! Any step that cannot do what the plan asks fails the create with an error that names
 //! the step and the field; nothing runs with less isolation than asked.
@@ -41,7 +44,7 @@ use std::time::{Duration, Instant};
 use wasmedge_aot_engine::{Instance, Loaded, Outcome, Prepared, WasiPlan};
 use wasmedge_aot_protocol::config::Policy;
 use wasmedge_aot_protocol::container::{
-    CacheOutcome, ContainerPlan, Report, Start, Tier, Timings, MAX_MESSAGE,
+    CacheOutcome, ContainerPlan, IdsMapped, Report, Start, Tier, Timings, MAX_MESSAGE,
 };
 use wasmedge_aot_protocol::spawn::SpawnRequest;
 use wasmedge_aot_protocol::wire;
@@ -72,11 +75,11 @@ pub fn run(
     module: File,
     res: Resolution,
 ) -> i32 {
-    let mut control = UnixStream::from(control);
+    let control = UnixStream::from(control);
     match prepare(runner, req, &control, module, res) {
         Ok((mut instance, timings, warning)) => {
             let ready = Report::Ready { timings, warning };
-            if send(&mut control, &ready).is_err() || !wait_for_start(&mut control) {
+            if send(&control, &ready).is_err() || !wait_for_start(&control) {
                 // The shim gave up on this container before starting it.
                 return 0;
             }
@@ -96,7 +99,7 @@ pub fn run(
         }
         Err(error) => {
             let _ = send(
-                &mut control,
+                &control,
                 &Report::Failed {
                     error: error.to_string(),
                 },
@@ -172,9 +175,26 @@ fn prepare(
     timings.mounts_us = micros(mounts);
     timings.pivot_us = micros(pivot);
 
-    // 7. Instantiate, with the container's root as `/` and its working directory as `.`,
-    // under the container's rlimits.
+    // 7. The user namespace, whose maps the shim writes; 8. credentials, seccomp last.
+    // Rlimits first: raising a hard limit needs CAP_SYS_RESOURCE, which goes next.
     credentials::rlimits(&plan)?;
+    let t = Instant::now();
+    namespaces::enter_user(&plan, &mut fds, || {
+        send(control, &Report::MapIds).map_err(at("user namespace"))?;
+        if !receive::<IdsMapped>(control, "ids mapped") {
+            return Err(at("user namespace")("the shim did not write the id maps"));
+        }
+        Ok(())
+    })?;
+    timings.namespaces_us += micros(t.elapsed());
+    let (creds, seccomp) = credentials::apply(&plan, pending)?;
+    timings.credentials_us = micros(creds);
+    timings.seccomp_us = micros(seccomp);
+
+    // 9. Instantiate, with the container's root as `/` and its working directory as `.`.
+    // Only now: instantiation runs guest code (a module's start section), which must run
+    // as the container, never with the set-up's host root, capabilities or no filter. The
+    // preopens are opened as the container's user, as runc's process would open them.
     let t = Instant::now();
     let wasi = WasiPlan {
         args: plan.args.clone(),
@@ -192,11 +212,6 @@ fn prepare(
         wasmedge_aot_engine::Tier::Native => Tier::Native,
         wasmedge_aot_engine::Tier::Interpreter => Tier::Interpreter,
     };
-
-    // 8. Credentials, seccomp last.
-    let (creds, seccomp) = credentials::apply(&plan, pending)?;
-    timings.credentials_us = micros(creds);
-    timings.seccomp_us = micros(seccomp);
     if std::process::id() == 1 {
         terminate_on_signals();
     }
@@ -336,13 +351,19 @@ fn receive_plan(control: &UnixStream) -> Result<(ContainerPlan, Vec<OwnedFd>), S
 
 /// Writes one framed message with plain `write`s: after the seccomp filter, the process
 /// uses no more system calls than a profile is bound to allow (`read`, `write`).
-fn send(control: &mut UnixStream, report: &Report) -> std::io::Result<()> {
+fn send(mut control: &UnixStream, report: &Report) -> std::io::Result<()> {
     let body = wire::encode("report", report).map_err(std::io::Error::other)?;
     control.write_all(&wire::frame(&body))
 }
 
 /// Waits for the shim's [`Start`]. `false` means the shim went away or gave up.
-fn wait_for_start(control: &mut UnixStream) -> bool {
+fn wait_for_start(control: &UnixStream) -> bool {
+    receive::<Start>(control, "start")
+}
+
+/// Reads one of the shim's small messages (a unit struct); `false` for anything else or
+/// the end of the stream.
+fn receive<T: wire::DeserializeOwned>(mut control: &UnixStream, what: &'static str) -> bool {
     let mut len = [0u8; 4];
     if control.read_exact(&mut len).is_err() {
         return false;
@@ -352,7 +373,7 @@ fn wait_for_start(control: &mut UnixStream) -> bool {
         return false;
     }
     let mut body = vec![0u8; len];
-    control.read_exact(&mut body).is_ok() && wire::decode::<Start>("start", &body).is_ok()
+    control.read_exact(&mut body).is_ok() && wire::decode::<T>(what, &body).is_ok()
 }
 
 /// Closes every descriptor from 3 up except `keep`.

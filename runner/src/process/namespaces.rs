@@ -20,6 +20,7 @@ fn flag(kind: NamespaceKind) -> CloneFlags {
         NamespaceKind::Ipc => CloneFlags::CLONE_NEWIPC,
         NamespaceKind::Uts => CloneFlags::CLONE_NEWUTS,
         NamespaceKind::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        NamespaceKind::User => CloneFlags::CLONE_NEWUSER,
     }
 }
 
@@ -41,11 +42,17 @@ pub fn enter(
 ) -> Result<(), StepError> {
     let mut joins: Vec<(NamespaceKind, OwnedFd)> = Vec::new();
     let mut new = CloneFlags::empty();
-    for ns in &plan.namespaces {
+    // The user namespace, last in the plan, is entered later ([`enter_user`]); its
+    // descriptor stays next in `fds`.
+    for ns in plan
+        .namespaces
+        .iter()
+        .filter(|n| n.kind != NamespaceKind::User)
+    {
         match ns.action {
             NamespaceAction::Join => {
                 let fd = fds.next().ok_or_else(|| {
-                    at("namespaces")(format!("no descriptor to join the {:?} namespace", ns.kind))
+                    at("namespaces")(format!("no descriptor to join the {} namespace", ns.kind))
                 })?;
                 joins.push((ns.kind, fd));
             }
@@ -55,7 +62,7 @@ pub fn enter(
     for kind in JOIN_ORDER {
         for (_, fd) in joins.iter().filter(|(k, _)| *k == kind) {
             nix::sched::setns(fd.as_fd(), flag(kind))
-                .map_err(|e| at("namespaces")(format!("join the {kind:?} namespace: {e}")))?;
+                .map_err(|e| at("namespaces")(format!("join the {kind} namespace: {e}")))?;
         }
     }
     if !new.is_empty() {
@@ -69,6 +76,46 @@ pub fn enter(
             .map_err(|e| at("hostname")(format!("set {name:?}: {e}")))?;
     }
     Ok(())
+}
+
+/// Enters the plan's user namespace, if it has one: joins the next descriptor of `fds`, or
+/// creates one and has its maps written (`map_ids`: the shim, privileged outside the
+/// namespace, writes them, and only then can the process take a mapped uid).
+///
+/// This comes after the root and the mounts, just before the credentials (and the module's
+/// instantiation, which runs guest code, after those), unlike runc, which enters it first: the container's other namespaces (made
+/// earlier, by the host's root) are then owned by the host's user namespace, so the
+/// container's root holds its capabilities over its user namespace alone, never over its
+/// mounts, network or hostname. That is less than runc grants, and it is all a Wasm module
+/// can use (WASI has no mount, network configuration or hostname call). The set-up itself
+/// keeps the host's root: the cgroup entry (v1 files belong to the host's root), the mounts
+/// and `/proc` (whose pid namespace the runner made) need it.
+pub fn enter_user(
+    plan: &ContainerPlan,
+    fds: &mut impl Iterator<Item = OwnedFd>,
+    map_ids: impl FnOnce() -> Result<(), StepError>,
+) -> Result<(), StepError> {
+    let Some(ns) = plan
+        .namespaces
+        .iter()
+        .find(|n| n.kind == NamespaceKind::User)
+    else {
+        return Ok(());
+    };
+    match ns.action {
+        NamespaceAction::Join => {
+            let fd = fds
+                .next()
+                .ok_or_else(|| at("namespaces")("no descriptor to join the user namespace"))?;
+            nix::sched::setns(fd, CloneFlags::CLONE_NEWUSER)
+                .map_err(|e| at("namespaces")(format!("join the user namespace: {e}")))
+        }
+        NamespaceAction::New => {
+            nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
+                .map_err(|e| at("namespaces")(format!("create a user namespace: {e}")))?;
+            map_ids()
+        }
+    }
 }
 
 /// Sets `IFF_UP` on `lo` in the process's network namespace.

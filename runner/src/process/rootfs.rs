@@ -20,14 +20,15 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, CWD};
+use rustix::fs::{FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
 use rustix::mount::{
     fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
     open_tree, FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags,
 };
 use wasmedge_aot_protocol::container::{
-    mount_attr, ContainerPlan, Device, Mount, MountSource, Propagation, PropagationKind,
+    mount_attr, open_in_root, ContainerPlan, Device, Mount, MountSource, Propagation,
+    PropagationKind,
 };
 
 use super::cgroup::{mount_name, Hierarchies};
@@ -132,7 +133,7 @@ fn prepare_root(plan: &ContainerPlan, cgroups: &Hierarchies) -> Result<OwnedFd, 
                 Err(e) => return Err(at("devices")(format!("/dev/{name}: {e}"))),
             }
         }
-        if in_root(&root, "/dev/pts/ptmx", OFlags::empty()).is_ok() {
+        if open_in_root(&root, "/dev/pts/ptmx", OFlags::empty()).is_ok() {
             match rustix::fs::symlinkat("pts/ptmx", &dev, "ptmx") {
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(at("devices")(format!("/dev/ptmx: {e}"))),
@@ -343,23 +344,6 @@ fn setattr(
     Ok(())
 }
 
-/// Opens `path` inside `root`: `..` and symlinks never leave it. `O_PATH` unless `flags`
-/// asks for more.
-fn in_root<Fd: AsFd>(root: Fd, path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
-    let flags = if flags.is_empty() {
-        OFlags::PATH
-    } else {
-        flags
-    };
-    rustix::fs::openat2(
-        root,
-        path,
-        flags | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )
-}
-
 /// The process's own `/` (which [`in_root`] with the working directory would not be).
 fn open_root() -> std::io::Result<OwnedFd> {
     Ok(rustix::fs::open(
@@ -370,7 +354,7 @@ fn open_root() -> std::io::Result<OwnedFd> {
 }
 
 fn open_dir<Fd: AsFd>(root: Fd, path: &str) -> std::io::Result<OwnedFd> {
-    Ok(in_root(root, path, OFlags::PATH | OFlags::DIRECTORY)?)
+    Ok(open_in_root(root, path, OFlags::PATH | OFlags::DIRECTORY)?)
 }
 
 /// Most symlinks followed while making a destination, as the kernel's own limit.
@@ -383,7 +367,7 @@ const MAX_LINKS: usize = 40;
 fn ensure(root: &OwnedFd, path: &str, dir: bool) -> std::io::Result<OwnedFd> {
     let mut path = path.to_string();
     'restart: for _ in 0..=MAX_LINKS {
-        match in_root(root, &path, OFlags::empty()) {
+        match open_in_root(root, &path, OFlags::empty()) {
             Err(Errno::NOENT) => {}
             other => return Ok(other?),
         }
@@ -402,7 +386,7 @@ fn ensure(root: &OwnedFd, path: &str, dir: bool) -> std::io::Result<OwnedFd> {
             let parent = open_dir(root, &parent_path)?;
             prefix.push('/');
             prefix.push_str(part);
-            match in_root(root, &prefix, OFlags::empty()) {
+            match open_in_root(root, &prefix, OFlags::empty()) {
                 Err(Errno::NOENT) => {}
                 Ok(_) => continue,
                 Err(e) => return Err(e.into()),
@@ -448,7 +432,7 @@ fn ensure(root: &OwnedFd, path: &str, dir: bool) -> std::io::Result<OwnedFd> {
                 Err(e) => return Err(with_context(e, format!("create {prefix}"))),
             }
         }
-        return Ok(in_root(root, &path, OFlags::empty())?);
+        return Ok(open_in_root(root, &path, OFlags::empty())?);
     }
     Err(Errno::LOOP.into())
 }
@@ -523,20 +507,20 @@ fn pivot(root: &OwnedFd) -> std::io::Result<()> {
 
 fn write_sysctl(slash: &OwnedFd, key: &str, value: &str) -> std::io::Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    let f = in_root(slash, &path, OFlags::WRONLY | OFlags::NOFOLLOW)?;
+    let f = open_in_root(slash, &path, OFlags::WRONLY | OFlags::NOFOLLOW)?;
     std::fs::File::from(f).write_all(value.as_bytes())
 }
 
 /// Hides `path` behind `/dev/null` (a file) or an empty read-only tmpfs (a directory).
 fn mask(slash: &OwnedFd, path: &str) -> std::io::Result<()> {
-    let target = match in_root(slash, path, OFlags::empty()) {
+    let target = match open_in_root(slash, path, OFlags::empty()) {
         Err(Errno::NOENT) => return Ok(()),
         other => other?,
     };
     let tree = if rustix::fs::fstat(&target)?.st_mode & libc::S_IFMT == libc::S_IFDIR {
         fresh("tmpfs", "tmpfs", &[], mount_attr::RDONLY)?
     } else {
-        let null = in_root(slash, "/dev/null", OFlags::empty())
+        let null = open_in_root(slash, "/dev/null", OFlags::empty())
             .map_err(|e| with_context(e, "/dev/null".into()))?;
         open_tree(
             null.as_fd(),
@@ -551,7 +535,7 @@ fn mask(slash: &OwnedFd, path: &str) -> std::io::Result<()> {
 
 /// Binds `path` read-only over itself (and everything mounted below it).
 fn read_only(slash: &OwnedFd, path: &str) -> std::io::Result<()> {
-    let target = match in_root(slash, path, OFlags::empty()) {
+    let target = match open_in_root(slash, path, OFlags::empty()) {
         Err(Errno::NOENT) => return Ok(()),
         other => other?,
     };

@@ -1,0 +1,966 @@
+//! Linux containers: the containers of a pod that are not Wasm modules (service-mesh
+//! proxies, log shippers, secret agents, init containers that prepare volumes), run by runc
+//! from the same bundle and spec, with what containerd's own runc shim gives them.
+//!
+//! The shim decides per container (`container.rs`): an entrypoint that starts with Wasm's
+//! magic runs on our path, anything else is handed to runc, the runtime every containerd
+//! node has, through containerd's client of it (the `runc` crate of rust-extensions). runc
+//! draws the container's boundary; the shim keeps what a shim keeps:
+//!
+//! - **State.** runc keeps its containers under `/run/wasmedge-aot-shim/runc/<namespace>`
+//!   ([`RUNC_ROOT`]), a directory of the shim's own, checked from `/` as its run directory
+//!   is: `containerd-shim-wasmedge-v1 delete` and the sweep of dead shims find there what a
+//!   dead shim left and force-delete it, and nothing here reads or writes another runtime's
+//!   state (containerd's runc shim keeps `/run/containerd/runc/<namespace>`).
+//! - **Reaping.** The shim is a child subreaper (the shim framework makes it one): a
+//!   container's init and every exec'd process are re-parented to it when `runc create` and
+//!   `runc exec --detach` exit, and the framework's reaper collects every exit. runc's own
+//!   commands are waited for through that same reaper ([`Reaped`]): a second `waitpid` on a
+//!   pid could, once the pid is reused, take another process's exit.
+//! - **Stdio.** The container's FIFOs are opened as for a Wasm container and handed to runc,
+//!   which passes them on to the process: no copy through the shim. With a terminal, runc
+//!   sends the pty's master over a console socket and the shim copies between it and the
+//!   FIFOs ([`Console`]); `ResizePty` sets the master's window size.
+//! - **The pod's namespaces.** CRI names them `/proc/<sandbox pid>/ns/{net,ipc,uts,pid}`,
+//!   the shim's own, which are the host's. Before runc reads `config.json`, each such path is
+//!   rewritten to `/proc/<shim pid>/fd/<n>`, a descriptor of the namespace the pod's sandbox
+//!   holds (`pod.rs`) that stays open until `runc create` has returned; the file is replaced
+//!   atomically. A sidecar and a Wasm container of one pod therefore share its loopback, its
+//!   IPC and its hostname.
+//!
+//! Files the shim writes for runc: `init.pid`, `<exec id>.pid` and runc's log in the
+//! bundle (containerd's directory for the task), exec process specs and console sockets in
+//! [`SCRATCH_DIR`].
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
+use containerd_shim::monitor::{Subject, Topic};
+use log::{debug, warn};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use runc::options::{CreateOpts, DeleteOpts, ExecOpts, GlobalOpts, KillOpts};
+use runc::Runc;
+use tokio::io::{AsyncReadExt, Interest};
+use tokio::net::unix::pipe;
+
+use crate::container::{ProcessState, Status, StdioPaths};
+use crate::error::ShimError;
+use crate::pod::{names_process_namespace, PodNamespaces};
+
+/// Where runc keeps the state of the shim's Linux containers, one directory per containerd
+/// namespace (`runc --root`).
+pub const RUNC_ROOT: &str = "/run/wasmedge-aot-shim/runc";
+/// The shim's scratch directory: the process specs `runc exec` reads and the console
+/// sockets runc sends a terminal's master through. Also the shim's `XDG_RUNTIME_DIR`, where
+/// the runc client writes its temporary files (see the shim binary).
+pub const SCRATCH_DIR: &str = "/run/wasmedge-aot-shim/tmp";
+/// The runc binary, found on the shim's `PATH` (containerd's), as containerd's runc shim
+/// finds it.
+const RUNC_BINARY: &str = "runc";
+/// runc's log (`--log`, JSON lines) in the bundle: where runc writes why a command failed.
+const RUNC_LOG: &str = "runc-log.json";
+/// The pid of the container's init, written by `runc create --pid-file` in the bundle.
+const INIT_PID: &str = "init.pid";
+/// How long the shim waits for runc to send a terminal's master.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A Linux container as the shim keeps it: its runc client and what runc does not keep for
+/// it (the terminal, the exec'd processes).
+#[derive(Debug)]
+pub struct Linux {
+    runc: Runc,
+    /// runc's state root of the container's namespace.
+    pub root: PathBuf,
+    bundle: PathBuf,
+    /// Whether the container has a pid namespace of its own. If not, its processes outlive
+    /// its init, and the shim kills them when the init exits (as containerd's runc shim does).
+    pub own_pid_namespace: bool,
+    console: Option<Console>,
+    execs: Mutex<HashMap<String, Arc<Exec>>>,
+}
+
+/// What creating a Linux container needs.
+pub struct CreateArgs<'a> {
+    pub id: &'a str,
+    pub namespace: &'a str,
+    pub bundle: &'a Path,
+    pub spec: &'a Spec,
+    pub stdio: &'a StdioPaths,
+    pub terminal: bool,
+    /// The pod's namespaces, if this shim holds the container's sandbox.
+    pub pod: Option<&'a PodNamespaces>,
+}
+
+/// A process exec'd into a Linux container (`kubectl exec`, exec probes, `ctr task exec`).
+#[derive(Debug)]
+pub struct Exec {
+    pub id: String,
+    pub stdio: StdioPaths,
+    terminal: bool,
+    process: oci_spec_runc::runtime::Process,
+    pid: AtomicI32,
+    pub state: ProcessState,
+    console: Mutex<Option<Console>>,
+}
+
+impl Exec {
+    pub fn pid(&self) -> i32 {
+        self.pid.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether `name` can name a file of ours: containerd's ids and namespaces are
+/// `[A-Za-z0-9_.-]+`, and anything else (a `/`, `..`) is refused rather than joined to a path.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// Creates `dir` (0700) and every missing directory above it, checked from `/` down: the
+/// shim writes there as root.
+fn ensure_dir(dir: &Path) -> Result<(), String> {
+    let euid = wasmedge_aot_cache::trust::effective_uid();
+    wasmedge_aot_cache::trust::ensure_dir(dir, euid, 0o700)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// runc's state root for the containers of containerd namespace `namespace` (not created).
+pub fn state_root(namespace: &str) -> Result<PathBuf, String> {
+    if !is_plain_name(namespace) {
+        return Err(format!(
+            "containerd namespace {namespace:?} cannot name a directory"
+        ));
+    }
+    Ok(Path::new(RUNC_ROOT).join(namespace))
+}
+
+/// A runc client for one bundle: its state under `root`, its log in the bundle, its
+/// commands waited for through the shim's reaper.
+fn client(root: &Path, log: &Path) -> Result<Runc, String> {
+    let mut opts = GlobalOpts::new()
+        .command(RUNC_BINARY)
+        .root(root)
+        .log(log)
+        .log_json();
+    opts.custom_spawner(Arc::new(Reaped));
+    opts.build()
+        .map_err(|e| format!("{RUNC_BINARY} (looked up on PATH): {e}"))
+}
+
+/// runc's log of one bundle, read for the reason of a failed command.
+struct RuncLog<'a> {
+    path: &'a Path,
+    /// Its length before the command: older errors are another command's.
+    from: u64,
+}
+
+impl<'a> RuncLog<'a> {
+    /// Most bytes of the log read back after a failure.
+    const TAIL: u64 = 64 * 1024;
+
+    fn mark(path: &'a Path) -> RuncLog<'a> {
+        let from = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        RuncLog { path, from }
+    }
+
+    /// `runc <op>: <why>`: the last error runc logged since the mark, else what it printed.
+    fn explain(&self, op: &str, e: runc::error::Error) -> String {
+        if let Some(msg) = self.last_error() {
+            // runc 1.1 begins its own with `runc create failed: ...`.
+            return if msg.starts_with("runc ") {
+                msg
+            } else {
+                format!("runc {op}: {msg}")
+            };
+        }
+        match e {
+            runc::error::Error::CommandFailed {
+                status,
+                stdout,
+                stderr,
+            } => {
+                let said = [stderr.trim(), stdout.trim()]
+                    .into_iter()
+                    .find(|s| !s.is_empty())
+                    .unwrap_or("(no message)")
+                    .to_string();
+                format!("runc {op} failed ({status}): {said}")
+            }
+            other => format!("runc {op}: {other}"),
+        }
+    }
+
+    fn last_error(&self) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(self.path).ok()?;
+        let len = f.metadata().ok()?.len();
+        let from = self.from.max(len.saturating_sub(Self::TAIL));
+        f.seek(SeekFrom::Start(from)).ok()?;
+        let mut text = String::new();
+        f.take(Self::TAIL).read_to_string(&mut text).ok()?;
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["level"] == "error")
+            .filter_map(|v| v["msg"].as_str().map(|m| m.trim().to_string()))
+            .next_back()
+    }
+}
+
+/// Whether runc's failure says the container or process is already gone.
+fn is_gone(e: &runc::error::Error) -> bool {
+    let text = e.to_string().to_lowercase();
+    [
+        "does not exist",
+        "not running",
+        "process already finished",
+        "no such process",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
+}
+
+impl Linux {
+    /// `runc create`: the container's init, set up and waiting for `start`. Rewrites the
+    /// pod's namespace paths first (see the module docs). Returns the container and its
+    /// init's pid; on error nothing of runc's is left.
+    pub async fn create(a: CreateArgs<'_>) -> Result<(Linux, i32), String> {
+        let root = state_root(a.namespace)?;
+        ensure_dir(&root)?;
+        // Held until runc has joined them.
+        let held = join_pod_namespaces(a.bundle, a.spec, a.pod)?;
+        let log = a.bundle.join(RUNC_LOG);
+        let runc = client(&root, &log)?;
+        let pid_file = a.bundle.join(INIT_PID);
+        let mut opts = CreateOpts::new().pid_file(&pid_file);
+        let socket = if a.terminal {
+            let s = ConsoleSocket::new()?;
+            opts = opts.console_socket(&s.path);
+            Some(s)
+        } else {
+            opts = opts.io(Arc::new(Fifos::open(a.stdio)?));
+            None
+        };
+        let mark = RuncLog::mark(&log);
+        runc.create(a.id, a.bundle, Some(&opts))
+            .await
+            .map_err(|e| mark.explain("create", e))?;
+        drop(held);
+        let mut linux = Linux {
+            runc,
+            root,
+            bundle: a.bundle.to_owned(),
+            own_pid_namespace: has_own_pid_namespace(a.spec),
+            console: None,
+            execs: Mutex::new(HashMap::new()),
+        };
+        let set_up = async {
+            if let Some(socket) = socket {
+                let master = socket.receive().await?;
+                linux.console = Some(Console::start(master, a.stdio)?);
+            }
+            read_pid(&pid_file)
+        };
+        let set_up = set_up.await;
+        match set_up {
+            Ok(pid) => Ok((linux, pid)),
+            Err(e) => {
+                linux.delete(a.id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// `runc start`: the init execs the container's process.
+    pub async fn start(&self, id: &str) -> Result<(), ShimError> {
+        let log = self.bundle.join(RUNC_LOG);
+        let mark = RuncLog::mark(&log);
+        self.runc
+            .start(id)
+            .await
+            .map(drop)
+            .map_err(|e| runtime_error(id, mark.explain("start", e)))
+    }
+
+    /// `runc kill [--all]`: `all` reaches every process of the container, not just its init.
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), ShimError> {
+        let log = self.bundle.join(RUNC_LOG);
+        let mark = RuncLog::mark(&log);
+        match self.runc.kill(id, signal, Some(&KillOpts { all })).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_gone(&e) => Err(ShimError::NotFound(format!(
+                "{id}: process already finished"
+            ))),
+            Err(e) => Err(runtime_error(id, mark.explain("kill", e))),
+        }
+    }
+
+    /// `runc pause` (`resume`): freezes (thaws) every process of the container.
+    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<(), ShimError> {
+        let log = self.bundle.join(RUNC_LOG);
+        let mark = RuncLog::mark(&log);
+        let (op, done) = if frozen {
+            ("pause", self.runc.pause(id).await)
+        } else {
+            ("resume", self.runc.resume(id).await)
+        };
+        done.map_err(|e| runtime_error(id, mark.explain(op, e)))
+    }
+
+    /// The pids of the container's processes (`runc ps`).
+    pub async fn pids(&self, id: &str) -> Result<Vec<u32>, ShimError> {
+        let log = self.bundle.join(RUNC_LOG);
+        let mark = RuncLog::mark(&log);
+        let pids = self
+            .runc
+            .ps(id)
+            .await
+            .map_err(|e| runtime_error(id, mark.explain("ps", e)))?;
+        Ok(pids.into_iter().map(|p| p as u32).collect())
+    }
+
+    /// `runc delete --force`: kills what is left of the container and removes its state and
+    /// cgroup. A container runc no longer knows is already deleted.
+    pub async fn delete(&self, id: &str) {
+        force_delete_with(&self.runc, &self.bundle.join(RUNC_LOG), id).await;
+        let _ = std::fs::remove_file(self.bundle.join(INIT_PID));
+    }
+
+    /// Sets the window size of the container's terminal, or of exec `exec_id`'s.
+    pub fn resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), ShimError> {
+        let resize = |console: Option<&Console>| {
+            console
+                .ok_or_else(|| ShimError::FailedPrecondition {
+                    id: id.to_string(),
+                    message: "the process has no terminal".into(),
+                })?
+                .resize(width, height)
+                .map_err(ShimError::io(format!("resize the terminal of {id}")))
+        };
+        if exec_id.is_empty() {
+            return resize(self.console.as_ref());
+        }
+        let exec = self.exec(id, exec_id)?;
+        let console = exec.console.lock().unwrap_or_else(|p| p.into_inner());
+        resize(console.as_ref())
+    }
+
+    /// Registers a process to exec (`Exec`); it runs at `Start` with its exec id.
+    pub fn add_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        spec: &[u8],
+        terminal: bool,
+        stdio: StdioPaths,
+    ) -> Result<(), ShimError> {
+        if !is_plain_name(exec_id) {
+            return Err(ShimError::InvalidArgument(format!(
+                "exec id {exec_id:?}: only letters, digits, '_', '.' and '-'"
+            )));
+        }
+        let mut process: oci_spec_runc::runtime::Process =
+            serde_json::from_slice(spec).map_err(|e| {
+                ShimError::InvalidArgument(format!("exec {exec_id} in {id}: process spec: {e}"))
+            })?;
+        process.set_terminal(Some(terminal));
+        let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        if execs.contains_key(exec_id) {
+            return Err(ShimError::AlreadyExists(format!("{id} exec {exec_id}")));
+        }
+        execs.insert(
+            exec_id.to_string(),
+            Arc::new(Exec {
+                id: exec_id.to_string(),
+                stdio,
+                terminal,
+                process,
+                pid: AtomicI32::new(0),
+                state: ProcessState::new(),
+                console: Mutex::new(None),
+            }),
+        );
+        Ok(())
+    }
+
+    pub fn exec(&self, id: &str, exec_id: &str) -> Result<Arc<Exec>, ShimError> {
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(format!("{id} exec {exec_id}")))
+    }
+
+    /// The exec'd process with pid `pid`, if one is.
+    pub fn exec_of_pid(&self, pid: i32) -> Option<Arc<Exec>> {
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|e| e.pid() == pid)
+            .cloned()
+    }
+
+    /// Forgets an exec'd process that is not running.
+    pub fn remove_exec(&self, id: &str, exec_id: &str) -> Result<Arc<Exec>, ShimError> {
+        let exec = self.exec(id, exec_id)?;
+        if exec.state.status() == Status::Running {
+            return Err(ShimError::FailedPrecondition {
+                id: id.to_string(),
+                message: format!("exec {exec_id} is running: kill it first"),
+            });
+        }
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(exec_id);
+        let _ = std::fs::remove_file(self.bundle.join(format!("{exec_id}.pid")));
+        Ok(exec)
+    }
+
+    /// `runc exec --detach`: runs exec `exec_id` in the container; returns its pid.
+    pub async fn start_exec(&self, id: &str, exec_id: &str) -> Result<i32, ShimError> {
+        let exec = self.exec(id, exec_id)?;
+        if exec.state.status() != Status::Created {
+            return Err(ShimError::FailedPrecondition {
+                id: id.to_string(),
+                message: format!("exec {exec_id} has already started"),
+            });
+        }
+        let failed = |message: String| ShimError::Io {
+            context: format!("exec {exec_id} in container {id}"),
+            source: std::io::Error::other(message),
+        };
+        // runc's client writes the process spec to a temporary file in XDG_RUNTIME_DIR.
+        ensure_dir(Path::new(SCRATCH_DIR)).map_err(failed)?;
+        let pid_file = self.bundle.join(format!("{exec_id}.pid"));
+        let mut opts = ExecOpts::new().pid_file(&pid_file).detach(true);
+        let socket = if exec.terminal {
+            let s = ConsoleSocket::new().map_err(failed)?;
+            opts = opts.console_socket(&s.path);
+            Some(s)
+        } else {
+            opts = opts.io(Arc::new(Fifos::open(&exec.stdio).map_err(failed)?));
+            None
+        };
+        let log = self.bundle.join(RUNC_LOG);
+        let mark = RuncLog::mark(&log);
+        self.runc
+            .exec(id, &exec.process, Some(&opts))
+            .await
+            .map_err(|e| failed(mark.explain("exec", e)))?;
+        if let Some(socket) = socket {
+            let master = socket.receive().await.map_err(failed)?;
+            let console = Console::start(master, &exec.stdio).map_err(failed)?;
+            *exec.console.lock().unwrap_or_else(|p| p.into_inner()) = Some(console);
+        }
+        let pid = read_pid(&pid_file).map_err(failed)?;
+        exec.pid.store(pid, Ordering::SeqCst);
+        exec.state.set_running();
+        Ok(pid)
+    }
+}
+
+fn runtime_error(id: &str, message: String) -> ShimError {
+    ShimError::Io {
+        context: format!("container {id}"),
+        source: std::io::Error::other(message),
+    }
+}
+
+async fn force_delete_with(runc: &Runc, log: &Path, id: &str) {
+    let mark = RuncLog::mark(log);
+    match runc.delete(id, Some(&DeleteOpts { force: true })).await {
+        Ok(()) => {}
+        Err(e) if is_gone(&e) => debug!("runc delete {id}: already gone"),
+        Err(e) => warn!("{}", mark.explain(&format!("delete --force {id}"), e)),
+    }
+}
+
+/// Force-deletes container `id` from runc's state under `root`, if runc has it: what a
+/// dead shim left. Its log goes to the shim's scratch directory (the bundle may be gone).
+pub async fn force_delete(root: &Path, id: &str) {
+    if !is_plain_name(id) || !root.join(id).exists() {
+        return;
+    }
+    if let Err(e) = ensure_dir(Path::new(SCRATCH_DIR)) {
+        warn!("runc delete {id}: {e}");
+        return;
+    }
+    let log = Path::new(SCRATCH_DIR).join(RUNC_LOG);
+    match client(root, &log) {
+        Ok(runc) => force_delete_with(&runc, &log, id).await,
+        Err(e) => warn!("runc delete {id}: {e}"),
+    }
+}
+
+fn read_pid(path: &Path) -> Result<i32, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{}: {text:?} is not a pid", path.display()))
+}
+
+/// Whether the spec gives the container a pid namespace of its own (not the host's, nor
+/// the pod's).
+fn has_own_pid_namespace(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+        .any(|ns| {
+            ns.typ() == LinuxNamespaceType::Pid
+                && ns.path().as_ref().is_none_or(|p| p.as_os_str().is_empty())
+        })
+}
+
+/// Rewrites each namespace path of the bundle's `config.json` that names the shim's own
+/// namespaces (CRI naming the pod's, see the module docs) to a descriptor of the pod's
+/// namespace, or drops it where the pod shares the host's. Returns the descriptors, which
+/// must stay open until runc has joined them. Nothing is written for a spec without such
+/// a path.
+fn join_pod_namespaces(
+    bundle: &Path,
+    spec: &Spec,
+    pod: Option<&PodNamespaces>,
+) -> Result<Vec<OwnedFd>, String> {
+    let shim = std::process::id();
+    let names_pod = |p: &Path| names_process_namespace(p, shim).is_some();
+    let any = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+        .any(|ns| ns.path().as_deref().is_some_and(names_pod));
+    if !any {
+        return Ok(Vec::new());
+    }
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let Some(namespaces) = config
+        .pointer_mut("/linux/namespaces")
+        .and_then(|n| n.as_array_mut())
+    else {
+        return Ok(Vec::new());
+    };
+    let mut held = Vec::new();
+    let mut kept = Vec::new();
+    for mut ns in std::mem::take(namespaces) {
+        let named = ns["path"].as_str().map(PathBuf::from);
+        let Some(what) = named
+            .as_deref()
+            .and_then(|p| names_process_namespace(p, shim))
+        else {
+            kept.push(ns);
+            continue;
+        };
+        let named = named.unwrap_or_default();
+        let pod = pod.ok_or_else(|| {
+            format!(
+                "{} names the pod sandbox's namespace, and this shim holds no sandbox of the \
+                 container's pod",
+                named.display()
+            )
+        })?;
+        // Without a descriptor the pod shares the host's namespace, and so does the
+        // container: the entry is dropped and runc leaves it in the host's.
+        if let Some(fd) = pod
+            .get(what)
+            .map_err(|e| format!("{}: {e}", named.display()))?
+        {
+            ns["path"] = format!("/proc/{shim}/fd/{}", fd.as_raw_fd()).into();
+            held.push(fd);
+            kept.push(ns);
+        }
+    }
+    *namespaces = kept;
+    let mode = std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+        .unwrap_or(0o644);
+    let bytes = serde_json::to_vec(&config).map_err(|e| format!("{}: {e}", path.display()))?;
+    wasmedge_aot_cache::atomic::write_atomic(
+        &path,
+        &bytes,
+        mode,
+        wasmedge_aot_cache::atomic::Durability::BestEffort,
+    )
+    .map_err(|e| format!("write {}: {e}", path.display()))?;
+    Ok(held)
+}
+
+/// Runs runc's commands and waits for their exits through the shim framework's reaper,
+/// which takes every exit of the shim's children (`waitpid(-1)`): a `waitpid` of our own
+/// would race it, and one on a pid the reaper already took could take a new process's exit.
+/// So the command is spawned as a plain `std` child, which nothing else waits for.
+#[derive(Debug)]
+struct Reaped;
+
+#[async_trait]
+impl runc::Spawner for Reaped {
+    async fn execute(&self, cmd: runc::Command) -> runc::Result<(ExitStatus, u32, String, String)> {
+        let mut cmd = cmd.into_std();
+        // Ours only: runc as root has no use for it.
+        cmd.env_remove("XDG_RUNTIME_DIR");
+        let other = |e: containerd_shim::Error| runc::error::Error::Other(Box::new(e));
+        // Subscribed before the spawn: the exit cannot come before it.
+        let mut exits = monitor_subscribe(Topic::Pid).await.map_err(other)?;
+        let spawned = cmd.spawn();
+        // The command holds our copies of the stdio given to the child.
+        drop(cmd);
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = monitor_unsubscribe(exits.id).await;
+                return Err(runc::error::Error::ProcessSpawnFailed(e));
+            }
+        };
+        let pid = child.id();
+        let stdout = child.stdout.take().map(OwnedFd::from);
+        let stderr = child.stderr.take().map(OwnedFd::from);
+        let exited = async {
+            while let Some(ev) = exits.rx.recv().await {
+                if matches!(ev.subject, Subject::Pid(p) if p == pid as i32) {
+                    return ev.exit_code;
+                }
+            }
+            255
+        };
+        let (out, err, code) = tokio::join!(read_all(stdout), read_all(stderr), exited);
+        let _ = monitor_unsubscribe(exits.id).await;
+        // The reaper reports an exit code, or 128 + the signal that ended the process.
+        Ok((ExitStatus::from_raw((code & 0xff) << 8), pid, out, err))
+    }
+}
+
+async fn read_all(fd: Option<OwnedFd>) -> String {
+    let Some(fd) = fd else {
+        return String::new();
+    };
+    let mut out = Vec::new();
+    match pipe::Receiver::from_owned_fd(fd) {
+        Ok(mut r) => {
+            let _ = r.read_to_end(&mut out).await;
+        }
+        Err(e) => debug!("read runc's output: {e}"),
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The container's FIFOs, opened as for a Wasm container, for runc to hand to the process.
+#[derive(Debug)]
+struct Fifos {
+    fds: Mutex<Option<[OwnedFd; 3]>>,
+}
+
+impl Fifos {
+    fn open(stdio: &StdioPaths) -> Result<Fifos, String> {
+        let stdin = crate::container::open_stdin(&stdio.stdin)
+            .map_err(|e| format!("open stdin {}: {e}", stdio.stdin))?;
+        let stdout = crate::container::open_output(&stdio.stdout)
+            .map_err(|e| format!("open stdout {}: {e}", stdio.stdout))?;
+        let stderr = crate::container::open_output(&stdio.stderr)
+            .map_err(|e| format!("open stderr {}: {e}", stdio.stderr))?;
+        Ok(Fifos {
+            fds: Mutex::new(Some([stdin, stdout, stderr])),
+        })
+    }
+}
+
+#[async_trait]
+impl runc::Io for Fifos {
+    async fn set(&self, cmd: &mut runc::Command) -> std::io::Result<()> {
+        let fds = self.fds.lock().unwrap_or_else(|p| p.into_inner());
+        let [stdin, stdout, stderr] = fds
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("stdio already handed over"))?;
+        cmd.stdin(stdin.try_clone()?)
+            .stdout(stdout.try_clone()?)
+            .stderr(stderr.try_clone()?);
+        Ok(())
+    }
+
+    async fn close_after_start(&self) {
+        self.fds.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// The socket runc sends a terminal's master through (`--console-socket`), in the shim's
+/// scratch directory; removed on drop.
+struct ConsoleSocket {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+impl ConsoleSocket {
+    fn new() -> Result<ConsoleSocket, String> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        ensure_dir(Path::new(SCRATCH_DIR))?;
+        // Short: a socket's path has at most 107 bytes, and container ids alone take 64.
+        let path = Path::new(SCRATCH_DIR).join(format!(
+            "pty-{}-{}.sock",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        // Left by an earlier shim that had our pid and died.
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| format!("console socket {}: {e}", path.display()))?;
+        Ok(ConsoleSocket { listener, path })
+    }
+
+    /// The master runc sends.
+    async fn receive(&self) -> Result<OwnedFd, String> {
+        let received = async {
+            let (stream, _) = self.listener.accept().await?;
+            let mut name = [0u8; 4096];
+            let (_, mut fds, _) = stream
+                .async_io(Interest::READABLE, || {
+                    wasmedge_aot_protocol::wire::recv_with_fds(stream.as_fd(), &mut name).map_err(
+                        |e| match e {
+                            wasmedge_aot_protocol::wire::WireError::Io { source, .. } => source,
+                            other => std::io::Error::other(other),
+                        },
+                    )
+                })
+                .await?;
+            fds.pop()
+                .ok_or_else(|| std::io::Error::other("no descriptor in runc's message"))
+        };
+        match tokio::time::timeout(CONSOLE_TIMEOUT, received).await {
+            Ok(Ok(fd)) => Ok(fd),
+            Ok(Err(e)) => Err(format!("receive the terminal from runc: {e}")),
+            Err(_) => Err(format!(
+                "runc sent no terminal in {CONSOLE_TIMEOUT:?} on {}",
+                self.path.display()
+            )),
+        }
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A process's terminal: the pty's master, copied to the stdout FIFO and fed from the stdin
+/// FIFO by two tasks of the shim, which end with the terminal (EIO once every process that
+/// held it has exited) or with the FIFO.
+#[derive(Debug)]
+pub struct Console {
+    master: OwnedFd,
+}
+
+impl Console {
+    fn start(master: OwnedFd, stdio: &StdioPaths) -> Result<Console, String> {
+        let fail = |what: &str, e: std::io::Error| format!("terminal: {what}: {e}");
+        rustix::io::ioctl_fionbio(&master, true)
+            .map_err(|e| fail("non-blocking master", e.into()))?;
+        if !stdio.stdout.is_empty() {
+            let from = pipe::Receiver::from_owned_fd_unchecked(
+                master.try_clone().map_err(|e| fail("master", e))?,
+            )
+            .map_err(|e| fail("master", e))?;
+            let to = open_sender(&stdio.stdout).map_err(|e| fail(&stdio.stdout, e))?;
+            tokio::spawn(copy(from, to, "terminal output"));
+        }
+        if !stdio.stdin.is_empty() {
+            let path = stdio.stdin.strip_prefix("file://").unwrap_or(&stdio.stdin);
+            let from = pipe::OpenOptions::new()
+                .open_receiver(path)
+                .map_err(|e| fail(path, e))?;
+            let to = pipe::Sender::from_owned_fd_unchecked(
+                master.try_clone().map_err(|e| fail("master", e))?,
+            )
+            .map_err(|e| fail("master", e))?;
+            tokio::spawn(copy(from, to, "terminal input"));
+        }
+        Ok(Console { master })
+    }
+
+    fn resize(&self, width: u32, height: u32) -> std::io::Result<()> {
+        let size = rustix::termios::Winsize {
+            ws_row: u16::try_from(height).unwrap_or(u16::MAX),
+            ws_col: u16::try_from(width).unwrap_or(u16::MAX),
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        rustix::termios::tcsetwinsize(&self.master, size).map_err(Into::into)
+    }
+}
+
+/// The stdout FIFO for writing; with no reader yet, opened read-write so the open does not
+/// fail and the reader finds the output later (as [`crate::container::open_output`]).
+fn open_sender(uri: &str) -> std::io::Result<pipe::Sender> {
+    let path = uri.strip_prefix("file://").unwrap_or(uri);
+    match pipe::OpenOptions::new().open_sender(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            pipe::OpenOptions::new().read_write(true).open_sender(path)
+        }
+        other => other,
+    }
+}
+
+async fn copy(mut from: pipe::Receiver, mut to: pipe::Sender, what: &'static str) {
+    match tokio::io::copy(&mut from, &mut to).await {
+        Ok(n) => debug!("{what}: {n} bytes, ended"),
+        // The master reads EIO once the terminal's last holder has exited.
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => debug!("{what}: terminal closed"),
+        Err(e) => debug!("{what}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_name_files() {
+        for ok in ["k8s.io", "default", "a-b_c.1", "0123abcdef"] {
+            assert!(is_plain_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "../x", "a b", "é"] {
+            assert!(!is_plain_name(bad), "{bad:?}");
+        }
+        assert_eq!(
+            state_root("k8s.io").unwrap(),
+            Path::new("/run/wasmedge-aot-shim/runc/k8s.io")
+        );
+        assert!(state_root("../etc").is_err());
+    }
+
+    #[test]
+    fn runcs_last_logged_error_since_the_mark_explains_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(RUNC_LOG);
+        std::fs::write(
+            &log,
+            "{\"level\":\"error\",\"msg\":\"an older command's\",\"time\":\"t\"}\n",
+        )
+        .unwrap();
+        let mark = RuncLog::mark(&log);
+        let failed = || runc::error::Error::CommandFailed {
+            status: ExitStatus::from_raw(1 << 8),
+            stdout: String::new(),
+            stderr: "stderr text\n".into(),
+        };
+        assert_eq!(
+            mark.explain("start", failed()),
+            "runc start failed (exit status: 1): stderr text"
+        );
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        writeln!(f, "{{\"level\":\"info\",\"msg\":\"noise\"}}").unwrap();
+        writeln!(
+            f,
+            "{{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": not found \"}}"
+        )
+        .unwrap();
+        writeln!(f, "not json").unwrap();
+        assert_eq!(
+            mark.explain("create", failed()),
+            "runc create: exec: \"nope\": not found"
+        );
+    }
+
+    #[test]
+    fn a_container_has_its_own_pid_namespace_only_without_a_path() {
+        let spec = |ns: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"linux":{{"namespaces":[{ns}]}}}}"#
+            ))
+            .unwrap()
+        };
+        assert!(has_own_pid_namespace(&spec(r#"{"type":"pid"}"#)));
+        assert!(!has_own_pid_namespace(&spec(
+            r#"{"type":"pid","path":"/proc/1/ns/pid"}"#
+        )));
+        assert!(!has_own_pid_namespace(&spec(r#"{"type":"mount"}"#)));
+    }
+
+    #[test]
+    fn pod_namespace_paths_become_the_pods_descriptors_and_the_rest_stays() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (namespaces)");
+            return;
+        }
+        let pod = PodNamespaces::create(&crate::spec::SandboxSpec {
+            network: crate::spec::Ns::New,
+            ipc: crate::spec::Ns::New,
+            uts: crate::spec::Ns::Host,
+            pid: crate::spec::Ns::Host,
+            hostname: None,
+            domainname: None,
+            sysctl: Vec::new(),
+        })
+        .unwrap();
+        let shim = std::process::id();
+        let bundle = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"unknownField":{{"kept":true}},
+               "linux":{{"namespaces":[{{"type":"mount"}},
+                 {{"type":"network","path":"/proc/{shim}/ns/net"}},
+                 {{"type":"ipc","path":"/proc/{shim}/ns/ipc"}},
+                 {{"type":"uts","path":"/proc/{shim}/ns/uts"}},
+                 {{"type":"cgroup","path":"/proc/1/ns/cgroup"}}]}}}}"#
+        );
+        std::fs::write(bundle.path().join("config.json"), &config).unwrap();
+        let spec: Spec = serde_json::from_str(&config).unwrap();
+        let held = join_pod_namespaces(bundle.path(), &spec, Some(&pod)).unwrap();
+        assert_eq!(
+            held.len(),
+            2,
+            "network and IPC: the pod's UTS is the host's"
+        );
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(bundle.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(written["unknownField"]["kept"], true);
+        let namespaces = written["linux"]["namespaces"].as_array().unwrap();
+        let types: Vec<&str> = namespaces
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["mount", "network", "ipc", "cgroup"]);
+        let ino = |path: &str| nix::sys::stat::stat(path).unwrap().st_ino;
+        let fd_ino = |f: &OwnedFd| nix::sys::stat::fstat(f).unwrap().st_ino;
+        assert_eq!(
+            ino(namespaces[1]["path"].as_str().unwrap()),
+            fd_ino(pod.network.as_ref().unwrap())
+        );
+        assert_eq!(
+            ino(namespaces[2]["path"].as_str().unwrap()),
+            fd_ino(pod.ipc.as_ref().unwrap())
+        );
+        assert_eq!(namespaces[4 - 1]["path"], "/proc/1/ns/cgroup");
+
+        // Without the pod's sandbox, the path is refused, naming it.
+        std::fs::write(bundle.path().join("config.json"), &config).unwrap();
+        let err = join_pod_namespaces(bundle.path(), &spec, None).unwrap_err();
+        assert!(err.contains(&format!("/proc/{shim}/ns/net")), "{err}");
+    }
+}
