@@ -787,7 +787,7 @@ impl Archive {
                 let has_wasm_layer = manifest
                     .layers()
                     .iter()
-                    .any(|l| wasm_layer::is_wasm_layer(&l.media_type().to_string()));
+                    .any(|l| wasm_layer::is_wasm_layer(l.media_type().as_ref()));
                 let platform = desc.platform().as_ref().map(|p| Platform {
                     os: p.os().to_string(),
                     arch: p.architecture().to_string(),
@@ -857,7 +857,7 @@ impl Archive {
             .manifest
             .layers()
             .iter()
-            .filter(|l| !wasm_layer::is_wasm_layer(&l.media_type().to_string()));
+            .filter(|l| !wasm_layer::is_wasm_layer(l.media_type().as_ref()));
         if image.form == Form::WasmLayer && tar_layers.clone().next().is_none() {
             return self.wasm_layer_module(image, &entrypoint);
         }
