@@ -1,8 +1,10 @@
 //! End to end through a real containerd (started privately, as the tests do): `ctr run --rm`
 //! of a hello Wasm module through this shim (warm cache) against runc running a static
 //! native hello, in the same run, and the same native hello as a Linux container of this
-//! shim (which runs it with runc: issue 15's target is within 1.1x of runc's own shim), and the task alone (create to exit: `ctr task start` of
-//! a created container); then density: PSS and processes per idle container with
+//! shim (which runs it with runc: issue 15's target is within 1.1x of runc's own shim); the
+//! module from a plain image beside the same module as an image's Wasm layer (issue 16: no
+//! slower); the task alone (create to exit: `ctr task start` of a created container); then
+//! density: PSS and processes per idle container with
 //! N = 1, 10, 50 sleeping Wasm containers.
 //!
 //! Needs root (containerd, mounts, cgroups); says so and exits when not root.
@@ -73,6 +75,40 @@ fn hello_runs(c: &mut Criterion) {
             })
         },
     );
+    g.finish();
+
+    // Issue 16: the same module from an image, once as a file of a plain image's tar layer
+    // and once as the image's Wasm layer (runwasi's layout: an empty rootfs, the module read
+    // from containerd's content store once per shim and kept).
+    let plain = common::images::probe_image();
+    let layer = common::images::archive(
+        "probe-wasm-layer.tar",
+        wasmedge_shimctl::image::ImageBuilder::wasm_layer(
+            "localhost/wasmedge-bench/probe:wasm-layer",
+            std::fs::read(fixture("probe.wasm")).unwrap(),
+        ),
+    );
+    for image in [&plain, &layer] {
+        ctd.import_image(image);
+        let out = ctd.run(&Run::image("warm-image", &image.reference, &[]));
+        assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+    }
+    let mut g = c.benchmark_group("ctr run --rm hello, from an image (warm cache)");
+    g.sample_size(20).measurement_time(Duration::from_secs(10));
+    for (name, image) in [("plain image", &plain), ("Wasm-layer image", &layer)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    n += 1;
+                    let out = ctd.run(&Run::image(&format!("i{n}"), &image.reference, &[]));
+                    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+                    total += out.elapsed;
+                }
+                total
+            })
+        });
+    }
     g.finish();
 
     // The task alone: the container record and its snapshot exist beforehand, and removing

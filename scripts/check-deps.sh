@@ -11,17 +11,19 @@ RULES=(
   # The shim daemon: containerd execs it for every start and delete, so no WasmEdge (10 ms
   # of dynamic linking per exec) and nothing of the admin tool.
   "wasmedge-aot-shim: wasmedge-sys wasmedge-aot-engine wasmedge-shimctl clap toml_edit tar flate2 wait-timeout anyhow"
-  # The runner forks every container process: no async runtime, nothing of containerd or of
-  # the admin tool; the shim compiles seccomp profiles, the runner only installs them.
-  # Nor runc's client: the shim drives runc for Linux containers, the runner forks Wasm ones.
-  "wasmedge-shim-runner: wasmedge-aot-shim wasmedge-shimctl containerd-shim ttrpc tokio clap toml_edit tar sha2 anyhow libseccomp oci-spec cgroups-rs runc"
-  # The admin tool links nothing of the shim daemon.
-  "wasmedge-shimctl: wasmedge-aot-shim containerd-shim ttrpc tokio libseccomp cgroups-rs runc"
+  # The runner forks every container process: no async runtime, nothing of containerd (its
+  # shim framework or its GRPC client) or of the admin tool; the shim compiles seccomp
+  # profiles, the runner only installs them. Nor runc's client: the shim drives runc for
+  # Linux containers, the runner forks Wasm ones.
+  "wasmedge-shim-runner: wasmedge-aot-shim wasmedge-shimctl containerd-shim containerd-client ttrpc tonic prost tokio clap toml_edit tar sha2 anyhow libseccomp oci-spec cgroups-rs runc"
+  # The admin tool links nothing of the shim daemon; it reads images through ctr, not
+  # containerd's GRPC client.
+  "wasmedge-shimctl: wasmedge-aot-shim containerd-shim containerd-client ttrpc tonic tokio libseccomp cgroups-rs runc"
   # The pure layers: the cache knows no engine and no protocol; the protocol and the engine
   # know neither each other nor containerd.
-  "wasmedge-aot-cache: wasmedge-sys wasmedge-aot-engine wasmedge-aot-protocol tokio containerd-shim"
-  "wasmedge-aot-protocol: wasmedge-sys wasmedge-aot-engine tokio containerd-shim clap toml_edit"
-  "wasmedge-aot-engine: wasmedge-aot-protocol tokio containerd-shim clap"
+  "wasmedge-aot-cache: wasmedge-sys wasmedge-aot-engine wasmedge-aot-protocol tokio containerd-shim containerd-client"
+  "wasmedge-aot-protocol: wasmedge-sys wasmedge-aot-engine tokio containerd-shim containerd-client clap toml_edit"
+  "wasmedge-aot-engine: wasmedge-aot-protocol tokio containerd-shim containerd-client clap"
 )
 
 status=0

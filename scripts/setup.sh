@@ -71,6 +71,43 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled containerd >/dev
   systemctl disable --now containerd >/dev/null 2>&1 || true
 fi
 
+# A second containerd, 2.x, for the test matrix (scripts/test.sh runs the tests that talk to
+# containerd against both). Debian unstable's package, pinned by version and checksum, and
+# only extracted under $CONTAINERD2_DIR: dpkg does not know it, so it replaces no file of the
+# 1.7 package, and no service is installed or started. apt fetches it (and checks Debian's
+# signatures on the way) through a private sid source list under /var/cache, which leaves
+# the machine's own sources alone. The .deb leaves Debian's pool when sid moves on: then
+# this fails, and the pin below is moved to the version sid ships.
+CONTAINERD2_VERSION=2.1.9+ds1-5
+CONTAINERD2_SHA256=2dda86ce7033fd612fc50e136679d8174ccad680eb29cd4611e0d2a1b84cf591
+CONTAINERD2_DIR=/opt/containerd-2.1.9
+if [ "$(cat "$CONTAINERD2_DIR/.deb-version" 2>/dev/null)" != "$CONTAINERD2_VERSION" ]; then
+  apt_dir=/var/cache/wasmedge-aot-shim/apt-sid
+  mkdir -p "$apt_dir"/{etc/sources.list.d,etc/preferences.d,lists/partial,cache/archives/partial,debs}
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main" \
+    >"$apt_dir/etc/sources.list"
+  apt_private=(
+    -o "Dir::Etc=$apt_dir/etc" -o "Dir::Etc::sourcelist=$apt_dir/etc/sources.list"
+    -o "Dir::Etc::sourceparts=$apt_dir/etc/sources.list.d" -o "Dir::State::Lists=$apt_dir/lists"
+    -o "Dir::Cache=$apt_dir/cache" -o "Dir::State::status=/dev/null" -o Debug::NoLocking=1
+    -o APT::Sandbox::User=root
+  )
+  apt-get -q "${apt_private[@]}" update
+  (cd "$apt_dir/debs" && rm -f containerd_*.deb &&
+    apt-get -q "${apt_private[@]}" download "containerd=$CONTAINERD2_VERSION")
+  deb=$(ls "$apt_dir"/debs/containerd_*.deb)
+  if ! echo "$CONTAINERD2_SHA256  $deb" | sha256sum --check --status; then
+    echo "setup.sh: $deb does not have the pinned sha256 $CONTAINERD2_SHA256" >&2
+    exit 1
+  fi
+  rm -rf "$CONTAINERD2_DIR.tmp"
+  dpkg-deb -x "$deb" "$CONTAINERD2_DIR.tmp"
+  echo "$CONTAINERD2_VERSION" >"$CONTAINERD2_DIR.tmp/.deb-version"
+  rm -rf "$CONTAINERD2_DIR"
+  mv "$CONTAINERD2_DIR.tmp" "$CONTAINERD2_DIR"
+  rm -rf "$apt_dir"
+fi
+
 # cargo-criterion runs the benchmarks (issue 6); install once, from crates.io.
 if ! command -v cargo-criterion >/dev/null 2>&1 && [ "${SKIP_CARGO_TOOLS:-0}" != 1 ]; then
   cargo install --locked cargo-criterion >/dev/null 2>&1 || echo "setup.sh: cargo-criterion not installed (benchmarks still run with cargo bench)" >&2
@@ -84,4 +121,4 @@ if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]
   cargo install --locked --version "$CARGO_DENY_VERSION" cargo-deny
 fi
 
-echo "setup.sh: $(wasmedge --version 2>/dev/null | head -1), containerd $(containerd --version | awk '{print $3}'), $(clang-19 --version | head -1)"
+echo "setup.sh: $(wasmedge --version 2>/dev/null | head -1), containerd $(containerd --version | awk '{print $3}') and $("$CONTAINERD2_DIR/usr/bin/containerd" --version | awk '{print $3}') ($CONTAINERD2_DIR), $(clang-19 --version | head -1)"

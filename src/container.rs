@@ -24,6 +24,7 @@ use wasmedge_aot_protocol::spawn::{PidNamespace, SpawnFds, SpawnReply, SpawnRequ
 
 use crate::cgroup::OomWatch;
 use crate::error::ShimError;
+use crate::image_layers::LayerError;
 use crate::linux::Linux;
 use crate::pod::{names_process_namespace, PodNamespaces, Shared};
 use crate::runner::{Control, Runner};
@@ -155,6 +156,8 @@ pub struct CreateContext<'a> {
     pub host: HostSecurity,
     /// The sandbox of the pod with this id, if this shim serves it.
     pub sandbox: &'a (dyn Fn(&str) -> Option<Arc<Container>> + Sync),
+    /// Where a module that is not in the rootfs comes from: the image's Wasm layer.
+    pub layers: &'a crate::image_layers::ImageLayers,
 }
 
 #[derive(Debug)]
@@ -184,8 +187,18 @@ pub struct Container {
 enum Entrypoint {
     /// A file that starts with Wasm's magic: our path, with the module opened.
     Wasm(File),
+    /// No such file in the rootfs: the module of an image whose layer is the module itself
+    /// if its image has one ([`crate::image_layers`]), runc otherwise.
+    Missing(String),
     /// Anything else: runc.
     Linux,
+}
+
+/// The module a Wasm container runs, and its hash if the shim already knows it.
+struct Module {
+    file: File,
+    /// blake3 of a module read from an image's Wasm layer (the runner then does not hash).
+    hash: Option<String>,
 }
 
 impl Container {
@@ -247,12 +260,18 @@ impl Container {
                 }
             }
         }
-        let created = match entrypoint(&spec, &rootfs) {
-            Entrypoint::Wasm(module) => {
+        let module = match entrypoint(&spec, &rootfs) {
+            Entrypoint::Wasm(file) => Ok(Some(Module { file, hash: None })),
+            Entrypoint::Missing(argv0) => c.layer_module(&argv0, ctx).await,
+            Entrypoint::Linux => Ok(None),
+        };
+        let created = match module {
+            Ok(Some(module)) => {
                 c.create_wasm(&spec, module, &rootfs, req.terminal, ctx)
                     .await
             }
-            Entrypoint::Linux => c.create_linux(&spec, req.terminal, ctx).await,
+            Ok(None) => c.create_linux(&spec, req.terminal, ctx).await,
+            Err(e) => Err(e),
         };
         match created {
             Ok((pid, oom)) => {
@@ -263,6 +282,32 @@ impl Container {
                 c.cleanup();
                 Err(e)
             }
+        }
+    }
+
+    /// The module of a container whose entrypoint `argv0` is no file in its rootfs: its
+    /// image's Wasm layer. `None` when the image has no Wasm layer (or the container no
+    /// image): the container is then a Linux one, and runc's error names what is missing.
+    async fn layer_module(
+        &self,
+        argv0: &str,
+        ctx: &CreateContext<'_>,
+    ) -> Result<Option<Module>, ShimError> {
+        let entry_err = ShimError::create(&self.id, "entrypoint");
+        match ctx.layers.module(&self.id, argv0).await {
+            Ok(m) => {
+                let file = m
+                    .open()
+                    .map_err(|e| entry_err(format!("open the module of {}: {e}", m.digest)))?;
+                Ok(Some(Module {
+                    file,
+                    hash: Some(m.hash.to_hex()),
+                }))
+            }
+            Err(LayerError::NoImage | LayerError::NoWasmLayer { .. }) => Ok(None),
+            Err(e) => Err(entry_err(format!(
+                "entrypoint {argv0:?} not found in the container root, and {e}"
+            ))),
         }
     }
 
@@ -320,7 +365,7 @@ impl Container {
     async fn create_wasm(
         &mut self,
         spec: &oci_spec::runtime::Spec,
-        module: File,
+        module: Module,
         rootfs: &Path,
         terminal: bool,
         ctx: &CreateContext<'_>,
@@ -338,7 +383,7 @@ impl Container {
         &mut self,
         spec: &oci_spec::runtime::Spec,
         mut cs: ContainerSpec,
-        module: File,
+        module: Module,
         rootfs: &Path,
         ctx: &CreateContext<'_>,
     ) -> Result<(i32, Option<OomWatch>), ShimError> {
@@ -346,7 +391,7 @@ impl Container {
         let root = open_dir(rootfs)
             .map_err(|e| ShimError::create(&id, "rootfs")(format!("{}: {e}", rootfs.display())))?;
         check_cwd(&root, &cs.plan.cwd).map_err(ShimError::create(&id, "cwd"))?;
-        check_wasm(&module, &cs.module).map_err(ShimError::create(&id, "entrypoint"))?;
+        check_wasm(&module.file, &cs.module).map_err(ShimError::create(&id, "entrypoint"))?;
         drop(root);
         cs.plan.root.path = rootfs.to_owned();
         if let Some(profile) = &cs.seccomp {
@@ -393,6 +438,7 @@ impl Container {
         let req = SpawnRequest {
             id: self.id.clone(),
             module_name: cs.module.clone(),
+            module_hash: module.hash,
             policy: cs.policy,
             pid_namespace: match &pid_ns {
                 PidNs::Inherit => PidNamespace::Inherit,
@@ -412,7 +458,7 @@ impl Container {
                     &req,
                     SpawnFds {
                         control: theirs.as_fd(),
-                        module: module.as_fd(),
+                        module: module.file.as_fd(),
                         pid_ns: match &pid_ns {
                             PidNs::Join(fd) => Some(fd.as_fd()),
                             _ => None,
@@ -437,7 +483,7 @@ impl Container {
         // A handle on this very process for the id maps (see `map_ids`), taken before any
         // await in which the shim's reaper could collect it.
         let process = cs.id_maps.as_ref().map(|_| pidfd_of(pid));
-        drop((stdin, stdout, stderr, ns_fds, module));
+        drop((stdin, stdout, stderr, ns_fds, module.file));
         let mut report = match sent {
             Ok(()) => control.report().await,
             Err(e) => Err(e),
@@ -817,8 +863,8 @@ fn check_cwd(root: &OwnedFd, cwd: &str) -> Result<(), String> {
 }
 
 /// The module `entry` (`process.args[0]`, absolute or relative to `cwd`), opened read-only
-/// inside the container's root.
-fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<File, String> {
+/// inside the container's root; `None` if there is no such file.
+fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<Option<File>, String> {
     let path = if entry.starts_with('/') {
         entry.to_string()
     } else {
@@ -829,11 +875,7 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<File, String> {
     // Only a regular file is opened for reading, through the descriptor just checked.
     let found = match open_in_root(root, &path, OFlags::PATH) {
         Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => {
-            return Err(format!(
-                "entrypoint {entry:?} not found in the container root"
-            ))
-        }
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(format!("entrypoint {entry:?}: {e}")),
     };
     let st = rustix::fs::fstat(&found).map_err(|e| format!("entrypoint {entry:?}: {e}"))?;
@@ -846,7 +888,7 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<File, String> {
         Mode::empty(),
     )
     .map_err(|e| format!("entrypoint {entry:?}: {e}"))?;
-    Ok(File::from(reopened))
+    Ok(Some(File::from(reopened)))
 }
 
 /// What runs the container's entrypoint (`process.args[0]`, resolved as the Wasm path
@@ -867,7 +909,8 @@ fn entrypoint(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Entrypoint {
         return Entrypoint::Linux;
     };
     match open_module(&root, cwd, entry) {
-        Ok(module) if has_wasm_magic(&module) => Entrypoint::Wasm(module),
+        Ok(Some(module)) if has_wasm_magic(&module) => Entrypoint::Wasm(module),
+        Ok(None) => Entrypoint::Missing(entry.clone()),
         _ => Entrypoint::Linux,
     }
 }

@@ -39,6 +39,7 @@ use crate::identity::{Identity, ShimState};
 
 use crate::container::{Container, CreateContext, ProcessState, Status};
 use crate::error::ShimError;
+use crate::image_layers::ImageLayers;
 use crate::runner::Runner;
 use crate::spec::{HostSecurity, SANDBOX_ID_ANNOTATION};
 
@@ -65,6 +66,8 @@ pub struct WasmEdgeShim {
     namespace: String,
     id: String,
     socket: String,
+    /// containerd's GRPC socket, where the Wasm layers of images are read.
+    address: String,
     debug: bool,
     config: Config,
     /// The binaries this process runs and the digest of the config it loaded.
@@ -82,6 +85,7 @@ impl Shim for WasmEdgeShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             socket: args.socket.clone(),
+            address: args.address.clone(),
             debug: args.debug,
             config,
             identity: Identity::of(Path::new("/proc/self/exe"), &runner_path(), config_digest),
@@ -192,6 +196,7 @@ impl Shim for WasmEdgeShim {
                 containers: Mutex::new(HashMap::new()),
                 runner: tokio::sync::Mutex::new(None),
                 seccomp: crate::seccomp::Compiled::default(),
+                layers: ImageLayers::new(&self.address, &self.namespace),
                 host: HostSecurity::detect(),
                 publisher,
                 exit: self.exit.clone(),
@@ -269,6 +274,8 @@ struct Inner {
     runner: tokio::sync::Mutex<Option<Arc<Runner>>>,
     /// Each distinct seccomp profile's program, compiled once.
     seccomp: crate::seccomp::Compiled,
+    /// Modules read from images' Wasm layers, for containers whose rootfs has none.
+    layers: ImageLayers,
     host: HostSecurity,
     publisher: RemotePublisher,
     exit: Arc<ExitSignal>,
@@ -574,6 +581,7 @@ impl Task for TaskService {
             seccomp: &inner.seccomp,
             host: inner.host,
             sandbox: &sandbox,
+            layers: &inner.layers,
         };
         let (container, oom) = match Container::create(&req, &ctx).await {
             Ok((c, oom)) => (Arc::new(c), oom),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{live_shims, STATE_FILE};
+use crate::identity::{live_shim, STATE_FILE};
 
 /// The directory of container records in a run directory.
 pub const CONTAINERS_DIR: &str = "containers";
@@ -71,10 +71,6 @@ fn read_record(path: &Path) -> Option<Record> {
 /// Returns the run directories removed.
 pub fn dead_shims(state_root: &Path, own: Option<&Path>) -> Vec<PathBuf> {
     let shim = crate::service::SHIM_BINARY;
-    let live: Vec<PathBuf> = live_shims(state_root, shim)
-        .into_iter()
-        .map(|(dir, _)| dir)
-        .collect();
     let mut removed = Vec::new();
     for entry in std::fs::read_dir(state_root)
         .into_iter()
@@ -83,8 +79,14 @@ pub fn dead_shims(state_root: &Path, own: Option<&Path>) -> Vec<PathBuf> {
     {
         let dir = entry.path();
         // Only a run directory with a state file is one a shim finished setting up; one
-        // without may belong to a shim that is starting now.
-        if Some(dir.as_path()) == own || live.contains(&dir) || !dir.join(STATE_FILE).exists() {
+        // without may belong to a shim that is starting now. Whether its shim lives is read
+        // now, from its state file: a shim that wrote its state after this sweep started is
+        // alive, and its directory stays (a list of live shims taken before the loop once
+        // had another shim's new directory removed under it).
+        if Some(dir.as_path()) == own
+            || !dir.join(STATE_FILE).exists()
+            || live_shim(&dir, shim).is_some()
+        {
             continue;
         }
         for r in std::fs::read_dir(dir.join(CONTAINERS_DIR))

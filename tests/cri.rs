@@ -41,6 +41,8 @@ const K8S_NS: &str = "k8s.io";
 const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.8";
 const APP_IMAGE: &str = "example.com/wasmedge-cri/probe:1";
 const NOT_WASM_IMAGE: &str = "example.com/wasmedge-cri/not-wasm:1";
+/// probe.wasm as the one layer of its image (runwasi's layout).
+const LAYER_IMAGE: &str = "example.com/wasmedge-cri/probe:wasm-layer";
 /// A Linux image: `/native-tool`, the static native sidecar and init container.
 const NATIVE_IMAGE: &str = "example.com/wasmedge-cri/native-tool:1";
 const SHIM_BINARY: &str = "containerd-shim-wasmedge-v1";
@@ -976,6 +978,46 @@ fn a_non_wasm_entrypoint_runs_as_a_linux_container_whose_failure_leaves_the_pod_
     });
 }
 
+#[test]
+fn a_pod_runs_an_image_whose_module_is_a_wasm_layer() {
+    if !common::can_run("cri_wasm_layer") {
+        return;
+    }
+    let ctd = cri();
+    // runwasi's layout, platform wasip1/wasm: imported with every platform, as the README
+    // says (a plain import keeps only the host's).
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("layer.tar");
+    ImageBuilder::wasm_layer(LAYER_IMAGE, std::fs::read(fixture("probe.wasm")).unwrap())
+        .write(&archive)
+        .unwrap();
+    ctd.ctr_in_ok(
+        K8S_NS,
+        &[
+            "images",
+            "import",
+            "--all-platforms",
+            archive.to_str().unwrap(),
+        ],
+    );
+    block_on(async {
+        let mut cri = Cri::connect(ctd).await;
+        cri.wait_image(LAYER_IMAGE).await;
+        let pod = cri.run_pod("layer").await;
+        // No command: the image's entrypoint, /app.wasm, which no rootfs holds.
+        let id = cri.run(&pod, container("layer", LAYER_IMAGE, &[])).await;
+        let status = cri.wait_exited(&id, Duration::from_secs(30)).await;
+        assert_eq!(status.exit_code, 0, "{status:?}\n{}", ctd.log_tail());
+        assert_eq!(pod.log("layer", 1)[0].2, "hello from wasm");
+        let (_, pid) = cri.status(&id).await;
+        cri.stop_and_remove(&id).await;
+        let pod_id = pod.id.clone();
+        cri.remove_pod(pod).await;
+        let pids: Vec<i32> = pid.into_iter().collect();
+        cri.assert_gone(&[&pod_id, &id], &pids).await;
+    });
+}
+
 /// The `-socket` argument of a shim daemon: the address containerd dials for its tasks.
 fn shim_socket(pid: i32) -> Option<String> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -987,12 +1029,16 @@ fn shim_socket(pid: i32) -> Option<String> {
     args.get(i + 1).cloned()
 }
 
-/// The shim address in containerd's first `shim bootstrap parameters` line after the
-/// first line holding `marker` (the tests run one at a time, so that is this task's).
+/// The shim address in containerd's first line about dialling a shim after the first line
+/// holding `marker` (the tests run one at a time, so that is this task's): `shim bootstrap
+/// parameters` in containerd 1.7, `connecting to shim ID` in 2.x, both with `address="..."`.
 fn bootstrap_address_after(log: &str, marker: &str) -> Option<String> {
     log.lines()
         .skip_while(|l| !l.contains(marker))
-        .find(|l| l.contains("msg=\"shim bootstrap parameters\""))?
+        .find(|l| {
+            l.contains("msg=\"shim bootstrap parameters\"")
+                || l.contains("msg=\"connecting to shim ")
+        })?
         .split("address=\"")
         .nth(1)?
         .split('"')

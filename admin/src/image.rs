@@ -11,6 +11,14 @@
 //!   `application/vnd.oci.image.config.v1+json` config whose `Entrypoint` is the module's path,
 //!   and the platform `wasip1/wasm` (or `linux/amd64` for a native baseline image). containerd
 //!   unpacks it into a snapshot like any other image.
+//! * **Wasm-layer image** ([`ImageBuilder::wasm_layer`]), as runwasi's `oci-tar-builder`
+//!   writes them: an ordinary `application/vnd.oci.image.config.v1+json` config (platform
+//!   `wasip1/wasm`, `Entrypoint` the module's path, no `rootfs.diff_ids`) and one layer that is
+//!   the raw module, of media type
+//!   `application/vnd.bytecodealliance.wasm.component.layer.v0+wasm` (or `application/wasm`,
+//!   [`ImageBuilder::layer_media_type`]), titled with the module's file name. containerd
+//!   creates its containers with an empty rootfs; the shim runs the layer, read from the
+//!   content store (`wasmedge_aot_protocol::wasm_layer`).
 //! * **Wasm artifact** ([`ImageBuilder::artifact`]), per the CNCF TAG-runtime
 //!   wasm-oci-artifact spec: one `application/wasm` layer holding the raw module bytes and an
 //!   `application/vnd.wasm.config.v0+json` config ([`WasmConfig`]). containerd stores it but
@@ -25,8 +33,9 @@
 //! `ctr images import` lists the image under.
 //!
 //! [`Archive`] reads such a layout back (ours, or what `ctr images export` writes) and finds
-//! an image's module: the file its config's `Entrypoint` names in the layers of a plain
-//! image, or the `application/wasm` layer of an artifact.
+//! an image's module as the shim would: the file its config's `Entrypoint` names in the tar
+//! layers, else the Wasm layer `wasm_layer::select` picks (of a Wasm-layer image or an
+//! artifact).
 //!
 //! [OCI image layout]: https://github.com/opencontainers/image-spec/blob/main/image-layout.md
 
@@ -41,9 +50,16 @@ use oci_spec::image::{
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use wasmedge_aot_protocol::wasm_layer::{self, TITLE_ANNOTATION};
 
 /// Media type of the layer of a Wasm artifact: the raw module bytes.
-pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
+pub const WASM_LAYER_MEDIA_TYPE: &str = wasm_layer::WASM_LAYER;
+/// Media type of the module layer of a Wasm-layer image, by default (runwasi's).
+pub const COMPONENT_LAYER_MEDIA_TYPE: &str = wasm_layer::COMPONENT_LAYER;
+/// The label that makes the config of a Wasm-layer image unique to its module: without
+/// files in `rootfs.diff_ids`, two such images would share one config, and the CRI plugin
+/// names an image by its config's digest (runwasi adds a label for the same reason).
+pub const WASM_LAYERS_LABEL: &str = "io.wasmedge-aot-shim.wasm-layers";
 /// Media type of the config of a Wasm artifact.
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
 /// The annotation `ctr images import` takes the image name from.
@@ -157,8 +173,21 @@ pub struct WasmConfig {
 pub enum Form {
     /// A plain OCI image with a tar layer: containerd unpacks it into a rootfs.
     Image,
+    /// An OCI image config whose layers are Wasm modules (runwasi's layout).
+    WasmLayer,
     /// A CNCF Wasm OCI artifact with an `application/wasm` layer.
     Artifact,
+}
+
+impl Form {
+    /// As `image build --json` reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Form::Image => "image",
+            Form::WasmLayer => "wasm-layer",
+            Form::Artifact => "artifact",
+        }
+    }
 }
 
 /// A file in the rootfs of a plain image.
@@ -180,6 +209,8 @@ pub struct ImageBuilder {
     env: Vec<String>,
     created: String,
     author: Option<String>,
+    /// The module layer's media type (Wasm-layer form).
+    layer_media_type: String,
 }
 
 /// A built image: its blobs and the names of its parts.
@@ -211,7 +242,26 @@ impl ImageBuilder {
             env: Vec::new(),
             created: EPOCH.into(),
             author: None,
+            layer_media_type: COMPONENT_LAYER_MEDIA_TYPE.into(),
         }
+    }
+
+    /// An image of `module` as its one layer, runwasi's layout (see the module docs): the
+    /// module is named `/app.wasm` (the entrypoint, and the layer's title `app.wasm`) unless
+    /// [`ImageBuilder::module`] names it otherwise.
+    pub fn wasm_layer(reference: &str, module: Vec<u8>) -> ImageBuilder {
+        ImageBuilder {
+            form: Form::WasmLayer,
+            module: Some(("/app.wasm".into(), module)),
+            ..ImageBuilder::image(reference)
+        }
+    }
+
+    /// The media type of a Wasm-layer image's module layer: [`COMPONENT_LAYER_MEDIA_TYPE`]
+    /// (the default) or [`WASM_LAYER_MEDIA_TYPE`].
+    pub fn layer_media_type(mut self, media_type: &str) -> ImageBuilder {
+        self.layer_media_type = media_type.into();
+        self
     }
 
     /// A CNCF Wasm OCI artifact named `reference` holding `module`.
@@ -230,7 +280,7 @@ impl ImageBuilder {
         self
     }
 
-    /// Adds a file to the rootfs (plain image only).
+    /// Adds a file to the rootfs (plain image only; a Wasm-layer image has no rootfs).
     pub fn file(mut self, path: &str, contents: Vec<u8>, mode: u32) -> ImageBuilder {
         self.files.insert(path.into(), File { contents, mode });
         self
@@ -266,11 +316,12 @@ impl ImageBuilder {
     pub fn build(&self) -> Result<Layout> {
         check_reference(&self.reference)?;
         let mut blobs = BTreeMap::new();
+        let mut layer_annotations = None;
         let (config_media, config, layer_media, layer, diff_id) = match self.form {
             Form::Image => {
                 let layer = self.layer_tar()?;
                 let digest = sha256(&layer);
-                let config = self.image_config(&digest)?;
+                let config = self.image_config(Some(&digest))?;
                 (
                     MediaType::ImageConfig,
                     config,
@@ -278,6 +329,27 @@ impl ImageBuilder {
                     layer,
                     digest,
                 )
+            }
+            Form::WasmLayer => {
+                if !self.files.is_empty() {
+                    return Err(ImageError::Archive(
+                        "a Wasm-layer image holds only its module, no files".into(),
+                    ));
+                }
+                if !wasm_layer::is_wasm_layer(&self.layer_media_type) {
+                    return Err(ImageError::Archive(format!(
+                        "layer media type {:?} is not a Wasm layer's ({COMPONENT_LAYER_MEDIA_TYPE} or {WASM_LAYER_MEDIA_TYPE})",
+                        self.layer_media_type
+                    )));
+                }
+                let (path, module) = self.module.clone().ok_or(ImageError::NoEntrypoint)?;
+                relative(&path)?;
+                let title = path.rsplit('/').next().unwrap_or(&path).to_string();
+                layer_annotations = Some(HashMap::from([(TITLE_ANNOTATION.to_string(), title)]));
+                let digest = sha256(&module);
+                let config = self.image_config(None)?;
+                let layer_media = MediaType::Other(self.layer_media_type.clone());
+                (MediaType::ImageConfig, config, layer_media, module, digest)
             }
             Form::Artifact => {
                 let module = self
@@ -301,7 +373,8 @@ impl ImageBuilder {
             }
         };
         let config_desc = descriptor(config_media, &config);
-        let layer_desc = descriptor(layer_media, &layer);
+        let mut layer_desc = descriptor(layer_media, &layer);
+        layer_desc.set_annotations(layer_annotations);
         let config_digest = config_desc.digest().to_string();
         let layer_digest = layer_desc.digest().to_string();
         debug_assert_eq!(layer_digest, diff_id);
@@ -371,12 +444,25 @@ impl ImageBuilder {
         }
     }
 
-    fn image_config(&self, diff_id: &str) -> Result<Vec<u8>> {
+    /// The image config; `diff_id` is the tar layer's (none for a Wasm-layer image, whose
+    /// config then carries [`WASM_LAYERS_LABEL`] instead).
+    fn image_config(&self, diff_id: Option<&str>) -> Result<Vec<u8>> {
         let mut config = ConfigBuilder::default()
             .entrypoint(self.entrypoint_or_module()?)
             .working_dir("/");
         if !self.env.is_empty() {
             config = config.env(self.env.clone());
+        }
+        if diff_id.is_none() {
+            let module = self
+                .module
+                .as_ref()
+                .map(|(_, m)| m.as_slice())
+                .unwrap_or_default();
+            config = config.labels(HashMap::from([(
+                WASM_LAYERS_LABEL.to_string(),
+                sha256(module),
+            )]));
         }
         let mut builder = ImageConfigurationBuilder::default()
             .created(self.created.clone())
@@ -386,7 +472,7 @@ impl ImageBuilder {
             .rootfs(
                 RootFsBuilder::default()
                     .typ("layers")
-                    .diff_ids(vec![diff_id.to_string()])
+                    .diff_ids(diff_id.map(|d| vec![d.to_string()]).unwrap_or_default())
                     .build()?,
             );
         if let Some(author) = &self.author {
@@ -696,12 +782,12 @@ impl Archive {
                 };
                 let manifest: oci_spec::image::ImageManifest = serde_json::from_slice(blob)?;
                 let config = self.blob(manifest.config().digest().as_ref())?.to_vec();
-                let is_artifact = manifest.config().media_type().to_string()
-                    == WASM_CONFIG_MEDIA_TYPE
-                    || manifest
-                        .layers()
-                        .iter()
-                        .any(|l| l.media_type().to_string() == WASM_LAYER_MEDIA_TYPE);
+                let is_artifact =
+                    manifest.config().media_type().to_string() == WASM_CONFIG_MEDIA_TYPE;
+                let has_wasm_layer = manifest
+                    .layers()
+                    .iter()
+                    .any(|l| wasm_layer::is_wasm_layer(l.media_type().as_ref()));
                 let platform = desc.platform().as_ref().map(|p| Platform {
                     os: p.os().to_string(),
                     arch: p.architecture().to_string(),
@@ -713,6 +799,8 @@ impl Archive {
                     platform,
                     form: if is_artifact {
                         Form::Artifact
+                    } else if has_wasm_layer {
+                        Form::WasmLayer
                     } else {
                         Form::Image
                     },
@@ -740,21 +828,14 @@ impl Archive {
         })
     }
 
-    /// The image's module. Layers are tars, uncompressed or gzip-compressed (`...tar+gzip`,
-    /// what `ctr images export` of a pulled image holds).
+    /// The image's module, found as the shim finds it: the file the entrypoint names in the
+    /// tar layers, else the Wasm layer `wasm_layer::select` picks for the entrypoint (its
+    /// `source` is then the layer's digest). Tar layers are uncompressed or gzip-compressed
+    /// (`...tar+gzip`, what `ctr images export` of a pulled image holds).
     pub fn module(&self, image: &FoundImage) -> Result<FoundModule> {
         if image.form == Form::Artifact {
-            let layer = image
-                .manifest
-                .layers()
-                .iter()
-                .find(|l| l.media_type().to_string() == WASM_LAYER_MEDIA_TYPE)
-                .ok_or_else(|| ImageError::Archive(format!("no {WASM_LAYER_MEDIA_TYPE} layer")))?;
-            let digest = layer.digest().to_string();
-            return Ok(FoundModule {
-                bytes: self.blob(&digest)?.to_vec(),
-                source: digest,
-            });
+            // The artifact's config has no entrypoint: its (one) Wasm layer is the module.
+            return self.wasm_layer_module(image, "");
         }
         let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&image.config)?;
         let entrypoint = config
@@ -772,8 +853,16 @@ impl Archive {
             .as_ref()
             .and_then(|c| c.working_dir().clone())
             .unwrap_or_else(|| "/".into());
+        let tar_layers = image
+            .manifest
+            .layers()
+            .iter()
+            .filter(|l| !wasm_layer::is_wasm_layer(l.media_type().as_ref()));
+        if image.form == Form::WasmLayer && tar_layers.clone().next().is_none() {
+            return self.wasm_layer_module(image, &entrypoint);
+        }
         let mut layers = Vec::new();
-        for l in image.manifest.layers() {
+        for l in tar_layers {
             let media = l.media_type().to_string();
             let blob = self.blob(l.digest().as_ref())?;
             let tar = if media.ends_with(".tar") || media.ends_with("tar.diff") {
@@ -806,6 +895,9 @@ impl Archive {
                         format!("{}/{target}", parent.display())
                     };
                 }
+                None if image.form == Form::WasmLayer => {
+                    return self.wasm_layer_module(image, &entrypoint)
+                }
                 None => {
                     return Err(ImageError::Archive(format!(
                         "entrypoint {entrypoint} ({path}) is not a file in the image's layers"
@@ -816,6 +908,33 @@ impl Archive {
         Err(ImageError::Archive(format!(
             "entrypoint {entrypoint}: more than {MAX_SYMLINKS} symlinks"
         )))
+    }
+}
+
+impl Archive {
+    /// The Wasm layer `wasm_layer::select` picks for a container whose argv[0] is `argv0`.
+    fn wasm_layer_module(&self, image: &FoundImage, argv0: &str) -> Result<FoundModule> {
+        let layers: Vec<wasm_layer::Layer> = image
+            .manifest
+            .layers()
+            .iter()
+            .map(|l| wasm_layer::Layer {
+                media_type: l.media_type().to_string(),
+                digest: l.digest().to_string(),
+                size: l.size(),
+                title: l
+                    .annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(TITLE_ANNOTATION).cloned()),
+            })
+            .collect();
+        let i =
+            wasm_layer::select(&layers, argv0).map_err(|e| ImageError::Archive(e.to_string()))?;
+        let digest = layers[i].digest.clone();
+        Ok(FoundModule {
+            bytes: self.blob(&digest)?.to_vec(),
+            source: digest,
+        })
     }
 }
 
@@ -1032,6 +1151,65 @@ mod tests {
     }
 
     #[test]
+    fn wasm_layer_image_is_runwasis_layout() {
+        let layout = ImageBuilder::wasm_layer("example.com/probe:layer", MODULE.to_vec())
+            .module("/bin/probe.wasm", MODULE.to_vec())
+            .env("A=1")
+            .build()
+            .unwrap();
+        check_digests(&layout);
+        assert_eq!(layout.form, Form::WasmLayer);
+        assert_eq!(layout.layer_digest, sha256(MODULE));
+        assert_eq!(blob(&layout, &layout.layer_digest), MODULE);
+        let manifest = ImageManifest::from_reader(blob(&layout, &layout.manifest_digest)).unwrap();
+        assert_eq!(manifest.config().media_type(), &MediaType::ImageConfig);
+        let layer = &manifest.layers()[0];
+        assert_eq!(layer.media_type().to_string(), COMPONENT_LAYER_MEDIA_TYPE);
+        assert_eq!(
+            layer.annotations().as_ref().unwrap()[TITLE_ANNOTATION],
+            "probe.wasm"
+        );
+        let config = ImageConfiguration::from_reader(blob(&layout, &layout.config_digest)).unwrap();
+        assert_eq!(config.os(), &Os::Other("wasip1".into()));
+        assert_eq!(config.architecture(), &Arch::Wasm);
+        // No tar layer: containerd unpacks nothing and makes an empty rootfs.
+        assert!(config.rootfs().diff_ids().is_empty());
+        let c = config.config().as_ref().unwrap();
+        assert_eq!(
+            c.entrypoint().as_deref(),
+            Some(&["/bin/probe.wasm".to_string()][..])
+        );
+        assert_eq!(
+            c.labels().as_ref().unwrap()[WASM_LAYERS_LABEL],
+            sha256(MODULE)
+        );
+
+        let other = ImageBuilder::wasm_layer("x:1", b"\0asm\x01\0\0\0\0".to_vec())
+            .layer_media_type(WASM_LAYER_MEDIA_TYPE)
+            .build()
+            .unwrap();
+        assert_ne!(other.config_digest, layout.config_digest);
+        let manifest = ImageManifest::from_reader(blob(&other, &other.manifest_digest)).unwrap();
+        assert_eq!(
+            manifest.layers()[0].media_type().to_string(),
+            WASM_LAYER_MEDIA_TYPE
+        );
+        let e = ImageBuilder::wasm_layer("x:1", MODULE.to_vec())
+            .layer_media_type("application/vnd.oci.image.layer.v1.tar")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("is not a Wasm layer's"), "{e}");
+        let e = ImageBuilder::wasm_layer("x:1", MODULE.to_vec())
+            .file("/etc/x", vec![], 0o644)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "image archive: a Wasm-layer image holds only its module, no files"
+        );
+    }
+
+    #[test]
     fn archive_is_an_oci_layout_and_deterministic() {
         let build = || {
             ImageBuilder::image("localhost/native:1")
@@ -1144,11 +1322,12 @@ mod tests {
 
     #[test]
     fn archives_read_back_and_give_their_module() {
-        for form in [Form::Image, Form::Artifact] {
+        for form in [Form::Image, Form::WasmLayer, Form::Artifact] {
             let builder = match form {
                 Form::Image => {
                     ImageBuilder::image("example.com/m:1").module("/app.wasm", MODULE.to_vec())
                 }
+                Form::WasmLayer => ImageBuilder::wasm_layer("example.com/m:1", MODULE.to_vec()),
                 Form::Artifact => ImageBuilder::artifact("example.com/m:1", MODULE.to_vec()),
             };
             let layout = builder.build().unwrap();
@@ -1162,7 +1341,7 @@ mod tests {
             assert_eq!(module.bytes, MODULE);
             let want_source = match form {
                 Form::Image => "/app.wasm".to_string(),
-                Form::Artifact => sha256(MODULE),
+                Form::WasmLayer | Form::Artifact => sha256(MODULE),
             };
             assert_eq!(module.source, want_source);
             let err = archive.image(Some("example.com/other:1")).unwrap_err();

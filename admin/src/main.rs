@@ -7,6 +7,7 @@
 //! ```text
 //! wasmedge-shimctl image build --ref localhost/probe:v1 --out probe.tar --module probe.wasm
 //! wasmedge-shimctl image build --ref localhost/probe:art --out art.tar --module probe.wasm --artifact
+//! wasmedge-shimctl image build --ref localhost/probe:layer --out layer.tar --module probe.wasm --wasm-layer
 //! wasmedge-shimctl image build --ref localhost/native:v1 --out native.tar \
 //!     --file native-hello:/hello --entrypoint /hello --platform linux/amd64
 //! wasmedge-shimctl precompile app.wasm
@@ -93,8 +94,20 @@ struct BuildArgs {
     #[arg(long, value_name = "FILE.tar")]
     out: PathBuf,
     /// Build a CNCF Wasm OCI artifact (one application/wasm layer) instead of a plain image.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wasm_layer")]
     artifact: bool,
+    /// Build an image whose layer is the module itself, as runwasi does (no rootfs; the shim
+    /// reads the layer from containerd's content store) instead of a plain image.
+    #[arg(long)]
+    wasm_layer: bool,
+    /// The module layer's media type with --wasm-layer.
+    #[arg(
+        long,
+        value_name = "TYPE",
+        requires = "wasm_layer",
+        default_value = wasmedge_shimctl::image::COMPONENT_LAYER_MEDIA_TYPE
+    )]
+    layer_media_type: String,
     /// A file of the rootfs, HOST_PATH:IMAGE_PATH (plain image only; repeatable).
     #[arg(long = "file", value_name = "HOST_PATH:IMAGE_PATH")]
     files: Vec<String>,
@@ -140,7 +153,8 @@ struct PrecompileArgs {
         conflicts_with = "image"
     )]
     module: Option<PathBuf>,
-    /// Compile the module of this image, already in containerd (plain image or Wasm artifact).
+    /// Compile the module of this image, already in containerd (plain image, Wasm-layer image
+    /// or Wasm artifact): the module a container of the image runs.
     #[arg(long = "image", value_name = "REF")]
     image: Option<String>,
     /// containerd's GRPC socket (with --image).
@@ -300,6 +314,26 @@ fn build(args: BuildArgs) -> Result<()> {
             bail!("--artifact needs --module");
         };
         ImageBuilder::artifact(&args.reference, read(module)?)
+    } else if args.wasm_layer {
+        if !args.files.is_empty() {
+            bail!("--file: a Wasm-layer image holds only the module");
+        }
+        let Some(module) = &args.module else {
+            bail!("--wasm-layer needs --module");
+        };
+        let mut b = ImageBuilder::wasm_layer(&args.reference, read(module)?)
+            .layer_media_type(&args.layer_media_type);
+        if let Some(path) = args
+            .module_path
+            .clone()
+            .or_else(|| args.entrypoint.first().cloned())
+        {
+            b = b.module(&path, read(module)?);
+        }
+        for kv in &args.env {
+            b = b.env(kv);
+        }
+        b
     } else {
         let mut b = ImageBuilder::image(&args.reference);
         if let Some(module) = &args.module {
@@ -338,7 +372,7 @@ fn build(args: BuildArgs) -> Result<()> {
         print_json(&json!({
             "reference": layout.reference,
             "out": args.out,
-            "form": if args.artifact { "artifact" } else { "image" },
+            "form": layout.form.name(),
             "platform": args.platform.to_string(),
             "manifest_digest": layout.manifest_digest,
             "config_digest": layout.config_digest,
@@ -474,8 +508,8 @@ fn with_progress<T>(label: &str, f: impl FnOnce() -> T) -> T {
 }
 
 /// Exports `reference` from containerd with `ctr images export`, finds its module (the
-/// entrypoint of a plain image, the `application/wasm` layer of an artifact) and writes it
-/// to `dir/module.wasm`. Returns the file and where the module was found.
+/// entrypoint in a plain image's rootfs, else the Wasm layer a container runs, as
+/// [`Archive::module`] says) and writes it to `dir/module.wasm`. Returns the file and where the module was found.
 fn module_of_image(
     args: &PrecompileArgs,
     reference: &str,

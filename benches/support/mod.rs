@@ -105,6 +105,7 @@ pub fn run_container(
     let req = SpawnRequest {
         id: name.to_string(),
         module_name: plan.args[0].clone(),
+        module_hash: None,
         policy: None,
         pid_namespace: *pid_namespace,
         into_cgroup: false,

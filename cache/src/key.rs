@@ -121,6 +121,41 @@ impl ModuleHash {
         h.update_rayon(data);
         ModuleHash(*h.finalize().as_bytes())
     }
+
+    /// Lower-case hex (64 digits), the form a spawn request carries.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl FromStr for ModuleHash {
+    type Err = Error;
+
+    /// 64 hex digits, as [`ModuleHash::to_hex`] writes them.
+    fn from_str(s: &str) -> Result<ModuleHash, Error> {
+        s.parse::<Key>().map(|k| ModuleHash(k.0))
+    }
+}
+
+/// A module's hash computed piece by piece, for bytes that arrive in chunks (a layer read
+/// from containerd's content store). Same result as [`ModuleHash::of_bytes`] on the whole.
+#[derive(Default)]
+pub struct ModuleHasher(blake3::Hasher);
+
+impl fmt::Debug for ModuleHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ModuleHasher")
+    }
+}
+
+impl ModuleHasher {
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.0.update(chunk);
+    }
+
+    pub fn finalize(&self) -> ModuleHash {
+        ModuleHash(*self.0.finalize().as_bytes())
+    }
 }
 
 /// The identity of a cache entry. `Display` is 64 lower-case hex digits.
@@ -248,6 +283,20 @@ mod tests {
             ],
             cpu_features: vec!["sse4.2".into(), "avx2".into()],
         }
+    }
+
+    #[test]
+    fn module_hash_in_pieces_and_hex_round_trip() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let mut h = ModuleHasher::default();
+        for chunk in data.chunks(4093) {
+            h.update(chunk);
+        }
+        let whole = ModuleHash::of_bytes(&data);
+        assert_eq!(h.finalize(), whole);
+        assert_eq!(whole.to_hex().parse::<ModuleHash>().unwrap(), whole);
+        assert!("abc".parse::<ModuleHash>().is_err());
+        assert!("g".repeat(64).parse::<ModuleHash>().is_err());
     }
 
     /// Pins the key format: if this changes, every node's cache is invalidated on upgrade, so it

@@ -23,7 +23,8 @@ pub use config::{CacheConfig, Clock, WaitHook};
 pub use error::{BoxError, Error, ForKey, Result};
 pub use failures::{recent_failures, Failure, FailureCause, FAILURE_MAX};
 pub use key::{
-    Fingerprint, HashThreads, Key, ModuleHash, KEY_CONTEXT, KEY_FORMAT_VERSION, RAYON_THRESHOLD,
+    Fingerprint, HashThreads, Key, ModuleHash, ModuleHasher, KEY_CONTEXT, KEY_FORMAT_VERSION,
+    RAYON_THRESHOLD,
 };
 pub use lock::KeyLock;
 pub use maintenance::{EntryInfo, GcReport, VerifyReport, MEMO_MAX_AGE};

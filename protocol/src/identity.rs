@@ -141,19 +141,22 @@ pub fn live_shims(state_root: &Path, shim_binary: &str) -> Vec<(PathBuf, ShimSta
         return found;
     };
     for d in dirs.flatten() {
-        let path = d.path().join(STATE_FILE);
-        let Some(state) = read_state(&path) else {
-            continue;
-        };
-        let exe = std::fs::read_link(format!("/proc/{}/exe", state.pid)).unwrap_or_default();
-        let name = exe.file_name().unwrap_or_default().to_string_lossy();
-        // A replaced binary reads as `<path> (deleted)`.
-        if name == shim_binary || name.strip_suffix(" (deleted)") == Some(shim_binary) {
+        if let Some(state) = live_shim(&d.path(), shim_binary) {
             found.push((d.path(), state));
         }
     }
     found.sort_by_key(|(_, s)| s.pid);
     found
+}
+
+/// The state of the run directory `dir` if its shim (a process running `shim_binary`) is
+/// alive; `None` for a dead shim's directory or one without a (readable) state file.
+pub fn live_shim(dir: &Path, shim_binary: &str) -> Option<ShimState> {
+    let state = read_state(&dir.join(STATE_FILE))?;
+    let exe = std::fs::read_link(format!("/proc/{}/exe", state.pid)).unwrap_or_default();
+    let name = exe.file_name().unwrap_or_default().to_string_lossy();
+    // A replaced binary reads as `<path> (deleted)`.
+    (name == shim_binary || name.strip_suffix(" (deleted)") == Some(shim_binary)).then_some(state)
 }
 
 fn read_state(path: &Path) -> Option<ShimState> {

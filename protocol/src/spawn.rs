@@ -33,6 +33,13 @@ pub struct SpawnRequest {
     /// The module as the container names it (`process.args[0]`), for messages. The module
     /// itself is the descriptor [`SpawnFds::module`], opened by the shim inside the rootfs.
     pub module_name: String,
+    /// The module's blake3 hash (64 hex digits, the cache's `ModuleHash`) when the shim
+    /// already knows it: a module read from an image's Wasm layer, which the shim hashed
+    /// while copying it into the sealed memory file it sends (`src/image_layers.rs`). The
+    /// runner then does not hash it. `None`: the runner hashes the file (memoised by its
+    /// identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_hash: Option<String>,
     /// The compile policy a pod's annotation asked for, overriding the node's.
     pub policy: Option<Policy>,
     /// The pid namespace the process is born in.
@@ -208,6 +215,7 @@ mod tests {
         SpawnRequest {
             id: "c1".into(),
             module_name: "/app.wasm".into(),
+            module_hash: Some("ab".repeat(32)),
             policy: None,
             pid_namespace,
             into_cgroup,

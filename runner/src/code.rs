@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use wasmedge_aot_cache::{Cache, Fingerprint, HashThreads, Key};
+use wasmedge_aot_cache::{Cache, Fingerprint, HashThreads, Key, ModuleHash};
 use wasmedge_aot_engine::{fingerprint, Engine, Loaded, Options, Prepared};
 use wasmedge_aot_protocol::config::{Config, Policy};
 use wasmedge_aot_protocol::container::CacheOutcome;
@@ -175,7 +175,17 @@ impl Runner {
         };
         let path = fd_path(module);
         let t = Instant::now();
-        let hash = match cache.hash_module(&path) {
+        // A module from an image's Wasm layer comes with its hash: the shim computed it over
+        // the very bytes of the sealed memory file it sent (nothing can change them since),
+        // after checking them against the layer's digest. Anything else is hashed here.
+        let hash = match &req.module_hash {
+            Some(hex) => match hex.parse::<ModuleHash>() {
+                Ok(h) => Ok(h),
+                Err(e) => Err(format!("the shim's module hash {hex:?}: {e}")),
+            },
+            None => cache.hash_module(&path).map_err(|e| e.to_string()),
+        };
+        let hash = match hash {
             Ok(h) => h,
             Err(e) => return res.fallback(cannot("hash", &req.module_name, e)),
         };

@@ -301,7 +301,7 @@ impl Drop for Owned {
 
 /// Runs `ctr -a SOCK -n <namespace> ARGS` and returns (exit code, stdout, stderr).
 pub fn ctr_raw(ctd: &Containerd, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new("ctr")
+    let out = Command::new(&super::containerd_binary().ctr)
         .arg("-a")
         .arg(&ctd.address)
         .arg("-n")
@@ -318,7 +318,7 @@ pub fn ctr_raw(ctd: &Containerd, args: &[&str]) -> (Option<i32>, String, String)
 
 /// `ctr -n NS ARGS`, for namespaces other than [`namespace`] (CRI uses `k8s.io`).
 fn ctr_ns(ctd: &Containerd, ns: &str, args: &[&str]) -> std::process::Output {
-    Command::new("ctr")
+    Command::new(&super::containerd_binary().ctr)
         .arg("-a")
         .arg(&ctd.address)
         .arg("-n")

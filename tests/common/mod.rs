@@ -226,6 +226,150 @@ pub struct RunResult {
     pub elapsed: Duration,
 }
 
+/// The containerd under test. `WASMEDGE_SHIM_CONTAINERD` names its binary (`scripts/test.sh`
+/// runs the tests that talk to containerd a second time with containerd 2.x); otherwise it
+/// is `containerd` on PATH. `ctr` is the one beside that binary, else the one on PATH: each
+/// containerd is driven by its own client, as a user of that version would.
+#[derive(Debug)]
+pub struct ContainerdBinary {
+    pub containerd: PathBuf,
+    pub ctr: PathBuf,
+    /// The major version `containerd --version` reports: 1 reads config `version = 2`, 2
+    /// reads `version = 3`.
+    pub major: u64,
+}
+
+impl ContainerdBinary {
+    /// The directory of the containerd binary, where its runc shim is too.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.containerd
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+}
+
+/// The environment variable that names the containerd binary under test.
+pub const CONTAINERD_ENV: &str = "WASMEDGE_SHIM_CONTAINERD";
+
+pub fn containerd_binary() -> &'static ContainerdBinary {
+    static BINARY: OnceLock<ContainerdBinary> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let containerd = std::env::var_os(CONTAINERD_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("containerd"));
+        let beside = containerd.parent().map(|d| d.join("ctr"));
+        let ctr = beside
+            .filter(|c| c.is_file())
+            .unwrap_or_else(|| PathBuf::from("ctr"));
+        let out = Command::new(&containerd)
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("{} --version: {e}", containerd.display()));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let major = wasmedge_shimctl::install::parse_containerd_major(&text).unwrap_or_else(|| {
+            panic!(
+                "no version in `{} --version`: {text:?}",
+                containerd.display()
+            )
+        });
+        eprintln!(
+            "containerd under test: {} ({})",
+            containerd.display(),
+            text.trim()
+        );
+        ContainerdBinary {
+            containerd,
+            ctr,
+            major,
+        }
+    })
+}
+
+/// The config of a private containerd in `dir`: its own root, state and sockets, debug logs,
+/// the runtime registered, and with `cri` the CRI plugin with CNI in `dir/cni`. Layout
+/// `version = 2` for containerd 1.x, `version = 3` for 2.x (whose CRI plugin is split into
+/// `io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime`).
+fn containerd_config(dir: &Path, address: &Path, cri: bool) -> String {
+    let d = dir.display();
+    let common = format!(
+        r#"root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{a}"
+[ttrpc]
+  address = "{a}.ttrpc"
+[debug]
+  level = "debug"
+"#,
+        a = address.display(),
+    );
+    if containerd_binary().major < 2 {
+        let cri_config = if cri {
+            format!(
+                r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  sandbox_image = "registry.k8s.io/pause:3.8"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmedge]
+      runtime_type = "{RUNTIME}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/net.d"
+"#
+            )
+        } else {
+            format!(
+                r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmedge]
+  runtime_type = "{RUNTIME}"
+"#
+            )
+        };
+        return format!("version = 2\n{common}{cri_config}");
+    }
+    // 2.x: NRI is on by default and listens on one system-wide socket; every test containerd
+    // would fight for it, and none uses it. The `opt` plugin's directory is ours too.
+    let disabled = if cri {
+        r#"["io.containerd.nri.v1.nri"]"#
+    } else {
+        r#"["io.containerd.nri.v1.nri", "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"]"#
+    };
+    let cri_config = if cri {
+        format!(
+            r#"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "registry.k8s.io/pause:3.8"
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wasmedge]
+    runtime_type = "{RUNTIME}"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{d}/cni/bin"]
+    conf_dir = "{d}/cni/net.d"
+"#
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"version = 3
+disabled_plugins = {disabled}
+{common}[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+{cri_config}"#
+    )
+}
+
 static SHARED: OnceLock<Containerd> = OnceLock::new();
 
 /// The containerd shared by the tests of this binary, started on first use and shut down
@@ -298,55 +442,18 @@ impl Containerd {
             )
             .unwrap();
         }
-        let cri_config = if cri {
-            format!(
-                r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  restrict_oom_score_adj = true
-  sandbox_image = "registry.k8s.io/pause:3.8"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmedge]
-      runtime_type = "{RUNTIME}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/cni/bin"
-    conf_dir = "{d}/cni/net.d"
-"#,
-                d = dir.display()
-            )
-        } else {
-            format!(
-                r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmedge]
-  runtime_type = "{RUNTIME}"
-"#
-            )
-        };
-        let config = format!(
-            r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-{cri_config}
-[grpc]
-  address = "{a}"
-[ttrpc]
-  address = "{a}.ttrpc"
-[debug]
-  level = "debug"
-"#,
-            d = dir.display(),
-            a = address.display(),
-        );
+        let config = containerd_config(&dir, &address, cri);
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        // The containerd under test finds its own runc shim first (2.x ships one of its own).
+        let binary = containerd_binary();
         let path = format!(
-            "{}:{}",
+            "{}:{}:{}",
             bin_dir.display(),
+            binary.bin_dir().display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut cmd = Command::new("containerd");
+        let mut cmd = Command::new(&binary.containerd);
         cmd.arg("--config")
             .arg(dir.join("config.toml"))
             .env("PATH", path)
@@ -376,7 +483,7 @@ state = "{d}/state"
 
     /// Runs `ctr -a SOCK -n <namespace> args...`.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
+        Command::new(&containerd_binary().ctr)
             .arg("-a")
             .arg(&self.address)
             .arg("-n")
@@ -481,7 +588,7 @@ state = "{d}/state"
     /// Runs `ctr -a SOCK -n <namespace> args...` to its end, timing it.
     fn ctr_timed(&self, args: &[String], timeout: Option<Duration>, id: &str) -> RunResult {
         let started = Instant::now();
-        let mut child = Command::new("ctr")
+        let mut child = Command::new(&containerd_binary().ctr)
             .arg("-a")
             .arg(&self.address)
             .arg("-n")
@@ -568,7 +675,7 @@ state = "{d}/state"
     /// `ctr events`: what containerd publishes from now on, until the returned value is
     /// dropped.
     pub fn events(&self) -> Events {
-        let mut child = Command::new("ctr")
+        let mut child = Command::new(&containerd_binary().ctr)
             .arg("-a")
             .arg(&self.address)
             .arg("events")
@@ -814,7 +921,7 @@ pub fn temp_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
 impl Containerd {
     /// Runs `ctr -a SOCK -n NS args...` in a namespace of our choice (CRI uses `k8s.io`).
     pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Output {
-        Command::new("ctr")
+        Command::new(&containerd_binary().ctr)
             .arg("-a")
             .arg(&self.address)
             .arg("-n")
