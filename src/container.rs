@@ -260,7 +260,7 @@ impl Container {
                 }
             }
         }
-        let module = match entrypoint(&spec, &rootfs) {
+        let module = match probe_entrypoint(&spec, &rootfs).await {
             Entrypoint::Wasm(file) => Ok(Some(Module { file, hash: None })),
             Entrypoint::Missing(argv0) => c.layer_module(&argv0, ctx).await,
             Entrypoint::Linux => Ok(None),
@@ -891,26 +891,52 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<Option<File>, S
     Ok(Some(File::from(reopened)))
 }
 
+/// How long the shim waits for a look at a container's entrypoint.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`entrypoint`], on a thread of its own: the rootfs may be a lazily pulled snapshot (a
+/// FUSE file system that fetches a file's bytes from a registry when it is first read), and
+/// the shim's one thread serves every container of the node. An entrypoint that cannot be
+/// looked at in [`PROBE_TIMEOUT`] is runc's to run (runc's error then says why).
+async fn probe_entrypoint(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Entrypoint {
+    let Some(process) = spec.process() else {
+        return Entrypoint::Linux;
+    };
+    let Some(entry) = process.args().as_ref().and_then(|a| a.first()).cloned() else {
+        return Entrypoint::Linux;
+    };
+    let cwd = process.cwd().to_string_lossy().into_owned();
+    let rootfs = rootfs.to_owned();
+    let probe = tokio::task::spawn_blocking(move || entrypoint(&rootfs, &cwd, entry));
+    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => {
+            warn!("the look at an entrypoint failed: {e}");
+            Entrypoint::Linux
+        }
+        Err(_) => {
+            warn!(
+                "no look at the entrypoint in {} s: the container is runc's",
+                PROBE_TIMEOUT.as_secs()
+            );
+            Entrypoint::Linux
+        }
+    }
+}
+
 /// What runs the container's entrypoint (`process.args[0]`, resolved as the Wasm path
 /// resolves it: absolute, or relative to the working directory, inside the root): the Wasm
 /// path for a regular file that starts with Wasm's magic, runc for anything else (a Linux
 /// executable, a script, a name runc looks up on `PATH`, or nothing at all: runc's error
 /// then says what is missing).
-fn entrypoint(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Entrypoint {
-    let Some(process) = spec.process() else {
-        return Entrypoint::Linux;
-    };
-    let Some(entry) = process.args().as_ref().and_then(|a| a.first()) else {
-        return Entrypoint::Linux;
-    };
-    let cwd = process.cwd().to_string_lossy();
-    let cwd = if cwd.is_empty() { "/" } else { &cwd };
+fn entrypoint(rootfs: &Path, cwd: &str, entry: String) -> Entrypoint {
+    let cwd = if cwd.is_empty() { "/" } else { cwd };
     let Ok(root) = open_dir(rootfs) else {
         return Entrypoint::Linux;
     };
-    match open_module(&root, cwd, entry) {
+    match open_module(&root, cwd, &entry) {
         Ok(Some(module)) if has_wasm_magic(&module) => Entrypoint::Wasm(module),
-        Ok(None) => Entrypoint::Missing(entry.clone()),
+        Ok(None) => Entrypoint::Missing(entry),
         _ => Entrypoint::Linux,
     }
 }

@@ -15,7 +15,12 @@
 //! 3. `Content.Read` of that index and manifest, memoised by digest: a digest names the same
 //!    bytes forever, so a memo by digest is never stale (a re-tagged image has another
 //!    target, which step 2 sees at the next create);
-//! 4. the layer [`select`] picks: read once per shim into a sealed memory file.
+//! 4. if the manifest has Wasm layers, `Content.Read` of its config (memoised too): only a
+//!    config for the `wasm` architecture has its layers run, and only those its label names
+//!    if it names any ([`bound`]): CRI knows an image by its config's digest, and the name
+//!    it records may be another party's image with the same config;
+//! 5. the layer [`bound`] picks: read once per shim into a sealed memory file, one read at a
+//!    time.
 //!
 //! While it copies a layer into the memory file, the shim computes its sha256 (checked
 //! against the layer's digest and size: the bytes are the layer's, whatever the store held)
@@ -25,10 +30,12 @@
 //! does not hash either (ARCHITECTURE.md, "Images with Wasm layers", says why the cache key
 //! stays right).
 //!
-//! Bounds: an index or manifest up to [`MAX_MANIFEST_BYTES`], a module up to
-//! [`MAX_MODULE_BYTES`]; every request has a timeout, so a containerd that does not answer
-//! fails the create with a message instead of hanging it. Modules are kept up to
-//! [`MAX_KEPT_MODULES`] and [`MAX_KEPT_BYTES`] (least recently used out first).
+//! Bounds: an index, manifest or config up to [`MAX_MANIFEST_BYTES`], a module up to
+//! [`MAX_MODULE_BYTES`] (the copy is the shim's memory, outside every pod's limits); every
+//! request has a timeout, so a containerd that does not answer fails the create with a
+//! message instead of hanging it. Modules are kept up to [`MAX_KEPT_MODULES`] and
+//! [`MAX_KEPT_BYTES`] (least recently used out first), and only modules: bytes without
+//! Wasm's magic fail their create and are dropped.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -49,16 +56,23 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::time::{timeout, timeout_at, Instant};
 use wasmedge_aot_cache::{ModuleHash, ModuleHasher};
-use wasmedge_aot_protocol::wasm_layer::{select, Layer, SelectError, TITLE_ANNOTATION};
+use wasmedge_aot_protocol::wasm_layer::{
+    bound, select, ImageConfig, Layer, SelectError, LAYERS_LABEL, TITLE_ANNOTATION,
+};
 
 /// Most bytes of an image index or manifest (containerd's own limit for a manifest it
 /// fetches is 4 MiB).
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
-/// Most bytes of a module read from a Wasm layer.
-pub const MAX_MODULE_BYTES: u64 = 1 << 30;
-/// Modules kept in memory for later containers, by count and by total bytes.
+/// Most bytes of a module read from a Wasm layer. The copy is the shim's memory, outside
+/// every pod's limits, so it is bounded well below what a node has: the largest real
+/// programs measured (yosys, 28 MB) fit eight times over.
+pub const MAX_MODULE_BYTES: u64 = 256 << 20;
+/// Modules kept in memory for later containers, by count and by total bytes (a module over
+/// the total is used once and not kept).
 pub const MAX_KEPT_MODULES: usize = 16;
 pub const MAX_KEPT_BYTES: u64 = 256 << 20;
+/// The media type a config is parsed as (the memo tells configs from manifests by it).
+const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 /// Indexes and manifests kept, by digest.
 const MAX_KEPT_MANIFESTS: usize = 64;
 /// Connecting to containerd's socket.
@@ -142,6 +156,12 @@ impl LayerModule {
     pub fn open(&self) -> std::io::Result<File> {
         File::open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
+
+    fn has_wasm_magic(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut magic = [0u8; 4];
+        self.file.read_at(&mut magic, 0).is_ok_and(|n| n == 4) && magic == *b"\0asm"
+    }
 }
 
 /// A descriptor of the OCI image spec, with the fields used here.
@@ -163,11 +183,13 @@ struct Platform {
     architecture: String,
 }
 
-/// An image manifest or index: `layers` for the one, `manifests` for the other.
+/// An image manifest or index: `config` and `layers` for the one, `manifests` for the other.
 #[derive(Debug, Deserialize)]
 struct Manifest {
     #[serde(rename = "mediaType", default)]
     media_type: String,
+    #[serde(default)]
+    config: Option<Descriptor>,
     #[serde(default)]
     layers: Option<Vec<Descriptor>>,
     #[serde(default)]
@@ -179,8 +201,32 @@ struct Manifest {
 enum Parsed {
     /// An index: the manifest taken from it.
     Index(Descriptor),
-    /// A manifest: its layers.
-    Manifest(Arc<Vec<Layer>>),
+    /// A manifest: its layers and its config.
+    Manifest(Arc<ManifestInfo>),
+    /// An image config.
+    Config(Arc<ImageConfig>),
+}
+
+#[derive(Debug, Default)]
+struct ManifestInfo {
+    layers: Vec<Layer>,
+    /// `None` for the "manifest" of an index without a `wasm` platform.
+    config: Option<Descriptor>,
+}
+
+/// An image config, with the fields used here.
+#[derive(Debug, Deserialize)]
+struct ConfigBlob {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    config: Option<ConfigSection>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfigSection {
+    #[serde(rename = "Labels", default)]
+    labels: Option<HashMap<String, String>>,
 }
 
 /// The shim's reader of Wasm layers: one per shim (a shim serves one containerd namespace).
@@ -192,6 +238,8 @@ pub struct ImageLayers {
     parsed: Mutex<HashMap<String, Parsed>>,
     /// Most recently used last.
     modules: Mutex<Vec<Arc<LayerModule>>>,
+    /// Held while a layer is read (one at a time).
+    reading: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ImageLayers {
@@ -214,6 +262,7 @@ impl ImageLayers {
             channel: Mutex::new(None),
             parsed: Mutex::new(HashMap::new()),
             modules: Mutex::new(Vec::new()),
+            reading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -229,18 +278,35 @@ impl ImageLayers {
                 message: other.to_string(),
             },
         };
-        let layers = self.layers_of(&channel, &image).await.map_err(in_image)?;
-        let chosen = select(&layers, argv0).map_err(|e| match e {
-            SelectError::NoWasmLayer => LayerError::NoWasmLayer {
-                image: image.clone(),
-                source: e,
-            },
-            SelectError::Ambiguous { .. } => LayerError::Image {
-                image: image.clone(),
-                message: e.to_string(),
-            },
-        })?;
-        let layer = &layers[chosen];
+        let manifest = self.manifest_of(&channel, &image).await.map_err(in_image)?;
+        let select_err = |e: SelectError| match e {
+            SelectError::NoWasmLayer | SelectError::NotWasmPlatform { .. } => {
+                LayerError::NoWasmLayer {
+                    image: image.clone(),
+                    source: e,
+                }
+            }
+            SelectError::Ambiguous { .. } | SelectError::NotNamedByConfig { .. } => {
+                LayerError::Image {
+                    image: image.clone(),
+                    message: e.to_string(),
+                }
+            }
+        };
+        // A Linux image (no Wasm layer) costs no read of its config.
+        select(&manifest.layers, argv0).map_err(select_err)?;
+        let config = match &manifest.config {
+            Some(desc) => self.config(&channel, desc).await.map_err(in_image)?,
+            None => Arc::new(ImageConfig::default()),
+        };
+        let chosen = bound(&manifest.layers, argv0, &config).map_err(select_err)?;
+        let layer = &manifest.layers[chosen];
+        if let Some(m) = self.kept(&layer.digest) {
+            return Ok(m);
+        }
+        // One layer read at a time per shim: N containers of a new image wait for the first
+        // read and take its module, and the memory in flight is one module's at most.
+        let _reading = self.reading.lock().await;
         if let Some(m) = self.kept(&layer.digest) {
             return Ok(m);
         }
@@ -251,7 +317,10 @@ impl ImageLayers {
             m.digest,
             m.hash.to_hex()
         );
-        self.keep(m.clone());
+        // Bytes that are no module fail the create (its Wasm check) and are not kept.
+        if m.has_wasm_magic() {
+            self.keep(m.clone());
+        }
         Ok(m)
     }
 
@@ -309,12 +378,12 @@ impl ImageLayers {
         Ok(image)
     }
 
-    /// The layers of image `name`'s manifest (its manifest for `wasm` if it is an index).
-    async fn layers_of(
+    /// Image `name`'s manifest (its manifest for `wasm` if it is an index).
+    async fn manifest_of(
         &self,
         channel: &Channel,
         name: &str,
-    ) -> Result<Arc<Vec<Layer>>, LayerError> {
+    ) -> Result<Arc<ManifestInfo>, LayerError> {
         let call = format!("Images.Get {name}");
         let req = self.request(GetImageRequest {
             name: name.to_string(),
@@ -347,8 +416,14 @@ impl ImageLayers {
                     image: name.to_string(),
                     message: e.to_string(),
                 })? {
-                Parsed::Manifest(layers) => return Ok(layers),
+                Parsed::Manifest(m) => return Ok(m),
                 Parsed::Index(next) => desc = next,
+                Parsed::Config(_) => {
+                    return Err(LayerError::blob(
+                        &desc.digest,
+                        "an image config, not a manifest",
+                    ))
+                }
             }
         }
         Err(LayerError::Image {
@@ -357,13 +432,35 @@ impl ImageLayers {
         })
     }
 
-    /// What the index or manifest `desc` says, memoised by digest.
+    /// What image config `desc` says, memoised by digest.
+    async fn config(
+        &self,
+        channel: &Channel,
+        desc: &Descriptor,
+    ) -> Result<Arc<ImageConfig>, LayerError> {
+        match self
+            .parse(
+                channel,
+                &Descriptor {
+                    media_type: CONFIG_TYPE.to_string(),
+                    ..desc.clone()
+                },
+            )
+            .await?
+        {
+            Parsed::Config(c) => Ok(c),
+            _ => Err(LayerError::blob(&desc.digest, "not an image config")),
+        }
+    }
+
+    /// What the index, manifest or config `desc` says, memoised by digest and media type.
     async fn parse(&self, channel: &Channel, desc: &Descriptor) -> Result<Parsed, LayerError> {
+        let memo_key = format!("{} {}", desc.digest, desc.media_type == CONFIG_TYPE);
         if let Some(p) = self
             .parsed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&desc.digest)
+            .get(&memo_key)
         {
             return Ok(p.clone());
         }
@@ -379,13 +476,17 @@ impl ImageLayers {
             },
         )
         .await?;
-        let parsed = parse_manifest(&desc.media_type, &bytes)
-            .map_err(|message| LayerError::blob(&desc.digest, message))?;
+        let parsed = if desc.media_type == CONFIG_TYPE {
+            parse_config(&bytes)
+        } else {
+            parse_manifest(&desc.media_type, &bytes)
+        }
+        .map_err(|message| LayerError::blob(&desc.digest, message))?;
         let mut memo = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
         if memo.len() >= MAX_KEPT_MANIFESTS {
             memo.clear();
         }
-        memo.insert(desc.digest.clone(), parsed.clone());
+        memo.insert(memo_key, parsed.clone());
         Ok(parsed)
     }
 
@@ -522,7 +623,7 @@ impl ImageLayers {
         kept.retain(|k| k.digest != m.digest);
         kept.push(m);
         while kept.len() > MAX_KEPT_MODULES
-            || (kept.len() > 1 && kept.iter().map(|k| k.size).sum::<u64>() > MAX_KEPT_BYTES)
+            || kept.iter().map(|k| k.size).sum::<u64>() > MAX_KEPT_BYTES
         {
             kept.remove(0);
         }
@@ -547,9 +648,10 @@ fn parse_manifest(media_type: &str, bytes: &[u8]) -> Result<Parsed, String> {
             (Some(d), _) | (None, [d]) => Parsed::Index(d.clone()),
             // A multi-platform image with no wasm platform (a Linux image whose entrypoint
             // runc finds on PATH): no Wasm layer, so the container is a Linux one.
-            (None, _) => Parsed::Manifest(Arc::new(Vec::new())),
+            (None, _) => Parsed::Manifest(Arc::default()),
         });
     }
+    let config = m.config;
     let layers = m
         .layers
         .ok_or("an image manifest without layers")?
@@ -564,7 +666,20 @@ fn parse_manifest(media_type: &str, bytes: &[u8]) -> Result<Parsed, String> {
             size: d.size,
         })
         .collect();
-    Ok(Parsed::Manifest(Arc::new(layers)))
+    Ok(Parsed::Manifest(Arc::new(ManifestInfo { layers, config })))
+}
+
+/// An image config: its architecture and its [`LAYERS_LABEL`].
+fn parse_config(bytes: &[u8]) -> Result<Parsed, String> {
+    let c: ConfigBlob =
+        serde_json::from_slice(bytes).map_err(|e| format!("not an image config: {e}"))?;
+    Ok(Parsed::Config(Arc::new(ImageConfig {
+        architecture: c.architecture,
+        layers_label: c
+            .config
+            .and_then(|s| s.labels)
+            .and_then(|mut l| l.remove(LAYERS_LABEL)),
+    })))
 }
 
 /// The hex of a `sha256:<64 lower-case hex digits>` digest.
@@ -608,11 +723,12 @@ mod tests {
             "layers":[{"mediaType":"application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
                        "digest":"sha256:l","size":8,
                        "annotations":{"org.opencontainers.image.title":"app.wasm"}}]}"#;
-        let Parsed::Manifest(layers) = parse_manifest("", m).unwrap() else {
+        let Parsed::Manifest(m) = parse_manifest("", m).unwrap() else {
             panic!("not a manifest")
         };
+        assert_eq!(m.config.as_ref().unwrap().digest, "sha256:c");
         assert_eq!(
-            *layers,
+            m.layers,
             vec![Layer {
                 media_type: wasmedge_aot_protocol::wasm_layer::COMPONENT_LAYER.into(),
                 digest: "sha256:l".into(),
@@ -636,13 +752,35 @@ mod tests {
         let linux_only = br#"{"manifests":[
             {"digest":"sha256:a","size":1,"platform":{"os":"linux","architecture":"amd64"}},
             {"digest":"sha256:b","size":1,"platform":{"os":"linux","architecture":"arm64"}}]}"#;
-        let Parsed::Manifest(layers) = parse_manifest("", linux_only).unwrap() else {
+        let Parsed::Manifest(m) = parse_manifest("", linux_only).unwrap() else {
             panic!("a Linux index is no Wasm image")
         };
-        assert!(layers.is_empty());
+        assert!(m.layers.is_empty());
         assert!(parse_manifest("", b"[1,2]")
             .unwrap_err()
             .starts_with("not an image manifest or index: "));
+    }
+
+    #[test]
+    fn a_config_gives_its_architecture_and_its_layers_label() {
+        let c = br#"{"architecture":"wasm","os":"wasip1","config":{"Entrypoint":["/app.wasm"],
+            "Labels":{"io.wasmedge-aot-shim.wasm-layers":"sha256:m","other":"x"}},
+            "rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let Parsed::Config(c) = parse_config(c).unwrap() else {
+            panic!("not a config")
+        };
+        assert_eq!(
+            *c,
+            ImageConfig {
+                architecture: "wasm".into(),
+                layers_label: Some("sha256:m".into())
+            }
+        );
+        let Parsed::Config(c) = parse_config(br#"{"architecture":"amd64"}"#).unwrap() else {
+            panic!("not a config")
+        };
+        assert_eq!(c.layers_label, None);
+        assert!(parse_config(b"\"a string\"").is_err());
     }
 
     #[test]

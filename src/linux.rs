@@ -28,9 +28,10 @@
 //!   atomically. A sidecar and a Wasm container of one pod therefore share its loopback, its
 //!   IPC and its hostname.
 //!
-//! Files the shim writes for runc: `init.pid`, `<exec id>.pid` and runc's log in the
-//! bundle (containerd's directory for the task), exec process specs and console sockets in
-//! [`SCRATCH_DIR`].
+//! Files the shim writes for runc: `init.pid`, `exec-<exec id>.pid` (so that no exec id
+//! names `init.pid`, or the Wasm path's `wasm.pid` that `shim delete` reads) and runc's log
+//! in the bundle (containerd's directory for the task), exec process specs and console
+//! sockets in [`SCRATCH_DIR`].
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -433,7 +434,7 @@ impl Linux {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(exec_id);
-        let _ = std::fs::remove_file(self.bundle.join(format!("{exec_id}.pid")));
+        let _ = std::fs::remove_file(self.bundle.join(format!("exec-{exec_id}.pid")));
         Ok(exec)
     }
 
@@ -452,7 +453,7 @@ impl Linux {
         };
         // runc's client writes the process spec to a temporary file in XDG_RUNTIME_DIR.
         ensure_dir(Path::new(SCRATCH_DIR)).map_err(failed)?;
-        let pid_file = self.bundle.join(format!("{exec_id}.pid"));
+        let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
         let mut opts = ExecOpts::new().pid_file(&pid_file).detach(true);
         let socket = if exec.terminal {
             let s = ConsoleSocket::new().map_err(failed)?;

@@ -200,7 +200,7 @@ impl Shim for WasmEdgeShim {
                 host: HostSecurity::detect(),
                 publisher,
                 exit: self.exit.clone(),
-                unclaimed_exits: Mutex::new(HashMap::new()),
+                unclaimed_exits: Mutex::new(UnclaimedExits::default()),
                 phases: self.config.cache_dir.clone(),
                 grouping: self.config.grouping,
                 generation: AtomicU64::new(0),
@@ -280,7 +280,7 @@ struct Inner {
     publisher: RemotePublisher,
     exit: Arc<ExitSignal>,
     /// Exits reaped before their container knew its pid (a process that dies during create).
-    unclaimed_exits: Mutex<HashMap<i32, i32>>,
+    unclaimed_exits: Mutex<UnclaimedExits>,
     /// The cache whose layout holds the node-wide per-phase totals, see [`crate::phases`].
     phases: PathBuf,
     grouping: Grouping,
@@ -358,21 +358,36 @@ impl Inner {
         }
     }
 
+    fn unclaimed_mark(&self) -> u64 {
+        self.unclaimed_exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mark()
+    }
+
+    fn take_unclaimed(&self, pid: i32, since: u64) -> Option<i32> {
+        self.unclaimed_exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(pid, since)
+    }
+
     async fn on_exit(&self, pid: i32, code: i32) {
-        let container = self.containers().values().find(|c| c.pid == pid).cloned();
+        // A stopped container's pid may be a new process's now (an exec's, or another
+        // container's being created).
+        let container = self
+            .containers()
+            .values()
+            .find(|c| c.pid == pid && !matches!(c.status(), Status::Stopped { .. }))
+            .cloned();
         if container.is_none() && self.on_exec_exit(pid, code).await {
             return;
         }
         let Some(c) = container else {
-            let mut unclaimed = self
-                .unclaimed_exits
+            self.unclaimed_exits
                 .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            // Background compiles are re-parented to the shim too; their exits are noise.
-            if unclaimed.len() > 256 {
-                unclaimed.clear();
-            }
-            unclaimed.insert(pid, code);
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pid, code);
             return;
         };
         if c.set_exited(code) {
@@ -583,6 +598,7 @@ impl Task for TaskService {
             sandbox: &sandbox,
             layers: &inner.layers,
         };
+        let since = inner.unclaimed_mark();
         let (container, oom) = match Container::create(&req, &ctx).await {
             Ok((c, oom)) => (Arc::new(c), oom),
             Err(e) => {
@@ -611,12 +627,7 @@ impl Task for TaskService {
         if let Some(watch) = oom {
             tokio::spawn(publish_oom_kills(inner.clone(), req.id.clone(), watch));
         }
-        if let Some(code) = inner
-            .unclaimed_exits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&pid)
-        {
+        if let Some(code) = inner.take_unclaimed(pid, since) {
             container.set_exited(code);
         }
         let ev = TaskCreate {
@@ -650,15 +661,11 @@ impl Task for TaskService {
         let c = self.inner.get(&req.id)?;
         if !req.exec_id.is_empty() {
             let linux = self.inner.linux_of(&c)?;
+            let since = self.inner.unclaimed_mark();
             let pid = linux.start_exec(&c.id, &req.exec_id).await?;
             let exec = linux.exec(&c.id, &req.exec_id)?;
             // An exec that ended before its pid was known.
-            let early = self
-                .inner
-                .unclaimed_exits
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&pid);
+            let early = self.inner.take_unclaimed(pid, since);
             let ev = TaskExecStarted {
                 container_id: c.id.clone(),
                 exec_id: req.exec_id.clone(),
@@ -1019,5 +1026,73 @@ impl Task for TaskService {
             }
         }
         Ok(api::Empty::new())
+    }
+}
+
+/// Exits the reaper saw for no known process: a container's or an exec's process that
+/// ended before its pid was known, and the shim's own children (runc's commands, background
+/// compiles). Each is numbered, and a create or an exec takes only an exit numbered after it
+/// began: an older exit of the same pid was another process's, before the pid was reused.
+#[derive(Debug, Default)]
+struct UnclaimedExits {
+    next: u64,
+    /// pid → (exit code, number).
+    exits: HashMap<i32, (i32, u64)>,
+}
+
+impl UnclaimedExits {
+    /// Most exits kept; the oldest half goes beyond it (a process that ended during its
+    /// create is claimed within that create).
+    const MAX: usize = 256;
+
+    /// The number the next exit gets.
+    fn mark(&self) -> u64 {
+        self.next
+    }
+
+    fn insert(&mut self, pid: i32, code: i32) {
+        if self.exits.len() >= Self::MAX {
+            let keep_from = self.next.saturating_sub(Self::MAX as u64 / 2);
+            self.exits.retain(|_, (_, n)| *n >= keep_from);
+        }
+        self.exits.insert(pid, (code, self.next));
+        self.next += 1;
+    }
+
+    /// The exit code of `pid` if it exited at or after `since`.
+    fn take(&mut self, pid: i32, since: u64) -> Option<i32> {
+        match self.exits.remove(&pid) {
+            Some((code, n)) if n >= since => Some(code),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod unclaimed_tests {
+    use super::UnclaimedExits;
+
+    #[test]
+    fn an_exit_before_the_mark_is_another_process_of_the_same_pid() {
+        let mut u = UnclaimedExits::default();
+        u.insert(42, 0); // a runc command's exit
+        let since = u.mark();
+        assert_eq!(u.take(42, since), None, "older than the create");
+        u.insert(42, 7); // the new process of pid 42
+        assert_eq!(u.take(42, since), Some(7));
+        assert_eq!(u.take(42, since), None, "taken once");
+    }
+
+    #[test]
+    fn the_map_stays_bounded_and_keeps_the_newest() {
+        let mut u = UnclaimedExits::default();
+        for pid in 0..10_000 {
+            u.insert(pid, 1);
+        }
+        assert!(u.exits.len() <= UnclaimedExits::MAX);
+        let since = u.mark();
+        u.insert(5, 3);
+        assert_eq!(u.take(9_999, 0), Some(1), "the newest are kept");
+        assert_eq!(u.take(5, since), Some(3));
     }
 }

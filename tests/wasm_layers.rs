@@ -9,7 +9,7 @@ mod common;
 
 use common::images::{self, archive, ctr_raw, Archive};
 use common::{containerd, create_outcome, fixture, unique_probe, Containerd, Rootfs, Run};
-use wasmedge_shimctl::image::ImageBuilder;
+use wasmedge_shimctl::image::{ImageBuilder, Platform};
 
 /// A copy of probe.wasm no other test runs (its own cache key), as a Wasm-layer image.
 fn unique_layer_image(tag: &str) -> (Archive, Vec<u8>) {
@@ -183,6 +183,24 @@ fn a_module_in_neither_rootfs_nor_layer_fails_the_create_with_the_reason() {
         out.stderr
     );
     ctd.remove("layer-none");
+    // A Wasm layer under a Linux image's config (someone's manifest adding a module to a
+    // Linux image, which CRI may name by the Linux image's tag): never run, the container
+    // is runc's.
+    let linux_config = archive(
+        "layer-linux-config.tar",
+        ImageBuilder::wasm_layer(
+            "localhost/wasmedge-tests/layer-linux-config:v1",
+            std::fs::read(fixture("probe.wasm")).unwrap(),
+        )
+        .platform(Platform::linux_amd64()),
+    );
+    ctd.import_image(&linux_config);
+    fails(
+        "layer-linux-config",
+        Some(&linux_config.reference),
+        None,
+        "exec: \"/app.wasm\": stat /app.wasm: no such file or directory",
+    );
     // A container made from a directory has no image to read a layer of: the same.
     let empty = Rootfs::with(&[]);
     fails(

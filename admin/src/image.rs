@@ -56,10 +56,11 @@ use wasmedge_aot_protocol::wasm_layer::{self, TITLE_ANNOTATION};
 pub const WASM_LAYER_MEDIA_TYPE: &str = wasm_layer::WASM_LAYER;
 /// Media type of the module layer of a Wasm-layer image, by default (runwasi's).
 pub const COMPONENT_LAYER_MEDIA_TYPE: &str = wasm_layer::COMPONENT_LAYER;
-/// The label that makes the config of a Wasm-layer image unique to its module: without
-/// files in `rootfs.diff_ids`, two such images would share one config, and the CRI plugin
-/// names an image by its config's digest (runwasi adds a label for the same reason).
-pub const WASM_LAYERS_LABEL: &str = "io.wasmedge-aot-shim.wasm-layers";
+/// The label that makes the config of a Wasm-layer image unique to its module and binds it
+/// to it: without files in `rootfs.diff_ids`, two such images would share one config, and
+/// the CRI plugin names an image by its config's digest; the shim runs only a layer the
+/// label names (`wasm_layer::bound`).
+pub const WASM_LAYERS_LABEL: &str = wasm_layer::LAYERS_LABEL;
 /// Media type of the config of a Wasm artifact.
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
 /// The annotation `ctr images import` takes the image name from.

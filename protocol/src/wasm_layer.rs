@@ -19,6 +19,17 @@
 //!
 //! A module that argv[0] names in the rootfs always wins: a plain image (or a Wasm-layer
 //! image that also ships files) keeps argv[0]'s meaning.
+//!
+//! And two conditions, because containerd's CRI plugin knows an image by its config's digest
+//! and merges every image whose config has that digest under one name, whose manifest (and
+//! so whose layers) may be another party's ([`bound`]):
+//!
+//! 4. only an image whose config is a Wasm platform's (architecture `wasm`) has its Wasm
+//!    layers run: a Linux image's config never does, so a manifest that adds a Wasm layer to
+//!    a Linux image's config and layers cannot turn that image's containers into a module;
+//! 5. a config that names its Wasm layers ([`LAYERS_LABEL`], which `wasmedge-shimctl image
+//!    build` writes) only ever runs one of those: a manifest with another layer under the
+//!    same config is refused.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +39,12 @@ pub const COMPONENT_LAYER: &str = "application/vnd.bytecodealliance.wasm.compone
 pub const WASM_LAYER: &str = "application/wasm";
 /// The layer annotation that names a layer's file (OCI image spec, pre-defined keys).
 pub const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
+/// The image config label naming, comma-separated, the digests (`sha256:<hex>`) of the
+/// image's Wasm layers: it binds the config, which is the image's identity in CRI, to its
+/// modules, and makes the configs of two images with different modules differ.
+pub const LAYERS_LABEL: &str = "io.wasmedge-aot-shim.wasm-layers";
+/// The architecture of a Wasm image's config (platform `wasip1/wasm`, `wasi/wasm`).
+pub const WASM_ARCHITECTURE: &str = "wasm";
 
 /// Whether a layer of `media_type` is a Wasm module itself (not a tar of files).
 pub fn is_wasm_layer(media_type: &str) -> bool {
@@ -58,6 +75,45 @@ pub enum SelectError {
         name: String,
         digests: String,
     },
+    #[error(
+        "its config is for architecture {architecture:?}, not {WASM_ARCHITECTURE:?}: its Wasm \
+         layers are not run"
+    )]
+    NotWasmPlatform { architecture: String },
+    #[error(
+        "Wasm layer {digest} is not one its config names (label {LAYERS_LABEL}: {named}): \
+         another image's manifest under the same config?"
+    )]
+    NotNamedByConfig { digest: String, named: String },
+}
+
+/// What [`bound`] needs of an image config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub architecture: String,
+    /// Its [`LAYERS_LABEL`], if any.
+    pub layers_label: Option<String>,
+}
+
+/// The index in `layers` of the module a container with `argv0` runs, for an image whose
+/// config is `config`: [`select`], then rules 4 and 5 of the module docs.
+pub fn bound(layers: &[Layer], argv0: &str, config: &ImageConfig) -> Result<usize, SelectError> {
+    let chosen = select(layers, argv0)?;
+    if config.architecture != WASM_ARCHITECTURE {
+        return Err(SelectError::NotWasmPlatform {
+            architecture: config.architecture.clone(),
+        });
+    }
+    if let Some(named) = &config.layers_label {
+        let digest = &layers[chosen].digest;
+        if !named.split(',').any(|d| d.trim() == digest) {
+            return Err(SelectError::NotNamedByConfig {
+                digest: digest.clone(),
+                named: named.clone(),
+            });
+        }
+    }
+    Ok(chosen)
 }
 
 /// The index in `layers` of the module a container with `argv0` runs (see the module docs).
@@ -128,6 +184,47 @@ mod tests {
             e.to_string(),
             "the image has 2 Wasm layers and none or several are titled \"c.wasm\" \
              (annotation org.opencontainers.image.title); their digests: sha256:a, sha256:b"
+        );
+    }
+
+    #[test]
+    fn only_a_wasm_config_runs_layers_and_only_those_its_label_names() {
+        let layers = [
+            layer("application/vnd.oci.image.layer.v1.tar", "sha256:t", None),
+            layer(COMPONENT_LAYER, "sha256:m", None),
+        ];
+        let wasm = |label: Option<&str>| ImageConfig {
+            architecture: "wasm".into(),
+            layers_label: label.map(Into::into),
+        };
+        assert_eq!(bound(&layers, "/app.wasm", &wasm(None)), Ok(1));
+        assert_eq!(bound(&layers, "/app.wasm", &wasm(Some("sha256:m"))), Ok(1));
+        assert_eq!(
+            bound(&layers, "/app.wasm", &wasm(Some("sha256:x, sha256:m"))),
+            Ok(1)
+        );
+        assert_eq!(
+            bound(&layers, "/app.wasm", &wasm(Some("sha256:x"))),
+            Err(SelectError::NotNamedByConfig {
+                digest: "sha256:m".into(),
+                named: "sha256:x".into()
+            })
+        );
+        // A Linux image's config with a Wasm layer added to its manifest.
+        let linux = ImageConfig {
+            architecture: "amd64".into(),
+            layers_label: None,
+        };
+        assert_eq!(
+            bound(&layers, "envoy", &linux),
+            Err(SelectError::NotWasmPlatform {
+                architecture: "amd64".into()
+            })
+        );
+        // No Wasm layer stays that, whatever the config.
+        assert_eq!(
+            bound(&layers[..1], "/app.wasm", &wasm(None)),
+            Err(SelectError::NoWasmLayer)
         );
     }
 

@@ -177,13 +177,14 @@ impl Runner {
         let t = Instant::now();
         // A module from an image's Wasm layer comes with its hash: the shim computed it over
         // the very bytes of the sealed memory file it sent (nothing can change them since),
-        // after checking them against the layer's digest. Anything else is hashed here.
+        // after checking them against the layer's digest. The hash is taken only for a file
+        // whose seals say so; anything else is hashed here.
         let hash = match &req.module_hash {
-            Some(hex) => match hex.parse::<ModuleHash>() {
+            Some(hex) if is_sealed(module) => match hex.parse::<ModuleHash>() {
                 Ok(h) => Ok(h),
                 Err(e) => Err(format!("the shim's module hash {hex:?}: {e}")),
             },
-            None => cache.hash_module(&path).map_err(|e| e.to_string()),
+            _ => cache.hash_module(&path).map_err(|e| e.to_string()),
         };
         let hash = match hash {
             Ok(h) => h,
@@ -336,4 +337,11 @@ impl Resolution {
 /// The warning of a cache step that failed for `module`, which then runs in the interpreter.
 fn cannot(what: &str, module: &str, e: impl std::fmt::Display) -> String {
     format!("cannot {what} {module}: {e}; running it in the interpreter")
+}
+
+/// Whether `module` is a memory file sealed against every change of its bytes.
+fn is_sealed(module: impl std::os::fd::AsFd) -> bool {
+    use rustix::fs::SealFlags;
+    rustix::fs::fcntl_get_seals(module)
+        .is_ok_and(|s| s.contains(SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK))
 }
