@@ -31,7 +31,7 @@ run() {
 }
 run "phase-warm-$$" # compiles the module and starts the node shim and its runner
 for i in $(seq "$n"); do run "phase-$$-$i"; done
-grep -o "container phase-$$-[0-9]*: [^\"]*" "$log" | tail -n "$n" | python3 -c '
+grep -o "container phase-$$-[0-9]*: cgroup [^\"]*" "$log" | tail -n "$n" | tee "${PHASES_LINES:-/dev/null}" | python3 -c '
 import re, statistics, sys
 rows = [dict((k, int(v)) for k, v in re.findall(r"([a-z][a-z ]*?) (\d+) µs", l.split(": ", 1)[1]))
         for l in sys.stdin]

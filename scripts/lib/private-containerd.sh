@@ -28,11 +28,11 @@ TOML
 
 pcd_stop() {
   if [ -n "$pcd_pid" ]; then
-    kill "$pcd_pid" 2>/dev/null && wait "$pcd_pid" 2>/dev/null
+    # Callers run under `set -e`: neither a gone process nor its signal status is an error.
+    kill "$pcd_pid" 2>/dev/null && wait "$pcd_pid" 2>/dev/null || true
     pcd_pid=
   fi
-  pkill -f "containerd-shim-wasmedge-v1 -namespace $pcd_ns .*-address $pcd_sock" 2>/dev/null
-  return 0
+  pkill -f "containerd-shim-wasmedge-v1 -namespace $pcd_ns .*-address $pcd_sock" 2>/dev/null || true
 }
 
 pcd_start() {
