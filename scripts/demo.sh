@@ -17,7 +17,7 @@ tests/fixtures/build.sh "$fixtures"
 pcd_init "$(mktemp -d /tmp/wasmedge-demo.XXXXXX)" demo "$bin"
 work=$pcd_work sock=$pcd_sock ns=$pcd_ns
 cleanup() {
-  ctr -a "$sock" -n "$ns" task kill -s SIGKILL demo-hello >/dev/null 2>&1
+  ctr -a "$sock" -n "$ns" task kill -s SIGKILL demo-hello >/dev/null 2>&1 || true
   pcd_cleanup
 }
 trap cleanup EXIT
