@@ -26,7 +26,7 @@ use crate::cgroup::OomWatch;
 use crate::error::ShimError;
 use crate::image_layers::LayerError;
 use crate::linux::Linux;
-use crate::pod::{names_process_namespace, PodNamespaces, Shared};
+use crate::pod::{check_pod_namespace_path, names_process_namespace, PodNamespaces, Shared};
 use crate::runner::{Control, Runner};
 use crate::spec::{self, ContainerSpec, HostSecurity, IdMaps, Ns};
 
@@ -259,6 +259,12 @@ impl Container {
                     return Err(e.into());
                 }
             }
+        }
+        // Before either path: a Linux container's cgroup is runc's to make, from the same
+        // field, and must not land outside the pod's either.
+        if let Err(e) = spec::cgroups_path(&spec) {
+            c.cleanup();
+            return Err(ShimError::create(&id, "spec")(e));
         }
         let module = match probe_entrypoint(&spec, &rootfs).await {
             Entrypoint::Wasm(file) => Ok(Some(Module { file, hash: None })),
@@ -816,6 +822,9 @@ fn namespaces(
             continue;
         }
         let path = joins.next().ok_or("a namespace to join without its path")?;
+        if cs.sandbox_id.is_some() {
+            check_pod_namespace_path(&path, shim)?;
+        }
         if ns.kind == NamespaceKind::User && path.starts_with(format!("/proc/{shim}")) {
             // CRI naming the pod's user namespace: the sandbox holds none (see spec::sandbox).
             return Err(format!(
@@ -834,6 +843,9 @@ fn namespaces(
         kept.push(ns);
     }
     cs.plan.namespaces = kept;
+    if let (Ns::Join(path), Some(_)) = (&cs.pid, &cs.sandbox_id) {
+        check_pod_namespace_path(path, shim)?;
+    }
     let pid = match &cs.pid {
         Ns::Host => PidNs::Inherit,
         Ns::New => PidNs::New,

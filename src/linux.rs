@@ -54,7 +54,7 @@ use tokio::net::unix::pipe;
 
 use crate::container::{ProcessState, Status, StdioPaths};
 use crate::error::ShimError;
-use crate::pod::{names_process_namespace, PodNamespaces};
+use crate::pod::{check_pod_namespace_path, names_process_namespace, PodNamespaces};
 
 /// Where runc keeps the state of the shim's Linux containers, one directory per containerd
 /// namespace (`runc --root`).
@@ -548,6 +548,23 @@ fn join_pod_namespaces(
 ) -> Result<Vec<OwnedFd>, String> {
     let shim = std::process::id();
     let names_pod = |p: &Path| names_process_namespace(p, shim).is_some();
+    let in_pod = spec
+        .annotations()
+        .as_ref()
+        .is_some_and(|a| a.contains_key(crate::spec::SANDBOX_ID_ANNOTATION));
+    if in_pod {
+        for ns in spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(p) = ns.path() {
+                check_pod_namespace_path(p, shim)?;
+            }
+        }
+    }
     let any = spec
         .linux()
         .as_ref()

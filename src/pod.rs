@@ -146,6 +146,48 @@ impl Shared {
 
 /// Whether `path` names one of process `pid`'s namespaces (CRI's way to name a
 /// sandbox's), and which.
+/// Refuses, for a container of a pod, a `/proc/<pid>/ns/...` path of a process that is
+/// neither this shim nor one of its children: CRI names a pod's namespaces by its sandbox's
+/// pid, which is this shim's when this shim serves the sandbox (a pod's containers follow
+/// their sandbox's shim), and a target container's (`kubectl debug --target`) by that
+/// container's process, this shim's child (a Wasm process, or a runc container's init,
+/// re-parented to the shim as its subreaper). Any other pid is a sandbox whose shim is gone,
+/// and that pid may be anyone's by now (the host's namespaces, another pod's).
+pub fn check_pod_namespace_path(path: &Path, shim: u32) -> Result<(), String> {
+    let Ok(rest) = path.strip_prefix("/proc") else {
+        return Ok(());
+    };
+    let mut parts = rest.components();
+    let pid = parts
+        .next()
+        .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok());
+    match (pid, parts.next()) {
+        (Some(pid), Some(ns))
+            if ns.as_os_str() == "ns" && pid != shim && parent_of(pid) != Some(shim) =>
+        {
+            Err(format!(
+                "{} names the namespaces of process {pid}, neither this shim ({shim}), which \
+                 serves the pod's containers, nor one of its containers: the pod's sandbox is \
+                 served by no live shim",
+                path.display()
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The parent pid of process `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses, possibly with spaces): state, then ppid.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 pub fn names_process_namespace(path: &Path, pid: u32) -> Option<Shared> {
     let rest = path.strip_prefix(format!("/proc/{pid}/ns")).ok()?;
     [Shared::Network, Shared::Ipc, Shared::Uts, Shared::Pid]
@@ -320,5 +362,29 @@ mod tests {
             .unwrap()
         });
         assert_eq!(seen, ("pod-a".to_string(), "1234\n".to_string()));
+    }
+
+    #[test]
+    fn a_pods_container_joins_no_other_process_namespaces() {
+        assert!(check_pod_namespace_path(Path::new("/proc/42/ns/net"), 42).is_ok());
+        assert!(check_pod_namespace_path(Path::new("/var/run/netns/cni-1"), 42).is_ok());
+        let e = check_pod_namespace_path(Path::new("/proc/43/ns/net"), 42).unwrap_err();
+        assert!(
+            e.starts_with("/proc/43/ns/net names the namespaces of process 43"),
+            "{e}"
+        );
+        assert!(check_pod_namespace_path(Path::new("/proc/1/ns/pid"), 42).is_err());
+        assert!(check_pod_namespace_path(Path::new("/proc/self/ns/net"), 42).is_ok());
+        // A child of the shim (a container's process): `kubectl debug --target`.
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let path = format!("/proc/{}/ns/pid", child.id());
+        let joined = check_pod_namespace_path(Path::new(&path), me);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(joined.is_ok(), "{joined:?}");
     }
 }

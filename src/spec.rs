@@ -201,6 +201,34 @@ pub struct SandboxSpec {
 }
 
 /// Whether `spec` is a CRI pod sandbox (which runs no process here).
+/// `linux.cgroupsPath`, if any, as a cgroupfs path. The systemd driver's form
+/// (`slice:prefix:name`, which kubelet and CRI use with `cgroupDriver: systemd`) is refused:
+/// this runtime (and runc as it drives it) manages cgroups through cgroupfs, and would take
+/// that form for a directory's name outside the pod's slice, with none of its limits.
+pub fn cgroups_path(spec: &Spec) -> Result<Option<String>, SpecError> {
+    let Some(path) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.is_empty())
+    else {
+        return Ok(None);
+    };
+    let parts: Vec<&str> = path.split(':').collect();
+    if parts.len() == 3 && (parts[0].is_empty() || parts[0].ends_with(".slice")) {
+        return Err(unsupported(
+            "linux.cgroupsPath",
+            format!(
+                "{path:?} is a systemd cgroup driver's path (slice:prefix:name); this runtime \
+                 manages cgroups through cgroupfs: run the kubelet and containerd's CRI with \
+                 the cgroupfs driver (cgroupDriver: cgroupfs, SystemdCgroup = false)"
+            ),
+        ));
+    }
+    Ok(Some(path))
+}
+
 pub fn is_sandbox(spec: &Spec) -> bool {
     annotation(spec, CONTAINER_TYPE_ANNOTATION) == Some("sandbox")
 }
@@ -442,11 +470,7 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
         args,
         env: process.env().clone().unwrap_or_default(),
         cwd,
-        cgroup: linux
-            .cgroups_path()
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned())
-            .filter(|p| !p.is_empty()),
+        cgroup: cgroups_path(spec)?,
         namespaces: plan_ns,
         hostname,
         root: Root {

@@ -495,3 +495,29 @@ fn user_namespace_mappings_that_cannot_work_are_refused_naming_the_field() {
     s.set_linux(Some(linux));
     assert!(err(s).starts_with("linux.uidMappings: mappings without a user namespace"));
 }
+
+#[test]
+fn a_systemd_cgroup_path_is_refused_a_cgroupfs_path_kept() {
+    let with_path = |path: &str| {
+        let mut spec = spec_with(own_namespaces()).build().unwrap();
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_cgroups_path(Some(PathBuf::from(path)));
+        spec.set_linux(Some(linux));
+        spec
+    };
+    let systemd = with_path("kubepods-besteffort-pod1.slice:cri-containerd:c1");
+    let e = cgroups_path(&systemd).unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "linux.cgroupsPath: \"kubepods-besteffort-pod1.slice:cri-containerd:c1\" is a \
+             systemd cgroup driver's path"
+        ),
+        "{e}"
+    );
+    assert!(translate(systemd).is_err());
+    assert!(cgroups_path(&with_path(":cri-containerd:c1")).is_err());
+    assert_eq!(
+        cgroups_path(&with_path("/kubepods/besteffort/pod1/c1")).unwrap(),
+        Some("/kubepods/besteffort/pod1/c1".into())
+    );
+}
