@@ -57,6 +57,8 @@ const NODE_GROUP: &str = "wasmedge-node";
 /// How long an idle node-wide shim waits for new containers before it exits. Exiting at the
 /// instant the last task goes would race with a `start` that just found our socket alive.
 const NODE_IDLE_GRACE: Duration = Duration::from_secs(30);
+/// How long a create waits for the sweep of dead shims to be done with its id.
+const SWEEP_WAIT: Duration = Duration::from_secs(30);
 /// Where a node-wide shim keeps its working directory (it outlives the bundle it starts in)
 /// and its [`ShimState`].
 pub use wasmedge_aot_protocol::identity::STATE_ROOT;
@@ -172,6 +174,7 @@ impl Shim for WasmEdgeShim {
         // not start a runner or move out of the bundle.
         let serving = !socket_in_use(&self.socket);
         let mut state_dir = None;
+        let mut swept = crate::sweep::Pending::default();
         if serving {
             if let Err(e) = crate::logger::init(&self.id, Path::new("log"), self.debug) {
                 eprintln!("open shim log: {e}");
@@ -183,11 +186,11 @@ impl Shim for WasmEdgeShim {
                     Err(e) => warn!("node shim: {e}"),
                 }
                 // What dead node shims left: their containers' cgroups and mounts, and their
-                // run directories. Off the path of the first create.
-                let own = state_dir.clone();
-                tokio::task::spawn_blocking(move || {
-                    crate::sweep::dead_shims(Path::new(STATE_ROOT), own.as_deref())
-                });
+                // run directories. Off the path of the first create, but planned before it:
+                // a create of an id the sweep will go through waits for it (`sweep.rs`).
+                let sweep = crate::sweep::plan(Path::new(STATE_ROOT), state_dir.as_deref());
+                swept = sweep.pending();
+                tokio::task::spawn_blocking(move || sweep.run());
             }
         }
         let service = TaskService {
@@ -204,6 +207,7 @@ impl Shim for WasmEdgeShim {
                 phases: self.config.cache_dir.clone(),
                 grouping: self.config.grouping,
                 generation: AtomicU64::new(0),
+                swept,
                 state: state_dir.map(|dir| {
                     let state = ShimState {
                         pid: std::process::id(),
@@ -286,6 +290,9 @@ struct Inner {
     grouping: Grouping,
     /// Bumped by every create; an idle node shim exits only if none came during its grace.
     generation: AtomicU64,
+    /// The container ids the sweep of dead shims has yet to go through: a create of one
+    /// waits (see `sweep.rs`).
+    swept: crate::sweep::Pending,
     /// A node shim's run directory and what it publishes there for `wasmedge-shimctl check`.
     state: Option<(PathBuf, Mutex<ShimState>)>,
 }
@@ -579,6 +586,18 @@ impl Task for TaskService {
         let inner = &self.inner;
         if inner.get(&req.id).is_ok() {
             return Err(ShimError::AlreadyExists(req.id).into());
+        }
+        // A dead shim's record of a container of this id names this container's runc state,
+        // cgroup and rootfs too: the sweep must be done with it before the create begins.
+        if !inner.swept.wait(&req.id, SWEEP_WAIT).await {
+            return Err(ShimError::FailedPrecondition {
+                id: req.id.clone(),
+                message: format!(
+                    "a dead shim's container of this id is still being cleaned up after {} s",
+                    SWEEP_WAIT.as_secs()
+                ),
+            }
+            .into());
         }
         inner.generation.fetch_add(1, Ordering::SeqCst);
         crate::logger::attach_task(&req.id, Path::new(&req.bundle));
