@@ -45,7 +45,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
 use containerd_shim::monitor::{Subject, Topic};
-use log::{debug, warn};
+use log::debug;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use runc::options::{CreateOpts, DeleteOpts, ExecOpts, GlobalOpts, KillOpts};
 use runc::Runc;
@@ -277,10 +277,10 @@ impl Linux {
         let set_up = set_up.await;
         match set_up {
             Ok(pid) => Ok((linux, pid)),
-            Err(e) => {
-                linux.delete(a.id).await;
-                Err(e)
-            }
+            Err(e) => match linux.delete(a.id).await {
+                Ok(()) => Err(e),
+                Err(d) => Err(format!("{e}; and then {d}")),
+            },
         }
     }
 
@@ -333,10 +333,13 @@ impl Linux {
     }
 
     /// `runc delete --force`: kills what is left of the container and removes its state and
-    /// cgroup. A container runc no longer knows is already deleted.
-    pub async fn delete(&self, id: &str) {
-        force_delete_with(&self.runc, &self.bundle.join(RUNC_LOG), id).await;
+    /// cgroup. A container runc no longer knows is already deleted. When runc fails, its
+    /// processes may still run: the error (runc's own) goes to the caller, who keeps the
+    /// container and its record, so that a retry or a later sweep finds them.
+    pub async fn delete(&self, id: &str) -> Result<(), String> {
+        force_delete_with(&self.runc, &self.bundle.join(RUNC_LOG), id).await?;
         let _ = std::fs::remove_file(self.bundle.join(INIT_PID));
+        Ok(())
     }
 
     /// Sets the window size of the container's terminal, or of exec `exec_id`'s.
@@ -488,30 +491,31 @@ fn runtime_error(id: &str, message: String) -> ShimError {
     }
 }
 
-async fn force_delete_with(runc: &Runc, log: &Path, id: &str) {
+/// `runc delete --force <id>`; runc's reason when it fails (`runc delete --force <id>: ...`).
+async fn force_delete_with(runc: &Runc, log: &Path, id: &str) -> Result<(), String> {
     let mark = RuncLog::mark(log);
     match runc.delete(id, Some(&DeleteOpts { force: true })).await {
-        Ok(()) => {}
-        Err(e) if is_gone(&e) => debug!("runc delete {id}: already gone"),
-        Err(e) => warn!("{}", mark.explain(&format!("delete --force {id}"), e)),
+        Ok(()) => Ok(()),
+        Err(e) if is_gone(&e) => {
+            debug!("runc delete {id}: already gone");
+            Ok(())
+        }
+        Err(e) => Err(mark.explain(&format!("delete --force {id}"), e)),
     }
 }
 
 /// Force-deletes container `id` from runc's state under `root`, if runc has it: what a
 /// dead shim left. Its log goes to the shim's scratch directory (the bundle may be gone).
-pub async fn force_delete(root: &Path, id: &str) {
+/// Fails, saying why, when runc could not delete it.
+pub async fn force_delete(root: &Path, id: &str) -> Result<(), String> {
     if !is_plain_name(id) || !root.join(id).exists() {
-        return;
+        return Ok(());
     }
-    if let Err(e) = ensure_dir(Path::new(SCRATCH_DIR)) {
-        warn!("runc delete {id}: {e}");
-        return;
-    }
+    let fail = |e: String| format!("runc delete --force {id}: {e}");
+    ensure_dir(Path::new(SCRATCH_DIR)).map_err(fail)?;
     let log = Path::new(SCRATCH_DIR).join(RUNC_LOG);
-    match client(root, &log) {
-        Ok(runc) => force_delete_with(&runc, &log, id).await,
-        Err(e) => warn!("runc delete {id}: {e}"),
-    }
+    let runc = client(root, &log).map_err(fail)?;
+    force_delete_with(&runc, &log, id).await
 }
 
 fn read_pid(path: &Path) -> Result<i32, String> {

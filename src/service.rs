@@ -135,10 +135,13 @@ impl Shim for WasmEdgeShim {
                 }
             }
         }
-        // A Linux container: runc's state of it, its processes and its cgroup.
-        if let Ok(root) = crate::linux::state_root(&self.namespace) {
-            crate::linux::force_delete(&root, &self.id).await;
-        }
+        // A Linux container: runc's state of it, its processes and its cgroup. When runc
+        // fails, the rest is cleaned up all the same and containerd is told why; the dead
+        // shim's record of the container stays for the sweep to retry.
+        let runc_failed = match crate::linux::state_root(&self.namespace) {
+            Ok(root) => crate::linux::force_delete(&root, &self.id).await.err(),
+            Err(_) => None,
+        };
         let rootfs = bundle.join("rootfs");
         let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
         // Its cgroup too (and whatever is still in it): the shim that made it is gone.
@@ -152,6 +155,12 @@ impl Shim for WasmEdgeShim {
             {
                 crate::cgroup::remove(&path);
             }
+        }
+        if let Some(e) = runc_failed {
+            return Err(containerd_shim::Error::Other(format!(
+                "container {}: {e}",
+                self.id
+            )));
         }
         info!(
             "cleaned up after dead shim of {} in {}",
@@ -836,7 +845,10 @@ impl Task for TaskService {
             }
             .into());
         }
-        c.discard().await;
+        // A container runc could not delete stays, with its record: containerd sees the
+        // delete fail (with runc's reason) and may retry it, and if this shim dies the next
+        // one's sweep retries it.
+        c.discard().await?;
         c.cleanup();
         let _ = std::fs::remove_file(c.bundle.join(PID_FILE));
         let (code, at) = match c.status() {

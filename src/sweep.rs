@@ -8,7 +8,8 @@
 //! state root), and a node shim that starts removes, for every run directory whose shim is
 //! dead, the recorded Linux containers from runc (`runc delete --force`: their processes,
 //! state and cgroups), the recorded cgroups (killing what is still in them) and mounts, then
-//! the directory.
+//! the directory. A record whose container runc could not delete stays, with its directory,
+//! for the next sweep.
 //!
 //! A record names its container by names that a new container of the same id has too: runc's
 //! `<root>/<id>`, the cgroup (`/<namespace>/<id>` from `ctr`) and the rootfs under the bundle
@@ -137,9 +138,15 @@ impl Pending {
     }
 }
 
+/// A record read back, and the file it is in.
+struct Found {
+    path: PathBuf,
+    record: Record,
+}
+
 /// The sweep of dead shims' run directories, as [`plan`] read them; [`Sweep::run`] does it.
 pub struct Sweep {
-    dirs: Vec<(PathBuf, Vec<Record>)>,
+    dirs: Vec<(PathBuf, Vec<Found>)>,
     pending: Pending,
 }
 
@@ -158,16 +165,19 @@ pub fn plan(state_root: &Path, own: Option<&Path>) -> Sweep {
         if Some(dir.as_path()) == own || !is_dead(&dir) {
             continue;
         }
-        let records: Vec<Record> = std::fs::read_dir(dir.join(CONTAINERS_DIR))
+        let found: Vec<Found> = std::fs::read_dir(dir.join(CONTAINERS_DIR))
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| read_record(&e.path()))
+            .filter_map(|e| {
+                let path = e.path();
+                read_record(&path).map(|record| Found { path, record })
+            })
             .collect();
-        for r in &records {
-            pending.add(&r.id);
+        for f in &found {
+            pending.add(&f.record.id);
         }
-        dirs.push((dir, records));
+        dirs.push((dir, found));
     }
     Sweep { dirs, pending }
 }
@@ -188,20 +198,33 @@ impl Sweep {
     /// Returns the run directories removed.
     pub fn run(mut self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
-        for (dir, records) in std::mem::take(&mut self.dirs) {
+        for (dir, found) in std::mem::take(&mut self.dirs) {
             // Whether its shim lives is read again now, from its state file: a shim that
             // took the directory over after the plan (same namespace and socket) is alive,
             // and its directory stays (a list of live shims taken before the loop once had
             // another shim's new directory removed under it).
             if !is_dead(&dir) {
-                for r in &records {
-                    self.pending.done(&r.id);
+                for f in &found {
+                    self.pending.done(&f.record.id);
                 }
                 continue;
             }
-            for r in records {
-                clean_up(&r, &dir);
-                self.pending.done(&r.id);
+            let mut kept = 0;
+            for f in found {
+                let cleaned = clean_up(&f.record, &dir);
+                self.pending.done(&f.record.id);
+                if cleaned {
+                    let _ = std::fs::remove_file(&f.path);
+                } else {
+                    kept += 1;
+                }
+            }
+            if kept > 0 {
+                log::warn!(
+                    "{}: {kept} container(s) left for the next sweep",
+                    dir.display()
+                );
+                continue;
             }
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => removed.push(dir),
@@ -219,18 +242,19 @@ impl Drop for Sweep {
     }
 }
 
-/// Removes what the dead shim of `dir` recorded of one container.
-fn clean_up(r: &Record, dir: &Path) {
+/// Removes what the dead shim of `dir` recorded of one container; `false` when runc could
+/// not delete it (its processes may still run): the record stays for the next sweep.
+fn clean_up(r: &Record, dir: &Path) -> bool {
     if let Some(root) = &r.runc_root {
         // runc is driven through the shim's async client: from this blocking thread, on
         // the shim's runtime (whose own thread drives its I/O).
-        match tokio::runtime::Handle::try_current() {
+        let deleted = match tokio::runtime::Handle::try_current() {
             Ok(rt) => rt.block_on(crate::linux::force_delete(root, &r.id)),
-            Err(_) => log::warn!(
-                "container {} of {}: no runtime to run runc delete on",
-                r.id,
-                dir.display()
-            ),
+            Err(_) => Err("no runtime to run runc delete on".into()),
+        };
+        if let Err(e) = deleted {
+            log::warn!("container {} of {}: {e}", r.id, dir.display());
+            return false;
         }
     }
     if let Some(cgroup) = &r.cgroup {
@@ -244,6 +268,7 @@ fn clean_up(r: &Record, dir: &Path) {
         r.id,
         dir.display()
     );
+    true
 }
 
 #[cfg(test)]

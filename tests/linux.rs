@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{containerd, fixture, namespace, Rootfs, Run};
+use common::images::Owned;
+use common::{containerd, fixture, namespace, Containerd, Rootfs, Run};
 
 fn native_rootfs() -> Rootfs {
     Rootfs::with(&[("native-tool", &fixture("native-tool"))])
@@ -246,4 +247,62 @@ fn a_linux_container_over_its_memory_limit_is_oom_killed_and_reported() {
     assert!(!out.stdout.contains("allocated"), "{out:?}");
     events.wait_for(&["/tasks/oom", "native-oom"], Duration::from_secs(5));
     assert_eq!(runc_state("native-oom"), None);
+}
+
+/// runc's `delete --force` fails (here a runc that refuses it): the task's delete fails with
+/// runc's reason, and the shim keeps the container and its record (a later delete, or the
+/// sweep after a dead shim, retries), instead of forgetting what may still run.
+#[test]
+fn a_failed_runc_delete_fails_the_delete_with_runcs_reason_and_keeps_the_container() {
+    if !common::can_run("linux_delete_fails") {
+        return;
+    }
+    let switch = tempfile::tempdir().unwrap();
+    let refuse = switch.path().join("refuse");
+    let bin = common::bin_with_runc(&format!(
+        r#"if [ -e '{}' ]; then
+  case " $* " in *" delete --force "*) echo "refused by the test's runc" >&2; exit 1 ;; esac
+fi
+exec "$RUNC" "$@""#,
+        refuse.display()
+    ));
+    let ctd = Owned(Containerd::start_with_bin(false, "", bin.path()));
+    let r = native_rootfs();
+    let id = "native-undeletable";
+    ctd.run_detached(&Run::rootfs(
+        id,
+        r.path(),
+        &["/native-tool", "sleep", "100"],
+    ));
+    ctd.wait_status(id, "RUNNING", Duration::from_secs(10));
+    // The node shim works in its run directory, where it records its containers.
+    let shim = common::ppid(ctd.task_pid(id).unwrap()).unwrap();
+    let record = std::fs::read_link(format!("/proc/{shim}/cwd"))
+        .unwrap()
+        .join("containers")
+        .join(id);
+    assert!(record.exists(), "{}", record.display());
+    ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+    ctd.wait_status(id, "STOPPED", Duration::from_secs(10));
+
+    std::fs::write(&refuse, "").unwrap();
+    let out = ctd.ctr(&["task", "rm", id]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("runc delete --force {id}"))
+            && said.contains("refused by the test's runc"),
+        "{said}"
+    );
+    assert_eq!(ctd.task_status(id).as_deref(), Some("STOPPED"));
+    assert!(record.exists(), "the record goes only with the container");
+    assert!(runc_state(id).is_some());
+
+    // runc deletes it now: so does the shim.
+    std::fs::remove_file(&refuse).unwrap();
+    ctd.ctr_ok(&["task", "rm", id]);
+    assert_eq!(ctd.task_status(id), None);
+    assert!(!record.exists());
+    assert_eq!(runc_state(id), None);
+    ctd.ctr_ok(&["container", "rm", id]);
 }
