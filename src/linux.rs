@@ -220,17 +220,36 @@ impl<'a> RuncLog<'a> {
     }
 }
 
-/// Whether runc's failure says the container or process is already gone.
-fn is_gone(e: &runc::error::Error) -> bool {
-    let text = e.to_string().to_lowercase();
-    [
-        "does not exist",
-        "not running",
-        "process already finished",
-        "no such process",
-    ]
-    .iter()
-    .any(|s| text.contains(s))
+/// The error runc ended with: runc's `fatal` (its `utils.go`) prints it as the last line of
+/// stderr, and logs it. `None` for a failure that is not runc's own (a spawn, an I/O error).
+/// Only this line is compared, and whole: a path or another error quoted in runc's message
+/// (`.../cgroup.procs does not exist`) must never read as one of the answers below.
+fn runc_error(e: &runc::error::Error) -> Option<&str> {
+    match e {
+        runc::error::Error::CommandFailed { stderr, .. } => {
+            stderr.lines().map(str::trim).rfind(|l| !l.is_empty())
+        }
+        _ => None,
+    }
+}
+
+/// Whether runc failed because it has no container `id`: libcontainer's `ErrNotExist`
+/// (`container does not exist`, runc 1.1 and later), or runc 1.0's `container "<id>" does
+/// not exist`.
+fn is_not_exist(e: &runc::error::Error, id: &str) -> bool {
+    runc_error(e).is_some_and(|m| {
+        m == "container does not exist" || m == format!("container \"{id}\" does not exist")
+    })
+}
+
+/// Whether runc failed to signal the container because its init has exited: libcontainer's
+/// `ErrNotRunning` (`container not running`), or the init's exit between runc's look at it
+/// and its signal (`unable to signal init: ` and Go's `os.ErrProcessDone`, runc 1.1 and
+/// later).
+fn is_not_running(e: &runc::error::Error) -> bool {
+    runc_error(e).is_some_and(|m| {
+        m == "container not running" || m == "unable to signal init: os: process already finished"
+    })
 }
 
 impl Linux {
@@ -301,9 +320,9 @@ impl Linux {
         let mark = RuncLog::mark(&log);
         match self.runc.kill(id, signal, Some(&KillOpts { all })).await {
             Ok(()) => Ok(()),
-            Err(e) if is_gone(&e) => Err(ShimError::NotFound(format!(
-                "{id}: process already finished"
-            ))),
+            Err(e) if is_not_running(&e) || is_not_exist(&e, id) => Err(ShimError::NotFound(
+                format!("{id}: process already finished"),
+            )),
             Err(e) => Err(runtime_error(id, mark.explain("kill", e))),
         }
     }
@@ -496,7 +515,7 @@ async fn force_delete_with(runc: &Runc, log: &Path, id: &str) -> Result<(), Stri
     let mark = RuncLog::mark(log);
     match runc.delete(id, Some(&DeleteOpts { force: true })).await {
         Ok(()) => Ok(()),
-        Err(e) if is_gone(&e) => {
+        Err(e) if is_not_exist(&e, id) => {
             debug!("runc delete {id}: already gone");
             Ok(())
         }
@@ -890,6 +909,55 @@ mod tests {
             mark.explain("create", failed()),
             "runc create: exec: \"nope\": not found"
         );
+    }
+
+    fn runc_failed(stderr: &str) -> runc::error::Error {
+        runc::error::Error::CommandFailed {
+            status: ExitStatus::from_raw(1 << 8),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn only_runcs_own_words_say_a_container_is_gone() {
+        // runc 1.1 and later (libcontainer's ErrNotExist), and 1.0.
+        assert!(is_not_exist(
+            &runc_failed("container does not exist\n"),
+            "c1"
+        ));
+        assert!(is_not_exist(
+            &runc_failed("remove /run/x/c1: busy\ncontainer \"c1\" does not exist\n"),
+            "c1"
+        ));
+        for (stderr, id) in [
+            // Another container's.
+            ("container \"c2\" does not exist", "c1"),
+            // Errors that quote a path or an object that does not exist.
+            ("unable to freeze: /sys/fs/cgroup/k8s/c1/cgroup.freeze does not exist", "c1"),
+            ("open /run/x/c1/state.json: no such file or directory: container does not exist, or a path", "c1"),
+            // A message that is not runc's last line.
+            ("container does not exist\nunable to destroy container: device or resource busy", "c1"),
+            ("", "c1"),
+        ] {
+            assert!(!is_not_exist(&runc_failed(stderr), id), "{stderr:?}");
+        }
+        let spawn = runc::error::Error::ProcessSpawnFailed(std::io::Error::other(
+            "container does not exist",
+        ));
+        assert!(!is_not_exist(&spawn, "c1"));
+
+        assert!(is_not_running(&runc_failed("container not running\n")));
+        assert!(is_not_running(&runc_failed(
+            "unable to signal init: os: process already finished\n"
+        )));
+        for stderr in [
+            "unable to signal init: operation not permitted",
+            "unable to kill all processes: cgroup.kill: no such process in the cgroup, not running",
+            "process already finished, says someone else",
+        ] {
+            assert!(!is_not_running(&runc_failed(stderr)), "{stderr:?}");
+        }
     }
 
     #[test]
