@@ -43,7 +43,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
+use containerd_shim::asynchronous::monitor::{
+    monitor_subscribe, monitor_unsubscribe, Subscription, MONITOR,
+};
 use containerd_shim::monitor::{Subject, Topic};
 use log::debug;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -651,22 +653,16 @@ impl runc::Spawner for Reaped {
         cmd.env_remove("XDG_RUNTIME_DIR");
         let other = |e: containerd_shim::Error| runc::error::Error::Other(Box::new(e));
         // Subscribed before the spawn: the exit cannot come before it.
-        let mut exits = monitor_subscribe(Topic::Pid).await.map_err(other)?;
+        let mut exits = Exits(monitor_subscribe(Topic::Pid).await.map_err(other)?);
         let spawned = cmd.spawn();
         // The command holds our copies of the stdio given to the child.
         drop(cmd);
-        let mut child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = monitor_unsubscribe(exits.id).await;
-                return Err(runc::error::Error::ProcessSpawnFailed(e));
-            }
-        };
+        let mut child = spawned.map_err(runc::error::Error::ProcessSpawnFailed)?;
         let pid = child.id();
         let stdout = child.stdout.take().map(OwnedFd::from);
         let stderr = child.stderr.take().map(OwnedFd::from);
         let exited = async {
-            while let Some(ev) = exits.rx.recv().await {
+            while let Some(ev) = exits.0.rx.recv().await {
                 if matches!(ev.subject, Subject::Pid(p) if p == pid as i32) {
                     return ev.exit_code;
                 }
@@ -674,9 +670,36 @@ impl runc::Spawner for Reaped {
             255
         };
         let (out, err, code) = tokio::join!(read_all(stdout), read_all(stderr), exited);
-        let _ = monitor_unsubscribe(exits.id).await;
+        drop(exits);
         // The reaper reports an exit code, or 128 + the signal that ended the process.
         Ok((ExitStatus::from_raw((code & 0xff) << 8), pid, out, err))
+    }
+}
+
+/// The reaper's exits, for as long as this lives. The subscription is removed on drop, so
+/// that a command whose future is dropped before its exit (a cancelled request) leaves no
+/// subscriber behind: the monitor would otherwise fail to send it every later exit of the
+/// node, and log an error each time.
+struct Exits(Subscription);
+
+impl Drop for Exits {
+    fn drop(&mut self) {
+        let id = self.0.id;
+        // The monitor's lock is async but held only for an instant (the monitor holds it
+        // across no wait): taken at once unless an exit is being sent out right now, in
+        // which case a task removes the subscription right after.
+        match MONITOR.try_lock() {
+            Ok(mut monitor) => {
+                let _ = monitor.unsubscribe(id);
+            }
+            Err(_) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = monitor_unsubscribe(id).await;
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -958,6 +981,43 @@ mod tests {
         ] {
             assert!(!is_not_running(&runc_failed(stderr)), "{stderr:?}");
         }
+    }
+
+    /// What this test binary logs (nothing else in it installs a logger).
+    struct Captured(Mutex<Vec<String>>);
+
+    impl log::Log for Captured {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            lines.push(record.args().to_string());
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURED: Captured = Captured(Mutex::new(Vec::new()));
+
+    #[tokio::test]
+    async fn a_runc_command_dropped_before_its_exit_leaves_no_subscriber_behind() {
+        use runc::Spawner as _;
+        log::set_logger(&CAPTURED).expect("no other logger in the lib tests");
+        log::set_max_level(log::LevelFilter::Trace);
+        // No reaper runs in this test, so the command's exit never arrives: its future waits
+        // until it is dropped, as a cancelled request's is.
+        let command = Reaped.execute(runc::Command::new("true"));
+        let waited = tokio::time::timeout(Duration::from_millis(200), command).await;
+        assert!(waited.is_err(), "{waited:?}");
+        // The next exit of the node goes to every subscriber.
+        containerd_shim::asynchronous::monitor::monitor_notify_by_pid(i32::MAX, 0)
+            .await
+            .unwrap();
+        let lines = CAPTURED.0.lock().unwrap().clone();
+        assert!(
+            !lines.iter().any(|l| l.contains("failed to send exit code")),
+            "{lines:?}"
+        );
     }
 
     #[test]
