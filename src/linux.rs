@@ -388,6 +388,28 @@ impl Linux {
         resize(console.as_ref())
     }
 
+    /// `CloseIO` of the container's terminal, or exec `exec_id`'s: its input ends once
+    /// containerd has closed its end of the FIFO too. Without a terminal the process holds
+    /// its stdin FIFO itself, and containerd's close reaches it as EOF: nothing to do.
+    pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ShimError> {
+        if exec_id.is_empty() {
+            if let Some(console) = &self.console {
+                console.close_stdin();
+            }
+            return Ok(());
+        }
+        let exec = self.exec(id, exec_id)?;
+        if let Some(console) = exec
+            .console
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            console.close_stdin();
+        }
+        Ok(())
+    }
+
     /// Registers a process to exec (`Exec`); it runs at `Start` with its exec id.
     pub fn add_exec(
         &self,
@@ -820,6 +842,12 @@ impl Drop for ConsoleSocket {
 #[derive(Debug)]
 pub struct Console {
     master: OwnedFd,
+    /// A writer of the stdin FIFO, the shim's own, held until `CloseIO` or until the process
+    /// is deleted, so that the copy reads no EOF before then: a FIFO whose writers are all
+    /// gone reads as EOF, and the copy would end for good between two of containerd's
+    /// writers (a containerd that restarts, an attach that ends) or before its first. As
+    /// containerd's runc shim holds one (`openStdin`, `pkg/process/init.go`).
+    stdin: Mutex<Option<OwnedFd>>,
 }
 
 impl Console {
@@ -835,18 +863,31 @@ impl Console {
             let to = open_sender(&stdio.stdout).map_err(|e| fail(&stdio.stdout, e))?;
             tokio::spawn(copy(from, to, "terminal output"));
         }
+        let mut held = None;
         if !stdio.stdin.is_empty() {
             let path = stdio.stdin.strip_prefix("file://").unwrap_or(&stdio.stdin);
             let from = pipe::OpenOptions::new()
                 .open_receiver(path)
                 .map_err(|e| fail(path, e))?;
+            // Opened before the copy's first read, and after the reader: a non-blocking open
+            // for writing succeeds once the FIFO has one.
+            held = Some(open_stdin_writer(path).map_err(|e| fail(path, e))?);
             let to = pipe::Sender::from_owned_fd_unchecked(
                 master.try_clone().map_err(|e| fail("master", e))?,
             )
             .map_err(|e| fail("master", e))?;
             tokio::spawn(copy(from, to, "terminal input"));
         }
-        Ok(Console { master })
+        Ok(Console {
+            master,
+            stdin: Mutex::new(held),
+        })
+    }
+
+    /// Lets the terminal's input end (`CloseIO`): the copy reads EOF once containerd's
+    /// writer is closed too.
+    fn close_stdin(&self) {
+        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     fn resize(&self, width: u32, height: u32) -> std::io::Result<()> {
@@ -858,6 +899,16 @@ impl Console {
         };
         rustix::termios::tcsetwinsize(&self.master, size).map_err(Into::into)
     }
+}
+
+/// The shim's own writer of a stdin FIFO that has a reader (see [`Console::stdin`]).
+fn open_stdin_writer(path: &str) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map(OwnedFd::from)
 }
 
 /// The stdout FIFO for writing; with no reader yet, opened read-write so the open does not
@@ -1018,6 +1069,66 @@ mod tests {
             !lines.iter().any(|l| l.contains("failed to send exit code")),
             "{lines:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_terminals_input_outlives_containerds_writer_and_ends_at_close_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let stdio = StdioPaths {
+            stdin: fifo.display().to_string(),
+            ..Default::default()
+        };
+        let console = Console::start(pty.master, &stdio).unwrap();
+        // containerd's writer, opened without blocking: with no reader left, the open fails
+        // instead of hanging the test.
+        let open_writer = || {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+        };
+        // The terminal's line discipline hands each line to the process that reads it.
+        rustix::io::ioctl_fionbio(&pty.slave, true).unwrap();
+        let typed = |text: &'static [u8]| {
+            let slave = &pty.slave;
+            let open_writer = &open_writer;
+            async move {
+                let mut writer = open_writer().expect("the terminal's copy reads the FIFO");
+                std::io::Write::write_all(&mut writer, text).unwrap();
+                let mut line = Vec::new();
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while !line.ends_with(b"\n") && std::time::Instant::now() < deadline {
+                    let mut buf = [0u8; 64];
+                    match rustix::io::read(slave, &mut buf) {
+                        Ok(n) => line.extend_from_slice(&buf[..n]),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                assert_eq!(line, text);
+                writer
+            }
+        };
+        // A writer that comes and goes (a containerd that restarts, an attach that ends)
+        // does not end the input: the next one's reaches the terminal too.
+        drop(typed(b"first\n").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let writer = typed(b"second\n").await;
+
+        // CloseIO, and containerd's writer closed: the copy reads EOF and lets the FIFO go.
+        console.close_stdin();
+        drop(writer);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while open_writer().is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the terminal's copy still reads its FIFO"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[test]

@@ -1012,8 +1012,12 @@ impl Task for TaskService {
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
         // The container's process (or exec'd one) holds its stdin FIFO itself: containerd's
-        // close of its end reaches it as EOF. A terminal's input ends with the FIFO too.
-        self.inner.get(&req.id)?;
+        // close of its end reaches it as EOF. A terminal's copy reads a FIFO that the shim
+        // also holds a writer of, until now.
+        let c = self.inner.get(&req.id)?;
+        if let (Some(linux), true) = (&c.linux, req.stdin) {
+            linux.close_stdin(&c.id, &req.exec_id)?;
+        }
         Ok(api::Empty::new())
     }
 
