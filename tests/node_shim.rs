@@ -400,12 +400,14 @@ fn the_sweep_of_a_dead_shims_container_spares_a_new_container_of_its_id() {
     let tag = format!("sweep-reuse-{}", std::process::id());
     // A runc root of the dead shim's with the container still in it, whose `runc delete`
     // takes 3 s (the test's runc): the sweep is at this record while the new container is
-    // being created.
+    // being created. The real runc fails on its state, so that the shim of another test
+    // that starts meanwhile (whose runc is the real one) keeps the record for this one.
     let slow_root = Path::new("/run/wasmedge-aot-shim/runc").join(&tag);
     let id = "reused";
     std::fs::create_dir_all(slow_root.join(id)).unwrap();
+    std::fs::write(slow_root.join(id).join("state.json"), "not runc's").unwrap();
     let bin = common::bin_with_runc(&format!(
-        r#"case " $* " in *" --root {} "*) sleep 3 ;; esac
+        r#"case " $* " in *" --root {} "*) sleep 3; exit 0 ;; esac
 exec "$RUNC" "$@""#,
         slow_root.display()
     ));
@@ -452,9 +454,10 @@ exec "$RUNC" "$@""#,
             "cleaned up container {id} of the dead shim of {}",
             dead.display()
         )),
-        "this shim's sweep did it (another test's shim may have got there first: rerun)\n{}",
+        "this shim's sweep did it\n{}",
         ctd.log_tail()
     );
     ctd.remove(id);
     let _ = std::fs::remove_dir_all(&slow_root);
+    let _ = std::fs::remove_dir_all(&dead);
 }
