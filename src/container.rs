@@ -672,13 +672,20 @@ impl Container {
 
     /// Ends what is left of the container before its delete: a Wasm container that never
     /// ran (containerd deletes created tasks without start) is killed; a Linux container is
-    /// deleted from runc (`delete --force`: what still runs, its state and its cgroup).
-    pub async fn discard(&self) {
+    /// deleted from runc (`delete --force`: what still runs, its state and its cgroup). Fails
+    /// with runc's reason when runc could not: the container is then kept, for a retry.
+    pub async fn discard(&self) -> Result<(), ShimError> {
         if self.sandbox {
             self.set_exited(128 + libc::SIGKILL);
         } else if let Some(linux) = &self.linux {
             let running = !matches!(self.status(), Status::Stopped { .. });
-            linux.delete(&self.id).await;
+            linux
+                .delete(&self.id)
+                .await
+                .map_err(|message| ShimError::Io {
+                    context: format!("delete container {}", self.id),
+                    source: std::io::Error::other(message),
+                })?;
             if running {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.wait()).await;
             }
@@ -687,6 +694,7 @@ impl Container {
             let _ = self.kill(libc::SIGKILL as u32, false).await;
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.wait()).await;
         }
+        Ok(())
     }
 
     /// Unmounts the rootfs and removes the cgroup; safe to call twice.

@@ -43,9 +43,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
+use containerd_shim::asynchronous::monitor::{
+    monitor_subscribe, monitor_unsubscribe, Subscription, MONITOR,
+};
 use containerd_shim::monitor::{Subject, Topic};
-use log::{debug, warn};
+use log::debug;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use runc::options::{CreateOpts, DeleteOpts, ExecOpts, GlobalOpts, KillOpts};
 use runc::Runc;
@@ -220,17 +222,36 @@ impl<'a> RuncLog<'a> {
     }
 }
 
-/// Whether runc's failure says the container or process is already gone.
-fn is_gone(e: &runc::error::Error) -> bool {
-    let text = e.to_string().to_lowercase();
-    [
-        "does not exist",
-        "not running",
-        "process already finished",
-        "no such process",
-    ]
-    .iter()
-    .any(|s| text.contains(s))
+/// The error runc ended with: runc's `fatal` (its `utils.go`) prints it as the last line of
+/// stderr, and logs it. `None` for a failure that is not runc's own (a spawn, an I/O error).
+/// Only this line is compared, and whole: a path or another error quoted in runc's message
+/// (`.../cgroup.procs does not exist`) must never read as one of the answers below.
+fn runc_error(e: &runc::error::Error) -> Option<&str> {
+    match e {
+        runc::error::Error::CommandFailed { stderr, .. } => {
+            stderr.lines().map(str::trim).rfind(|l| !l.is_empty())
+        }
+        _ => None,
+    }
+}
+
+/// Whether runc failed because it has no container `id`: libcontainer's `ErrNotExist`
+/// (`container does not exist`, runc 1.1 and later), or runc 1.0's `container "<id>" does
+/// not exist`.
+fn is_not_exist(e: &runc::error::Error, id: &str) -> bool {
+    runc_error(e).is_some_and(|m| {
+        m == "container does not exist" || m == format!("container \"{id}\" does not exist")
+    })
+}
+
+/// Whether runc failed to signal the container because its init has exited: libcontainer's
+/// `ErrNotRunning` (`container not running`), or the init's exit between runc's look at it
+/// and its signal (`unable to signal init: ` and Go's `os.ErrProcessDone`, runc 1.1 and
+/// later).
+fn is_not_running(e: &runc::error::Error) -> bool {
+    runc_error(e).is_some_and(|m| {
+        m == "container not running" || m == "unable to signal init: os: process already finished"
+    })
 }
 
 impl Linux {
@@ -277,10 +298,10 @@ impl Linux {
         let set_up = set_up.await;
         match set_up {
             Ok(pid) => Ok((linux, pid)),
-            Err(e) => {
-                linux.delete(a.id).await;
-                Err(e)
-            }
+            Err(e) => match linux.delete(a.id).await {
+                Ok(()) => Err(e),
+                Err(d) => Err(format!("{e}; and then {d}")),
+            },
         }
     }
 
@@ -301,9 +322,9 @@ impl Linux {
         let mark = RuncLog::mark(&log);
         match self.runc.kill(id, signal, Some(&KillOpts { all })).await {
             Ok(()) => Ok(()),
-            Err(e) if is_gone(&e) => Err(ShimError::NotFound(format!(
-                "{id}: process already finished"
-            ))),
+            Err(e) if is_not_running(&e) || is_not_exist(&e, id) => Err(ShimError::NotFound(
+                format!("{id}: process already finished"),
+            )),
             Err(e) => Err(runtime_error(id, mark.explain("kill", e))),
         }
     }
@@ -333,10 +354,13 @@ impl Linux {
     }
 
     /// `runc delete --force`: kills what is left of the container and removes its state and
-    /// cgroup. A container runc no longer knows is already deleted.
-    pub async fn delete(&self, id: &str) {
-        force_delete_with(&self.runc, &self.bundle.join(RUNC_LOG), id).await;
+    /// cgroup. A container runc no longer knows is already deleted. When runc fails, its
+    /// processes may still run: the error (runc's own) goes to the caller, who keeps the
+    /// container and its record, so that a retry or a later sweep finds them.
+    pub async fn delete(&self, id: &str) -> Result<(), String> {
+        force_delete_with(&self.runc, &self.bundle.join(RUNC_LOG), id).await?;
         let _ = std::fs::remove_file(self.bundle.join(INIT_PID));
+        Ok(())
     }
 
     /// Sets the window size of the container's terminal, or of exec `exec_id`'s.
@@ -362,6 +386,28 @@ impl Linux {
         let exec = self.exec(id, exec_id)?;
         let console = exec.console.lock().unwrap_or_else(|p| p.into_inner());
         resize(console.as_ref())
+    }
+
+    /// `CloseIO` of the container's terminal, or exec `exec_id`'s: its input ends once
+    /// containerd has closed its end of the FIFO too. Without a terminal the process holds
+    /// its stdin FIFO itself, and containerd's close reaches it as EOF: nothing to do.
+    pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ShimError> {
+        if exec_id.is_empty() {
+            if let Some(console) = &self.console {
+                console.close_stdin();
+            }
+            return Ok(());
+        }
+        let exec = self.exec(id, exec_id)?;
+        if let Some(console) = exec
+            .console
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            console.close_stdin();
+        }
+        Ok(())
     }
 
     /// Registers a process to exec (`Exec`); it runs at `Start` with its exec id.
@@ -488,30 +534,31 @@ fn runtime_error(id: &str, message: String) -> ShimError {
     }
 }
 
-async fn force_delete_with(runc: &Runc, log: &Path, id: &str) {
+/// `runc delete --force <id>`; runc's reason when it fails (`runc delete --force <id>: ...`).
+async fn force_delete_with(runc: &Runc, log: &Path, id: &str) -> Result<(), String> {
     let mark = RuncLog::mark(log);
     match runc.delete(id, Some(&DeleteOpts { force: true })).await {
-        Ok(()) => {}
-        Err(e) if is_gone(&e) => debug!("runc delete {id}: already gone"),
-        Err(e) => warn!("{}", mark.explain(&format!("delete --force {id}"), e)),
+        Ok(()) => Ok(()),
+        Err(e) if is_not_exist(&e, id) => {
+            debug!("runc delete {id}: already gone");
+            Ok(())
+        }
+        Err(e) => Err(mark.explain(&format!("delete --force {id}"), e)),
     }
 }
 
 /// Force-deletes container `id` from runc's state under `root`, if runc has it: what a
 /// dead shim left. Its log goes to the shim's scratch directory (the bundle may be gone).
-pub async fn force_delete(root: &Path, id: &str) {
+/// Fails, saying why, when runc could not delete it.
+pub async fn force_delete(root: &Path, id: &str) -> Result<(), String> {
     if !is_plain_name(id) || !root.join(id).exists() {
-        return;
+        return Ok(());
     }
-    if let Err(e) = ensure_dir(Path::new(SCRATCH_DIR)) {
-        warn!("runc delete {id}: {e}");
-        return;
-    }
+    let fail = |e: String| format!("runc delete --force {id}: {e}");
+    ensure_dir(Path::new(SCRATCH_DIR)).map_err(fail)?;
     let log = Path::new(SCRATCH_DIR).join(RUNC_LOG);
-    match client(root, &log) {
-        Ok(runc) => force_delete_with(&runc, &log, id).await,
-        Err(e) => warn!("runc delete {id}: {e}"),
-    }
+    let runc = client(root, &log).map_err(fail)?;
+    force_delete_with(&runc, &log, id).await
 }
 
 fn read_pid(path: &Path) -> Result<i32, String> {
@@ -645,22 +692,16 @@ impl runc::Spawner for Reaped {
         cmd.env_remove("XDG_RUNTIME_DIR");
         let other = |e: containerd_shim::Error| runc::error::Error::Other(Box::new(e));
         // Subscribed before the spawn: the exit cannot come before it.
-        let mut exits = monitor_subscribe(Topic::Pid).await.map_err(other)?;
+        let mut exits = Exits(monitor_subscribe(Topic::Pid).await.map_err(other)?);
         let spawned = cmd.spawn();
         // The command holds our copies of the stdio given to the child.
         drop(cmd);
-        let mut child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = monitor_unsubscribe(exits.id).await;
-                return Err(runc::error::Error::ProcessSpawnFailed(e));
-            }
-        };
+        let mut child = spawned.map_err(runc::error::Error::ProcessSpawnFailed)?;
         let pid = child.id();
         let stdout = child.stdout.take().map(OwnedFd::from);
         let stderr = child.stderr.take().map(OwnedFd::from);
         let exited = async {
-            while let Some(ev) = exits.rx.recv().await {
+            while let Some(ev) = exits.0.rx.recv().await {
                 if matches!(ev.subject, Subject::Pid(p) if p == pid as i32) {
                     return ev.exit_code;
                 }
@@ -668,9 +709,36 @@ impl runc::Spawner for Reaped {
             255
         };
         let (out, err, code) = tokio::join!(read_all(stdout), read_all(stderr), exited);
-        let _ = monitor_unsubscribe(exits.id).await;
+        drop(exits);
         // The reaper reports an exit code, or 128 + the signal that ended the process.
         Ok((ExitStatus::from_raw((code & 0xff) << 8), pid, out, err))
+    }
+}
+
+/// The reaper's exits, for as long as this lives. The subscription is removed on drop, so
+/// that a command whose future is dropped before its exit (a cancelled request) leaves no
+/// subscriber behind: the monitor would otherwise fail to send it every later exit of the
+/// node, and log an error each time.
+struct Exits(Subscription);
+
+impl Drop for Exits {
+    fn drop(&mut self) {
+        let id = self.0.id;
+        // The monitor's lock is async but held only for an instant (the monitor holds it
+        // across no wait): taken at once unless an exit is being sent out right now, in
+        // which case a task removes the subscription right after.
+        match MONITOR.try_lock() {
+            Ok(mut monitor) => {
+                let _ = monitor.unsubscribe(id);
+            }
+            Err(_) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = monitor_unsubscribe(id).await;
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -791,6 +859,12 @@ impl Drop for ConsoleSocket {
 #[derive(Debug)]
 pub struct Console {
     master: OwnedFd,
+    /// A writer of the stdin FIFO, the shim's own, held until `CloseIO` or until the process
+    /// is deleted, so that the copy reads no EOF before then: a FIFO whose writers are all
+    /// gone reads as EOF, and the copy would end for good between two of containerd's
+    /// writers (a containerd that restarts, an attach that ends) or before its first. As
+    /// containerd's runc shim holds one (`openStdin`, `pkg/process/init.go`).
+    stdin: Mutex<Option<OwnedFd>>,
 }
 
 impl Console {
@@ -806,18 +880,31 @@ impl Console {
             let to = open_sender(&stdio.stdout).map_err(|e| fail(&stdio.stdout, e))?;
             tokio::spawn(copy(from, to, "terminal output"));
         }
+        let mut held = None;
         if !stdio.stdin.is_empty() {
             let path = stdio.stdin.strip_prefix("file://").unwrap_or(&stdio.stdin);
             let from = pipe::OpenOptions::new()
                 .open_receiver(path)
                 .map_err(|e| fail(path, e))?;
+            // Opened before the copy's first read, and after the reader: a non-blocking open
+            // for writing succeeds once the FIFO has one.
+            held = Some(open_stdin_writer(path).map_err(|e| fail(path, e))?);
             let to = pipe::Sender::from_owned_fd_unchecked(
                 master.try_clone().map_err(|e| fail("master", e))?,
             )
             .map_err(|e| fail("master", e))?;
             tokio::spawn(copy(from, to, "terminal input"));
         }
-        Ok(Console { master })
+        Ok(Console {
+            master,
+            stdin: Mutex::new(held),
+        })
+    }
+
+    /// Lets the terminal's input end (`CloseIO`): the copy reads EOF once containerd's
+    /// writer is closed too.
+    fn close_stdin(&self) {
+        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     fn resize(&self, width: u32, height: u32) -> std::io::Result<()> {
@@ -829,6 +916,16 @@ impl Console {
         };
         rustix::termios::tcsetwinsize(&self.master, size).map_err(Into::into)
     }
+}
+
+/// The shim's own writer of a stdin FIFO that has a reader (see [`Console::stdin`]).
+fn open_stdin_writer(path: &str) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map(OwnedFd::from)
 }
 
 /// The stdout FIFO for writing; with no reader yet, opened read-write so the open does not
@@ -903,6 +1000,152 @@ mod tests {
             mark.explain("create", failed()),
             "runc create: exec: \"nope\": not found"
         );
+    }
+
+    fn runc_failed(stderr: &str) -> runc::error::Error {
+        runc::error::Error::CommandFailed {
+            status: ExitStatus::from_raw(1 << 8),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn only_runcs_own_words_say_a_container_is_gone() {
+        // runc 1.1 and later (libcontainer's ErrNotExist), and 1.0.
+        assert!(is_not_exist(
+            &runc_failed("container does not exist\n"),
+            "c1"
+        ));
+        assert!(is_not_exist(
+            &runc_failed("remove /run/x/c1: busy\ncontainer \"c1\" does not exist\n"),
+            "c1"
+        ));
+        for (stderr, id) in [
+            // Another container's.
+            ("container \"c2\" does not exist", "c1"),
+            // Errors that quote a path or an object that does not exist.
+            ("unable to freeze: /sys/fs/cgroup/k8s/c1/cgroup.freeze does not exist", "c1"),
+            ("open /run/x/c1/state.json: no such file or directory: container does not exist, or a path", "c1"),
+            // A message that is not runc's last line.
+            ("container does not exist\nunable to destroy container: device or resource busy", "c1"),
+            ("", "c1"),
+        ] {
+            assert!(!is_not_exist(&runc_failed(stderr), id), "{stderr:?}");
+        }
+        let spawn = runc::error::Error::ProcessSpawnFailed(std::io::Error::other(
+            "container does not exist",
+        ));
+        assert!(!is_not_exist(&spawn, "c1"));
+
+        assert!(is_not_running(&runc_failed("container not running\n")));
+        assert!(is_not_running(&runc_failed(
+            "unable to signal init: os: process already finished\n"
+        )));
+        for stderr in [
+            "unable to signal init: operation not permitted",
+            "unable to kill all processes: cgroup.kill: no such process in the cgroup, not running",
+            "process already finished, says someone else",
+        ] {
+            assert!(!is_not_running(&runc_failed(stderr)), "{stderr:?}");
+        }
+    }
+
+    /// What this test binary logs (nothing else in it installs a logger).
+    struct Captured(Mutex<Vec<String>>);
+
+    impl log::Log for Captured {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            lines.push(record.args().to_string());
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURED: Captured = Captured(Mutex::new(Vec::new()));
+
+    #[tokio::test]
+    async fn a_runc_command_dropped_before_its_exit_leaves_no_subscriber_behind() {
+        use runc::Spawner as _;
+        log::set_logger(&CAPTURED).expect("no other logger in the lib tests");
+        log::set_max_level(log::LevelFilter::Trace);
+        // No reaper runs in this test, so the command's exit never arrives: its future waits
+        // until it is dropped, as a cancelled request's is.
+        let command = Reaped.execute(runc::Command::new("true"));
+        let waited = tokio::time::timeout(Duration::from_millis(200), command).await;
+        assert!(waited.is_err(), "{waited:?}");
+        // The next exit of the node goes to every subscriber.
+        containerd_shim::asynchronous::monitor::monitor_notify_by_pid(i32::MAX, 0)
+            .await
+            .unwrap();
+        let lines = CAPTURED.0.lock().unwrap().clone();
+        assert!(
+            !lines.iter().any(|l| l.contains("failed to send exit code")),
+            "{lines:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_terminals_input_outlives_containerds_writer_and_ends_at_close_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let stdio = StdioPaths {
+            stdin: fifo.display().to_string(),
+            ..Default::default()
+        };
+        let console = Console::start(pty.master, &stdio).unwrap();
+        // containerd's writer, opened without blocking: with no reader left, the open fails
+        // instead of hanging the test.
+        let open_writer = || {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+        };
+        // The terminal's line discipline hands each line to the process that reads it.
+        rustix::io::ioctl_fionbio(&pty.slave, true).unwrap();
+        let typed = |text: &'static [u8]| {
+            let slave = &pty.slave;
+            let open_writer = &open_writer;
+            async move {
+                let mut writer = open_writer().expect("the terminal's copy reads the FIFO");
+                std::io::Write::write_all(&mut writer, text).unwrap();
+                let mut line = Vec::new();
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while !line.ends_with(b"\n") && std::time::Instant::now() < deadline {
+                    let mut buf = [0u8; 64];
+                    match rustix::io::read(slave, &mut buf) {
+                        Ok(n) => line.extend_from_slice(&buf[..n]),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                assert_eq!(line, text);
+                writer
+            }
+        };
+        // A writer that comes and goes (a containerd that restarts, an attach that ends)
+        // does not end the input: the next one's reaches the terminal too.
+        drop(typed(b"first\n").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let writer = typed(b"second\n").await;
+
+        // CloseIO, and containerd's writer closed: the copy reads EOF and lets the FIFO go.
+        console.close_stdin();
+        drop(writer);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while open_writer().is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the terminal's copy still reads its FIFO"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[test]

@@ -57,6 +57,8 @@ const NODE_GROUP: &str = "wasmedge-node";
 /// How long an idle node-wide shim waits for new containers before it exits. Exiting at the
 /// instant the last task goes would race with a `start` that just found our socket alive.
 const NODE_IDLE_GRACE: Duration = Duration::from_secs(30);
+/// How long a create waits for the sweep of dead shims to be done with its id.
+const SWEEP_WAIT: Duration = Duration::from_secs(30);
 /// Where a node-wide shim keeps its working directory (it outlives the bundle it starts in)
 /// and its [`ShimState`].
 pub use wasmedge_aot_protocol::identity::STATE_ROOT;
@@ -133,10 +135,13 @@ impl Shim for WasmEdgeShim {
                 }
             }
         }
-        // A Linux container: runc's state of it, its processes and its cgroup.
-        if let Ok(root) = crate::linux::state_root(&self.namespace) {
-            crate::linux::force_delete(&root, &self.id).await;
-        }
+        // A Linux container: runc's state of it, its processes and its cgroup. When runc
+        // fails, the rest is cleaned up all the same and containerd is told why; the dead
+        // shim's record of the container stays for the sweep to retry.
+        let runc_failed = match crate::linux::state_root(&self.namespace) {
+            Ok(root) => crate::linux::force_delete(&root, &self.id).await.err(),
+            Err(_) => None,
+        };
         let rootfs = bundle.join("rootfs");
         let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
         // Its cgroup too (and whatever is still in it): the shim that made it is gone.
@@ -150,6 +155,12 @@ impl Shim for WasmEdgeShim {
             {
                 crate::cgroup::remove(&path);
             }
+        }
+        if let Some(e) = runc_failed {
+            return Err(containerd_shim::Error::Other(format!(
+                "container {}: {e}",
+                self.id
+            )));
         }
         info!(
             "cleaned up after dead shim of {} in {}",
@@ -172,6 +183,7 @@ impl Shim for WasmEdgeShim {
         // not start a runner or move out of the bundle.
         let serving = !socket_in_use(&self.socket);
         let mut state_dir = None;
+        let mut swept = crate::sweep::Pending::default();
         if serving {
             if let Err(e) = crate::logger::init(&self.id, Path::new("log"), self.debug) {
                 eprintln!("open shim log: {e}");
@@ -183,11 +195,11 @@ impl Shim for WasmEdgeShim {
                     Err(e) => warn!("node shim: {e}"),
                 }
                 // What dead node shims left: their containers' cgroups and mounts, and their
-                // run directories. Off the path of the first create.
-                let own = state_dir.clone();
-                tokio::task::spawn_blocking(move || {
-                    crate::sweep::dead_shims(Path::new(STATE_ROOT), own.as_deref())
-                });
+                // run directories. Off the path of the first create, but planned before it:
+                // a create of an id the sweep will go through waits for it (`sweep.rs`).
+                let sweep = crate::sweep::plan(Path::new(STATE_ROOT), state_dir.as_deref());
+                swept = sweep.pending();
+                tokio::task::spawn_blocking(move || sweep.run());
             }
         }
         let service = TaskService {
@@ -204,6 +216,7 @@ impl Shim for WasmEdgeShim {
                 phases: self.config.cache_dir.clone(),
                 grouping: self.config.grouping,
                 generation: AtomicU64::new(0),
+                swept,
                 state: state_dir.map(|dir| {
                     let state = ShimState {
                         pid: std::process::id(),
@@ -286,6 +299,9 @@ struct Inner {
     grouping: Grouping,
     /// Bumped by every create; an idle node shim exits only if none came during its grace.
     generation: AtomicU64,
+    /// The container ids the sweep of dead shims has yet to go through: a create of one
+    /// waits (see `sweep.rs`).
+    swept: crate::sweep::Pending,
     /// A node shim's run directory and what it publishes there for `wasmedge-shimctl check`.
     state: Option<(PathBuf, Mutex<ShimState>)>,
 }
@@ -580,6 +596,18 @@ impl Task for TaskService {
         if inner.get(&req.id).is_ok() {
             return Err(ShimError::AlreadyExists(req.id).into());
         }
+        // A dead shim's record of a container of this id names this container's runc state,
+        // cgroup and rootfs too: the sweep must be done with it before the create begins.
+        if !inner.swept.wait(&req.id, SWEEP_WAIT).await {
+            return Err(ShimError::FailedPrecondition {
+                id: req.id.clone(),
+                message: format!(
+                    "a dead shim's container of this id is still being cleaned up after {} s",
+                    SWEEP_WAIT.as_secs()
+                ),
+            }
+            .into());
+        }
         inner.generation.fetch_add(1, Ordering::SeqCst);
         crate::logger::attach_task(&req.id, Path::new(&req.bundle));
         let runner = inner.runner().await?;
@@ -817,7 +845,10 @@ impl Task for TaskService {
             }
             .into());
         }
-        c.discard().await;
+        // A container runc could not delete stays, with its record: containerd sees the
+        // delete fail (with runc's reason) and may retry it, and if this shim dies the next
+        // one's sweep retries it.
+        c.discard().await?;
         c.cleanup();
         let _ = std::fs::remove_file(c.bundle.join(PID_FILE));
         let (code, at) = match c.status() {
@@ -981,8 +1012,12 @@ impl Task for TaskService {
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
         // The container's process (or exec'd one) holds its stdin FIFO itself: containerd's
-        // close of its end reaches it as EOF. A terminal's input ends with the FIFO too.
-        self.inner.get(&req.id)?;
+        // close of its end reaches it as EOF. A terminal's copy reads a FIFO that the shim
+        // also holds a writer of, until now.
+        let c = self.inner.get(&req.id)?;
+        if let (Some(linux), true) = (&c.linux, req.stdin) {
+            linux.close_stdin(&c.id, &req.exec_id)?;
+        }
         Ok(api::Empty::new())
     }
 

@@ -8,11 +8,31 @@
 //! state root), and a node shim that starts removes, for every run directory whose shim is
 //! dead, the recorded Linux containers from runc (`runc delete --force`: their processes,
 //! state and cgroups), the recorded cgroups (killing what is still in them) and mounts, then
-//! the directory.
+//! the directory. A record whose container runc could not delete stays, with its directory,
+//! for the next sweep.
+//!
+//! A record names its container by names that a new container of the same id has too: runc's
+//! `<root>/<id>`, the cgroup (`/<namespace>/<id>` from `ctr`) and the rootfs under the bundle
+//! (`<namespace>/<id>`). A user who runs `ctr run ... foo` again after the shim of the old
+//! `foo` died gets a new shim whose sweep of the old record runs while it creates the new
+//! `foo`. So the sweep is planned before the shim serves ([`plan`]): the ids it will go
+//! through are [`Pending`] from then on, a create of such an id waits until the sweep is done
+//! with it, and the sweep acts on no other id. It therefore never acts on an id this shim
+//! serves or is creating: the old container's leftovers go first, the new container after.
+//!
+//! Not covered: a record carries no identity of its container instance (the bundle
+//! directory's inode could be one), so a container of a recorded id that another live shim
+//! runs is not protected. That takes two node shims of one namespace (an upgrade), the old
+//! one dying, its `foo` run again on the new one, and a third shim starting before the dead
+//! directory is swept.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::identity::{live_shim, STATE_FILE};
 
@@ -67,62 +87,259 @@ fn read_record(path: &Path) -> Option<Record> {
     serde_json::from_slice(&wasmedge_aot_cache::atomic::read_small(path, RECORD_MAX)?).ok()
 }
 
-/// Cleans up after every dead node shim under `state_root` (never `own`, nor a live one).
-/// Returns the run directories removed.
-pub fn dead_shims(state_root: &Path, own: Option<&Path>) -> Vec<PathBuf> {
-    let shim = crate::service::SHIM_BINARY;
-    let mut removed = Vec::new();
+/// The ids the sweep has yet to go through, with how many records of each (several dead
+/// shims may have recorded one id), shared by the sweep and the shim's creates.
+#[derive(Debug, Clone)]
+pub struct Pending(Arc<watch::Sender<HashMap<String, usize>>>);
+
+impl Default for Pending {
+    fn default() -> Pending {
+        Pending(Arc::new(watch::Sender::new(HashMap::new())))
+    }
+}
+
+impl Pending {
+    /// Waits until the sweep is done with `id` (at once if it has no record of it); `false`
+    /// if it still is not after `timeout`.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> bool {
+        let mut pending = self.0.subscribe();
+        // An error is a sender gone, which changes nothing any more: done too.
+        let done = pending.wait_for(|p| !p.contains_key(id));
+        let waited = tokio::time::timeout(timeout, done).await;
+        waited.is_ok()
+    }
+
+    fn add(&self, id: &str) {
+        self.0
+            .send_modify(|p| *p.entry(id.to_string()).or_default() += 1);
+    }
+
+    /// The sweep is done with one record of `id`.
+    fn done(&self, id: &str) {
+        self.0.send_if_modified(|p| {
+            let Some(n) = p.get_mut(id) else {
+                return false;
+            };
+            *n -= 1;
+            if *n > 0 {
+                return false;
+            }
+            p.remove(id);
+            true
+        });
+    }
+
+    fn clear(&self) {
+        self.0.send_if_modified(|p| {
+            let changed = !p.is_empty();
+            p.clear();
+            changed
+        });
+    }
+}
+
+/// A record read back, and the file it is in.
+struct Found {
+    path: PathBuf,
+    record: Record,
+}
+
+/// The sweep of dead shims' run directories, as [`plan`] read them; [`Sweep::run`] does it.
+pub struct Sweep {
+    dirs: Vec<(PathBuf, Vec<Found>)>,
+    pending: Pending,
+}
+
+/// Reads which run directories under `state_root` belong to dead shims (never `own`, nor a
+/// live shim's) and what they recorded, before the shim serves: from then on, a create of a
+/// recorded id waits for the sweep ([`Sweep::pending`]). Only reads small files.
+pub fn plan(state_root: &Path, own: Option<&Path>) -> Sweep {
+    let pending = Pending::default();
+    let mut dirs = Vec::new();
     for entry in std::fs::read_dir(state_root)
         .into_iter()
         .flatten()
         .flatten()
     {
         let dir = entry.path();
-        // Only a run directory with a state file is one a shim finished setting up; one
-        // without may belong to a shim that is starting now. Whether its shim lives is read
-        // now, from its state file: a shim that wrote its state after this sweep started is
-        // alive, and its directory stays (a list of live shims taken before the loop once
-        // had another shim's new directory removed under it).
-        if Some(dir.as_path()) == own
-            || !dir.join(STATE_FILE).exists()
-            || live_shim(&dir, shim).is_some()
-        {
+        if Some(dir.as_path()) == own || !is_dead(&dir) {
             continue;
         }
-        for r in std::fs::read_dir(dir.join(CONTAINERS_DIR))
+        let found: Vec<Found> = std::fs::read_dir(dir.join(CONTAINERS_DIR))
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| read_record(&e.path()))
-        {
-            if let Some(root) = &r.runc_root {
-                // runc is driven through the shim's async client: from this blocking
-                // thread, on the shim's runtime (whose own thread drives its I/O).
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => rt.block_on(crate::linux::force_delete(root, &r.id)),
-                    Err(_) => log::warn!(
-                        "container {} of {}: no runtime to run runc delete on",
-                        r.id,
-                        dir.display()
-                    ),
+            .filter_map(|e| {
+                let path = e.path();
+                read_record(&path).map(|record| Found { path, record })
+            })
+            .collect();
+        for f in &found {
+            pending.add(&f.record.id);
+        }
+        dirs.push((dir, found));
+    }
+    Sweep { dirs, pending }
+}
+
+/// Whether `dir` is the run directory of a dead shim. Only a run directory with a state file
+/// is one a shim finished setting up; one without may belong to a shim that is starting now.
+fn is_dead(dir: &Path) -> bool {
+    dir.join(STATE_FILE).exists() && live_shim(dir, crate::service::SHIM_BINARY).is_none()
+}
+
+impl Sweep {
+    /// The ids the sweep has yet to go through.
+    pub fn pending(&self) -> Pending {
+        self.pending.clone()
+    }
+
+    /// Cleans up after every planned dead shim, on a blocking thread of the shim's runtime.
+    /// Returns the run directories removed.
+    pub fn run(mut self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for (dir, found) in std::mem::take(&mut self.dirs) {
+            // Whether its shim lives is read again now, from its state file: a shim that
+            // took the directory over after the plan (same namespace and socket) is alive,
+            // and its directory stays (a list of live shims taken before the loop once had
+            // another shim's new directory removed under it).
+            if !is_dead(&dir) {
+                for f in &found {
+                    self.pending.done(&f.record.id);
+                }
+                continue;
+            }
+            let mut kept = 0;
+            for f in found {
+                let cleaned = clean_up(&f.record, &dir);
+                self.pending.done(&f.record.id);
+                if cleaned {
+                    let _ = std::fs::remove_file(&f.path);
+                } else {
+                    kept += 1;
                 }
             }
-            if let Some(cgroup) = &r.cgroup {
-                crate::cgroup::remove(cgroup);
+            if kept > 0 {
+                log::warn!(
+                    "{}: {kept} container(s) left for the next sweep",
+                    dir.display()
+                );
+                continue;
             }
-            if let Some(rootfs) = &r.rootfs {
-                let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => removed.push(dir),
+                Err(e) => log::warn!("remove {}: {e}", dir.display()),
             }
-            log::info!(
-                "cleaned up container {} of the dead shim of {}",
-                r.id,
-                dir.display()
-            );
         }
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => removed.push(dir),
-            Err(e) => log::warn!("remove {}: {e}", dir.display()),
+        removed
+    }
+}
+
+impl Drop for Sweep {
+    /// Done, or gone (a panic): no create waits for it any more.
+    fn drop(&mut self) {
+        self.pending.clear();
+    }
+}
+
+/// Removes what the dead shim of `dir` recorded of one container; `false` when runc could
+/// not delete it (its processes may still run): the record stays for the next sweep.
+fn clean_up(r: &Record, dir: &Path) -> bool {
+    if let Some(root) = &r.runc_root {
+        // runc is driven through the shim's async client: from this blocking thread, on
+        // the shim's runtime (whose own thread drives its I/O).
+        let deleted = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt.block_on(crate::linux::force_delete(root, &r.id)),
+            Err(_) => Err("no runtime to run runc delete on".into()),
+        };
+        if let Err(e) = deleted {
+            log::warn!("container {} of {}: {e}", r.id, dir.display());
+            return false;
         }
     }
-    removed
+    if let Some(cgroup) = &r.cgroup {
+        crate::cgroup::remove(cgroup);
+    }
+    if let Some(rootfs) = &r.rootfs {
+        let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
+    }
+    log::info!(
+        "cleaned up container {} of the dead shim of {}",
+        r.id,
+        dir.display()
+    );
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dead shim's run directory under `root` (its state names pid 1, which is no shim)
+    /// with a record of each of `ids` that names nothing to clean up.
+    fn dead_shim(root: &Path, name: &str, ids: &[&str]) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join(CONTAINERS_DIR)).unwrap();
+        std::fs::write(
+            dir.join(STATE_FILE),
+            r#"{"pid": 1, "namespace": "x", "group": "g", "version": "0", "identity": {"shim": null, "runner": null, "config": "none"}, "tasks": 1}"#,
+        )
+        .unwrap();
+        for id in ids {
+            let r = Record {
+                id: id.to_string(),
+                cgroup: None,
+                rootfs: None,
+                runc_root: None,
+            };
+            record(&dir, &r).unwrap();
+        }
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_create_of_a_recorded_id_waits_until_the_sweep_is_done_with_it() {
+        let root = tempfile::tempdir().unwrap();
+        let first = dead_shim(root.path(), "ns-a", &["foo", "bar"]);
+        let second = dead_shim(root.path(), "ns-b", &["foo"]);
+        let own = dead_shim(root.path(), "ns-own", &["mine"]);
+        // A directory a shim is still setting up (no state file yet) is not a dead shim's.
+        std::fs::create_dir_all(root.path().join("ns-new").join(CONTAINERS_DIR)).unwrap();
+
+        let sweep = plan(root.path(), Some(&own));
+        let pending = sweep.pending();
+        let short = Duration::from_millis(20);
+        for id in ["foo", "bar"] {
+            assert!(!pending.wait(id, short).await, "{id} is the sweep's first");
+        }
+        for id in ["mine", "other"] {
+            assert!(pending.wait(id, short).await, "{id}: nothing to wait for");
+        }
+
+        let waiter = {
+            let pending = pending.clone();
+            tokio::spawn(async move { pending.wait("foo", Duration::from_secs(10)).await })
+        };
+        let removed = tokio::task::spawn_blocking(move || sweep.run())
+            .await
+            .unwrap();
+        assert!(waiter.await.unwrap(), "done with foo once the sweep is");
+        assert!(pending.wait("bar", short).await);
+        let mut removed = removed;
+        removed.sort();
+        assert_eq!(removed, [first, second]);
+        assert!(own.join(CONTAINERS_DIR).join("mine").exists());
+        assert!(root.path().join("ns-new").exists());
+    }
+
+    #[test]
+    fn an_unfinished_sweep_holds_no_create_once_it_is_gone() {
+        let root = tempfile::tempdir().unwrap();
+        dead_shim(root.path(), "ns-a", &["foo"]);
+        let sweep = plan(root.path(), None);
+        let pending = sweep.pending();
+        assert!(pending.0.borrow().contains_key("foo"));
+        drop(sweep);
+        assert!(pending.0.borrow().is_empty());
+    }
 }

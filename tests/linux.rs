@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{containerd, fixture, namespace, Rootfs, Run};
+use common::images::Owned;
+use common::{containerd, fixture, namespace, Containerd, Rootfs, Run};
 
 fn native_rootfs() -> Rootfs {
     Rootfs::with(&[("native-tool", &fixture("native-tool"))])
@@ -121,9 +122,15 @@ fn ctr_task_exec_runs_in_a_linux_container_with_its_output_and_exit_code() {
     assert!(std::fs::metadata(format!("/proc/{pid}")).is_err());
 }
 
-/// Runs `ctr ARGS` with a terminal of its own (`-t` needs one): a pty of 77x33 whose master
-/// the test reads up to the first line of output. Returns ctr's success and that output.
-fn ctr_on_a_pty(ctd: &common::Containerd, args: &[&str]) -> (bool, String) {
+/// Runs `ctr ARGS` with a terminal of its own (`-t` needs one): a pty of 77x33 on whose
+/// master the test types `input` and reads until the output contains `until`. Returns ctr's
+/// success and that output.
+fn ctr_on_a_pty(
+    ctd: &common::Containerd,
+    args: &[&str],
+    input: &str,
+    until: &str,
+) -> (bool, String) {
     let size = nix::pty::Winsize {
         ws_row: 33,
         ws_col: 77,
@@ -143,6 +150,8 @@ fn ctr_on_a_pty(ctd: &common::Containerd, args: &[&str]) -> (bool, String) {
         .spawn()
         .unwrap();
     let mut master = std::fs::File::from(pty.master);
+    std::io::Write::write_all(&mut master, input.as_bytes()).unwrap();
+    let until = until.to_string();
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
@@ -152,7 +161,7 @@ fn ctr_on_a_pty(ctd: &common::Containerd, args: &[&str]) -> (bool, String) {
                 break;
             }
             out.extend_from_slice(&buf[..n]);
-            if out.contains(&b'\n') {
+            if String::from_utf8_lossy(&out).contains(&until) {
                 break;
             }
         }
@@ -183,9 +192,8 @@ fn ctr_run_and_exec_with_a_terminal_give_a_linux_container_its_tty_and_its_size(
     let fifo = ctd.fifo_dir().display().to_string();
     let root = r.path().display().to_string();
     // ctr gives the container's terminal the size of its own (ResizePty).
-    let (ok, out) = ctr_on_a_pty(
-        ctd,
-        &[
+    let run = |id: &str, args: &[&str], input: &str, until: &str| {
+        let mut a = vec![
             "run",
             "--rm",
             "-t",
@@ -195,14 +203,25 @@ fn ctr_run_and_exec_with_a_terminal_give_a_linux_container_its_tty_and_its_size(
             common::RUNTIME,
             "--rootfs",
             &root,
-            "native-tty",
-            "/native-tool",
-            "tty",
-        ],
-    );
+            id,
+        ];
+        a.extend_from_slice(args);
+        ctr_on_a_pty(ctd, &a, input, until)
+    };
+    let (ok, out) = run("native-tty", &["/native-tool", "tty"], "", "\n");
     assert!(ok, "{out}\n{}", ctd.log_tail());
     assert!(out.contains("tty yes 77x33"), "{out:?}");
     assert_eq!(runc_state("native-tty"), None);
+    // What is typed reaches the process through its terminal (the stdin FIFO the shim
+    // copies to the terminal's master).
+    let (ok, out) = run(
+        "native-tty-in",
+        &["/native-tool", "readline"],
+        "typed\r",
+        "read typed",
+    );
+    assert!(ok, "{out}\n{}", ctd.log_tail());
+    assert!(out.contains("read typed (tty yes)"), "{out:?}");
 
     let id = "native-tty-exec";
     ctd.run_detached(&Run::rootfs(
@@ -211,23 +230,26 @@ fn ctr_run_and_exec_with_a_terminal_give_a_linux_container_its_tty_and_its_size(
         &["/native-tool", "sleep", "100"],
     ));
     ctd.wait_status(id, "RUNNING", Duration::from_secs(10));
-    let (ok, out) = ctr_on_a_pty(
-        ctd,
-        &[
+    let exec = |exec_id: &str, args: &[&str], input: &str, until: &str| {
+        let mut a = vec![
             "task",
             "exec",
             "-t",
             "--fifo-dir",
             &fifo,
             "--exec-id",
-            "t1",
+            exec_id,
             id,
-            "/native-tool",
-            "tty",
-        ],
-    );
+        ];
+        a.extend_from_slice(args);
+        ctr_on_a_pty(ctd, &a, input, until)
+    };
+    let (ok, out) = exec("t1", &["/native-tool", "tty"], "", "\n");
     assert!(ok, "{out}\n{}", ctd.log_tail());
     assert!(out.contains("tty yes 77x33"), "{out:?}");
+    let (ok, out) = exec("t2", &["/native-tool", "readline"], "typed\r", "read typed");
+    assert!(ok, "{out}\n{}", ctd.log_tail());
+    assert!(out.contains("read typed (tty yes)"), "{out:?}");
     ctd.remove(id);
 }
 
@@ -246,4 +268,62 @@ fn a_linux_container_over_its_memory_limit_is_oom_killed_and_reported() {
     assert!(!out.stdout.contains("allocated"), "{out:?}");
     events.wait_for(&["/tasks/oom", "native-oom"], Duration::from_secs(5));
     assert_eq!(runc_state("native-oom"), None);
+}
+
+/// runc's `delete --force` fails (here a runc that refuses it): the task's delete fails with
+/// runc's reason, and the shim keeps the container and its record (a later delete, or the
+/// sweep after a dead shim, retries), instead of forgetting what may still run.
+#[test]
+fn a_failed_runc_delete_fails_the_delete_with_runcs_reason_and_keeps_the_container() {
+    if !common::can_run("linux_delete_fails") {
+        return;
+    }
+    let switch = tempfile::tempdir().unwrap();
+    let refuse = switch.path().join("refuse");
+    let bin = common::bin_with_runc(&format!(
+        r#"if [ -e '{}' ]; then
+  case " $* " in *" delete --force "*) echo "refused by the test's runc" >&2; exit 1 ;; esac
+fi
+exec "$RUNC" "$@""#,
+        refuse.display()
+    ));
+    let ctd = Owned(Containerd::start_with_bin(false, "", bin.path()));
+    let r = native_rootfs();
+    let id = "native-undeletable";
+    ctd.run_detached(&Run::rootfs(
+        id,
+        r.path(),
+        &["/native-tool", "sleep", "100"],
+    ));
+    ctd.wait_status(id, "RUNNING", Duration::from_secs(10));
+    // The node shim works in its run directory, where it records its containers.
+    let shim = common::ppid(ctd.task_pid(id).unwrap()).unwrap();
+    let record = std::fs::read_link(format!("/proc/{shim}/cwd"))
+        .unwrap()
+        .join("containers")
+        .join(id);
+    assert!(record.exists(), "{}", record.display());
+    ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+    ctd.wait_status(id, "STOPPED", Duration::from_secs(10));
+
+    std::fs::write(&refuse, "").unwrap();
+    let out = ctd.ctr(&["task", "rm", id]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("runc delete --force {id}"))
+            && said.contains("refused by the test's runc"),
+        "{said}"
+    );
+    assert_eq!(ctd.task_status(id).as_deref(), Some("STOPPED"));
+    assert!(record.exists(), "the record goes only with the container");
+    assert!(runc_state(id).is_some());
+
+    // runc deletes it now: so does the shim.
+    std::fs::remove_file(&refuse).unwrap();
+    ctd.ctr_ok(&["task", "rm", id]);
+    assert_eq!(ctd.task_status(id), None);
+    assert!(!record.exists());
+    assert_eq!(runc_state(id), None);
+    ctd.ctr_ok(&["container", "rm", id]);
 }

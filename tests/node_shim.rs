@@ -387,3 +387,77 @@ fn a_new_node_shim_has_runc_delete_a_linux_container_a_dead_one_left() {
     );
     let _ = std::fs::remove_dir(&root);
 }
+
+/// A dead shim recorded a container, and a user runs a container of the same id again: the
+/// new shim's sweep of the old record runs while it creates the new container, and the
+/// record names the new container's cgroup and rootfs too. The sweep must be done with the
+/// old record before the create begins, and never act on the new container.
+#[test]
+fn the_sweep_of_a_dead_shims_container_spares_a_new_container_of_its_id() {
+    if !common::can_run("sweep_spares_reused_id") {
+        return;
+    }
+    let tag = format!("sweep-reuse-{}", std::process::id());
+    // A runc root of the dead shim's with the container still in it, whose `runc delete`
+    // takes 3 s (the test's runc): the sweep is at this record while the new container is
+    // being created. The real runc fails on its state, so that the shim of another test
+    // that starts meanwhile (whose runc is the real one) keeps the record for this one.
+    let slow_root = Path::new("/run/wasmedge-aot-shim/runc").join(&tag);
+    let id = "reused";
+    std::fs::create_dir_all(slow_root.join(id)).unwrap();
+    std::fs::write(slow_root.join(id).join("state.json"), "not runc's").unwrap();
+    let bin = common::bin_with_runc(&format!(
+        r#"case " $* " in *" --root {} "*) sleep 3; exit 0 ;; esac
+exec "$RUNC" "$@""#,
+        slow_root.display()
+    ));
+    let ctd = Owned(Containerd::start_with_bin(false, "", bin.path()));
+    let dead = Path::new(STATE_ROOT).join(format!("sweep-test-{tag}"));
+    std::fs::create_dir_all(dead.join("containers")).unwrap();
+    std::fs::write(
+        dead.join("shim.json"),
+        r#"{"pid": 1, "namespace": "x", "group": "g", "version": "0", "identity": {"shim": null, "runner": null, "config": "none"}, "tasks": 1}"#,
+    )
+    .unwrap();
+    // The old container's cgroup and rootfs had the names the new one's have (`ctr` puts a
+    // container's cgroup at /<namespace>/<id>).
+    std::fs::write(
+        dead.join("containers").join(id),
+        serde_json::json!({
+            "id": id,
+            "cgroup": format!("/{}/{id}", common::namespace()),
+            "rootfs": ctd.bundle(id).join("rootfs"),
+            "runc_root": slow_root,
+        })
+        .to_string(),
+    )
+    .unwrap();
+
+    // The first container of this containerd starts its node shim, which sweeps.
+    let r = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
+    ctd.run_detached(&Run::rootfs(id, r.path(), &["/probe.wasm", "sleep", "60"]));
+    wait_until(
+        "the dead shim's directory is swept",
+        Duration::from_secs(20),
+        || !dead.exists(),
+    );
+    ctd.wait_status(id, "RUNNING", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        ctd.task_status(id).as_deref(),
+        Some("RUNNING"),
+        "the sweep ended the new container\n{}",
+        ctd.log_tail()
+    );
+    assert!(
+        ctd.log().contains(&format!(
+            "cleaned up container {id} of the dead shim of {}",
+            dead.display()
+        )),
+        "this shim's sweep did it\n{}",
+        ctd.log_tail()
+    );
+    ctd.remove(id);
+    let _ = std::fs::remove_dir_all(&slow_root);
+    let _ = std::fs::remove_dir_all(&dead);
+}

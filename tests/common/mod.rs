@@ -370,6 +370,34 @@ disabled_plugins = {disabled}
     )
 }
 
+/// A directory to give [`Containerd::start_with_bin`]: the shim binaries of this build
+/// (links) and a `runc` of the test's own, a shell script whose `$RUNC` is the real runc and
+/// `$@` runc's arguments (`--root <dir> --log <file> --log-format json <command> ...`, as
+/// the shim passes them). The shim runs the first `runc` on containerd's PATH, so this is
+/// how a test makes runc slow or fail.
+pub fn bin_with_runc(script: &str) -> tempfile::TempDir {
+    runner_bin();
+    let bin = tempfile::Builder::new().prefix("bin").tempdir().unwrap();
+    for name in ["containerd-shim-wasmedge-v1", "wasmedge-shim-runner"] {
+        std::os::unix::fs::symlink(shim_dir().join(name), bin.path().join(name)).unwrap();
+    }
+    let real = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("runc"))
+        .find(|p| p.is_file())
+        .expect("runc on PATH");
+    let path = bin.path().join("runc");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nRUNC='{}'\n{script}\n", real.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
 static SHARED: OnceLock<Containerd> = OnceLock::new();
 
 /// The containerd shared by the tests of this binary, started on first use and shut down
