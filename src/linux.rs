@@ -572,15 +572,10 @@ fn read_pid(path: &Path) -> Result<i32, String> {
 /// Whether the spec gives the container a pid namespace of its own (not the host's, nor
 /// the pod's).
 fn has_own_pid_namespace(spec: &Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .into_iter()
-        .flatten()
-        .any(|ns| {
-            ns.typ() == LinuxNamespaceType::Pid
-                && ns.path().as_ref().is_none_or(|p| p.as_os_str().is_empty())
-        })
+    crate::spec::linux_namespaces(spec).any(|ns| {
+        ns.typ() == LinuxNamespaceType::Pid
+            && ns.path().as_ref().is_none_or(|p| p.as_os_str().is_empty())
+    })
 }
 
 /// Rewrites each namespace path of the bundle's `config.json` that names the shim's own
@@ -600,25 +595,14 @@ fn join_pod_namespaces(
         .as_ref()
         .is_some_and(|a| a.contains_key(crate::spec::SANDBOX_ID_ANNOTATION));
     if in_pod {
-        for ns in spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .into_iter()
-            .flatten()
-        {
+        for ns in crate::spec::linux_namespaces(spec) {
             if let Some(p) = ns.path() {
                 check_pod_namespace_path(p, shim)?;
             }
         }
     }
-    let any = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .into_iter()
-        .flatten()
-        .any(|ns| ns.path().as_deref().is_some_and(names_pod));
+    let any =
+        crate::spec::linux_namespaces(spec).any(|ns| ns.path().as_deref().is_some_and(names_pod));
     if !any {
         return Ok(Vec::new());
     }

@@ -494,6 +494,29 @@ impl Inner {
 }
 
 impl TaskService {
+    /// Pause or Resume (runc's freezer; a Wasm container refuses, naming why), then the
+    /// event containerd expects.
+    async fn set_paused(&self, id: &str, paused: bool) -> TtrpcResult<api::Empty> {
+        let c = self.inner.get(id)?;
+        c.pause(paused).await?;
+        let container_id = c.id.clone();
+        let (topic, ev): (&str, Box<dyn MessageDyn>) = if paused {
+            let ev = TaskPaused {
+                container_id,
+                ..Default::default()
+            };
+            (TASK_PAUSED_EVENT_TOPIC, Box::new(ev))
+        } else {
+            let ev = TaskResumed {
+                container_id,
+                ..Default::default()
+            };
+            (TASK_RESUMED_EVENT_TOPIC, Box::new(ev))
+        };
+        self.inner.publish(topic, ev).await;
+        Ok(api::Empty::new())
+    }
+
     async fn watch_exits(&self) {
         let mut sub = match monitor_subscribe(Topic::Pid).await {
             Ok(s) => s,
@@ -977,16 +1000,7 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        let c = self.inner.get(&req.id)?;
-        c.pause(true).await?;
-        let ev = TaskPaused {
-            container_id: c.id.clone(),
-            ..Default::default()
-        };
-        self.inner
-            .publish(TASK_PAUSED_EVENT_TOPIC, Box::new(ev))
-            .await;
-        Ok(api::Empty::new())
+        self.set_paused(&req.id, true).await
     }
 
     async fn resume(
@@ -994,16 +1008,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
-        let c = self.inner.get(&req.id)?;
-        c.pause(false).await?;
-        let ev = TaskResumed {
-            container_id: c.id.clone(),
-            ..Default::default()
-        };
-        self.inner
-            .publish(TASK_RESUMED_EVENT_TOPIC, Box::new(ev))
-            .await;
-        Ok(api::Empty::new())
+        self.set_paused(&req.id, false).await
     }
 
     async fn close_io(

@@ -240,15 +240,18 @@ fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-fn namespaces(spec: &Spec) -> Result<HashMap<LinuxNamespaceType, Ns>, SpecError> {
-    let mut out = HashMap::new();
-    for ns in spec
-        .linux()
+/// The spec's `linux.namespaces`, in their order.
+pub fn linux_namespaces(spec: &Spec) -> impl Iterator<Item = &oci_spec::runtime::LinuxNamespace> {
+    spec.linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
         .into_iter()
         .flatten()
-    {
+}
+
+fn namespaces(spec: &Spec) -> Result<HashMap<LinuxNamespaceType, Ns>, SpecError> {
+    let mut out = HashMap::new();
+    for ns in linux_namespaces(spec) {
         let how = match ns.path() {
             Some(p) if !p.as_os_str().is_empty() => Ns::Join(p.clone()),
             _ => Ns::New,
