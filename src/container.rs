@@ -310,7 +310,7 @@ impl Container {
                     hash: Some(m.hash.to_hex()),
                 }))
             }
-            Err(LayerError::NoImage | LayerError::NoWasmLayer { .. }) => Ok(None),
+            Err(LayerError::NoImage | LayerError::NoWasmLayer { .. } | LayerError::Off) => Ok(None),
             Err(e) => Err(entry_err(format!(
                 "entrypoint {argv0:?} not found in the container root, and {e}"
             ))),

@@ -56,6 +56,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::time::{timeout, timeout_at, Instant};
 use wasmedge_aot_cache::{ModuleHash, ModuleHasher};
+use wasmedge_aot_protocol::config::WasmLayers;
 use wasmedge_aot_protocol::wasm_layer::{
     bound, select, ImageConfig, Layer, SelectError, LAYERS_LABEL, TITLE_ANNOTATION,
 };
@@ -94,6 +95,8 @@ const INDEX_TYPES: [&str; 2] = [
 pub enum LayerError {
     #[error("the container has no image to take a Wasm layer from")]
     NoImage,
+    #[error("this node runs no Wasm layers (wasm_layers = \"off\")")]
+    Off,
     #[error("image {image}: {source}")]
     NoWasmLayer {
         image: String,
@@ -240,6 +243,8 @@ pub struct ImageLayers {
     modules: Mutex<Vec<Arc<LayerModule>>>,
     /// Held while a layer is read (one at a time).
     reading: tokio::sync::Mutex<()>,
+    /// The node's choice of which images' Wasm layers run.
+    mode: WasmLayers,
 }
 
 impl std::fmt::Debug for ImageLayers {
@@ -254,7 +259,7 @@ impl std::fmt::Debug for ImageLayers {
 impl ImageLayers {
     /// A reader for `namespace` of the containerd at `address` (`unix://PATH` or a path).
     /// Nothing is connected until a container needs it.
-    pub fn new(address: &str, namespace: &str) -> ImageLayers {
+    pub fn new(address: &str, namespace: &str, mode: WasmLayers) -> ImageLayers {
         let path = address.strip_prefix("unix://").unwrap_or(address);
         ImageLayers {
             address: PathBuf::from(path),
@@ -263,12 +268,16 @@ impl ImageLayers {
             parsed: Mutex::new(HashMap::new()),
             modules: Mutex::new(Vec::new()),
             reading: tokio::sync::Mutex::new(()),
+            mode,
         }
     }
 
     /// The module container `id` runs, from the Wasm layers of its image; `argv0` chooses
     /// among several (see [`wasm_layer`]).
     pub async fn module(&self, id: &str, argv0: &str) -> Result<Arc<LayerModule>, LayerError> {
+        if self.mode == WasmLayers::Off {
+            return Err(LayerError::Off);
+        }
         let channel = self.channel().await?;
         let image = self.image_of(&channel, id).await?;
         let in_image = |e: LayerError| match e {
@@ -286,12 +295,12 @@ impl ImageLayers {
                     source: e,
                 }
             }
-            SelectError::Ambiguous { .. } | SelectError::NotNamedByConfig { .. } => {
-                LayerError::Image {
-                    image: image.clone(),
-                    message: e.to_string(),
-                }
-            }
+            SelectError::Ambiguous { .. }
+            | SelectError::NotNamedByConfig { .. }
+            | SelectError::Unlabelled => LayerError::Image {
+                image: image.clone(),
+                message: e.to_string(),
+            },
         };
         // A Linux image (no Wasm layer) costs no read of its config.
         select(&manifest.layers, argv0).map_err(select_err)?;
@@ -299,7 +308,8 @@ impl ImageLayers {
             Some(desc) => self.config(&channel, desc).await.map_err(in_image)?,
             None => Arc::new(ImageConfig::default()),
         };
-        let chosen = bound(&manifest.layers, argv0, &config).map_err(select_err)?;
+        let require_label = self.mode == WasmLayers::Labelled;
+        let chosen = bound(&manifest.layers, argv0, &config, require_label).map_err(select_err)?;
         let layer = &manifest.layers[chosen];
         if let Some(m) = self.kept(&layer.digest) {
             return Ok(m);
@@ -801,7 +811,11 @@ mod tests {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let address = dir.path().join("none.sock");
-        let layers = ImageLayers::new(&format!("unix://{}", address.display()), "default");
+        let layers = ImageLayers::new(
+            &format!("unix://{}", address.display()),
+            "default",
+            WasmLayers::Any,
+        );
         let e = rt.block_on(layers.module("c1", "/app.wasm")).unwrap_err();
         let text = e.to_string();
         assert!(

@@ -208,7 +208,7 @@ impl Shim for WasmEdgeShim {
                 containers: Mutex::new(HashMap::new()),
                 runner: tokio::sync::Mutex::new(None),
                 seccomp: crate::seccomp::Compiled::default(),
-                layers: ImageLayers::new(&self.address, &self.namespace),
+                layers: ImageLayers::new(&self.address, &self.namespace, self.config.wasm_layers),
                 host: HostSecurity::detect(),
                 publisher,
                 exit: self.exit.clone(),

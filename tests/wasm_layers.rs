@@ -215,3 +215,65 @@ fn a_module_in_neither_rootfs_nor_layer_fails_the_create_with_the_reason() {
     let (code, _, _) = ctr_raw(ctd, &["version"]);
     assert_eq!(code, Some(0));
 }
+
+/// `wasm_layers = "labelled"`: a node whose tenants pull images of their choosing runs the
+/// layers only of images whose config names them; runwasi's unlabelled layout is refused at
+/// create, naming the setting. `off` runs none: the container is a Linux one.
+#[test]
+fn a_node_can_run_only_labelled_wasm_layer_images_or_none() {
+    if !common::can_run("wasm_layer_modes") {
+        return;
+    }
+    let module = std::fs::read(unique_probe("modes").path().join("probe.wasm")).unwrap();
+    let labelled = archive(
+        "layer-labelled.tar",
+        ImageBuilder::wasm_layer("localhost/wasmedge-tests/layer-labelled:v1", module.clone()),
+    );
+    let unlabelled = archive(
+        "layer-unlabelled.tar",
+        ImageBuilder::wasm_layer("localhost/wasmedge-tests/layer-unlabelled:v1", module)
+            .without_layers_label(),
+    );
+    let shared = containerd();
+    for (mode, labelled_runs, unlabelled_error) in [
+        (
+            "labelled",
+            true,
+            "its config names no Wasm layer (label io.wasmedge-aot-shim.wasm-layers), and \
+             this node runs only images whose configs do (wasm_layers = \"labelled\")",
+        ),
+        (
+            "off",
+            false,
+            "exec: \"/app.wasm\": stat /app.wasm: no such file or directory",
+        ),
+    ] {
+        let ctd = Containerd::start_with(
+            false,
+            &format!(
+                "cache_dir = \"{}\"\nwasm_layers = \"{mode}\"\n",
+                shared.cache_dir.display()
+            ),
+        );
+        ctd.import_image(&labelled);
+        ctd.import_image(&unlabelled);
+        let out = ctd.run(&Run::image(&format!("{mode}-l"), &labelled.reference, &[]));
+        if labelled_runs {
+            assert_eq!(out.stdout, "hello from wasm\n", "{mode}: {out:?}");
+        } else {
+            assert_ne!(out.code, Some(0), "{mode}: {out:?}");
+            assert!(out.stderr.contains(unlabelled_error), "{mode}: {out:?}");
+        }
+        let out = ctd.run(&Run::image(
+            &format!("{mode}-u"),
+            &unlabelled.reference,
+            &[],
+        ));
+        assert_ne!(out.code, Some(0), "{mode}: {out:?}");
+        assert!(out.stderr.contains(unlabelled_error), "{mode}: {out:?}");
+    }
+    // The default runs both (runwasi's images included).
+    shared.import_image(&unlabelled);
+    let out = shared.run(&Run::image("any-u", &unlabelled.reference, &[]));
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+}

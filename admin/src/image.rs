@@ -212,6 +212,8 @@ pub struct ImageBuilder {
     author: Option<String>,
     /// The module layer's media type (Wasm-layer form).
     layer_media_type: String,
+    /// Whether a Wasm-layer image's config names its layer (`WASM_LAYERS_LABEL`).
+    layers_label: bool,
 }
 
 /// A built image: its blobs and the names of its parts.
@@ -244,6 +246,7 @@ impl ImageBuilder {
             created: EPOCH.into(),
             author: None,
             layer_media_type: COMPONENT_LAYER_MEDIA_TYPE.into(),
+            layers_label: true,
         }
     }
 
@@ -262,6 +265,14 @@ impl ImageBuilder {
     /// (the default) or [`WASM_LAYER_MEDIA_TYPE`].
     pub fn layer_media_type(mut self, media_type: &str) -> ImageBuilder {
         self.layer_media_type = media_type.into();
+        self
+    }
+
+    /// A Wasm-layer image whose config does not name its layer ([`WASM_LAYERS_LABEL`]
+    /// left out), as runwasi's builder makes them: for compatibility tests. Such a config
+    /// binds no module to the image (see `wasm_layer::bound`).
+    pub fn without_layers_label(mut self) -> ImageBuilder {
+        self.layers_label = false;
         self
     }
 
@@ -454,7 +465,7 @@ impl ImageBuilder {
         if !self.env.is_empty() {
             config = config.env(self.env.clone());
         }
-        if diff_id.is_none() {
+        if diff_id.is_none() && self.layers_label {
             let module = self
                 .module
                 .as_ref()

@@ -64,6 +64,24 @@ pub enum Grouping {
     Pod,
 }
 
+/// Which images' Wasm layers (a module that is a layer of its own, see
+/// [`crate::wasm_layer`]) this node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WasmLayers {
+    /// Any image whose config is for the `wasm` architecture: runwasi's images, whose
+    /// configs name no layer, included. CRI knows an image by its config, so two such images
+    /// with one config are one image to it.
+    #[default]
+    Any,
+    /// Only images whose config names its Wasm layers
+    /// ([`crate::wasm_layer::LAYERS_LABEL`], which `wasmedge-shimctl image build` writes):
+    /// for nodes whose tenants pull images of their choosing.
+    Labelled,
+    /// None: an entrypoint that is no file in the rootfs is a Linux container's.
+    Off,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -93,6 +111,8 @@ pub struct Config {
     /// interpreter, 1.6-3.1x slower than O2). A level at or above `opt_level` turns the
     /// quick tier off.
     pub quick_opt_level: u8,
+    /// Which images' Wasm layers run.
+    pub wasm_layers: WasmLayers,
 }
 
 impl Default for Config {
@@ -111,6 +131,7 @@ impl Default for Config {
             compile_retry_secs: 600,
             opt_level: 2,
             quick_opt_level: 0,
+            wasm_layers: WasmLayers::Any,
         }
     }
 }
@@ -219,6 +240,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wasm_layers_parse() {
+        assert_eq!(Config::default().wasm_layers, WasmLayers::Any);
+        let c = Config::parse("wasm_layers = \"labelled\"\n").unwrap();
+        assert_eq!(c.wasm_layers, WasmLayers::Labelled);
+        assert_eq!(
+            Config::parse("wasm_layers = \"off\"\n")
+                .unwrap()
+                .wasm_layers,
+            WasmLayers::Off
+        );
+        assert!(Config::parse("wasm_layers = \"some\"\n").is_err());
+    }
 
     #[test]
     fn empty_file_gives_defaults_and_fields_parse() {

@@ -85,6 +85,11 @@ pub enum SelectError {
          another image's manifest under the same config?"
     )]
     NotNamedByConfig { digest: String, named: String },
+    #[error(
+        "its config names no Wasm layer (label {LAYERS_LABEL}), and this node runs only \
+         images whose configs do (wasm_layers = \"labelled\")"
+    )]
+    Unlabelled,
 }
 
 /// What [`bound`] needs of an image config.
@@ -97,12 +102,22 @@ pub struct ImageConfig {
 
 /// The index in `layers` of the module a container with `argv0` runs, for an image whose
 /// config is `config`: [`select`], then rules 4 and 5 of the module docs.
-pub fn bound(layers: &[Layer], argv0: &str, config: &ImageConfig) -> Result<usize, SelectError> {
+///
+/// With `require_label`, a config without [`LAYERS_LABEL`] runs none of its layers.
+pub fn bound(
+    layers: &[Layer],
+    argv0: &str,
+    config: &ImageConfig,
+    require_label: bool,
+) -> Result<usize, SelectError> {
     let chosen = select(layers, argv0)?;
     if config.architecture != WASM_ARCHITECTURE {
         return Err(SelectError::NotWasmPlatform {
             architecture: config.architecture.clone(),
         });
+    }
+    if require_label && config.layers_label.is_none() {
+        return Err(SelectError::Unlabelled);
     }
     if let Some(named) = &config.layers_label {
         let digest = &layers[chosen].digest;
@@ -197,14 +212,22 @@ mod tests {
             architecture: "wasm".into(),
             layers_label: label.map(Into::into),
         };
-        assert_eq!(bound(&layers, "/app.wasm", &wasm(None)), Ok(1));
-        assert_eq!(bound(&layers, "/app.wasm", &wasm(Some("sha256:m"))), Ok(1));
+        assert_eq!(bound(&layers, "/app.wasm", &wasm(None), false), Ok(1));
         assert_eq!(
-            bound(&layers, "/app.wasm", &wasm(Some("sha256:x, sha256:m"))),
+            bound(&layers, "/app.wasm", &wasm(Some("sha256:m")), true),
             Ok(1)
         );
         assert_eq!(
-            bound(&layers, "/app.wasm", &wasm(Some("sha256:x"))),
+            bound(
+                &layers,
+                "/app.wasm",
+                &wasm(Some("sha256:x, sha256:m")),
+                false
+            ),
+            Ok(1)
+        );
+        assert_eq!(
+            bound(&layers, "/app.wasm", &wasm(Some("sha256:x")), false),
             Err(SelectError::NotNamedByConfig {
                 digest: "sha256:m".into(),
                 named: "sha256:x".into()
@@ -216,14 +239,19 @@ mod tests {
             layers_label: None,
         };
         assert_eq!(
-            bound(&layers, "envoy", &linux),
+            bound(&layers, "envoy", &linux, false),
             Err(SelectError::NotWasmPlatform {
                 architecture: "amd64".into()
             })
         );
+        // A node that runs only labelled images.
+        assert_eq!(
+            bound(&layers, "/app.wasm", &wasm(None), true),
+            Err(SelectError::Unlabelled)
+        );
         // No Wasm layer stays that, whatever the config.
         assert_eq!(
-            bound(&layers[..1], "/app.wasm", &wasm(None)),
+            bound(&layers[..1], "/app.wasm", &wasm(None), false),
             Err(SelectError::NoWasmLayer)
         );
     }
