@@ -47,7 +47,8 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
     /// Stable id: `containerd`, `shim`, `runner`, `libwasmedge`, `runtime-registered`,
-    /// `cache-dir`, `node-shims`, `runtimeclass`, `node-label`.
+    /// `cache-dir`, `compile-failures`, `node-shims`, `cgroup-driver`, `runtimeclass`,
+    /// `node-label`.
     pub name: &'static str,
     pub status: Status,
     /// Whether a failure makes the node unusable (and `check` exit non-zero).
@@ -156,6 +157,8 @@ pub struct CheckOptions {
     pub node_name: Option<String>,
     /// kubeconfig for kubectl; `None` = kubectl's default (`KUBECONFIG`, `~/.kube/config`).
     pub kubeconfig: Option<PathBuf>,
+    /// The kubelet's configuration file, for its cgroup driver.
+    pub kubelet_config: PathBuf,
     /// Limit of each external command.
     pub timeout: Duration,
 }
@@ -171,6 +174,7 @@ impl Default for CheckOptions {
             shim_config: Config::path(),
             node_name: None,
             kubeconfig: None,
+            kubelet_config: PathBuf::from(DEFAULT_KUBELET_CONFIG),
             timeout: Duration::from_secs(10),
         }
     }
@@ -201,6 +205,7 @@ pub fn check(opts: &CheckOptions) -> CheckReport {
         Identity::of(shim, &runner, identity::config_digest(&opts.shim_config))
     });
     checks.push(check_node_shims(Path::new(STATE_ROOT), installed.as_ref()));
+    checks.push(check_cgroup_driver(&opts.kubelet_config));
     checks.extend(check_kubernetes(opts));
     CheckReport { checks }
 }
@@ -560,6 +565,56 @@ fn check_registered(opts: &CheckOptions) -> Check {
     match std::fs::read_to_string(file) {
         Ok(text) => registration_from_config(&text, &opts.runtime_name, &source),
         Err(e) => Check::fail("runtime-registered", format!("{source}: {e}")),
+    }
+}
+
+/// Where kubeadm and most distributions keep the kubelet's configuration.
+pub const DEFAULT_KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
+
+/// The kubelet's cgroup driver, from its configuration file: with `systemd`, CRI gives every
+/// container a `slice:prefix:name` cgroup path, which the shim refuses (it manages cgroups
+/// through cgroupfs), so no pod of the runtime could start on the node. No file: not a
+/// Kubernetes node, or a kubelet configured elsewhere (skipped, not required).
+pub fn check_cgroup_driver(kubelet_config: &Path) -> Check {
+    const NAME: &str = "cgroup-driver";
+    let text = match std::fs::read_to_string(kubelet_config) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut c = Check::skipped(
+                NAME,
+                format!(
+                    "{}: {e} (the kubelet's cgroup driver is not known)",
+                    kubelet_config.display()
+                ),
+            );
+            c.required = false;
+            return c;
+        }
+    };
+    // A top-level `cgroupDriver: VALUE` (the kubelet's default is cgroupfs).
+    let driver = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cgroupDriver:"))
+        .map(|v| {
+            v.split('#')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches(['"', '\''])
+        })
+        .unwrap_or("cgroupfs (the kubelet's default)");
+    let at = kubelet_config.display();
+    if driver == "systemd" {
+        Check::fail(
+            NAME,
+            format!(
+                "{at}: cgroupDriver: systemd; the shim manages cgroups through cgroupfs and \
+                 refuses systemd's cgroup paths, so its pods would not start: run this node's \
+                 kubelet (and containerd's CRI) with the cgroupfs driver"
+            ),
+        )
+    } else {
+        Check::pass(NAME, format!("{at}: cgroupDriver: {driver}"))
     }
 }
 
@@ -1054,6 +1109,32 @@ version = 2
         assert!(!out.success);
         assert_eq!(out.stdout, "hi\n");
         assert_eq!(out.first_error_line(), "oops");
+    }
+
+    #[test]
+    fn the_kubelets_cgroup_driver_must_be_cgroupfs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("config.yaml");
+        let c = check_cgroup_driver(&file);
+        assert_eq!((c.status, c.required), (Status::Skipped, false));
+        std::fs::write(&file, "kind: KubeletConfiguration\ncgroupDriver: systemd\n").unwrap();
+        let c = check_cgroup_driver(&file);
+        assert_eq!((c.status, c.required), (Status::Fail, true));
+        assert!(
+            c.evidence.contains("cgroupDriver: systemd;"),
+            "{}",
+            c.evidence
+        );
+        std::fs::write(&file, "cgroupDriver: \"cgroupfs\" # set by us\n").unwrap();
+        let c = check_cgroup_driver(&file);
+        assert_eq!(c.status, Status::Pass);
+        assert!(
+            c.evidence.ends_with("cgroupDriver: cgroupfs"),
+            "{}",
+            c.evidence
+        );
+        std::fs::write(&file, "kind: KubeletConfiguration\n").unwrap();
+        assert_eq!(check_cgroup_driver(&file).status, Status::Pass);
     }
 
     #[test]

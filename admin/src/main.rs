@@ -262,6 +262,9 @@ struct CheckArgs {
     node_name: Option<String>,
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// The kubelet's configuration file, for its cgroup driver.
+    #[arg(long, default_value = check::DEFAULT_KUBELET_CONFIG)]
+    kubelet_config: PathBuf,
     #[arg(long)]
     json: bool,
 }
@@ -802,6 +805,7 @@ fn check_cmd(args: CheckArgs) -> Result<ExitCode> {
         runtime_class: args.runtime_class,
         node_name: args.node_name,
         kubeconfig: args.kubeconfig,
+        kubelet_config: args.kubelet_config,
         ..CheckOptions::default()
     };
     if let Some(c) = args.shim_config {
