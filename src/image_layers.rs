@@ -10,8 +10,9 @@
 //!
 //! 1. `Containers.Get(id)`: the image the container was made from, by name (a container
 //!    made from a rootfs directory has none, and the create fails as before);
-//! 2. `Images.Get(name)`: the image's target, a manifest, or an index whose manifest for the
-//!    `wasm` architecture is taken;
+//! 2. `Images.Get(name)`: the image's target, a manifest, or an index of `wasm` manifests
+//!    only, whose first is taken (an index that lists any other platform is a Linux image:
+//!    containerd made the container from that platform's manifest);
 //! 3. `Content.Read` of that index and manifest, memoised by digest: a digest names the same
 //!    bytes forever, so a memo by digest is never stale (a re-tagged image has another
 //!    target, which step 2 sees at the next create);
@@ -59,6 +60,7 @@ use wasmedge_aot_cache::{ModuleHash, ModuleHasher};
 use wasmedge_aot_protocol::config::WasmLayers;
 use wasmedge_aot_protocol::wasm_layer::{
     bound, select, ImageConfig, Layer, SelectError, LAYERS_LABEL, TITLE_ANNOTATION,
+    WASM_ARCHITECTURE,
 };
 
 /// Most bytes of an image index or manifest (containerd's own limit for a manifest it
@@ -245,6 +247,9 @@ pub struct ImageLayers {
     reading: tokio::sync::Mutex<()>,
     /// The node's choice of which images' Wasm layers run.
     mode: WasmLayers,
+    /// Digests of layers read before that are no modules (most recent last): their next
+    /// containers fail at once instead of reading and hashing them again.
+    not_modules: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for ImageLayers {
@@ -269,6 +274,7 @@ impl ImageLayers {
             modules: Mutex::new(Vec::new()),
             reading: tokio::sync::Mutex::new(()),
             mode,
+            not_modules: Mutex::new(Vec::new()),
         }
     }
 
@@ -314,11 +320,24 @@ impl ImageLayers {
         if let Some(m) = self.kept(&layer.digest) {
             return Ok(m);
         }
+        let not_a_module = || LayerError::Image {
+            image: image.clone(),
+            message: format!(
+                "Wasm layer {} is no Wasm module (no \\0asm magic, read before)",
+                layer.digest
+            ),
+        };
+        if self.is_not_module(&layer.digest) {
+            return Err(not_a_module());
+        }
         // One layer read at a time per shim: N containers of a new image wait for the first
         // read and take its module, and the memory in flight is one module's at most.
         let _reading = self.reading.lock().await;
         if let Some(m) = self.kept(&layer.digest) {
             return Ok(m);
+        }
+        if self.is_not_module(&layer.digest) {
+            return Err(not_a_module());
         }
         let m = Arc::new(self.read_module(&channel, layer).await.map_err(in_image)?);
         debug!(
@@ -327,9 +346,16 @@ impl ImageLayers {
             m.digest,
             m.hash.to_hex()
         );
-        // Bytes that are no module fail the create (its Wasm check) and are not kept.
+        // Bytes that are no module fail the create (its Wasm check) and are not kept; their
+        // digest is, so that the next container of the image costs no read.
         if m.has_wasm_magic() {
             self.keep(m.clone());
+        } else {
+            let mut bad = self.not_modules.lock().unwrap_or_else(|p| p.into_inner());
+            if bad.len() >= MAX_KEPT_MANIFESTS {
+                bad.remove(0);
+            }
+            bad.push(m.digest.clone());
         }
         Ok(m)
     }
@@ -620,6 +646,14 @@ impl ImageLayers {
         })
     }
 
+    fn is_not_module(&self, digest: &str) -> bool {
+        self.not_modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|d| d == digest)
+    }
+
     fn kept(&self, digest: &str) -> Option<Arc<LayerModule>> {
         let mut kept = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         let i = kept.iter().position(|m| m.digest == digest)?;
@@ -649,16 +683,21 @@ fn parse_manifest(media_type: &str, bytes: &[u8]) -> Result<Parsed, String> {
         || (m.layers.is_none() && m.manifests.is_some());
     if is_index {
         let manifests = m.manifests.unwrap_or_default();
-        let wasm = manifests.iter().find(|d| {
+        let is_wasm = |d: &Descriptor| {
             d.platform
                 .as_ref()
-                .is_some_and(|p| p.architecture == "wasm")
-        });
-        return Ok(match (wasm, manifests.as_slice()) {
-            (Some(d), _) | (None, [d]) => Parsed::Index(d.clone()),
-            // A multi-platform image with no wasm platform (a Linux image whose entrypoint
-            // runc finds on PATH): no Wasm layer, so the container is a Linux one.
-            (None, _) => Parsed::Manifest(Arc::default()),
+                .is_some_and(|p| p.architecture == WASM_ARCHITECTURE)
+        };
+        // containerd made the container from the manifest of the node's platform. An index
+        // that has one for any platform but wasm (or one without a platform beside others)
+        // is a Linux image to it, whatever else it lists: a wasm entry beside it is never
+        // what the container was made from, and taking it would let anyone's index that
+        // lists a Linux image's manifest (merged by CRI under that image's name, for they
+        // share its config) run their module in that image's containers.
+        return Ok(match manifests.as_slice() {
+            [d] => Parsed::Index(d.clone()),
+            all if !all.is_empty() && all.iter().all(is_wasm) => Parsed::Index(all[0].clone()),
+            _ => Parsed::Manifest(Arc::default()),
         });
     }
     let config = m.config;
@@ -749,16 +788,25 @@ mod tests {
     }
 
     #[test]
-    fn an_index_gives_its_wasm_manifest() {
-        let index = br#"{"schemaVersion":2,"manifests":[
+    fn an_index_gives_its_wasm_manifest_only_if_it_lists_no_other_platform() {
+        let wasm_only = br#"{"schemaVersion":2,"manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:w","size":1,
+             "platform":{"os":"wasip1","architecture":"wasm"}}]}"#;
+        let Parsed::Index(d) = parse_manifest(INDEX_TYPES[0], wasm_only).unwrap() else {
+            panic!("not an index")
+        };
+        assert_eq!(d.digest, "sha256:w");
+        // A Linux image's manifest beside a wasm one: containerd made the container from
+        // the Linux one, so the index has no Wasm layer for it.
+        let mixed = br#"{"schemaVersion":2,"manifests":[
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:a","size":1,
              "platform":{"os":"linux","architecture":"amd64"}},
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:w","size":1,
              "platform":{"os":"wasip1","architecture":"wasm"}}]}"#;
-        let Parsed::Index(d) = parse_manifest(INDEX_TYPES[0], index).unwrap() else {
-            panic!("not an index")
+        let Parsed::Manifest(m) = parse_manifest(INDEX_TYPES[0], mixed).unwrap() else {
+            panic!("a mixed index is no Wasm image")
         };
-        assert_eq!(d.digest, "sha256:w");
+        assert!(m.layers.is_empty());
         let linux_only = br#"{"manifests":[
             {"digest":"sha256:a","size":1,"platform":{"os":"linux","architecture":"amd64"}},
             {"digest":"sha256:b","size":1,"platform":{"os":"linux","architecture":"arm64"}}]}"#;

@@ -144,8 +144,6 @@ impl Shared {
     }
 }
 
-/// Whether `path` names one of process `pid`'s namespaces (CRI's way to name a
-/// sandbox's), and which.
 /// Refuses, for a container of a pod, a `/proc/<pid>/ns/...` path of a process that is
 /// neither this shim nor one of its children: CRI names a pod's namespaces by its sandbox's
 /// pid, which is this shim's when this shim serves the sandbox (a pod's containers follow
@@ -188,6 +186,8 @@ fn parent_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
+/// Whether `path` names one of process `pid`'s namespaces (CRI's way to name a
+/// sandbox's), and which.
 pub fn names_process_namespace(path: &Path, pid: u32) -> Option<Shared> {
     let rest = path.strip_prefix(format!("/proc/{pid}/ns")).ok()?;
     [Shared::Network, Shared::Ipc, Shared::Uts, Shared::Pid]

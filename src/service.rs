@@ -216,6 +216,7 @@ impl Shim for WasmEdgeShim {
                 phases: self.config.cache_dir.clone(),
                 grouping: self.config.grouping,
                 generation: AtomicU64::new(0),
+                creating: AtomicU64::new(0),
                 swept,
                 state: state_dir.map(|dir| {
                     let state = ShimState {
@@ -299,6 +300,9 @@ struct Inner {
     grouping: Grouping,
     /// Bumped by every create; an idle node shim exits only if none came during its grace.
     generation: AtomicU64,
+    /// Creates in flight: a shim with one is not idle, though its table may still be empty
+    /// (a create that reads a Wasm layer or waits for the sweep takes a while).
+    creating: AtomicU64,
     /// The container ids the sweep of dead shims has yet to go through: a create of one
     /// waits (see `sweep.rs`).
     swept: crate::sweep::Pending,
@@ -332,7 +336,7 @@ impl Inner {
     }
 
     fn is_idle(&self) -> bool {
-        self.containers().is_empty()
+        self.creating.load(Ordering::SeqCst) == 0 && self.containers().is_empty()
     }
 
     /// Writes the node shim's state with the number of tasks it serves now. Off the request
@@ -632,6 +636,7 @@ impl Task for TaskService {
             .into());
         }
         inner.generation.fetch_add(1, Ordering::SeqCst);
+        let _creating = Creating::new(&inner.creating);
         crate::logger::attach_task(&req.id, Path::new(&req.bundle));
         let runner = inner.runner().await?;
         let sandbox = |sandbox_id: &str| {
@@ -1021,7 +1026,11 @@ impl Task for TaskService {
         // also holds a writer of, until now.
         let c = self.inner.get(&req.id)?;
         if let (Some(linux), true) = (&c.linux, req.stdin) {
-            linux.close_stdin(&c.id, &req.exec_id)?;
+            // An exec that is gone has nothing to close (containerd closes its end anyway).
+            match linux.close_stdin(&c.id, &req.exec_id) {
+                Ok(()) | Err(ShimError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(api::Empty::new())
     }
@@ -1066,6 +1075,22 @@ impl Task for TaskService {
             }
         }
         Ok(api::Empty::new())
+    }
+}
+
+/// One create in flight, counted while it lives (see `Inner::creating`).
+struct Creating<'a>(&'a AtomicU64);
+
+impl<'a> Creating<'a> {
+    fn new(count: &'a AtomicU64) -> Creating<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Creating(count)
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

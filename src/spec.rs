@@ -200,7 +200,6 @@ pub struct SandboxSpec {
     pub sysctl: Vec<(String, String)>,
 }
 
-/// Whether `spec` is a CRI pod sandbox (which runs no process here).
 /// `linux.cgroupsPath`, if any, as a cgroupfs path. The systemd driver's form
 /// (`slice:prefix:name`, which kubelet and CRI use with `cgroupDriver: systemd`) is refused:
 /// this runtime (and runc as it drives it) manages cgroups through cgroupfs, and would take
@@ -229,6 +228,7 @@ pub fn cgroups_path(spec: &Spec) -> Result<Option<String>, SpecError> {
     Ok(Some(path))
 }
 
+/// Whether `spec` is a CRI pod sandbox (which runs no process here).
 pub fn is_sandbox(spec: &Spec) -> bool {
     annotation(spec, CONTAINER_TYPE_ANNOTATION) == Some("sandbox")
 }

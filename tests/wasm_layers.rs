@@ -169,6 +169,13 @@ fn a_module_in_neither_rootfs_nor_layer_fails_the_create_with_the_reason() {
         None,
         "/app.wasm is not a wasm module (no \\0asm magic)",
     );
+    // Its next container costs no read: the shim remembers the layer is no module.
+    fails(
+        "layer-not-wasm-again",
+        Some(&text.reference),
+        None,
+        "is no Wasm module (no \\0asm magic, read before)",
+    );
     // A plain image without the file and without a Wasm layer: a Linux container, whose
     // entrypoint runc looks for and does not find.
     let probe = images::probe_image();
