@@ -34,7 +34,7 @@
 //!
 //! [`Archive`] reads such a layout back (ours, or what `ctr images export` writes) and finds
 //! an image's module as the shim would: the file its config's `Entrypoint` names in the tar
-//! layers, else the Wasm layer `wasm_layer::select` picks (of a Wasm-layer image or an
+//! layers, else the Wasm layer `wasm_layer::bound` picks (of a Wasm-layer image or an
 //! artifact).
 //!
 //! [OCI image layout]: https://github.com/opencontainers/image-spec/blob/main/image-layout.md
@@ -841,7 +841,7 @@ impl Archive {
     }
 
     /// The image's module, found as the shim finds it: the file the entrypoint names in the
-    /// tar layers, else the Wasm layer `wasm_layer::select` picks for the entrypoint (its
+    /// tar layers, else the Wasm layer `wasm_layer::bound` picks for the entrypoint (its
     /// `source` is then the layer's digest). Tar layers are uncompressed or gzip-compressed
     /// (`...tar+gzip`, what `ctr images export` of a pulled image holds).
     pub fn module(&self, image: &FoundImage) -> Result<FoundModule> {
@@ -924,7 +924,9 @@ impl Archive {
 }
 
 impl Archive {
-    /// The Wasm layer `wasm_layer::select` picks for a container whose argv[0] is `argv0`.
+    /// The Wasm layer a container whose argv[0] is `argv0` runs: `wasm_layer::bound` for an
+    /// image (the shim's rule: a `wasm` config, and a layer its label names if it names
+    /// any), `wasm_layer::select` for an artifact (which `ctr run` refuses; its one layer).
     fn wasm_layer_module(&self, image: &FoundImage, argv0: &str) -> Result<FoundModule> {
         let layers: Vec<wasm_layer::Layer> = image
             .manifest
@@ -940,8 +942,22 @@ impl Archive {
                     .and_then(|a| a.get(TITLE_ANNOTATION).cloned()),
             })
             .collect();
-        let i =
-            wasm_layer::select(&layers, argv0).map_err(|e| ImageError::Archive(e.to_string()))?;
+        let chosen = if image.form == Form::Artifact {
+            wasm_layer::select(&layers, argv0)
+        } else {
+            let config: oci_spec::image::ImageConfiguration =
+                serde_json::from_slice(&image.config)?;
+            let bind = wasm_layer::ImageConfig {
+                architecture: config.architecture().to_string(),
+                layers_label: config
+                    .config()
+                    .as_ref()
+                    .and_then(|c| c.labels().as_ref())
+                    .and_then(|l| l.get(wasm_layer::LAYERS_LABEL).cloned()),
+            };
+            wasm_layer::bound(&layers, argv0, &bind, false)
+        };
+        let i = chosen.map_err(|e| ImageError::Archive(e.to_string()))?;
         let digest = layers[i].digest.clone();
         Ok(FoundModule {
             bytes: self.blob(&digest)?.to_vec(),
