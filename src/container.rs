@@ -913,6 +913,9 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<Option<File>, S
 
 /// How long the shim waits for a look at a container's entrypoint.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Looks at entrypoints at once, each on a blocking thread.
+const PROBE_THREADS: usize = 4;
+static PROBES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PROBE_THREADS);
 
 /// [`entrypoint`], on a thread of its own: the rootfs may be a lazily pulled snapshot (a
 /// FUSE file system that fetches a file's bytes from a registry when it is first read), and
@@ -927,8 +930,26 @@ async fn probe_entrypoint(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Entr
     };
     let cwd = process.cwd().to_string_lossy().into_owned();
     let rootfs = rootfs.to_owned();
-    let probe = tokio::task::spawn_blocking(move || entrypoint(&rootfs, &cwd, entry));
-    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+    let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+    // A probe stuck in a read holds its thread (and its permit) until the read returns: at
+    // most PROBE_THREADS of them, so stuck probes never take the blocking pool that the
+    // shim's other file work (specs, mounts, state) runs on.
+    let permit = match tokio::time::timeout_at(deadline, PROBES.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            warn!(
+                "no look at the entrypoint in {} s ({PROBE_THREADS} looks are stuck): the \
+                 container is runc's",
+                PROBE_TIMEOUT.as_secs()
+            );
+            return Entrypoint::Linux;
+        }
+    };
+    let probe = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        entrypoint(&rootfs, &cwd, entry)
+    });
+    match tokio::time::timeout_at(deadline, probe).await {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => {
             warn!("the look at an entrypoint failed: {e}");
