@@ -155,22 +155,29 @@ pub fn check_pod_namespace_path(path: &Path, shim: u32) -> Result<(), String> {
     let Ok(rest) = path.strip_prefix("/proc") else {
         return Ok(());
     };
-    let mut parts = rest.components();
-    let pid = parts
-        .next()
-        .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok());
-    match (pid, parts.next()) {
-        (Some(pid), Some(ns))
-            if ns.as_os_str() == "ns" && pid != shim && parent_of(pid) != Some(shim) =>
-        {
-            Err(format!(
-                "{} names the namespaces of process {pid}, neither this shim ({shim}), which \
-                 serves the pod's containers, nor one of its containers: the pod's sandbox is \
-                 served by no live shim",
-                path.display()
-            ))
-        }
-        _ => Ok(()),
+    let parts: Vec<&str> = rest
+        .components()
+        .map(|c| match c {
+            std::path::Component::Normal(n) => n.to_str().unwrap_or(".."),
+            _ => "..",
+        })
+        .collect();
+    let pid = parts.first().and_then(|p| p.parse::<u32>().ok());
+    match (pid, parts.as_slice()) {
+        (Some(pid), [_, "ns", _]) if pid == shim || parent_of(pid) == Some(shim) => Ok(()),
+        (Some(pid), [_, "ns", _]) => Err(format!(
+            "{} names the namespaces of process {pid}, neither this shim ({shim}), which \
+             serves the pod's containers, nor one of its containers: the pod's sandbox is \
+             served by no live shim",
+            path.display()
+        )),
+        // CRI writes no other form; any other path into /proc (`self`, a task's, through a
+        // process's root) could name anyone's namespaces.
+        _ => Err(format!(
+            "{}: a pod's container joins a namespace under /proc only as \
+             /proc/<pid>/ns/<type> of this shim or one of its containers",
+            path.display()
+        )),
     }
 }
 
@@ -374,7 +381,15 @@ mod tests {
             "{e}"
         );
         assert!(check_pod_namespace_path(Path::new("/proc/1/ns/pid"), 42).is_err());
-        assert!(check_pod_namespace_path(Path::new("/proc/self/ns/net"), 42).is_ok());
+        for other in [
+            "/proc/self/ns/net",
+            "/proc/42/task/42/ns/net",
+            "/proc/42/root/proc/1/ns/net",
+            "/proc/42/ns/../../1/ns/net",
+        ] {
+            let e = check_pod_namespace_path(Path::new(other), 42).unwrap_err();
+            assert!(e.contains("only as /proc/<pid>/ns/<type>"), "{other}: {e}");
+        }
         // A child of the shim (a container's process): `kubectl debug --target`.
         let mut child = std::process::Command::new("sleep")
             .arg("10")
