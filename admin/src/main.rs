@@ -527,6 +527,9 @@ fn module_of_image(
             .arg("-a")
             .arg(&args.address)
             .args(["-n", &args.namespace, "images", "export"])
+            // In ctr's own process: through containerd 2.x's transfer service, ctr can exit
+            // before the archive is all written (1 export in 5 came out truncated here).
+            .arg("--local")
             .args(extra)
             .arg(&tar)
             .arg(reference)
