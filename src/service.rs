@@ -146,13 +146,8 @@ impl Shim for WasmEdgeShim {
         let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
         // Its cgroup too (and whatever is still in it): the shim that made it is gone.
         if let Ok(spec) = read_spec(&bundle).await {
-            if let Some(path) = spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.cgroups_path().as_ref())
-                .map(|p| p.to_string_lossy().into_owned())
-                .filter(|p| !p.is_empty())
-            {
+            // A path the shim would not have made (a systemd or climbing one) is left alone.
+            if let Ok(Some(path)) = crate::spec::cgroups_path(&spec) {
                 crate::cgroup::remove(&path);
             }
         }
@@ -623,6 +618,9 @@ impl Task for TaskService {
         if inner.get(&req.id).is_ok() {
             return Err(ShimError::AlreadyExists(req.id).into());
         }
+        // In flight from here, the wait for the sweep included: the shim does not idle out.
+        inner.generation.fetch_add(1, Ordering::SeqCst);
+        let _creating = Creating::new(&inner.creating);
         // A dead shim's record of a container of this id names this container's runc state,
         // cgroup and rootfs too: the sweep must be done with it before the create begins.
         if !inner.swept.wait(&req.id, SWEEP_WAIT).await {
@@ -635,8 +633,6 @@ impl Task for TaskService {
             }
             .into());
         }
-        inner.generation.fetch_add(1, Ordering::SeqCst);
-        let _creating = Creating::new(&inner.creating);
         crate::logger::attach_task(&req.id, Path::new(&req.bundle));
         let runner = inner.runner().await?;
         let sandbox = |sandbox_id: &str| {

@@ -214,6 +214,19 @@ pub fn cgroups_path(spec: &Spec) -> Result<Option<String>, SpecError> {
     else {
         return Ok(None);
     };
+    // A path under the hierarchies' roots, whatever it says: the shim creates, kills the
+    // processes of and removes the cgroup at it.
+    if Path::new(&path).components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::RootDir | std::path::Component::Normal(_)
+        )
+    }) {
+        return Err(invalid(
+            "linux.cgroupsPath",
+            format!("{path:?} climbs out of the cgroup hierarchy (a '..' or '.' component)"),
+        ));
+    }
     let parts: Vec<&str> = path.split(':').collect();
     if parts.len() == 3 && (parts[0].is_empty() || parts[0].ends_with(".slice")) {
         return Err(unsupported(

@@ -516,6 +516,13 @@ fn a_systemd_cgroup_path_is_refused_a_cgroupfs_path_kept() {
     );
     assert!(translate(systemd).is_err());
     assert!(cgroups_path(&with_path(":cri-containerd:c1")).is_err());
+    for climbing in ["/../../..", "/kubepods/../../x", "./c1"] {
+        let e = cgroups_path(&with_path(climbing)).unwrap_err();
+        assert!(
+            e.to_string().contains("climbs out of the cgroup hierarchy"),
+            "{e}"
+        );
+    }
     assert_eq!(
         cgroups_path(&with_path("/kubepods/besteffort/pod1/c1")).unwrap(),
         Some("/kubepods/besteffort/pod1/c1".into())
