@@ -5,7 +5,7 @@
 //! nothing, and holds the pod's namespaces ([`crate::pod`]).
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -340,18 +340,10 @@ impl Container {
             pod: sandbox.as_deref().and_then(|s| s.pod.as_ref()),
         })
         .await
-        .map_err(|message| ShimError::Create {
-            id: self.id.clone(),
-            context: "linux container",
-            message,
-        })?;
+        .map_err(ShimError::create(&self.id, "linux container"))?;
         self.linux = Some(linux);
-        let cgroup = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_ref())
-            .map(|p| p.to_string_lossy().into_owned())
-            .filter(|p| !p.is_empty());
+        // Checked by `create` before either path.
+        let cgroup = spec::cgroups_path(spec).ok().flatten();
         let mut oom = None;
         if let Some(path) = cgroup {
             match OomWatch::new(&crate::cgroup::load(&path)) {
@@ -725,13 +717,12 @@ impl Container {
 }
 
 fn pidfd_of(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| std::io::Error::other(format!("{pid} is no pid")))?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// Writes the uid and gid maps of process `pid`'s new user namespace (each in one `write`,
@@ -754,18 +745,15 @@ fn map_ids(
         Mode::empty(),
     )
     .map_err(|e| format!("open {dir}: {e}"))?;
-    // SAFETY: pidfd_send_signal with signal 0 only checks that the process exists; the
-    // info pointer may be null and `process` is a valid pidfd.
-    let alive = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            process.as_raw_fd(),
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    } == 0;
-    if !alive {
+    // A pidfd polls readable once its process has exited.
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(&process, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let exited = poll(&mut fds, Some(&now)).map_err(|e| format!("poll the pidfd of {pid}: {e}"))?;
+    if exited != 0 {
         return Err(format!(
             "process {pid} ended before its id maps were written"
         ));
@@ -1013,7 +1001,7 @@ fn dev_null(write: bool) -> std::io::Result<OwnedFd> {
         .into())
 }
 
-fn fifo_path(uri: &str) -> Result<&str, std::io::Error> {
+pub(crate) fn fifo_path(uri: &str) -> Result<&str, std::io::Error> {
     if let Some(p) = uri.strip_prefix("file://") {
         return Ok(p);
     }

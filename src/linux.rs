@@ -556,9 +556,16 @@ pub async fn force_delete(root: &Path, id: &str) -> Result<(), String> {
     }
     let fail = |e: String| format!("runc delete --force {id}: {e}");
     ensure_dir(Path::new(SCRATCH_DIR)).map_err(fail)?;
-    let log = Path::new(SCRATCH_DIR).join(RUNC_LOG);
+    // A log of its own: `shim delete` processes and the sweep run this at the same time,
+    // and the error read back must be this container's.
+    let ns = root.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let log = Path::new(SCRATCH_DIR).join(format!("runc-log-{ns}-{id}.json"));
     let runc = client(root, &log).map_err(fail)?;
-    force_delete_with(&runc, &log, id).await
+    let r = force_delete_with(&runc, &log, id).await;
+    if r.is_ok() {
+        let _ = std::fs::remove_file(&log);
+    }
+    r
 }
 
 fn read_pid(path: &Path) -> Result<i32, String> {
@@ -866,7 +873,8 @@ impl Console {
         }
         let mut held = None;
         if !stdio.stdin.is_empty() {
-            let path = stdio.stdin.strip_prefix("file://").unwrap_or(&stdio.stdin);
+            let path =
+                crate::container::fifo_path(&stdio.stdin).map_err(|e| fail(&stdio.stdin, e))?;
             let from = pipe::OpenOptions::new()
                 .open_receiver(path)
                 .map_err(|e| fail(path, e))?;
@@ -915,7 +923,7 @@ fn open_stdin_writer(path: &str) -> std::io::Result<OwnedFd> {
 /// The stdout FIFO for writing; with no reader yet, opened read-write so the open does not
 /// fail and the reader finds the output later (as [`crate::container::open_output`]).
 fn open_sender(uri: &str) -> std::io::Result<pipe::Sender> {
-    let path = uri.strip_prefix("file://").unwrap_or(uri);
+    let path = crate::container::fifo_path(uri)?;
     match pipe::OpenOptions::new().open_sender(path) {
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
             pipe::OpenOptions::new().read_write(true).open_sender(path)
