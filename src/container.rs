@@ -635,8 +635,7 @@ impl Container {
                 self.id
             )));
         }
-        let sig = nix::sys::signal::Signal::try_from(signal as i32)
-            .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
+        let sig = signal_of(signal)?;
         if self.sandbox {
             // Nothing runs; any terminating signal ends the sandbox as it would end a pause
             // process. The caller publishes the exit.
@@ -653,13 +652,7 @@ impl Container {
         }
         // The container process leads its own session, so `all` reaches anything it forked.
         let target = if all { -self.pid } else { self.pid };
-        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(target), sig) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(ShimError::Io {
-                context: format!("kill container {} with {sig}", self.id),
-                source: e.into(),
-            }),
-        }
+        signal_pid(target, sig, &format!("container {}", self.id))
     }
 
     /// Ends what is left of the container before its delete: a Wasm container that never
@@ -713,6 +706,28 @@ impl Container {
             id: self.id.clone(),
             message: message.into(),
         }
+    }
+}
+
+/// A signal number of a Kill request, checked.
+pub(crate) fn signal_of(signal: u32) -> Result<nix::sys::signal::Signal, ShimError> {
+    nix::sys::signal::Signal::try_from(signal as i32)
+        .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))
+}
+
+/// Sends `sig` to `pid` (a process group if negative), one of the shim's own children: a
+/// process already gone (`ESRCH`) is no error, its exit is the reaper's to report.
+pub(crate) fn signal_pid(
+    pid: i32,
+    sig: nix::sys::signal::Signal,
+    what: &str,
+) -> Result<(), ShimError> {
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(ShimError::Io {
+            context: format!("kill {what} with {sig}"),
+            source: e.into(),
+        }),
     }
 }
 

@@ -485,8 +485,8 @@ impl Linux {
     }
 
     /// `runc exec --detach`: runs exec `exec_id` in the container; returns its pid.
-    pub async fn start_exec(&self, id: &str, exec_id: &str) -> Result<i32, ShimError> {
-        let exec = self.exec(id, exec_id)?;
+    pub async fn start_exec(&self, id: &str, exec: &Exec) -> Result<i32, ShimError> {
+        let exec_id = exec.id.as_str();
         if exec.state.status() != Status::Created {
             return Err(ShimError::FailedPrecondition {
                 id: id.to_string(),

@@ -713,9 +713,9 @@ impl Task for TaskService {
         let c = self.inner.get(&req.id)?;
         if !req.exec_id.is_empty() {
             let linux = self.inner.linux_of(&c)?;
-            let since = self.inner.unclaimed_mark();
-            let pid = linux.start_exec(&c.id, &req.exec_id).await?;
             let exec = linux.exec(&c.id, &req.exec_id)?;
+            let since = self.inner.unclaimed_mark();
+            let pid = linux.start_exec(&c.id, &exec).await?;
             // An exec that ended before its pid was known.
             let early = self.inner.take_unclaimed(pid, since);
             let ev = TaskExecStarted {
@@ -821,19 +821,12 @@ impl Task for TaskService {
                     ShimError::NotFound(format!("{} exec {}: not running", c.id, exec.id)).into(),
                 );
             }
-            let sig = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
-                ShimError::InvalidArgument(format!("invalid signal {}", req.signal))
-            })?;
+            let sig = crate::container::signal_of(req.signal)?;
             // Signalled by pid, as a Wasm container's process is: the pid is the exec's until
             // the reaper takes its exit, and the exec is stopped as soon as the exit is seen.
-            return match nix::sys::signal::kill(nix::unistd::Pid::from_raw(exec.pid()), sig) {
-                Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(api::Empty::new()),
-                Err(e) => Err(ShimError::Io {
-                    context: format!("kill exec {} in {}", exec.id, c.id),
-                    source: e.into(),
-                }
-                .into()),
-            };
+            let what = format!("exec {} in {}", exec.id, c.id);
+            crate::container::signal_pid(exec.pid(), sig, &what)?;
+            return Ok(api::Empty::new());
         }
         let was_stopped = matches!(c.status(), Status::Stopped { .. });
         c.kill(req.signal, req.all).await?;
