@@ -122,7 +122,14 @@ unsafe fn fork_sibling(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> std::io::R
             // SAFETY: clone_args is plain data; all-zero is its "nothing asked" value.
             let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
             args.flags = flags | CLONE_INTO_CGROUP;
-            args.exit_signal = libc::SIGCHLD as u64;
+            // A sibling's exit is signalled to our parent as ours would be: the kernel
+            // takes the signal from us and refuses (EINVAL) any other with CLONE_PARENT in
+            // clone3, where the old clone ignores it.
+            args.exit_signal = if flags & libc::CLONE_PARENT as u64 != 0 {
+                0
+            } else {
+                libc::SIGCHLD as u64
+            };
             args.cgroup = cg.as_raw_fd() as u64;
             // SAFETY: clone3 without CLONE_VM and without a stack behaves as fork: the child
             // returns here on its copy of our stack. `args` lives across the call.
@@ -202,16 +209,45 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let fd: OwnedFd = File::open(&dir).unwrap().into();
 
-        // Born there: clone3(CLONE_INTO_CGROUP), our own child here (no CLONE_PARENT).
-        // SAFETY: the test thread forks; the child only sleeps and exits with _exit.
-        let born = match unsafe { fork_sibling(0, Some(fd.as_fd())) }.unwrap() {
-            None => {
-                std::thread::sleep(std::time::Duration::from_secs(60));
+        // Born there as the runner forks: clone3(CLONE_PARENT | CLONE_INTO_CGROUP) from a
+        // child of ours, so the container process is our child, as it is the shim's.
+        let (rx, tx) = nix::unistd::pipe().unwrap();
+        // SAFETY: the test thread forks; the child only forks again, writes a pid and leaves
+        // with _exit.
+        let middle = match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: single-threaded child of a fork.
+                let code =
+                    match unsafe { fork_sibling(libc::CLONE_PARENT as u64, Some(fd.as_fd())) } {
+                        Ok(None) => {
+                            std::thread::sleep(std::time::Duration::from_secs(60));
+                            0
+                        }
+                        Ok(Some(pid)) => {
+                            let _ = nix::unistd::write(&tx, &pid.to_ne_bytes());
+                            0
+                        }
+                        Err(e) => {
+                            let _ = nix::unistd::write(&tx, format!("{e}").as_bytes());
+                            1
+                        }
+                    };
                 // SAFETY: a forked test child leaves without the parent's exit work.
-                unsafe { libc::_exit(0) }
+                unsafe { libc::_exit(code) }
             }
-            Some(pid) => pid,
+            nix::unistd::ForkResult::Parent { child } => child,
         };
+        drop(tx);
+        let mut buf = [0u8; 256];
+        let n = nix::unistd::read(&rx, &mut buf).unwrap();
+        nix::sys::wait::waitpid(middle, None).unwrap();
+        assert_eq!(
+            n,
+            4,
+            "clone3 failed: {}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        let born = i32::from_ne_bytes(buf[..4].try_into().unwrap());
         assert_eq!(cgroup_of(born), format!("0::/{name}"));
 
         // Joined: a single-threaded child writes itself into cgroup.procs.
