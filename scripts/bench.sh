@@ -5,7 +5,7 @@
 # needs root). Figures and commands are kept in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh bench
 # The e2e and large benches drive the runner and the shim from target/release: every
 # package's binaries first (cargo bench builds only the root package's).
 cargo build --release --workspace --bins

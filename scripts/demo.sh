@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SKIP_CARGO_TOOLS=1 ./scripts/setup.sh
+./scripts/setup.sh demo
 # Every package's binaries: the shim, its runner and the admin tool are three packages.
 cargo build --release --workspace --bins
 bin=$PWD/target/release

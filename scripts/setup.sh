@@ -7,28 +7,30 @@
 # unless named. Each package is installed as NAME/trixie, together with the libc packages it
 # needs; `-t trixie` is never used because it would also replace python3 and systemd.
 set -euo pipefail
+#
+# Usage: setup.sh [demo|test|bench]   (default: test)
+#   demo   what the demo needs: the packages to build the binaries and run a private containerd
+#   test   and the test matrix's second containerd (2.1.9), cargo-deny, the CNI plugins
+#   bench  and cargo-criterion
+# Which package is needed by what, and why, is scripts/lib/packages.sh.
+level=${1:-test}
+case $level in
+  demo | test | bench) ;;
+  *) echo "setup.sh: unknown level '$level' (demo, test or bench)" >&2; exit 2 ;;
+esac
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup.sh: must run as root (it installs packages)" >&2
   exit 1
 fi
+. "$(dirname "$0")/lib/packages.sh"
 
-# Taken from trixie on Debian 12: not in bookworm, or too old there (containerd 1.6).
-NEWER=(
-  libwasmedge-dev wasmedge          # the engine: headers, libwasmedge.so, CLI (AOT via LLVM 19)
-  containerd runc                   # the real containerd the tests and the demo drive
-)
-# What WasmEdge 0.14.1 needs newer than bookworm has; nothing else is upgraded.
-BASE=(libc6 libc6-dev libc-bin libc-dev-bin base-files libzstd1 libstdc++6 libgcc-s1)
-# In both releases (bookworm has clang-19 and the same LLVM 19 that libwasmedge uses).
-PLAIN=(
-  clang-19 lld-19 libclang-19-dev   # bindgen for wasmedge-sys, and wasm32-wasi test programs
-  libclang-rt-19-dev-wasm32 wasi-libc wabt
-  protobuf-compiler libprotobuf-dev # ttrpc / CRI code generation
-  util-linux procps                 # nsenter, ps: used by the tests
-  containernetworking-plugins       # CNI's loopback plugin: CRI tests' pods with a network of their own
-)
-PKGS=("${NEWER[@]}" "${PLAIN[@]}")
+mapfile -t LEVEL_PKGS < <(packages_for "$level")
+# The node VM's packages are installed apart, below (they come from another suite).
+PKGS=()
+for p in "${LEVEL_PKGS[@]}" "${BASE_USED[@]}"; do
+  [[ " ${NODE_VM[*]} " == *" $p "* ]] || PKGS+=("$p")
+done
 
 missing() {
   local p
@@ -58,8 +60,12 @@ Pin: release n=trixie
 Pin-Priority: 100
 PIN
     apt-get update -q
+    plain=()
+    for p in "${PKGS[@]}"; do
+      [[ " ${DEMO_NEWER[*]} " == *" $p "* ]] || plain+=("$p")
+    done
     apt-get install -y -q --no-install-recommends \
-      "${NEWER[@]/%//trixie}" "${BASE[@]/%//trixie}" "${PLAIN[@]}"
+      "${DEMO_NEWER[@]/%//trixie}" "${BOOKWORM_BASE_FROM_TRIXIE[@]/%//trixie}" "${plain[@]}"
   else
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${PKGS[@]}"
@@ -81,7 +87,7 @@ fi
 CONTAINERD2_VERSION=2.1.9+ds1-5
 CONTAINERD2_SHA256=2dda86ce7033fd612fc50e136679d8174ccad680eb29cd4611e0d2a1b84cf591
 CONTAINERD2_DIR=/opt/containerd-2.1.9
-if [ "$(cat "$CONTAINERD2_DIR/.deb-version" 2>/dev/null)" != "$CONTAINERD2_VERSION" ]; then
+if [ "$level" != demo ] && [ "$(cat "$CONTAINERD2_DIR/.deb-version" 2>/dev/null)" != "$CONTAINERD2_VERSION" ]; then
   apt_dir=/var/cache/wasmedge-aot-shim/apt-sid
   mkdir -p "$apt_dir"/{etc/sources.list.d,etc/preferences.d,lists/partial,cache/archives/partial,debs}
   echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main" \
@@ -108,8 +114,43 @@ if [ "$(cat "$CONTAINERD2_DIR/.deb-version" 2>/dev/null)" != "$CONTAINERD2_VERSI
   rm -rf "$apt_dir"
 fi
 
-# cargo-criterion runs the benchmarks (issue 6); install once, from crates.io.
-if ! command -v cargo-criterion >/dev/null 2>&1 && [ "${SKIP_CARGO_TOOLS:-0}" != 1 ]; then
+# The node VM's host side (scripts/node-vm.sh): QEMU and debootstrap, at the test and bench
+# levels, only what is missing (naming an installed package would upgrade it). Where apt
+# knows bookworm (Debian 12, also with trixie pinned beside it), they come from
+# bookworm-backports: bookworm's qemu-system-x86 7.2 would remove the base image's qemu-utils
+# 10.0.2 from backports. That source is in a private source list and private package lists
+# under /var/cache, as for sid above: the machine's own apt sources and lists are untouched.
+if [ "$level" != demo ]; then
+  node_vm_missing=()
+  for p in "${NODE_VM[@]}"; do
+    missing "$p" && node_vm_missing+=("$p")
+  done
+  if [ "${#node_vm_missing[@]}" != 0 ]; then
+    if apt-cache policy | grep -q ',n=bookworm,'; then
+      apt_dir=/var/cache/wasmedge-aot-shim/apt-bookworm-backports
+      mkdir -p "$apt_dir/lists/partial"
+      { cat /etc/apt/sources.list 2>/dev/null || true
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main"
+      } >"$apt_dir/sources.list"
+      # The machine's lists as a start: update then fetches backports' and what changed.
+      cp -p /var/lib/apt/lists/*_Packages* /var/lib/apt/lists/*Release* "$apt_dir/lists/" 2>/dev/null || true
+      apt_bpo=(
+        -o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o "Dir::State::Lists=$apt_dir/lists"
+        -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o APT::Sandbox::User=root
+        -o DPkg::Lock::Timeout=600
+      )
+      apt-get -q "${apt_bpo[@]}" update
+      apt-get install -y -q --no-install-recommends "${apt_bpo[@]}" -t bookworm-backports "${node_vm_missing[@]}"
+      rm -rf "$apt_dir"
+    else
+      apt-get update -q
+      apt-get install -y -q --no-install-recommends "${node_vm_missing[@]}"
+    fi
+  fi
+fi
+
+# cargo-criterion runs the benchmarks; install once, from crates.io.
+if [ "$level" = bench ] && ! command -v cargo-criterion >/dev/null 2>&1; then
   cargo install --locked cargo-criterion >/dev/null 2>&1 || echo "setup.sh: cargo-criterion not installed (benchmarks still run with cargo bench)" >&2
 fi
 
@@ -117,8 +158,10 @@ fi
 # optional: pinned, built from crates.io with its own lock file, and skipped when that very
 # version is installed.
 CARGO_DENY_VERSION=0.20.2
-if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+if [ "$level" != demo ] && [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
   cargo install --locked --version "$CARGO_DENY_VERSION" cargo-deny
 fi
 
-echo "setup.sh: $(wasmedge --version 2>/dev/null | head -1), containerd $(containerd --version | awk '{print $3}') and $("$CONTAINERD2_DIR/usr/bin/containerd" --version | awk '{print $3}') ($CONTAINERD2_DIR), $(clang-19 --version | head -1)"
+second=
+[ "$level" = demo ] || second=" and $("$CONTAINERD2_DIR/usr/bin/containerd" --version | awk '{print $3}') ($CONTAINERD2_DIR)"
+echo "setup.sh ($level): $(wasmedge --version 2>/dev/null | head -1), containerd $(containerd --version | awk '{print $3}')$second, $(clang-19 --version | head -1)"

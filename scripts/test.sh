@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SKIP_CARGO_TOOLS=1 ./scripts/setup.sh
+./scripts/setup.sh test
 export CARGO_TERM_COLOR=never
 # Integration tests start containerd and need root; they fail loudly rather than skip in CI.
 export WASMEDGE_SHIM_REQUIRE_ROOT_TESTS=${CI:+1}
