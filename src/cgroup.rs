@@ -1,30 +1,124 @@
-//! The container's cgroup: created by the shim with the spec's limits, entered by the
-//! container process before it loads anything (born in it on cgroup v2, joined by itself
-//! on v1; see the runner's `process::cgroup`), so every byte it allocates is charged to the
-//! container; watched for OOM kills, read for `stats`, and removed on delete.
+//! The container's cgroup: created with the spec's limits and entered by the container
+//! process before it loads anything, so every byte it allocates is charged to the
+//! container; watched for OOM kills, read for `stats`, updated, and removed on delete.
+//!
+//! Two drivers place it, as runc's two do. cgroupfs: the shim makes the directory the path
+//! names under each hierarchy's root, and the process is born in it on cgroup v2
+//! (`clone3(CLONE_INTO_CGROUP)`) or joins it by itself on v1 (see the runner's
+//! `process::cgroup`). systemd (a `slice:prefix:name` path): systemd makes a transient scope
+//! and moves the process into it before the process reads its plan ([`systemd`]).
+
+pub mod metrics;
+pub mod systemd;
 
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use cgroups_rs::fs::{hierarchies, Cgroup};
-use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
+
+/// A container's cgroup, by the driver that places it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupPath {
+    /// cgroupfs: the shim's directory, relative to each hierarchy's root.
+    Fs(String),
+    /// systemd: a transient scope that systemd makes and removes.
+    Systemd(systemd::Scope),
+}
+
+impl CgroupPath {
+    /// `linux.cgroupsPath` as the driver its form names: `slice:prefix:name` is systemd's
+    /// (what CRI writes for a pod whose cgroup parent is a slice), anything else a
+    /// directory, which must stay under the hierarchies' roots.
+    pub fn parse(path: &str) -> Result<CgroupPath, String> {
+        let parts: Vec<&str> = path.split(':').collect();
+        if parts.len() == 3 && (parts[0].is_empty() || parts[0].ends_with(".slice")) {
+            return systemd::Scope::parse(path).map(CgroupPath::Systemd);
+        }
+        // The shim creates, kills the processes of and removes the cgroup at the path.
+        if Path::new(path).components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        }) {
+            return Err(format!(
+                "{path:?} climbs out of the cgroup hierarchy (a '..' or '.' component)"
+            ));
+        }
+        Ok(CgroupPath::Fs(path.to_owned()))
+    }
+
+    /// The path as the spec gave it (what a record keeps, and [`CgroupPath::parse`] reads).
+    pub fn as_spec(&self) -> &str {
+        match self {
+            CgroupPath::Fs(p) => p,
+            CgroupPath::Systemd(s) => &s.path,
+        }
+    }
+
+    /// Whether systemd places this cgroup (runc's `--systemd-cgroup`).
+    pub fn is_systemd(&self) -> bool {
+        matches!(self, CgroupPath::Systemd(_))
+    }
+
+    /// The cgroup's directory relative to each hierarchy's root.
+    fn dir(&self) -> &str {
+        match self {
+            CgroupPath::Fs(p) => relative(p),
+            CgroupPath::Systemd(s) => s.dir.to_str().unwrap_or_default(),
+        }
+    }
+}
 
 fn relative(path: &str) -> &str {
     path.trim_start_matches('/')
 }
 
-/// Creates the cgroup at `path` (in every hierarchy on cgroup v1) with the spec's resources.
+/// Whether the node runs cgroup v2 alone.
+pub fn is_v2() -> bool {
+    hierarchies::is_cgroup2_unified_mode()
+}
+
+/// Creates a cgroupfs cgroup (in every hierarchy on cgroup v1) with the spec's resources.
 pub fn create(path: &str, spec: &Spec) -> Result<Cgroup, String> {
     let cg = Cgroup::new(hierarchies::auto(), relative(path)).map_err(|e| e.to_string())?;
-    if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+    if let Some(res) = resources(spec) {
         containerd_shim::cgroup::update_resources(&cg, res).map_err(|e| e.to_string())?;
     }
     Ok(cg)
 }
 
-/// The cgroup at `path` as it is: a Linux container's, which runc made.
-pub fn load(path: &str) -> Cgroup {
-    Cgroup::load(hierarchies::auto(), relative(path))
+/// Has systemd put process `pid` in its scope with the spec's limits, then writes them to the
+/// scope's cgroup files too (delegated to us), as runc's systemd driver does, for what
+/// systemd has no property for. Blocking: it talks to systemd and waits for the move.
+pub fn enter_scope(scope: &systemd::Scope, pid: u32, spec: &Spec) -> Result<Cgroup, String> {
+    let res = resources(spec);
+    scope.start(pid, res)?;
+    let cg = Cgroup::load(hierarchies::auto(), scope.dir.to_str().unwrap_or_default());
+    if let Some(res) = res {
+        containerd_shim::cgroup::update_resources(&cg, res)
+            .map_err(|e| format!("{}: {e}", scope.unit))?;
+    }
+    Ok(cg)
+}
+
+fn resources(spec: &Spec) -> Option<&LinuxResources> {
+    spec.linux().as_ref().and_then(|l| l.resources().as_ref())
+}
+
+/// The cgroup at `path` as it is: a Linux container's, which runc made, or a scope.
+pub fn load(path: &CgroupPath) -> Cgroup {
+    Cgroup::load(hierarchies::auto(), path.dir())
+}
+
+/// Changes a running container's limits (containerd's `Update`): systemd's properties for a
+/// scope, then the cgroup files, as at create.
+pub fn update(path: &CgroupPath, res: &LinuxResources) -> Result<(), String> {
+    if let CgroupPath::Systemd(scope) = path {
+        scope.update(res)?;
+    }
+    containerd_shim::cgroup::update_resources(&load(path), res).map_err(|e| e.to_string())
 }
 
 /// On cgroup v2, the cgroup's directory, opened for `clone3(CLONE_INTO_CGROUP)`: the
@@ -33,8 +127,7 @@ pub fn v2_dir(cg: &Cgroup) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
     if !cg.v2() {
         return Ok(None);
     }
-    let dir = std::path::Path::new(cgroups_rs::fs::hierarchies::UNIFIED_MOUNTPOINT)
-        .join(relative(cg.path()));
+    let dir = Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(relative(cg.path()));
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
@@ -42,21 +135,52 @@ pub fn v2_dir(cg: &Cgroup) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
     Ok(Some(f.into()))
 }
 
+/// Whether a process is left in the cgroup at `dir` (relative to the hierarchies' roots).
+pub fn populated(dir: &Path) -> bool {
+    if is_v2() {
+        let dir = Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(dir);
+        return v2::populated(&dir).unwrap_or(false);
+    }
+    !Cgroup::load(hierarchies::auto(), dir.to_str().unwrap_or_default())
+        .procs()
+        .is_empty()
+}
+
 /// Removes the cgroup, killing anything still in it first (`cgroup.kill` on v2, SIGKILL to
 /// each process it lists on v1), so that no process of the container outlives its delete
-/// and no directory outlives a shim that died.
-pub fn remove(path: &str) {
+/// and no directory outlives a shim that died. A scope is then stopped, which makes
+/// systemd remove it.
+pub fn remove(path: &CgroupPath) {
     if let Err(e) = kill_and_remove(path) {
-        log::warn!("remove cgroup {path}: {e}");
+        log::warn!("remove cgroup {}: {e}", path.as_spec());
     }
 }
 
-fn kill_and_remove(path: &str) -> Result<(), String> {
-    if hierarchies::is_cgroup2_unified_mode() {
-        let dir = std::path::Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(relative(path));
-        return v2::remove(&dir).map_err(|e| e.to_string());
+/// [`remove`] for a path a record kept (the sweep, `shim delete`): one that does not parse
+/// is left alone, as the shim would not have made it.
+pub fn remove_recorded(path: &str) {
+    match CgroupPath::parse(path) {
+        Ok(p) => remove(&p),
+        Err(e) => log::warn!("recorded cgroup {path:?} left alone: {e}"),
     }
-    let cg = Cgroup::load(hierarchies::auto(), relative(path));
+}
+
+fn kill_and_remove(path: &CgroupPath) -> Result<(), String> {
+    let killed = if is_v2() {
+        let dir = Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(path.dir());
+        // systemd removes a scope's directory itself when it stops the unit.
+        v2::drain(&dir, !path.is_systemd()).map_err(|e| e.to_string())
+    } else {
+        drain_v1(path)
+    };
+    if let CgroupPath::Systemd(scope) = path {
+        scope.stop()?;
+    }
+    killed
+}
+
+fn drain_v1(path: &CgroupPath) -> Result<(), String> {
+    let cg = load(path);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let procs = cg.procs();
@@ -76,6 +200,9 @@ fn kill_and_remove(path: &str) -> Result<(), String> {
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    if path.is_systemd() {
+        return Ok(());
     }
     cg.delete().map_err(|e| e.to_string())
 }
@@ -103,6 +230,12 @@ pub mod v2 {
     /// Kills what is left in the cgroup, waits for it to go, and removes the directory.
     /// A cgroup that is already gone is removed.
     pub fn remove(dir: &Path) -> std::io::Result<()> {
+        drain(dir, true)
+    }
+
+    /// Kills what is left in the cgroup and waits for it to go; then removes the
+    /// directory if `rmdir`. A cgroup that is already gone is done.
+    pub fn drain(dir: &Path, rmdir: bool) -> std::io::Result<()> {
         if !dir.exists() {
             return Ok(());
         }
@@ -119,19 +252,14 @@ pub mod v2 {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+        if !rmdir {
+            return Ok(());
+        }
         match std::fs::remove_dir(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
-}
-
-/// The cgroup metrics of process `pid`, as containerd's `Stats` returns them.
-pub fn metrics(pid: u32) -> Result<Any, String> {
-    let cg = containerd_shim::cgroup::get_cgroup(pid).map_err(|e| e.to_string())?;
-    // containerd-shim fills the v1 metrics message from either hierarchy's controllers.
-    let m = containerd_shim::cgroup::collect_metrics(&cg).map_err(|e| e.to_string())?;
-    containerd_shim::util::convert_to_any(Box::new(m)).map_err(|e| e.to_string())
 }
 
 /// Watches a container's cgroup for the kernel's OOM kills, which the shim publishes as
@@ -390,7 +518,7 @@ mod tests {
         let seen = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next_kill()).await;
         assert_eq!(seen, Ok(true));
 
-        remove(&path);
+        remove(&CgroupPath::Fs(path.clone()));
         let ended =
             tokio::time::timeout(std::time::Duration::from_secs(5), watch.next_kill()).await;
         assert_eq!(ended, Ok(false));

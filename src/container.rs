@@ -22,7 +22,7 @@ use wasmedge_aot_protocol::container::{
 };
 use wasmedge_aot_protocol::spawn::{PidNamespace, SpawnFds, SpawnReply, SpawnRequest};
 
-use crate::cgroup::OomWatch;
+use crate::cgroup::{CgroupPath, OomWatch};
 use crate::error::ShimError;
 use crate::image_layers::LayerError;
 use crate::linux::Linux;
@@ -177,7 +177,7 @@ pub struct Container {
     /// A Linux container (runc's), or `None` for a Wasm container or a sandbox.
     pub linux: Option<Linux>,
     rootfs: Option<PathBuf>,
-    cgroup: Option<String>,
+    cgroup: Option<CgroupPath>,
     control: tokio::sync::Mutex<Option<Control>>,
     state: ProcessState,
     cleaned: Mutex<bool>,
@@ -262,10 +262,13 @@ impl Container {
         }
         // Before either path: a Linux container's cgroup is runc's to make, from the same
         // field, and must not land outside the pod's either.
-        if let Err(e) = spec::cgroups_path(&spec) {
-            c.cleanup();
-            return Err(ShimError::create(&id, "spec")(e));
-        }
+        let cgroup = match spec::cgroups_path(&spec) {
+            Ok(cgroup) => cgroup,
+            Err(e) => {
+                c.cleanup();
+                return Err(ShimError::create(&id, "spec")(e));
+            }
+        };
         let module = match probe_entrypoint(&spec, &rootfs).await {
             Entrypoint::Wasm(file) => Ok(Some(Module { file, hash: None })),
             Entrypoint::Missing(argv0) => c.layer_module(&argv0, ctx).await,
@@ -276,7 +279,7 @@ impl Container {
                 c.create_wasm(&spec, module, &rootfs, req.terminal, ctx)
                     .await
             }
-            Ok(None) => c.create_linux(&spec, req.terminal, ctx).await,
+            Ok(None) => c.create_linux(&spec, cgroup, req.terminal, ctx).await,
             Err(e) => Err(e),
         };
         match created {
@@ -322,6 +325,7 @@ impl Container {
     async fn create_linux(
         &mut self,
         spec: &oci_spec::runtime::Spec,
+        cgroup: Option<CgroupPath>,
         terminal: bool,
         ctx: &CreateContext<'_>,
     ) -> Result<(i32, Option<OomWatch>), ShimError> {
@@ -338,19 +342,19 @@ impl Container {
             stdio: &self.stdio,
             terminal,
             pod: sandbox.as_deref().and_then(|s| s.pod.as_ref()),
+            systemd_cgroup: cgroup.as_ref().is_some_and(CgroupPath::is_systemd),
         })
         .await
         .map_err(ShimError::create(&self.id, "linux container"))?;
         self.linux = Some(linux);
-        // Checked by `create` before either path.
-        let cgroup = spec::cgroups_path(spec).ok().flatten();
         let mut oom = None;
         if let Some(path) = cgroup {
             match OomWatch::new(&crate::cgroup::load(&path)) {
                 Ok(watch) => oom = watch,
                 Err(e) => warn!(
-                    "container {}: cgroup {path}: {e}; its OOM kills go unreported",
-                    self.id
+                    "container {}: cgroup {}: {e}; its OOM kills go unreported",
+                    self.id,
+                    path.as_spec()
                 ),
             }
         }
@@ -406,21 +410,22 @@ impl Container {
         let cgroup_started = Instant::now();
         let mut oom = None;
         let mut cgroup_dir = None;
-        if let Some(path) = &cs.plan.cgroup {
-            let cg = crate::cgroup::create(path, spec)
-                .map_err(|e| ShimError::create(&id, "cgroup")(format!("{path}: {e}")))?;
-            self.cgroup = Some(path.clone());
-            match OomWatch::new(&cg) {
-                Ok(watch) => oom = watch,
-                Err(e) => warn!(
-                    "container {}: cgroup {path}: {e}; its OOM kills go unreported",
-                    self.id
-                ),
+        // A scope is systemd's to make, with the process in it (below); a cgroupfs
+        // directory is the shim's, made before the process.
+        let scope = match cs.cgroup.take() {
+            Some(CgroupPath::Fs(path)) => {
+                let cg = crate::cgroup::create(&path, spec)
+                    .map_err(|e| ShimError::create(&id, "cgroup")(format!("{path}: {e}")))?;
+                oom = self.watch_oom(&cg);
+                self.cgroup = Some(CgroupPath::Fs(path.clone()));
+                // On cgroup v2 the process is born in its cgroup and never moves.
+                cgroup_dir = crate::cgroup::v2_dir(&cg)
+                    .map_err(|e| ShimError::create(&id, "cgroup")(format!("{path}: {e}")))?;
+                None
             }
-            // On cgroup v2 the process is born in its cgroup and never moves.
-            cgroup_dir = crate::cgroup::v2_dir(&cg)
-                .map_err(|e| ShimError::create(&id, "cgroup")(format!("{path}: {e}")))?;
-        }
+            Some(CgroupPath::Systemd(scope)) => Some(scope),
+            None => None,
+        };
 
         let stdin = open_stdin(&self.stdio.stdin).map_err(ShimError::create(&id, "open stdin"))?;
         let stdout =
@@ -470,13 +475,42 @@ impl Container {
             drop(theirs);
             reply
         };
-        let (reply, sent) = tokio::join!(spawned, control.send_plan(&cs.plan, &plan_fds));
-        let pid = match reply.map_err(ShimError::create(&id, "start container process"))? {
-            SpawnReply::Spawned { pid } => pid,
+        let spawned_pid = |reply: Result<SpawnReply, _>| match reply
+            .map_err(ShimError::create(&id, "start container process"))?
+        {
+            SpawnReply::Spawned { pid } => Ok(pid),
             SpawnReply::Failed { error } => {
-                return Err(ShimError::create(&id, "start container process")(error))
+                Err(ShimError::create(&id, "start container process")(error))
             }
         };
+        let mut scope_us = 0;
+        let (pid, sent) = match scope {
+            // The plan goes as the process is forked: it reads it at once.
+            None => {
+                let (reply, sent) = tokio::join!(spawned, control.send_plan(&cs.plan, &plan_fds));
+                (spawned_pid(reply)?, sent)
+            }
+            // The process waits for its plan, reading nothing of the tenant, until systemd
+            // has moved it into its scope.
+            Some(scope) => {
+                let pid = spawned_pid(spawned.await)?;
+                self.cgroup = Some(CgroupPath::Systemd(scope.clone()));
+                let entering = Instant::now();
+                let entered = {
+                    let spec = spec.clone();
+                    tokio::task::spawn_blocking(move || {
+                        crate::cgroup::enter_scope(&scope, pid as u32, &spec)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the scope's task failed: {e}")))
+                };
+                let cg = entered.map_err(ShimError::create(&id, "cgroup"))?;
+                oom = self.watch_oom(&cg);
+                scope_us = entering.elapsed().as_micros();
+                (pid, control.send_plan(&cs.plan, &plan_fds).await)
+            }
+        };
+        let cgroup_us = cgroup_us + scope_us;
         self.pid = pid;
         // A handle on this very process for the id maps (see `map_ids`), taken before any
         // await in which the shim's reaper could collect it.
@@ -552,9 +586,27 @@ impl Container {
         }
     }
 
-    /// The container's cgroup path, if it has one.
+    /// The container's cgroup path as its spec gave it, if the shim made one.
     pub fn cgroup_path(&self) -> Option<&str> {
-        self.cgroup.as_deref()
+        self.cgroup.as_ref().map(CgroupPath::as_spec)
+    }
+
+    /// The container's cgroup, if the shim made one (a Linux container's is runc's).
+    pub fn cgroup(&self) -> Option<&CgroupPath> {
+        self.cgroup.as_ref()
+    }
+
+    /// A watch on the container's cgroup for OOM kills; `None`, said in the log, where the
+    /// cgroup has no memory controller or cannot be watched.
+    fn watch_oom(&self, cg: &cgroups_rs::fs::Cgroup) -> Option<OomWatch> {
+        OomWatch::new(cg).unwrap_or_else(|e| {
+            warn!(
+                "container {}: cgroup {}: {e}; its OOM kills go unreported",
+                self.id,
+                cg.path()
+            );
+            None
+        })
     }
 
     /// The rootfs the shim mounted for it, if it did.
@@ -626,6 +678,40 @@ impl Container {
         linux.freeze(&self.id, paused).await?;
         self.state.set_paused(paused);
         Ok(())
+    }
+
+    /// Changes the limits of a running container (containerd's `Update`, the kubelet's
+    /// in-place resize): runc's for a Linux container, the shim's cgroup or scope for a Wasm
+    /// one. A sandbox runs nothing and has no cgroup of its own: nothing to change.
+    pub async fn update(&self, resources: &[u8]) -> Result<(), ShimError> {
+        if matches!(self.status(), Status::Stopped { .. }) {
+            return Err(ShimError::NotFound(format!(
+                "{}: process already finished",
+                self.id
+            )));
+        }
+        if let Some(linux) = &self.linux {
+            return linux.update(&self.id, resources).await;
+        }
+        if self.sandbox {
+            return Ok(());
+        }
+        let Some(path) = self.cgroup.clone() else {
+            return Err(self
+                .precondition("it has no cgroup (its spec named no linux.cgroupsPath) to update"));
+        };
+        let res: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(resources).map_err(|e| {
+                ShimError::InvalidArgument(format!("update {}: resources: {e}", self.id))
+            })?;
+        // Blocking: cgroup files, and systemd's D-Bus for a scope.
+        tokio::task::spawn_blocking(move || crate::cgroup::update(&path, &res))
+            .await
+            .unwrap_or_else(|e| Err(format!("the update's task failed: {e}")))
+            .map_err(|e| ShimError::Io {
+                context: format!("update container {}", self.id),
+                source: std::io::Error::other(e),
+            })
     }
 
     pub async fn kill(&self, signal: u32, all: bool) -> Result<(), ShimError> {

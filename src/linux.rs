@@ -100,6 +100,10 @@ pub struct CreateArgs<'a> {
     pub terminal: bool,
     /// The pod's namespaces, if this shim holds the container's sandbox.
     pub pod: Option<&'a PodNamespaces>,
+    /// The spec's cgroup is a systemd scope (`slice:prefix:name`): runc makes it through
+    /// systemd (`--systemd-cgroup`). runc keeps the driver in its state, so only `create`
+    /// is told.
+    pub systemd_cgroup: bool,
 }
 
 /// A process exec'd into a Linux container (`kubectl exec`, exec probes, `ctr task exec`).
@@ -152,12 +156,13 @@ pub fn state_root(namespace: &str) -> Result<PathBuf, String> {
 
 /// A runc client for one bundle: its state under `root`, its log in the bundle, its
 /// commands waited for through the shim's reaper.
-fn client(root: &Path, log: &Path) -> Result<Runc, String> {
+fn client(root: &Path, log: &Path, systemd_cgroup: bool) -> Result<Runc, String> {
     let mut opts = GlobalOpts::new()
         .command(RUNC_BINARY)
         .root(root)
         .log(log)
-        .log_json();
+        .log_json()
+        .systemd_cgroup(systemd_cgroup);
     opts.custom_spawner(Arc::new(Reaped));
     opts.build()
         .map_err(|e| format!("{RUNC_BINARY} (looked up on PATH): {e}"))
@@ -264,7 +269,7 @@ impl Linux {
         // Held until runc has joined them.
         let held = join_pod_namespaces(a.bundle, a.spec, a.pod)?;
         let log = a.bundle.join(RUNC_LOG);
-        let runc = client(&root, &log)?;
+        let runc = client(&root, &log, a.systemd_cgroup)?;
         let pid_file = a.bundle.join(INIT_PID);
         let mut opts = CreateOpts::new().pid_file(&pid_file);
         let socket = if a.terminal {
@@ -339,6 +344,21 @@ impl Linux {
             ("resume", self.runc.resume(id).await)
         };
         done.map_err(|e| runtime_error(id, mark.explain(op, e)))
+    }
+
+    /// `runc update`: the container's resources (`UpdateTaskRequest.resources`, the
+    /// runtime spec's `LinuxResources` as JSON), through the driver runc made its cgroup
+    /// with.
+    pub async fn update(&self, id: &str, resources: &[u8]) -> Result<(), ShimError> {
+        let resources: oci_spec_runc::runtime::LinuxResources =
+            serde_json::from_slice(resources)
+                .map_err(|e| ShimError::InvalidArgument(format!("update {id}: resources: {e}")))?;
+        let log = self.bundle.join(RUNC_LOG);
+        let mark = RuncLog::mark(&log);
+        self.runc
+            .update(id, &resources)
+            .await
+            .map_err(|e| runtime_error(id, mark.explain("update", e)))
     }
 
     /// The pids of the container's processes (`runc ps`).
@@ -560,7 +580,7 @@ pub async fn force_delete(root: &Path, id: &str) -> Result<(), String> {
     // and the error read back must be this container's.
     let ns = root.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let log = Path::new(SCRATCH_DIR).join(format!("runc-log-{ns}-{id}.json"));
-    let runc = client(root, &log).map_err(fail)?;
+    let runc = client(root, &log, false).map_err(fail)?;
     let r = force_delete_with(&runc, &log, id).await;
     if r.is_ok() {
         let _ = std::fs::remove_file(&log);

@@ -146,7 +146,7 @@ impl Shim for WasmEdgeShim {
         let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);
         // Its cgroup too (and whatever is still in it): the shim that made it is gone.
         if let Ok(spec) = read_spec(&bundle).await {
-            // A path the shim would not have made (a systemd or climbing one) is left alone.
+            // A path the shim would not have made (a climbing one) is left alone.
             if let Ok(Some(path)) = crate::spec::cgroups_path(&spec) {
                 crate::cgroup::remove(&path);
             }
@@ -931,7 +931,7 @@ impl Task for TaskService {
         if matches!(c.status(), Status::Stopped { .. }) {
             return Err(ShimError::NotFound(format!("{}: process already finished", c.id)).into());
         }
-        let stats = crate::cgroup::metrics(c.pid as u32).map_err(|e| ShimError::Io {
+        let stats = crate::cgroup::metrics::of_pid(c.pid as u32).map_err(|e| ShimError::Io {
             context: format!("stats of container {}", c.id),
             source: std::io::Error::other(e),
         })?;
@@ -990,6 +990,23 @@ impl Task for TaskService {
             return Err(ShimError::Unsupported("a terminal (tty) for a wasm container").into());
         };
         linux.resize(&c.id, &req.exec_id, req.width, req.height)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let c = self.inner.get(&req.id)?;
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.as_slice())
+            .ok_or_else(|| {
+                ShimError::InvalidArgument(format!("update {}: no resources", req.id))
+            })?;
+        c.update(resources).await?;
         Ok(api::Empty::new())
     }
 

@@ -19,6 +19,8 @@ use oci_spec::runtime::{
     PosixRlimitType, Spec,
 };
 use wasmedge_aot_protocol::config::{Policy, POLICY_ANNOTATION};
+
+use crate::cgroup::CgroupPath;
 use wasmedge_aot_protocol::container::{
     mount_attr, Capabilities, ContainerPlan, Device, Mount, MountSource, Namespace,
     NamespaceAction, NamespaceKind, Propagation, PropagationKind, Rlimit, Root, User,
@@ -92,6 +94,8 @@ pub struct ContainerSpec {
     /// The plan the container process applies. `root.path` and `seccomp` are filled in by
     /// the caller (the rootfs it mounted, the filter it compiled).
     pub plan: ContainerPlan,
+    /// `linux.cgroupsPath`, by its driver (`plan.cgroup` has a cgroupfs one).
+    pub cgroup: Option<CgroupPath>,
     /// The path of each [`NamespaceAction::Join`] in `plan.namespaces`, in order.
     pub joins: Vec<PathBuf>,
     pub pid: Ns,
@@ -200,11 +204,11 @@ pub struct SandboxSpec {
     pub sysctl: Vec<(String, String)>,
 }
 
-/// `linux.cgroupsPath`, if any, as a cgroupfs path. The systemd driver's form
-/// (`slice:prefix:name`, which kubelet and CRI use with `cgroupDriver: systemd`) is refused:
-/// this runtime (and runc as it drives it) manages cgroups through cgroupfs, and would take
-/// that form for a directory's name outside the pod's slice, with none of its limits.
-pub fn cgroups_path(spec: &Spec) -> Result<Option<String>, SpecError> {
+/// `linux.cgroupsPath`, if any, with the driver its form names: systemd's
+/// `slice:prefix:name` (which CRI writes when the kubelet's `cgroupDriver` is systemd) or a
+/// cgroupfs directory (see [`CgroupPath::parse`]). A path that could land outside the
+/// hierarchy or the slice is refused, naming the field.
+pub fn cgroups_path(spec: &Spec) -> Result<Option<CgroupPath>, SpecError> {
     let Some(path) = spec
         .linux()
         .as_ref()
@@ -214,31 +218,9 @@ pub fn cgroups_path(spec: &Spec) -> Result<Option<String>, SpecError> {
     else {
         return Ok(None);
     };
-    // A path under the hierarchies' roots, whatever it says: the shim creates, kills the
-    // processes of and removes the cgroup at it.
-    if Path::new(&path).components().any(|c| {
-        !matches!(
-            c,
-            std::path::Component::RootDir | std::path::Component::Normal(_)
-        )
-    }) {
-        return Err(invalid(
-            "linux.cgroupsPath",
-            format!("{path:?} climbs out of the cgroup hierarchy (a '..' or '.' component)"),
-        ));
-    }
-    let parts: Vec<&str> = path.split(':').collect();
-    if parts.len() == 3 && (parts[0].is_empty() || parts[0].ends_with(".slice")) {
-        return Err(unsupported(
-            "linux.cgroupsPath",
-            format!(
-                "{path:?} is a systemd cgroup driver's path (slice:prefix:name); this runtime \
-                 manages cgroups through cgroupfs: run the kubelet and containerd's CRI with \
-                 the cgroupfs driver (cgroupDriver: cgroupfs, SystemdCgroup = false)"
-            ),
-        ));
-    }
-    Ok(Some(path))
+    CgroupPath::parse(&path)
+        .map(Some)
+        .map_err(|e| invalid("linux.cgroupsPath", format!("{path:?}: {e}")))
 }
 
 /// Whether `spec` is a CRI pod sandbox (which runs no process here).
@@ -481,12 +463,17 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
     });
     let devices = devices(&linux, fresh_dev)?;
 
+    let cgroup = cgroups_path(spec)?;
     let user = process.user();
     let plan = ContainerPlan {
         args,
         env: process.env().clone().unwrap_or_default(),
         cwd,
-        cgroup: cgroups_path(spec)?,
+        // A process systemd moves into its scope is in it before it reads the plan.
+        cgroup: match &cgroup {
+            Some(CgroupPath::Fs(path)) => Some(path.clone()),
+            Some(CgroupPath::Systemd(_)) | None => None,
+        },
         namespaces: plan_ns,
         hostname,
         root: Root {
@@ -552,6 +539,7 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
     Ok(ContainerSpec {
         module,
         plan,
+        cgroup,
         joins,
         pid: ns_of(&all, LinuxNamespaceType::Pid),
         id_maps,

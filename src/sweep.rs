@@ -258,7 +258,7 @@ fn clean_up(r: &Record, dir: &Path) -> bool {
         }
     }
     if let Some(cgroup) = &r.cgroup {
-        crate::cgroup::remove(cgroup);
+        crate::cgroup::remove_recorded(cgroup);
     }
     if let Some(rootfs) = &r.rootfs {
         let _ = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH);

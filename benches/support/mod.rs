@@ -141,7 +141,7 @@ pub fn run_container(
         other => panic!("container {name} ended with {other:?}"),
     };
     if let Some(path) = &plan.cgroup {
-        wasmedge_aot_shim::cgroup::remove(path);
+        wasmedge_aot_shim::cgroup::remove_recorded(path);
     }
     (elapsed, code)
 }

@@ -497,7 +497,7 @@ fn user_namespace_mappings_that_cannot_work_are_refused_naming_the_field() {
 }
 
 #[test]
-fn a_systemd_cgroup_path_is_refused_a_cgroupfs_path_kept() {
+fn a_cgroup_path_names_its_driver_and_one_that_climbs_is_refused() {
     let with_path = |path: &str| {
         let mut spec = spec_with(own_namespaces()).build().unwrap();
         let mut linux = spec.linux().clone().unwrap();
@@ -506,16 +506,23 @@ fn a_systemd_cgroup_path_is_refused_a_cgroupfs_path_kept() {
         spec
     };
     let systemd = with_path("kubepods-besteffort-pod1.slice:cri-containerd:c1");
-    let e = cgroups_path(&systemd).unwrap_err();
+    match cgroups_path(&systemd).unwrap() {
+        Some(CgroupPath::Systemd(s)) => assert_eq!(s.unit, "cri-containerd-c1.scope"),
+        other => panic!("{other:?}"),
+    }
+    // The scope is systemd's to make: the process is in it before it reads its plan.
+    let cs = translate(systemd).unwrap();
+    assert!(cs.plan.cgroup.is_none() && cs.cgroup.is_some_and(|c| c.is_systemd()));
+    assert!(matches!(
+        cgroups_path(&with_path(":cri-containerd:c1")).unwrap(),
+        Some(CgroupPath::Systemd(_))
+    ));
+    let e = cgroups_path(&with_path("pod1.slice:cri:../../x")).unwrap_err();
     assert!(
-        e.to_string().starts_with(
-            "linux.cgroupsPath: \"kubepods-besteffort-pod1.slice:cri-containerd:c1\" is a \
-             systemd cgroup driver's path"
-        ),
+        e.to_string()
+            .starts_with("linux.cgroupsPath: \"pod1.slice:cri:../../x\": the name"),
         "{e}"
     );
-    assert!(translate(systemd).is_err());
-    assert!(cgroups_path(&with_path(":cri-containerd:c1")).is_err());
     for climbing in ["/../../..", "/kubepods/../../x", "./c1"] {
         let e = cgroups_path(&with_path(climbing)).unwrap_err();
         assert!(
@@ -525,6 +532,6 @@ fn a_systemd_cgroup_path_is_refused_a_cgroupfs_path_kept() {
     }
     assert_eq!(
         cgroups_path(&with_path("/kubepods/besteffort/pod1/c1")).unwrap(),
-        Some("/kubepods/besteffort/pod1/c1".into())
+        Some(CgroupPath::Fs("/kubepods/besteffort/pod1/c1".into()))
     );
 }
