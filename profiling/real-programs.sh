@@ -19,7 +19,7 @@
 # nextpnr-ice40 (0.11) use the exception-handling proposal (a Tag section, exnref types),
 # which WasmEdge 0.14.1's compiler rejects ("requires enabling Exception Handling proposal");
 # yosys 0.50 (February 2025) and nextpnr-ice40 0.7 (February 2024, more code than 0.8) do not.
-# Needs: pip, unzip, python3, wat2wasm (wabt), clang-19 with wasi-libc, wasmedge.
+# Needs: python3 with pip, unzip, wat2wasm (wabt), clang-19 with wasi-libc, wasmedge.
 # Usage: profiling/real-programs.sh [--cpu] [DIR]
 #   --cpu   only what the CPU-bound benchmark (benches/cpu.rs) runs: boolector and the sieve
 set -euo pipefail
@@ -49,7 +49,7 @@ fetch_wheel() {
     local tmp
     tmp=$(mktemp -d "$out/downloads/.pip.XXXXXX")
     printf '%s==%s --hash=sha256:%s\n' "$name" "$version" "$sha" > "$tmp/req.txt"
-    pip download --quiet --no-deps --only-binary=:all: --require-hashes \
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --require-hashes \
       -r "$tmp/req.txt" -d "$tmp" >&2
     mv "$tmp/$(basename "$file")" "$file"
     rm -rf "$tmp"

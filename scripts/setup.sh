@@ -64,8 +64,26 @@ PIN
     for p in "${PKGS[@]}"; do
       [[ " ${DEMO_NEWER[*]} " == *" $p "* ]] || plain+=("$p")
     done
-    apt-get install -y -q --no-install-recommends \
-      "${DEMO_NEWER[@]/%//trixie}" "${BOOKWORM_BASE_FROM_TRIXIE[@]/%//trixie}" "${plain[@]}"
+    want=("${DEMO_NEWER[@]/%//trixie}" "${BOOKWORM_BASE_FROM_TRIXIE[@]/%//trixie}" "${plain[@]}")
+    # Debian 13's libc breaks what is tied to Debian 12's exact version (locales, libc6-dbg,
+    # and through them dpkg-dev, build-essential, valgrind, postgresql: apt removed those on
+    # a fresh machine). Each installed package the install would remove is taken from Debian
+    # 13 too, where it has one; whatever would still be removed stops the set-up, naming it,
+    # instead of going (--no-remove).
+    for _ in 1 2 3 4; do
+      mapfile -t removed < <(apt-get -s install --no-install-recommends "${want[@]}" 2>/dev/null |
+        awk '$1 == "Remv" { print $2 }')
+      [ "${#removed[@]}" != 0 ] || break
+      for p in "${removed[@]}"; do
+        if apt-cache madison "$p" 2>/dev/null | grep -q ' trixie/'; then
+          want+=("$p/trixie")
+        fi
+      done
+    done
+    if ! apt-get install -y -q --no-install-recommends --no-remove "${want[@]}"; then
+      echo "setup.sh: installing Debian 13's WasmEdge and libc would remove installed packages that have no Debian 13 version (above); nothing was removed" >&2
+      exit 1
+    fi
   else
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${PKGS[@]}"

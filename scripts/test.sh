@@ -26,6 +26,10 @@ fi
 # The integration tests drive the binaries of every package (the runner and the admin tool are
 # packages of their own): build them all first.
 cargo build --workspace --bins
+# No package the build or the tests use is missing from setup.sh (a fresh machine has only the
+# base image and what setup.sh installs); and the check itself still catches one.
+./scripts/check-packages.sh
+./scripts/check-packages.sh --self-test
 # Two test threads: the machine has two cores and each containerd test runs several processes.
 # Unit and integration tests (doc tests have nothing to run); the summed result closes the log.
 log=$(mktemp)

@@ -44,6 +44,25 @@ BASE_USED=(
   binutils libc-bin gcc libc6-dev util-linux mount procps iproute2 python3 dpkg apt
 )
 
+# The commands the scripts run (scripts/, tests/fixtures/build.sh, the benchmarks' inputs),
+# which the guard finds on PATH and traces to their package; the Rust code's are read from
+# its Command::new("...") calls.
+TOOLS=(
+  clang-19 wat2wasm gcc readelf ldd protoc   # the build and the fixtures
+  python3 unzip                              # the benchmarks' real programs (pip through python3)
+  containerd ctr runc wasmedge               # the demo and the tests
+  nsenter setpriv ip mount umount            # the tests
+  apt-get dpkg-query dpkg-deb sha256sum      # setup.sh
+  qemu-system-x86_64 debootstrap mkfs.ext4   # the node VM
+)
+# Commands run by name that no package of the node provides, and why.
+NOT_PACKAGED=(
+  no-such-program-x   # a test of what the admin tool says when a program is missing
+)
+# Where the base image and setup.sh put what dpkg does not know: Rust's toolchain and cargo's
+# tools (cargo-deny), the base image's Python (pyenv), the matrix's second containerd.
+NOT_DPKG=("$HOME/.cargo" "$HOME/.rustup" "$HOME/.pyenv" /opt/containerd-2.1.9)
+
 # What Debian 12's packages of Debian 13's need newer than bookworm has (libc and the C++
 # runtime WasmEdge 0.14.1 is built against); nothing else is upgraded.
 BOOKWORM_BASE_FROM_TRIXIE=(libc6 libc6-dev libc-bin libc-dev-bin base-files libzstd1 libstdc++6 libgcc-s1)
