@@ -148,6 +148,9 @@ configure_guest() {
   local root=$1
   echo node-vm >"$root/etc/hostname"
   printf '127.0.0.1 localhost\n127.0.1.1 node-vm\n' >"$root/etc/hosts"
+  # A resolver configuration, as every node has one (CRI copies it into each pod's sandbox);
+  # the guest has no network, so what it names is never asked.
+  echo 'nameserver 127.0.0.53' >"$root/etc/resolv.conf"
   # No fsck (every boot starts from the same clean image).
   echo '/dev/vda / ext4 rw,noatime 0 0' >"$root/etc/fstab"
   # /tmp on the root disk, not Debian 13's default tmpfs: the tests put containerd's root

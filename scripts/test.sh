@@ -59,6 +59,15 @@ elif [ -n "${CI:-}" ]; then
   echo "test.sh: $CONTAINERD2 is missing (scripts/setup.sh installs it)" >&2
   status=1
 fi
+# The tests of the nodes users run (systemd as PID 1, cgroup v2, the systemd cgroup driver),
+# in the node VM, against both containerds; their results join the sum below.
+started=$SECONDS
+set +e
+./scripts/node-tests.sh 2>&1 | tee -a "$log"
+status3=${PIPESTATUS[0]}
+set -e
+[ "$status" != 0 ] || status=$status3
+echo "node VM tests: $((SECONDS - started)) s"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i; if ($(i+1) ~ /^ignored;?$/) s += $i } }
      END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 [ "$status" = 0 ] || exit "$status"

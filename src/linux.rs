@@ -353,6 +353,11 @@ impl Linux {
         let resources: oci_spec_runc::runtime::LinuxResources =
             serde_json::from_slice(resources)
                 .map_err(|e| ShimError::InvalidArgument(format!("update {id}: resources: {e}")))?;
+        // runc's client writes the resources to a temporary file in XDG_RUNTIME_DIR.
+        ensure_dir(Path::new(SCRATCH_DIR)).map_err(|e| ShimError::Io {
+            context: format!("update container {id}"),
+            source: std::io::Error::other(e),
+        })?;
         let log = self.bundle.join(RUNC_LOG);
         let mark = RuncLog::mark(&log);
         self.runc

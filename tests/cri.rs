@@ -22,12 +22,13 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     security_profile::ProfileType, Capability, ContainerConfig, ContainerMetadata, ContainerState,
-    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    ImageStatusRequest, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    ContainerStats, ContainerStatsRequest, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, ImageStatusRequest, LinuxContainerConfig,
+    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, SecurityProfile, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    StopPodSandboxRequest, UpdateContainerResourcesRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 use wasmedge_shimctl::image::{ImageBuilder, Platform};
@@ -1534,4 +1535,173 @@ fn a_pod_of_only_linux_containers_runs_under_the_wasmedge_runtime_class() {
             );
         }
     });
+}
+
+/// A container of `image` running `command` with a memory limit, as the kubelet sends a
+/// pod spec's `resources.limits.memory`.
+fn limited(name: &str, image: &str, command: &[&str], memory: i64) -> ContainerConfig {
+    let mut c = container(name, image, command);
+    c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: memory,
+        ..Default::default()
+    });
+    c
+}
+
+impl Cri {
+    async fn stats(&mut self, id: &str) -> ContainerStats {
+        self.rt
+            .container_stats(ContainerStatsRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ContainerStats {id}: {e}\n{}", self.ctd.log_tail()))
+            .into_inner()
+            .stats
+            .unwrap()
+    }
+
+    /// The kubelet's in-place resize of a container's memory limit.
+    async fn resize_memory(&mut self, id: &str, memory: i64) {
+        self.rt
+            .update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.into(),
+                linux: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: memory,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "UpdateContainerResources {id}: {e}\n{}",
+                    self.ctd.log_tail()
+                )
+            });
+    }
+}
+
+#[test]
+fn a_pod_s_containers_get_their_cgroups_from_the_node_s_driver_report_stats_and_are_resized() {
+    if !common::can_run("cri_cgroups") {
+        return;
+    }
+    use common::cgroup::{memory_cgroup, memory_limit, on_systemd, unit_property};
+    let systemd = on_systemd();
+    if std::env::var_os("WASMEDGE_SHIM_NODE_TESTS").is_some_and(|v| v == "1") {
+        assert!(systemd, "the node VM runs systemd as PID 1 on cgroup v2");
+    }
+    // The cgroup parent as the kubelet names it for the node's driver: a pod's slice under
+    // systemd (CRI then gives each container `slice:cri-containerd:<id>`, a transient scope,
+    // which systemd places under kubepods.slice/kubepods-besteffort.slice/), else a directory.
+    let uid = std::process::id();
+    let cgroup_parent = if systemd {
+        format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice")
+    } else {
+        format!("/wasmedge-cri-res-{uid}")
+    };
+    let ctd = cri();
+    block_on(async {
+        let mut cri = Cri::connect(ctd).await;
+        let pod = cri
+            .run_pod_in(
+                "resources",
+                host_network(NamespaceMode::Container),
+                cgroup_parent.clone(),
+            )
+            .await;
+        let wasm = cri
+            .run(
+                &pod,
+                limited(
+                    "wasm",
+                    APP_IMAGE,
+                    &["/probe.wasm", "sleep", "300"],
+                    64 << 20,
+                ),
+            )
+            .await;
+        let linux = cri
+            .run(
+                &pod,
+                limited(
+                    "linux",
+                    NATIVE_IMAGE,
+                    &["/native-tool", "sleep", "300"],
+                    48 << 20,
+                ),
+            )
+            .await;
+        let mut dirs = Vec::new();
+        for (id, limit) in [(&wasm, 64u64 << 20), (&linux, 48 << 20)] {
+            let (_, pid) = cri.status(id).await;
+            let dir = memory_cgroup(pid.unwrap());
+            if systemd {
+                let unit = format!("cri-containerd-{id}.scope");
+                assert_eq!(
+                    dir,
+                    Path::new("/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice")
+                        .join(format!("kubepods-besteffort-pod{uid}.slice"))
+                        .join(&unit)
+                );
+                assert_eq!(unit_property(&unit, "MemoryMax"), limit.to_string());
+            } else {
+                assert!(
+                    dir.ends_with(format!("wasmedge-cri-res-{uid}/{id}")),
+                    "{dir:?}"
+                );
+            }
+            assert_eq!(memory_limit(&dir), Some(limit), "{id}");
+            let stats = cri.stats(id).await;
+            let memory = stats.memory.unwrap();
+            assert!(
+                memory.working_set_bytes.unwrap().value > 0,
+                "{id}: {memory:?}"
+            );
+            assert!(stats.cpu.is_some(), "{id}: no CPU stats");
+            dirs.push(dir);
+        }
+
+        // The kubelet's in-place resize: the new limit in the kernel (and in systemd's
+        // properties, which it would otherwise write back), the containers untouched.
+        for id in [&wasm, &linux] {
+            cri.resize_memory(id, 96 << 20).await;
+        }
+        for (id, dir) in [&wasm, &linux].into_iter().zip(&dirs) {
+            assert_eq!(memory_limit(dir), Some(96 << 20), "{id}");
+            if systemd {
+                assert_eq!(
+                    unit_property(&format!("cri-containerd-{id}.scope"), "MemoryMax"),
+                    (96u64 << 20).to_string()
+                );
+            }
+            let (status, _) = cri.status(id).await;
+            assert_eq!(
+                status.state,
+                ContainerState::ContainerRunning as i32,
+                "{id}"
+            );
+        }
+
+        for id in [&wasm, &linux] {
+            cri.stop_and_remove(id).await;
+        }
+        cri.remove_pod(pod).await;
+        for dir in &dirs {
+            assert!(!dir.exists(), "{} outlived its container", dir.display());
+        }
+        if systemd {
+            for id in [&wasm, &linux] {
+                let unit = format!("cri-containerd-{id}.scope");
+                assert_ne!(unit_property(&unit, "ActiveState"), "active", "{unit}");
+            }
+        }
+    });
+    if !systemd {
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let _ =
+                std::fs::remove_dir(hierarchy.path().join(cgroup_parent.trim_start_matches('/')));
+        }
+    }
 }
