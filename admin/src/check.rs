@@ -571,11 +571,18 @@ fn check_registered(opts: &CheckOptions) -> Check {
 /// Where kubeadm and most distributions keep the kubelet's configuration.
 pub const DEFAULT_KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
 
-/// The kubelet's cgroup driver, from its configuration file: with `systemd`, CRI gives every
-/// container a `slice:prefix:name` cgroup path, which the shim refuses (it manages cgroups
-/// through cgroupfs), so no pod of the runtime could start on the node. No file: not a
-/// Kubernetes node, or a kubelet configured elsewhere (skipped, not required).
+/// The kubelet's cgroup driver, from its configuration file, against the node's init. With
+/// `systemd`, CRI gives every container a `slice:prefix:name` cgroup path, a transient scope
+/// the shim has systemd make over the system bus: systemd must be PID 1. With `cgroupfs`
+/// the shim makes the directories itself, under any init. No file: not a Kubernetes node, or
+/// a kubelet configured elsewhere (skipped, not required).
 pub fn check_cgroup_driver(kubelet_config: &Path) -> Check {
+    let init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    cgroup_driver_on(kubelet_config, init.trim())
+}
+
+/// [`check_cgroup_driver`] on a node whose PID 1 is `init`.
+fn cgroup_driver_on(kubelet_config: &Path, init: &str) -> Check {
     const NAME: &str = "cgroup-driver";
     let text = match std::fs::read_to_string(kubelet_config) {
         Ok(t) => t,
@@ -604,17 +611,22 @@ pub fn check_cgroup_driver(kubelet_config: &Path) -> Check {
         })
         .unwrap_or("cgroupfs (the kubelet's default)");
     let at = kubelet_config.display();
-    if driver == "systemd" {
-        Check::fail(
+    match (driver, init) {
+        ("systemd", "systemd") => Check::pass(
             NAME,
             format!(
-                "{at}: cgroupDriver: systemd; the shim manages cgroups through cgroupfs and \
-                 refuses systemd's cgroup paths, so its pods would not start: run this node's \
-                 kubelet (and containerd's CRI) with the cgroupfs driver"
+                "{at}: cgroupDriver: systemd; each container is a systemd scope in its pod's slice"
             ),
-        )
-    } else {
-        Check::pass(NAME, format!("{at}: cgroupDriver: {driver}"))
+        ),
+        ("systemd", _) => Check::fail(
+            NAME,
+            format!(
+                "{at}: cgroupDriver: systemd, but PID 1 is {init:?}, not systemd: no container's \
+                 scope could be made, so no pod would start; run the kubelet (and containerd's \
+                 CRI) with the cgroupfs driver on this node"
+            ),
+        ),
+        (driver, _) => Check::pass(NAME, format!("{at}: cgroupDriver: {driver}")),
     }
 }
 
@@ -1112,21 +1124,24 @@ version = 2
     }
 
     #[test]
-    fn the_kubelets_cgroup_driver_must_be_cgroupfs() {
+    fn the_kubelets_systemd_cgroup_driver_needs_systemd_as_pid_1() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("config.yaml");
-        let c = check_cgroup_driver(&file);
+        let c = cgroup_driver_on(&file, "systemd");
         assert_eq!((c.status, c.required), (Status::Skipped, false));
         std::fs::write(&file, "kind: KubeletConfiguration\ncgroupDriver: systemd\n").unwrap();
-        let c = check_cgroup_driver(&file);
+        let c = cgroup_driver_on(&file, "systemd");
+        assert_eq!(c.status, Status::Pass, "{}", c.evidence);
+        assert!(c.evidence.contains("systemd scope"), "{}", c.evidence);
+        let c = cgroup_driver_on(&file, "tini");
         assert_eq!((c.status, c.required), (Status::Fail, true));
         assert!(
-            c.evidence.contains("cgroupDriver: systemd;"),
+            c.evidence.contains("but PID 1 is \"tini\""),
             "{}",
             c.evidence
         );
         std::fs::write(&file, "cgroupDriver: \"cgroupfs\" # set by us\n").unwrap();
-        let c = check_cgroup_driver(&file);
+        let c = cgroup_driver_on(&file, "tini");
         assert_eq!(c.status, Status::Pass);
         assert!(
             c.evidence.ends_with("cgroupDriver: cgroupfs"),
@@ -1134,7 +1149,7 @@ version = 2
             c.evidence
         );
         std::fs::write(&file, "kind: KubeletConfiguration\n").unwrap();
-        assert_eq!(check_cgroup_driver(&file).status, Status::Pass);
+        assert_eq!(cgroup_driver_on(&file, "systemd").status, Status::Pass);
     }
 
     #[test]
