@@ -2,6 +2,10 @@
 # Median of 20 interleaved `ctr run --rm` of a hello through this shim (warm cache) and of a
 # static native hello through runc, in the same containerd, and their ratio.
 # Usage: SOCK=/path/containerd.sock profiling/ctr-run-median.sh   (after cargo build --release --workspace --bins)
+#   N=20                   runs of each
+#   CGROUP_DRIVER=systemd  each container in a transient scope (`--cgroup system.slice:ctr-bench:ID`,
+#                          runc with its systemd driver), as on a node with the kubelet's systemd
+#                          driver; default: ctr's cgroupfs path /NS/ID
 set -euo pipefail
 sock=${SOCK:?set SOCK to a containerd socket that has the wasmedge runtime (see scripts/demo.sh)}
 n=${N:-20}
@@ -18,17 +22,22 @@ $B image build --platform linux/amd64 --file $F/native-hello:/hello --entrypoint
 "${C[@]}" images import "$tmp/n.tar" >/dev/null
 "${C[@]}" run --rm --runtime io.containerd.wasmedge.v1 localhost/bench/hello:wasm warm-w >/dev/null
 "${C[@]}" run --rm --runtime io.containerd.runc.v2 localhost/bench/hello:native warm-r >/dev/null
+# cgroup flags for container ID, for the wasmedge shim and for runc
+wflags() { [ "${CGROUP_DRIVER:-}" != systemd ] || echo "--cgroup system.slice:ctr-bench:$1"; }
+rflags() { [ "${CGROUP_DRIVER:-}" != systemd ] || echo "--runc-systemd-cgroup --cgroup system.slice:ctr-bench:$1"; }
 w=() r=()
 for i in $(seq "$n"); do
-  t0=$(date +%s%N); "${C[@]}" run --rm --runtime io.containerd.wasmedge.v1 localhost/bench/hello:wasm "w$i" >/dev/null
-  t1=$(date +%s%N); "${C[@]}" run --rm --runtime io.containerd.runc.v2 localhost/bench/hello:native "r$i" >/dev/null
+  # shellcheck disable=SC2046 # the flags are words
+  t0=$(date +%s%N); "${C[@]}" run --rm --runtime io.containerd.wasmedge.v1 $(wflags "w$i") localhost/bench/hello:wasm "w$i" >/dev/null
+  # shellcheck disable=SC2046
+  t1=$(date +%s%N); "${C[@]}" run --rm --runtime io.containerd.runc.v2 $(rflags "r$i") localhost/bench/hello:native "r$i" >/dev/null
   t2=$(date +%s%N)
   w+=($(((t1 - t0) / 1000))) r+=($(((t2 - t1) / 1000)))
 done
-python3 - "${w[*]}" "${r[*]}" "$n" <<'PY'
+python3 - "${w[*]}" "${r[*]}" "$n" "${CGROUP_DRIVER:-cgroupfs}" <<'PY'
 import statistics, sys
 w = [int(x) for x in sys.argv[1].split()]
 r = [int(x) for x in sys.argv[2].split()]
 mw, mr = statistics.median(w) / 1000, statistics.median(r) / 1000
-print(f"ctr run --rm hello, median of {sys.argv[3]} interleaved: wasmedge shim {mw:.1f} ms, runc {mr:.1f} ms, ratio {mw / mr:.2f}")
+print(f"ctr run --rm hello ({sys.argv[4]} cgroups), median of {sys.argv[3]} interleaved: wasmedge shim {mw:.1f} ms, runc {mr:.1f} ms, ratio {mw / mr:.2f}")
 PY
