@@ -80,27 +80,51 @@ pub fn is_v2() -> bool {
     hierarchies::is_cgroup2_unified_mode()
 }
 
-/// Creates a cgroupfs cgroup (in every hierarchy on cgroup v1) with the spec's resources.
+/// Creates a cgroupfs cgroup (in every hierarchy on cgroup v1) with the spec's resources. A
+/// cgroup that exists with processes in it is refused, as runc refuses it: the shim kills
+/// what is in the container's cgroup when the container goes.
 pub fn create(path: &str, spec: &Spec) -> Result<Cgroup, String> {
+    if populated(Path::new(relative(path))) {
+        return Err("the cgroup exists and has processes in it: it is not this container's".into());
+    }
     let cg = Cgroup::new(hierarchies::auto(), relative(path)).map_err(|e| e.to_string())?;
     if let Some(res) = resources(spec) {
-        containerd_shim::cgroup::update_resources(&cg, res).map_err(|e| e.to_string())?;
+        apply(&cg, res)?;
     }
     Ok(cg)
+}
+
+/// Why a process did not get into its scope, and whether the scope was made (and so is the
+/// container's, to remove).
+#[derive(Debug)]
+pub struct ScopeError {
+    pub started: bool,
+    pub message: String,
 }
 
 /// Has systemd put process `pid` in its scope with the spec's limits, then writes them to the
 /// scope's cgroup files too (delegated to us), as runc's systemd driver does, for what
 /// systemd has no property for. Blocking: it talks to systemd and waits for the move.
-pub fn enter_scope(scope: &systemd::Scope, pid: u32, spec: &Spec) -> Result<Cgroup, String> {
+pub fn enter_scope(scope: &systemd::Scope, pid: u32, spec: &Spec) -> Result<Cgroup, ScopeError> {
     let res = resources(spec);
-    scope.start(pid, res)?;
+    let failed = |started| move |message| ScopeError { started, message };
+    scope.start(pid, res).map_err(failed(false))?;
+    scope.wait_until_in(pid).map_err(failed(true))?;
     let cg = Cgroup::load(hierarchies::auto(), scope.dir.to_str().unwrap_or_default());
     if let Some(res) = res {
-        containerd_shim::cgroup::update_resources(&cg, res)
-            .map_err(|e| format!("{}: {e}", scope.unit))?;
+        apply(&cg, res).map_err(|e| failed(true)(format!("{}: {e}", scope.unit)))?;
     }
     Ok(cg)
+}
+
+/// Writes the spec's resources to the cgroup's files: on v2 with runc's conversions
+/// ([`v2::apply`]), on v1 through containerd's shim library.
+fn apply(cg: &Cgroup, res: &LinuxResources) -> Result<(), String> {
+    if cg.v2() {
+        let dir = Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(relative(cg.path()));
+        return v2::apply(&dir, res);
+    }
+    containerd_shim::cgroup::update_resources(cg, res).map_err(|e| e.to_string())
 }
 
 fn resources(spec: &Spec) -> Option<&LinuxResources> {
@@ -118,7 +142,7 @@ pub fn update(path: &CgroupPath, res: &LinuxResources) -> Result<(), String> {
     if let CgroupPath::Systemd(scope) = path {
         scope.update(res)?;
     }
-    containerd_shim::cgroup::update_resources(&load(path), res).map_err(|e| e.to_string())
+    apply(&load(path), res)
 }
 
 /// On cgroup v2, the cgroup's directory, opened for `clone3(CLONE_INTO_CGROUP)`: the
@@ -174,10 +198,33 @@ fn kill_and_remove(path: &CgroupPath) -> Result<(), String> {
         drain_v1(path)
     };
     if let CgroupPath::Systemd(scope) = path {
-        scope.stop()?;
+        stop_bounded(scope)?;
     }
     killed
 }
+
+/// Stops a scope, waiting for systemd at most [`STOP_WAIT`]: the scope is empty by then (its
+/// processes killed), and systemd removes an empty transient scope by itself, so a stuck
+/// systemd must not hold up a delete. The call goes on in its thread.
+fn stop_bounded(scope: &systemd::Scope) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = scope.clone();
+    std::thread::Builder::new()
+        .name("scope-stop".into())
+        .spawn(move || {
+            let _ = tx.send(s.stop());
+        })
+        .map_err(|e| format!("stop {}: {e}", scope.unit))?;
+    rx.recv_timeout(STOP_WAIT).unwrap_or_else(|_| {
+        Err(format!(
+            "stop {}: systemd did not answer within {STOP_WAIT:?}",
+            scope.unit
+        ))
+    })
+}
+
+/// How long a delete waits for systemd to stop a scope.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn drain_v1(path: &CgroupPath) -> Result<(), String> {
     let cg = load(path);
@@ -215,6 +262,152 @@ pub mod v2 {
 
     /// How long [`remove`] waits for the killed processes to leave.
     const DRAIN: Duration = Duration::from_secs(5);
+
+    /// Writes the spec's resources to the v2 cgroup at `dir` as runc's fs2 driver does:
+    /// v1's values converted (cpu shares to `cpu.weight`, memory + swap to swap alone, -1 to
+    /// `max`), `unified` written as given. A resource v2 has no file for fails, naming it:
+    /// never a silent downgrade.
+    pub fn apply(dir: &Path, r: &oci_spec::runtime::LinuxResources) -> Result<(), String> {
+        let write = |file: &str, value: String| {
+            std::fs::write(dir.join(file), &value)
+                .map_err(|e| format!("{}: write {value:?}: {e}", dir.join(file).display()))
+        };
+        let max = |v: i64| {
+            if v < 0 {
+                "max".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        if let Some(m) = r.memory() {
+            let limit = m.limit().unwrap_or(0);
+            match m.swap().unwrap_or(0) {
+                0 => {}
+                -1 => write("memory.swap.max", "max".into())?,
+                swap if limit > 0 && swap >= limit => {
+                    write("memory.swap.max", (swap - limit).to_string())?
+                }
+                swap if limit > 0 => {
+                    return Err(format!(
+                        "linux.resources.memory.swap {swap} is below memory.limit {limit} \
+                         (swap is memory + swap)"
+                    ))
+                }
+                _ => {
+                    return Err(
+                        "linux.resources.memory.swap without memory.limit: cgroup v2 limits \
+                         swap alone"
+                            .into(),
+                    )
+                }
+            }
+            if limit != 0 {
+                write("memory.max", max(limit))?;
+            }
+            if let Some(low) = m.reservation().filter(|v| *v != 0) {
+                write("memory.low", max(low))?;
+            }
+            for (field, set) in [
+                ("kernel", m.kernel().is_some()),
+                ("kernelTCP", m.kernel_tcp().is_some()),
+                ("swappiness", m.swappiness().is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "linux.resources.memory.{field}: cgroup v2 has no such limit"
+                    ));
+                }
+            }
+        }
+        if let Some(c) = r.cpu() {
+            if let Some(shares) = c.shares().filter(|s| *s != 0) {
+                write("cpu.weight", super::systemd::cpu_weight(shares).to_string())?;
+            }
+            let (quota, period) = (c.quota().unwrap_or(0), c.period().unwrap_or(0));
+            if quota != 0 || period != 0 {
+                let mut v = if quota > 0 {
+                    quota.to_string()
+                } else {
+                    "max".into()
+                };
+                if period != 0 {
+                    v = format!("{v} {period}");
+                }
+                write("cpu.max", v)?;
+            }
+            if let Some(cpus) = c.cpus().as_deref().filter(|v| !v.is_empty()) {
+                write("cpuset.cpus", cpus.to_string())?;
+            }
+            if let Some(mems) = c.mems().as_deref().filter(|v| !v.is_empty()) {
+                write("cpuset.mems", mems.to_string())?;
+            }
+            if c.realtime_runtime().is_some_and(|v| v != 0)
+                || c.realtime_period().is_some_and(|v| v != 0)
+            {
+                return Err("linux.resources.cpu.realtime*: cgroup v2 has no such limit".into());
+            }
+        }
+        if let Some(p) = r.pids() {
+            if p.limit() != 0 {
+                write("pids.max", max(p.limit()))?;
+            }
+        }
+        for h in r.hugepage_limits().iter().flatten() {
+            let size = h.page_size();
+            if size.is_empty() || !size.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!(
+                    "linux.resources.hugepageLimits: page size {size:?} is not one"
+                ));
+            }
+            write(&format!("hugetlb.{size}.max"), h.limit().to_string())?;
+        }
+        if let Some(io) = r.block_io() {
+            if let Some(w) = io.weight().filter(|w| *w != 0) {
+                // blkio's 10..1000 as io's 1..10000, runc's conversion.
+                let w = 1 + (u64::from(w.clamp(10, 1000)) - 10) * 9999 / 990;
+                write("io.weight", format!("default {w}"))?;
+            }
+            let throttles = [
+                ("rbps", io.throttle_read_bps_device()),
+                ("wbps", io.throttle_write_bps_device()),
+                ("riops", io.throttle_read_iops_device()),
+                ("wiops", io.throttle_write_iops_device()),
+            ];
+            for (key, devices) in throttles {
+                for d in devices.iter().flatten() {
+                    write(
+                        "io.max",
+                        format!("{}:{} {key}={}", d.major(), d.minor(), d.rate()),
+                    )?;
+                }
+            }
+            if io.leaf_weight().is_some()
+                || io.weight_device().as_ref().is_some_and(|d| !d.is_empty())
+            {
+                return Err(
+                    "linux.resources.blockIO.leafWeight/weightDevice: not supported on cgroup \
+                     v2 by this runtime"
+                        .into(),
+                );
+            }
+        }
+        if r.rdma().as_ref().is_some_and(|r| !r.is_empty()) {
+            return Err("linux.resources.rdma: not supported by this runtime".into());
+        }
+        if r.network().is_some() {
+            return Err("linux.resources.network: cgroup v2 has no net_cls or net_prio".into());
+        }
+        for (key, value) in r.unified().iter().flatten() {
+            // A file of this cgroup's own: no path, none of the cgroup core's files.
+            if key.contains('/') || key.starts_with('.') || key.starts_with("cgroup.") {
+                return Err(format!(
+                    "linux.resources.unified: {key:?} is not a controller's file"
+                ));
+            }
+            write(key, value.clone())?;
+        }
+        Ok(())
+    }
 
     /// Kills every process in the cgroup and below it (`cgroup.kill`, Linux 5.14).
     pub fn kill(dir: &Path) -> std::io::Result<()> {
@@ -523,5 +716,45 @@ mod tests {
             tokio::time::timeout(std::time::Duration::from_secs(5), watch.next_kill()).await;
         assert_eq!(ended, Ok(false));
         let _ = Cgroup::load(hierarchies::auto(), "wasmedge-aot-unit").delete();
+    }
+
+    #[test]
+    fn v2_files_get_runcs_conversions_and_what_v2_cannot_hold_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let r: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":67108864,"swap":134217728,"reservation":1048576},
+                "cpu":{"shares":1024,"quota":-1,"period":100000,"cpus":"0-1"},
+                "pids":{"limit":-1},
+                "hugepageLimits":[{"pageSize":"2MB","limit":4194304}],
+                "blockIO":{"weight":500},
+                "unified":{"memory.high":"50000000"}}"#,
+        )
+        .unwrap();
+        v2::apply(dir.path(), &r).unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert_eq!(read("memory.max"), "67108864");
+        assert_eq!(read("memory.swap.max"), "67108864");
+        assert_eq!(read("memory.low"), "1048576");
+        assert_eq!(read("cpu.weight"), "39");
+        assert_eq!(read("cpu.max"), "max 100000");
+        assert_eq!(read("cpuset.cpus"), "0-1");
+        assert_eq!(read("pids.max"), "max");
+        assert_eq!(read("hugetlb.2MB.max"), "4194304");
+        assert_eq!(read("io.weight"), "default 4950");
+        assert_eq!(read("memory.high"), "50000000");
+
+        for (json, says) in [
+            (r#"{"unified":{"cgroup.procs":"1"}}"#, "not a controller's file"),
+            (r#"{"unified":{"../x":"1"}}"#, "not a controller's file"),
+            (r#"{"memory":{"swap":100}}"#, "without memory.limit"),
+            (r#"{"memory":{"limit":100,"swap":50}}"#, "below memory.limit"),
+            (r#"{"memory":{"swappiness":10}}"#, "memory.swappiness"),
+            (r#"{"network":{"classID":1}}"#, "linux.resources.network"),
+            (r#"{"hugepageLimits":[{"pageSize":"../2MB","limit":1}]}"#, "page size"),
+        ] {
+            let r: LinuxResources = serde_json::from_str(json).unwrap();
+            let e = v2::apply(dir.path(), &r).unwrap_err();
+            assert!(e.contains(says), "{json}: {e}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::asynchronous::util::{mount_rootfs, read_spec};
@@ -494,17 +494,33 @@ impl Container {
             // has moved it into its scope.
             Some(scope) => {
                 let pid = spawned_pid(spawned.await)?;
-                self.cgroup = Some(CgroupPath::Systemd(scope.clone()));
                 let entering = Instant::now();
-                let entered = {
-                    let spec = spec.clone();
+                // Blocking (D-Bus, the move), on a thread of its own; bounded, so that a
+                // stuck systemd fails this create instead of holding it.
+                let task = {
+                    let (spec, scope) = (spec.clone(), scope.clone());
                     tokio::task::spawn_blocking(move || {
                         crate::cgroup::enter_scope(&scope, pid as u32, &spec)
                     })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("the scope's task failed: {e}")))
                 };
-                let cg = entered.map_err(ShimError::create(&id, "cgroup"))?;
+                let limit = crate::cgroup::systemd::MOVE_TIMEOUT + Duration::from_secs(10);
+                let entered = match tokio::time::timeout(limit, task).await {
+                    Ok(Ok(entered)) => entered,
+                    Ok(Err(e)) => Err(crate::cgroup::ScopeError {
+                        started: false,
+                        message: format!("the scope's task failed: {e}"),
+                    }),
+                    Err(_) => Err(crate::cgroup::ScopeError {
+                        started: false,
+                        message: format!("systemd did not answer within {limit:?}"),
+                    }),
+                };
+                // Only a scope this create made is the container's, to remove on failure
+                // or delete: a unit of that name that existed is someone else's.
+                if entered.as_ref().map_or_else(|e| e.started, |_| true) {
+                    self.cgroup = Some(CgroupPath::Systemd(scope.clone()));
+                }
+                let cg = entered.map_err(|e| ShimError::create(&id, "cgroup")(e.message))?;
                 oom = self.watch_oom(&cg);
                 scope_us = entering.elapsed().as_micros();
                 (pid, control.send_plan(&cs.plan, &plan_fds).await)

@@ -26,7 +26,32 @@ use zbus::zvariant::Value;
 
 /// How long systemd may take to move a process into its new scope (runc waits 30 s for the
 /// unit's start job; a start that takes this long on a healthy node is a stuck systemd).
-const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MOVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest unit name systemd accepts.
+const UNIT_NAME_MAX: usize = 255;
+
+/// The cgroup controllers, whose names systemd escapes as the first part of a cgroup's name.
+const CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "io",
+    "blkio",
+    "memory",
+    "devices",
+    "pids",
+    "hugetlb",
+    "rdma",
+    "misc",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+];
+
+/// The highest CPU or memory node a cpuset may name (systemd's own limit for its masks).
+const CPUSET_MAX: usize = 8192;
 
 /// A container's scope: `<prefix>-<name>.scope` in `slice`, from a `slice:prefix:name` path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +77,14 @@ impl Scope {
         } else {
             slice
         };
+        // systemd's unit names are at most 255 bytes; a longer one is no unit (and expanding
+        // a slice's name costs time in its number of parts).
+        if slice.len() > UNIT_NAME_MAX {
+            return Err(format!(
+                "slice name of {} bytes: a unit name has at most {UNIT_NAME_MAX}",
+                slice.len()
+            ));
+        }
         let expanded = sd::utils::expand_slice(slice).map_err(|_| {
             format!(
                 "slice {slice:?} is not a slice name (NAME.slice, dash-separated parts, no '/')"
@@ -82,6 +115,22 @@ impl Scope {
         } else {
             format!("{prefix}-{name}{}", sd::SCOPE_SUFFIX)
         };
+        if unit.len() > UNIT_NAME_MAX {
+            return Err(format!(
+                "unit name {unit:?} has {} bytes, more than systemd's {UNIT_NAME_MAX}",
+                unit.len()
+            ));
+        }
+        // systemd names a unit's cgroup after the unit, except where the name could be read
+        // as a cgroup file: then it puts a '_' in front. The shim would wait for, and remove,
+        // a directory other than the scope's: refused.
+        let stem = unit.split('.').next().unwrap_or_default();
+        if unit.starts_with(['_', '.']) || stem == "cgroup" || CONTROLLERS.contains(&stem) {
+            return Err(format!(
+                "unit name {unit:?} is one whose cgroup systemd names otherwise (it begins \
+                 with '_', or with a controller's name and a '.')"
+            ));
+        }
         let dir = Path::new(&expanded).join(&unit);
         Ok(Scope {
             path: path.to_owned(),
@@ -91,9 +140,9 @@ impl Scope {
         })
     }
 
-    /// Has systemd make the scope with `pid` in it and the spec's limits, and waits until the
-    /// process is in it. A scope of the same name left by a dead container is stopped
-    /// first, if nothing runs in it any more.
+    /// Has systemd make the scope with `pid` in it and the spec's limits. A unit of that name
+    /// that exists already, whatever it is, fails the start and is left alone: unit names are
+    /// node-wide, and the spec's path chose this one.
     pub fn start(&self, pid: u32, resources: Option<&LinuxResources>) -> Result<(), String> {
         let mut props = PropertiesBuilder::default_cgroup(&self.slice, &self.unit)
             .description(format!("wasmedge-aot-shim container {}", self.unit))
@@ -103,30 +152,33 @@ impl Scope {
             props.extend(properties(r, super::is_v2())?);
         }
         let client = SystemdClient::new(&self.unit, props).map_err(|e| e.to_string())?;
-        if let Err(e) = client.start() {
-            if !client.exists() || super::populated(&self.dir) {
-                return Err(format!("start {} in {}: {e}", self.unit, self.slice));
-            }
-            // A dead container's unit, empty: stop it (it resets a failed one) and retry.
-            client
-                .stop()
-                .map_err(|e| format!("stop the stale {}: {e}", self.unit))?;
-            client
-                .start()
-                .map_err(|e| format!("start {} in {}: {e}", self.unit, self.slice))?;
-        }
-        self.wait_until_in(pid)
+        client
+            .start()
+            .map_err(|e| format!("start {} in {}: {e}", self.unit, self.slice))
     }
 
     /// Waits until `/proc/<pid>/cgroup` shows the scope: systemd moves the process when the
     /// unit's start job runs, after `StartTransientUnit` has returned.
-    fn wait_until_in(&self, pid: u32) -> Result<(), String> {
+    pub fn wait_until_in(&self, pid: u32) -> Result<(), String> {
         let suffix = format!("/{}", self.unit);
         let file = format!("/proc/{pid}/cgroup");
         let deadline = Instant::now() + MOVE_TIMEOUT;
         loop {
             let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
-            if text.lines().any(|l| l.ends_with(&suffix)) {
+            // v2's one line; on v1 the memory controller's, which the limits are in (the
+            // name=systemd line moves first).
+            let v2 = super::is_v2();
+            let moved = text.lines().any(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, controllers, path) = (f.next(), f.next(), f.next());
+                let ours = if v2 {
+                    controllers == Some("")
+                } else {
+                    controllers.is_some_and(|c| c.split(',').any(|c| c == "memory"))
+                };
+                ours && path.is_some_and(|p| p.ends_with(&suffix))
+            });
+            if moved {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -208,18 +260,17 @@ fn properties(r: &LinuxResources, v2: bool) -> Result<Vec<Property<'static>>, St
             let period = if period == 0 { 100_000 } else { period };
             // CPUQuotaPerSecUSec is microseconds per second, and systemd keeps whole
             // percents of a CPU: round up to 10 ms so the cgroup gets at least the quota.
-            let per_sec = (quota as u64 * 1_000_000) / period;
-            push(sd::cpu::quota(per_sec.div_ceil(10_000) * 10_000))?;
-        } else if quota < 0 {
+            let per_sec = (quota as u128 * 1_000_000) / period as u128;
+            let per_sec = u64::try_from(per_sec.div_ceil(10_000) * 10_000).unwrap_or(u64::MAX);
+            push(sd::cpu::quota(per_sec))?;
+        } else if quota < 0 || period != 0 {
+            // No quota (a resize that lifts the limit sends a period alone): infinity, as
+            // runc sets it, or the scope would keep its old quota.
             push(sd::cpu::quota(u64::MAX))?;
         }
-        for (list, f) in [
-            (c.cpus(), sd::cpuset::cpus as fn(&str) -> _),
-            (c.mems(), sd::cpuset::mems),
-        ] {
+        for (name, list) in [("AllowedCPUs", c.cpus()), ("AllowedMemoryNodes", c.mems())] {
             if let Some(list) = list.as_deref().filter(|l| !l.is_empty()) {
-                let (name, mask) = f(list).map_err(|e| format!("cpuset {list:?}: {e}"))?;
-                masks.push((name, Value::from(mask)));
+                masks.push((name, Value::from(cpuset_mask(list)?)));
             }
         }
     }
@@ -232,9 +283,38 @@ fn properties(r: &LinuxResources, v2: bool) -> Result<Vec<Property<'static>>, St
     Ok(props)
 }
 
+/// A cpuset list (`0-3,8`) as systemd's mask: byte `i`, bit `j` is CPU (or node) `8i + j`.
+fn cpuset_mask(list: &str) -> Result<Vec<u8>, String> {
+    let mut mask = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (part, part),
+        };
+        let parse = |n: &str| {
+            n.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n < CPUSET_MAX)
+                .ok_or_else(|| format!("cpuset {list:?}: {n:?} is not a number below {CPUSET_MAX}"))
+        };
+        let (first, last) = (parse(first)?, parse(last)?);
+        if first > last {
+            return Err(format!("cpuset {list:?}: {part:?} is a range backwards"));
+        }
+        if mask.len() <= last / 8 {
+            mask.resize(last / 8 + 1, 0);
+        }
+        for n in first..=last {
+            mask[n / 8] |= 1 << (n % 8);
+        }
+    }
+    Ok(mask)
+}
+
 /// cgroup v1's cpu.shares (2..262144) as v2's cpu.weight (1..10000), the conversion runc and
 /// the kubelet use.
-fn cpu_weight(shares: u64) -> u64 {
+pub(super) fn cpu_weight(shares: u64) -> u64 {
     if shares == 0 {
         return 0;
     }
@@ -307,6 +387,55 @@ mod tests {
         let bad: LinuxResources =
             serde_json::from_str(r#"{"memory":{"limit":100,"swap":50}}"#).unwrap();
         assert!(properties(&bad, true).unwrap_err().contains("memory.swap"));
+    }
+
+    #[test]
+    fn a_cpuset_is_systemds_little_endian_mask_and_a_huge_one_is_refused() {
+        assert_eq!(cpuset_mask("16").unwrap(), [0, 0, 1]);
+        assert_eq!(cpuset_mask("0-3,8").unwrap(), [0x0f, 0x01]);
+        assert_eq!(cpuset_mask("1,3 , 5-6").unwrap(), [0b0110_1010]);
+        assert!(cpuset_mask("0-4000000000")
+            .unwrap_err()
+            .contains("below 8192"));
+        assert!(cpuset_mask("3-1").unwrap_err().contains("backwards"));
+        assert!(cpuset_mask("x").is_err());
+    }
+
+    #[test]
+    fn a_unit_name_systemd_would_escape_or_could_not_hold_is_refused() {
+        for (path, says) in [
+            ("a.slice::cpu", "names otherwise"),
+            ("a.slice::memory", "names otherwise"),
+            ("a.slice::_x", "names otherwise"),
+            ("a.slice::cgroup.procs", "names otherwise"),
+        ] {
+            let e = Scope::parse(path).unwrap_err();
+            assert!(e.contains(says), "{path:?}: {e}");
+        }
+        let long = format!("{}.slice:p:c", "a-".repeat(20_000));
+        assert!(Scope::parse(&long).unwrap_err().contains("at most 255"));
+        let long = format!("a.slice:p:{}", "c".repeat(300));
+        assert!(Scope::parse(&long)
+            .unwrap_err()
+            .contains("more than systemd's 255"));
+        // CRI's names are fine.
+        assert!(Scope::parse("kubepods-besteffort-pod1.slice:cri-containerd:abc").is_ok());
+    }
+
+    #[test]
+    fn a_lifted_cpu_limit_is_infinity_and_a_huge_quota_does_not_wrap() {
+        let r: LinuxResources =
+            serde_json::from_str(r#"{"cpu":{"quota":0,"period":100000}}"#).unwrap();
+        let props = properties(&r, true).unwrap();
+        assert!(props
+            .iter()
+            .any(|p| p.0 == "CPUQuotaPerSecUSec" && p.1 == Value::U64(u64::MAX)));
+        let r: LinuxResources =
+            serde_json::from_str(r#"{"cpu":{"quota":9223372036854775807,"period":1}}"#).unwrap();
+        let props = properties(&r, true).unwrap();
+        assert!(props
+            .iter()
+            .any(|p| p.0 == "CPUQuotaPerSecUSec" && p.1 == Value::U64(u64::MAX)));
     }
 
     #[test]
