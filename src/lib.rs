@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod container;
 pub mod error;
 pub mod image_layers;
+pub mod info;
 pub mod linux;
 pub mod logger;
 pub mod pod;

@@ -439,3 +439,30 @@ fn a_module_with_an_unknown_import_fails_naming_the_module_and_the_import() {
         let _ = ctd.ctr(&["container", "rm", id]);
     }
 }
+
+#[test]
+fn containerd_2_reads_the_runtime_s_info_and_features() {
+    if !common::can_run("runtime_info") {
+        return;
+    }
+    if common::containerd_binary().major < 2 {
+        eprintln!("skipped runtime_info: containerd 1.x does not ask a runtime for its info");
+        return;
+    }
+    let ctd = containerd();
+    // containerd runs the shim binary with -info (from the PATH the harness gave it) and
+    // prints the RuntimeInfo it read, features decoded.
+    let out = ctd.ctr_ok(&["plugins", "inspect-runtime", "--runtime", common::RUNTIME]);
+    let info: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(info["Name"], common::RUNTIME, "{out}");
+    let features = &info["Features"];
+    assert_eq!(features["linux"]["cgroup"]["systemd"], true, "{out}");
+    assert_eq!(features["linux"]["cgroup"]["v2"], true, "{out}");
+    assert!(
+        features["linux"]["namespaces"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n == "user")),
+        "{out}"
+    );
+}

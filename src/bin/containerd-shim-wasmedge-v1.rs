@@ -10,11 +10,45 @@ fn main() {
     {
         pod_init_main();
     }
+    // containerd 2 asks what the runtime is and implements (`-info`, options on stdin).
+    if std::env::args_os()
+        .skip(1)
+        .any(|a| a == "-info" || a == "--info")
+    {
+        info_main();
+    }
     // runc's client writes its temporary files (exec process specs) to XDG_RUNTIME_DIR, else
     // to /tmp: the shim writes as root only under directories it owns. Set while the
     // process has one thread, before anything reads the environment.
     std::env::set_var("XDG_RUNTIME_DIR", wasmedge_aot_shim::linux::SCRATCH_DIR);
     shim();
+}
+
+fn info_main() -> ! {
+    use std::io::{Read, Write};
+    let mut options = Vec::new();
+    if let Err(e) = std::io::stdin()
+        .take(wasmedge_aot_shim::info::MAX_OPTIONS + 1)
+        .read_to_end(&mut options)
+    {
+        eprintln!("{RUNTIME_ID} -info: read the options: {e}");
+        std::process::exit(1);
+    }
+    if options.len() as u64 > wasmedge_aot_shim::info::MAX_OPTIONS {
+        eprintln!(
+            "{RUNTIME_ID} -info: the options are larger than {} bytes",
+            wasmedge_aot_shim::info::MAX_OPTIONS
+        );
+        std::process::exit(1);
+    }
+    let info =
+        wasmedge_aot_shim::info::runtime_info(RUNTIME_ID, env!("CARGO_PKG_VERSION"), &options);
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(&info).and_then(|()| out.flush()) {
+        eprintln!("{RUNTIME_ID} -info: {e}");
+        std::process::exit(1);
+    }
+    std::process::exit(0)
 }
 
 // One thread: the shim only moves requests and fds around; the work happens in the
