@@ -6,7 +6,7 @@
 # Which tests: every test of tests/cgroups.rs (cgroupfs and systemd paths, limits, stats,
 # OOM, scopes gone after delete), CRI pods whose containers get scopes and are resized in
 # place, and the lifecycle tests that prove a Wasm container starts, fails, is OOM-killed and
-# leaves nothing on cgroup v2. In the guest WASMEDGE_SHIM_NODE_TESTS=1 turns every "needs
+# leaves nothing on cgroup v2, and containerd 2 reading the runtime's info. In the guest WASMEDGE_SHIM_NODE_TESTS=1 turns every "needs
 # systemd" skip into a failure.
 #
 # Usage: node-tests.sh [CONTAINERD...]   guest paths of the containerds to test against
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 SUITE=(
   "cgroups"
   "cri a_pod_s_containers_get_their_cgroups a_wasm_pod_runs_through_cri a_pod_of_only_linux_containers"
-  "lifecycle hello_prints exit_codes a_module_that_traps delete_leaves"
+  "lifecycle hello_prints exit_codes a_module_that_traps delete_leaves containerd_2_reads"
 )
 containerds=("$@")
 [ "${#containerds[@]}" != 0 ] || containerds=(containerd /opt/containerd-2.1.9/usr/bin/containerd)

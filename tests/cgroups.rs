@@ -151,3 +151,58 @@ fn a_linux_container_under_a_systemd_path_is_runc_s_scope() {
     ctd.remove(id);
     assert!(!dir.exists(), "{} outlived its container", dir.display());
 }
+
+#[test]
+fn a_killed_shim_s_scopes_are_stopped_with_its_containers() {
+    if !common::can_run("systemd_killed_shim") || !systemd_node("systemd_killed_shim") {
+        return;
+    }
+    // A containerd of its own: its node shim is killed here.
+    let ctd = common::images::Owned::start(false);
+    let tag = format!("wasmtest-{}", std::process::id());
+    let wasm = probe();
+    let native = Rootfs::with(&[("native-sleep", &fixture("native-sleep"))]);
+    let runs = [
+        Run::rootfs("sd-orphan", wasm.path(), &["/probe.wasm", "sleep", "120"]),
+        Run::rootfs("sd-orphan-linux", native.path(), &["/native-sleep", "120"]),
+    ];
+    let mut units = Vec::new();
+    let mut pids = Vec::new();
+    for mut run in runs {
+        run.flags = vec!["--cgroup".into(), format!("system.slice:{tag}:{}", run.id)];
+        ctd.run_detached(&run);
+        ctd.wait_status(&run.id, "RUNNING", Duration::from_secs(60));
+        let unit = format!("{tag}-{}.scope", run.id);
+        assert_eq!(unit_property(&unit, "ActiveState"), "active", "{unit}");
+        pids.push(ctd.task_pid(&run.id).unwrap());
+        units.push(unit);
+    }
+    let shim = common::ppid(pids[0]).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd sees its shim die and deletes its tasks through the shim binary, which
+    // stops the Wasm container's scope and has runc delete the Linux one's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let active: Vec<&String> = units
+            .iter()
+            .filter(|u| unit_property(u, "ActiveState") == "active")
+            .collect();
+        let alive: Vec<&i32> = pids
+            .iter()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        if active.is_empty() && alive.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the shim's death: scopes {active:?} active, processes {alive:?} alive\n{}",
+            ctd.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -85,10 +85,12 @@ fn cri() -> &'static Containerd {
         let dir = tempfile::tempdir().unwrap();
         let images = [
             // The pause image kubelet's sandbox uses; this runtime runs no process for it.
+            // A pause that stays up, as the real one does: runc's pods (which the
+            // measurement compares with) keep their namespaces in it.
             linux_image(
                 PAUSE_IMAGE,
                 "/pause",
-                &[("/pause", &fixture("native-hello"))],
+                &[("/pause", &fixture("native-sleep"))],
             ),
             linux_image(
                 APP_IMAGE,
@@ -285,6 +287,18 @@ impl Cri {
         namespaces: Option<NamespaceOption>,
         cgroup_parent: String,
     ) -> Pod {
+        self.run_pod_of(HANDLER, name, namespaces, cgroup_parent)
+            .await
+    }
+
+    /// A pod of the runtime handler `handler` (`runc` for the runtime we are measured against).
+    async fn run_pod_of(
+        &mut self,
+        handler: &str,
+        name: &str,
+        namespaces: Option<NamespaceOption>,
+        cgroup_parent: String,
+    ) -> Pod {
         let logs = tempfile::Builder::new()
             .prefix("cri-logs")
             .tempdir()
@@ -312,7 +326,7 @@ impl Cri {
             .rt
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: HANDLER.into(),
+                runtime_handler: handler.into(),
             })
             .await
             .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}\n{}", self.ctd.log_tail()))
@@ -1704,4 +1718,72 @@ fn a_pod_s_containers_get_their_cgroups_from_the_node_s_driver_report_stats_and_
                 std::fs::remove_dir(hierarchy.path().join(cgroup_parent.trim_start_matches('/')));
         }
     }
+}
+
+/// Warm pod start, RunPodSandbox to the container's exit, of a Wasm pod of this runtime and
+/// of a runc pod running a static native hello, interleaved, with the node's cgroup driver
+/// (each pod in a slice of its own where systemd is PID 1). A measurement: it prints the
+/// medians and their ratio (the node VM runs it: `profiling/node-vm-pod-start.sh`).
+#[test]
+fn measure_warm_pod_start_against_runc() {
+    if !common::can_run("cri_pod_start_vs_runc") {
+        return;
+    }
+    let systemd = common::cgroup::on_systemd();
+    let runs: usize = std::env::var("POD_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5);
+    let ctd = cri();
+    block_on(async {
+        let mut cri = Cri::connect(ctd).await;
+        let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+        // The first of each warms the node (the module's compile, runc's binaries' pages).
+        for i in 0..=runs {
+            for (k, (handler, image, argv)) in [
+                (HANDLER, APP_IMAGE, "/probe.wasm"),
+                ("runc", NATIVE_IMAGE, "/native-tool"),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let parent = if systemd {
+                    format!(
+                        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}x{i}x{k}.slice",
+                        std::process::id()
+                    )
+                } else {
+                    String::new()
+                };
+                let started = Instant::now();
+                let pod = cri
+                    .run_pod_of(
+                        handler,
+                        "start",
+                        host_network(NamespaceMode::Container),
+                        parent,
+                    )
+                    .await;
+                let id = cri.run(&pod, container("hello", image, &[argv])).await;
+                let status = cri.wait_exited(&id, Duration::from_secs(120)).await;
+                let elapsed = started.elapsed();
+                assert_eq!(status.exit_code, 0, "{handler}: {status:?}");
+                if i > 0 {
+                    times[k].push(elapsed);
+                }
+                cri.remove_pod(pod).await;
+            }
+        }
+        let median = |v: &mut Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2].as_secs_f64() * 1e3
+        };
+        let (wasm, runc) = (median(&mut times[0]), median(&mut times[1]));
+        eprintln!(
+            "cri: warm pod start (RunPodSandbox to the container's exit), {} cgroups, median of \
+             {runs} interleaved: wasmedge {wasm:.1} ms, runc {runc:.1} ms, ratio {:.2}",
+            if systemd { "systemd" } else { "cgroupfs" },
+            wasm / runc
+        );
+    });
 }

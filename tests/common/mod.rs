@@ -306,6 +306,9 @@ state = "{d}/state"
 "#,
         a = address.display(),
     );
+    // runc's pods with the node's driver, as a node's containerd is configured (CRI gives
+    // pods in slices systemd paths, which runc reads only with its systemd driver).
+    let systemd = cgroup::on_systemd();
     if containerd_binary().major < 2 {
         let cri_config = if cri {
             format!(
@@ -317,6 +320,8 @@ state = "{d}/state"
     snapshotter = "overlayfs"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = {systemd}
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmedge]
       runtime_type = "{RUNTIME}"
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -352,6 +357,8 @@ state = "{d}/state"
   restrict_oom_score_adj = true
   [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+      SystemdCgroup = {systemd}
   [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wasmedge]
     runtime_type = "{RUNTIME}"
   [plugins."io.containerd.cri.v1.runtime".cni]
