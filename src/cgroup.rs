@@ -744,13 +744,22 @@ mod tests {
         assert_eq!(read("memory.high"), "50000000");
 
         for (json, says) in [
-            (r#"{"unified":{"cgroup.procs":"1"}}"#, "not a controller's file"),
+            (
+                r#"{"unified":{"cgroup.procs":"1"}}"#,
+                "not a controller's file",
+            ),
             (r#"{"unified":{"../x":"1"}}"#, "not a controller's file"),
             (r#"{"memory":{"swap":100}}"#, "without memory.limit"),
-            (r#"{"memory":{"limit":100,"swap":50}}"#, "below memory.limit"),
+            (
+                r#"{"memory":{"limit":100,"swap":50}}"#,
+                "below memory.limit",
+            ),
             (r#"{"memory":{"swappiness":10}}"#, "memory.swappiness"),
             (r#"{"network":{"classID":1}}"#, "linux.resources.network"),
-            (r#"{"hugepageLimits":[{"pageSize":"../2MB","limit":1}]}"#, "page size"),
+            (
+                r#"{"hugepageLimits":[{"pageSize":"../2MB","limit":1}]}"#,
+                "page size",
+            ),
         ] {
             let r: LinuxResources = serde_json::from_str(json).unwrap();
             let e = v2::apply(dir.path(), &r).unwrap_err();
