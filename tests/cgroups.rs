@@ -36,6 +36,17 @@ fn memory_metrics(table: &str) -> (u64, u64) {
     )
 }
 
+/// Puts `run`'s container in a systemd scope of this test process (`--cgroup
+/// system.slice:wasmtest-<pid>:<id>`); returns the scope's unit name.
+fn in_scope(run: &mut Run) -> String {
+    let prefix = format!("wasmtest-{}", std::process::id());
+    run.flags = vec![
+        "--cgroup".into(),
+        format!("system.slice:{prefix}:{}", run.id),
+    ];
+    format!("{prefix}-{}.scope", run.id)
+}
+
 fn probe() -> Rootfs {
     Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))])
 }
@@ -80,13 +91,9 @@ fn a_systemd_cgroup_path_is_a_scope_with_the_limits_as_unit_properties_and_goes_
     let ctd = containerd();
     let r = probe();
     let id = "cg-sd";
-    let unit = format!("wasmtest-{}-{id}.scope", std::process::id());
     let mut run = Run::rootfs(id, r.path(), &["/probe.wasm", "sleep", "120"]);
     run.memory_limit = Some(64 << 20);
-    run.flags = vec![
-        "--cgroup".into(),
-        format!("system.slice:wasmtest-{}:{id}", std::process::id()),
-    ];
+    let unit = in_scope(&mut run);
     ctd.run_detached(&run);
     ctd.wait_status(id, "RUNNING", Duration::from_secs(60));
     let pid = ctd.task_pid(id).unwrap();
@@ -117,10 +124,7 @@ fn a_scope_s_memory_limit_ends_its_container_as_oom_killed() {
     let id = "cg-sd-oom";
     let mut run = Run::rootfs(id, r.path(), &["/probe.wasm", "alloc", "512"]);
     run.memory_limit = Some(64 << 20);
-    run.flags = vec![
-        "--cgroup".into(),
-        format!("system.slice:wasmtest-{}:{id}", std::process::id()),
-    ];
+    in_scope(&mut run);
     run.timeout = Some(Duration::from_secs(120));
     let out = ctd.run(&run);
     assert_eq!(out.code, Some(137), "{out:?}");
@@ -135,13 +139,9 @@ fn a_linux_container_under_a_systemd_path_is_runc_s_scope() {
     let ctd = containerd();
     let r = Rootfs::with(&[("native-sleep", &fixture("native-sleep"))]);
     let id = "cg-sd-linux";
-    let unit = format!("wasmtest-{}-{id}.scope", std::process::id());
     let mut run = Run::rootfs(id, r.path(), &["/native-sleep", "120"]);
     run.memory_limit = Some(48 << 20);
-    run.flags = vec![
-        "--cgroup".into(),
-        format!("system.slice:wasmtest-{}:{id}", std::process::id()),
-    ];
+    let unit = in_scope(&mut run);
     ctd.run_detached(&run);
     ctd.wait_status(id, "RUNNING", Duration::from_secs(60));
     let pid = ctd.task_pid(id).unwrap();
@@ -159,7 +159,6 @@ fn a_killed_shim_s_scopes_are_stopped_with_its_containers() {
     }
     // A containerd of its own: its node shim is killed here.
     let ctd = common::images::Owned::start(false);
-    let tag = format!("wasmtest-{}", std::process::id());
     let wasm = probe();
     let native = Rootfs::with(&[("native-sleep", &fixture("native-sleep"))]);
     let runs = [
@@ -169,10 +168,9 @@ fn a_killed_shim_s_scopes_are_stopped_with_its_containers() {
     let mut units = Vec::new();
     let mut pids = Vec::new();
     for mut run in runs {
-        run.flags = vec!["--cgroup".into(), format!("system.slice:{tag}:{}", run.id)];
+        let unit = in_scope(&mut run);
         ctd.run_detached(&run);
         ctd.wait_status(&run.id, "RUNNING", Duration::from_secs(60));
-        let unit = format!("{tag}-{}.scope", run.id);
         assert_eq!(unit_property(&unit, "ActiveState"), "active", "{unit}");
         pids.push(ctd.task_pid(&run.id).unwrap());
         units.push(unit);
