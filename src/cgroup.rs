@@ -8,9 +8,11 @@
 //! `process::cgroup`). systemd (a `slice:prefix:name` path): systemd makes a transient scope
 //! and moves the process into it before the process reads its plan ([`systemd`]).
 
+pub mod devices;
 pub mod metrics;
 pub mod systemd;
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -80,18 +82,58 @@ pub fn is_v2() -> bool {
     hierarchies::is_cgroup2_unified_mode()
 }
 
-/// Creates a cgroupfs cgroup (in every hierarchy on cgroup v1) with the spec's resources. A
-/// cgroup that exists with processes in it is refused, as runc refuses it: the shim kills
-/// what is in the container's cgroup when the container goes.
-pub fn create(path: &str, spec: &Spec) -> Result<Cgroup, String> {
+/// Creates a cgroupfs cgroup (in every hierarchy on cgroup v1) with the spec's resources and
+/// its device policy. A cgroup that exists with processes in it is refused, as runc refuses
+/// it: the shim kills what is in the container's cgroup when the container goes. Returns,
+/// on cgroup v2, the cgroup's directory, for `clone3(CLONE_INTO_CGROUP)`: the container
+/// process is born in it, under its device filter, and never moves.
+pub fn create(
+    path: &str,
+    spec: &Spec,
+    devices: &devices::Policy,
+) -> Result<(Cgroup, Option<OwnedFd>), String> {
     if populated(Path::new(relative(path))) {
         return Err("the cgroup exists and has processes in it: it is not this container's".into());
     }
     let cg = Cgroup::new(hierarchies::auto(), relative(path)).map_err(|e| e.to_string())?;
-    if let Some(res) = resources(spec) {
-        apply(&cg, res)?;
+    let made = || -> Result<Option<OwnedFd>, String> {
+        if let Some(res) = resources(spec) {
+            apply(&cg, res)?;
+        }
+        let dir = v2_dir(&cg).map_err(|e| e.to_string())?;
+        apply_devices(&cg, dir.as_ref().map(|d| d.as_fd()), devices)?;
+        Ok(dir)
+    };
+    match made() {
+        Ok(dir) => Ok((cg, dir)),
+        Err(e) => {
+            // Empty still: nothing of the container has been in it.
+            let _ = cg.delete();
+            Err(e)
+        }
     }
-    Ok(cg)
+}
+
+/// Puts the device policy on the cgroup: on v2 our program on its directory `v2_dir`
+/// (replacing systemd's, on a scope), on v1 the devices controller's lists, read back.
+/// Without a devices controller the rules cannot hold, and the create fails.
+fn apply_devices(
+    cg: &Cgroup,
+    v2_dir: Option<std::os::fd::BorrowedFd<'_>>,
+    policy: &devices::Policy,
+) -> Result<(), String> {
+    use cgroups_rs::fs::{devices::DevicesController, Controller};
+    if let Some(dir) = v2_dir {
+        let prog = devices::bpf::program_for(policy)
+            .map_err(|e| format!("linux.resources.devices: load the device program: {e}"))?;
+        return devices::bpf::install(dir, &prog)
+            .map_err(|e| format!("linux.resources.devices: attach the device program: {e}"));
+    }
+    let controller = cg.controller_of::<DevicesController>().ok_or(
+        "linux.resources.devices: this node has no devices cgroup controller to hold the rules",
+    )?;
+    devices::apply_v1(controller.path(), policy)
+        .map_err(|e| format!("linux.resources.devices: {e}"))
 }
 
 /// Why a process did not get into its scope, and whether the scope was made (and so is the
@@ -105,15 +147,25 @@ pub struct ScopeError {
 /// Has systemd put process `pid` in its scope with the spec's limits, then writes them to the
 /// scope's cgroup files too (delegated to us), as runc's systemd driver does, for what
 /// systemd has no property for. Blocking: it talks to systemd and waits for the move.
-pub fn enter_scope(scope: &systemd::Scope, pid: u32, spec: &Spec) -> Result<Cgroup, ScopeError> {
+/// The device policy goes on last, replacing the program systemd attached for the unit's
+/// `DeviceAllow` with ours, which says the same and what systemd cannot say.
+pub fn enter_scope(
+    scope: &systemd::Scope,
+    pid: u32,
+    spec: &Spec,
+    devices: &devices::Policy,
+) -> Result<Cgroup, ScopeError> {
     let res = resources(spec);
     let failed = |started| move |message| ScopeError { started, message };
-    scope.start(pid, res).map_err(failed(false))?;
+    scope.start(pid, res, devices).map_err(failed(false))?;
     scope.wait_until_in(pid).map_err(failed(true))?;
     let cg = Cgroup::load(hierarchies::auto(), scope.dir.to_str().unwrap_or_default());
+    let in_scope = |e: String| failed(true)(format!("{}: {e}", scope.unit));
     if let Some(res) = res {
-        apply(&cg, res).map_err(|e| failed(true)(format!("{}: {e}", scope.unit)))?;
+        apply(&cg, res).map_err(in_scope)?;
     }
+    let dir = v2_dir(&cg).map_err(|e| in_scope(e.to_string()))?;
+    apply_devices(&cg, dir.as_ref().map(|d| d.as_fd()), devices).map_err(in_scope)?;
     Ok(cg)
 }
 
@@ -684,7 +736,8 @@ mod tests {
         let mut linux = spec.linux().clone().unwrap_or_default();
         linux.set_resources(Some(resources));
         spec.set_linux(Some(linux));
-        let cg = create(&path, &spec).unwrap();
+        let runcs = devices::Policy::of_spec(&[], &[]).unwrap();
+        let (cg, _) = create(&path, &spec, &runcs).unwrap();
         let mut watch = OomWatch::new(&cg).unwrap().expect("a memory controller");
         let shown = watch.to_string();
         assert!(

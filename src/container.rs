@@ -178,6 +178,9 @@ pub struct Container {
     pub linux: Option<Linux>,
     rootfs: Option<PathBuf>,
     cgroup: Option<CgroupPath>,
+    /// What the cgroup lets the container do with devices, as created: an update whose
+    /// rules reduce to the same is no change.
+    devices: Option<spec::Devices>,
     control: tokio::sync::Mutex<Option<Control>>,
     state: ProcessState,
     cleaned: Mutex<bool>,
@@ -236,6 +239,7 @@ impl Container {
             linux: None,
             rootfs: None,
             cgroup: None,
+            devices: None,
             control: tokio::sync::Mutex::new(None),
             state: ProcessState::new(),
             cleaned: Mutex::new(false),
@@ -410,17 +414,17 @@ impl Container {
         let cgroup_started = Instant::now();
         let mut oom = None;
         let mut cgroup_dir = None;
+        self.devices = Some(cs.devices.clone());
         // A scope is systemd's to make, with the process in it (below); a cgroupfs
         // directory is the shim's, made before the process.
         let scope = match cs.cgroup.take() {
             Some(CgroupPath::Fs(path)) => {
-                let cg = crate::cgroup::create(&path, spec)
+                let (cg, dir) = crate::cgroup::create(&path, spec, &cs.devices.policy)
                     .map_err(|e| ShimError::create(&id, "cgroup")(format!("{path}: {e}")))?;
                 oom = self.watch_oom(&cg);
                 self.cgroup = Some(CgroupPath::Fs(path.clone()));
                 // On cgroup v2 the process is born in its cgroup and never moves.
-                cgroup_dir = crate::cgroup::v2_dir(&cg)
-                    .map_err(|e| ShimError::create(&id, "cgroup")(format!("{path}: {e}")))?;
+                cgroup_dir = dir;
                 None
             }
             Some(CgroupPath::Systemd(scope)) => Some(scope),
@@ -499,8 +503,9 @@ impl Container {
                 // stuck systemd fails this create instead of holding it.
                 let task = {
                     let (spec, scope) = (spec.clone(), scope.clone());
+                    let devices = cs.devices.policy.clone();
                     tokio::task::spawn_blocking(move || {
-                        crate::cgroup::enter_scope(&scope, pid as u32, &spec)
+                        crate::cgroup::enter_scope(&scope, pid as u32, &spec, &devices)
                     })
                 };
                 let limit = crate::cgroup::systemd::MOVE_TIMEOUT + Duration::from_secs(10);
@@ -720,6 +725,14 @@ impl Container {
             serde_json::from_slice(resources).map_err(|e| {
                 ShimError::InvalidArgument(format!("update {}: resources: {e}", self.id))
             })?;
+        // CRI sends the container's whole resources, devices included, on every resize:
+        // the same rules are no change. Other rules are refused rather than ignored (runc
+        // ignores them): swapping a running container's device program is not built.
+        if let (Some(rules), Some(devices)) = (res.devices(), &self.devices) {
+            devices
+                .check_update(rules)
+                .map_err(|e| ShimError::InvalidArgument(format!("update {}: {e}", self.id)))?;
+        }
         // Blocking: cgroup files, and systemd's D-Bus for a scope.
         tokio::task::spawn_blocking(move || crate::cgroup::update(&path, &res))
             .await

@@ -86,6 +86,35 @@ pub enum Ns {
     Join(PathBuf),
 }
 
+/// What the container's cgroup lets it do with device nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Devices {
+    pub policy: crate::cgroup::devices::Policy,
+    /// `linux.devices`' paths: runc's default rule for such a path is left out.
+    pub node_paths: Vec<String>,
+}
+
+impl Devices {
+    /// An update's device rules (containerd's `Update`, which CRI sends with the
+    /// container's whole resources on every resize): the same policy is no change, another
+    /// is refused, never ignored as runc ignores it: swapping a running container's device
+    /// filter is not built.
+    pub fn check_update(
+        &self,
+        rules: &[oci_spec::runtime::LinuxDeviceCgroup],
+    ) -> Result<(), SpecError> {
+        let asked = crate::cgroup::devices::Policy::of_spec(rules, &self.node_paths)
+            .map_err(|e| invalid(e.field, e.message))?;
+        if asked != self.policy {
+            return Err(unsupported(
+                "linux.resources.devices",
+                "the device rules of a running Wasm container cannot change",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What a container's spec asks, translated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
@@ -96,6 +125,9 @@ pub struct ContainerSpec {
     pub plan: ContainerPlan,
     /// `linux.cgroupsPath`, by its driver (`plan.cgroup` has a cgroupfs one).
     pub cgroup: Option<CgroupPath>,
+    /// The devices the cgroup lets the container use, and the paths of the spec's
+    /// `linux.devices` (an update's rules are reduced with them too).
+    pub devices: Devices,
     /// The path of each [`NamespaceAction::Join`] in `plan.namespaces`, in order.
     pub joins: Vec<PathBuf>,
     pub pid: Ns,
@@ -464,6 +496,28 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
     let devices = devices(&linux, fresh_dev)?;
 
     let cgroup = cgroups_path(spec)?;
+    let node_paths: Vec<String> = linux
+        .devices()
+        .iter()
+        .flatten()
+        .map(|d| d.path().to_string_lossy().into_owned())
+        .collect();
+    let device_rules = linux
+        .resources()
+        .as_ref()
+        .and_then(|r| r.devices().as_deref())
+        .unwrap_or_default();
+    let device_policy = crate::cgroup::devices::Policy::of_spec(device_rules, &node_paths)
+        .map_err(|e| invalid(e.field, e.message))?;
+    // runc makes a cgroup for a spec that names none; a container without one would have
+    // no device filter at all.
+    if cgroup.is_none() && !device_policy.is_allow_all() {
+        return Err(unsupported(
+            "linux.cgroupsPath",
+            "the spec names no cgroup, and this runtime enforces linux.resources.devices \
+             (and runc's default device rules) in the container's cgroup",
+        ));
+    }
     let user = process.user();
     let plan = ContainerPlan {
         args,
@@ -540,6 +594,10 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
         module,
         plan,
         cgroup,
+        devices: Devices {
+            policy: device_policy,
+            node_paths,
+        },
         joins,
         pid: ns_of(&all, LinuxNamespaceType::Pid),
         id_maps,

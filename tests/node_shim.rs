@@ -279,7 +279,8 @@ fn a_new_node_shim_sweeps_what_a_dead_one_left() {
     .unwrap();
     let mut spec = oci_spec::runtime::Spec::default();
     spec.set_linux(None);
-    wasmedge_aot_shim::cgroup::create(&cgroup, &spec).unwrap();
+    let devices = wasmedge_aot_shim::cgroup::devices::Policy::of_spec(&[], &[]).unwrap();
+    wasmedge_aot_shim::cgroup::create(&cgroup, &spec, &devices).unwrap();
     let mut sleeper = std::process::Command::new("sleep")
         .arg("60")
         .spawn()

@@ -92,7 +92,9 @@ pub fn run_container(
     if let Some(path) = &plan.cgroup {
         let mut spec = oci_spec::runtime::Spec::default();
         spec.set_linux(None);
-        wasmedge_aot_shim::cgroup::create(path, &spec).unwrap();
+        // The device policy a CRI container gets: deny-all and runc's defaults.
+        let devices = wasmedge_aot_shim::cgroup::devices::Policy::of_spec(&[], &[]).unwrap();
+        wasmedge_aot_shim::cgroup::create(path, &spec, &devices).unwrap();
     }
     // The plan fits in the socket's buffer: it waits there for the process.
     let body = wire::encode("plan", &plan).unwrap();

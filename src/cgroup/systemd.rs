@@ -143,7 +143,12 @@ impl Scope {
     /// Has systemd make the scope with `pid` in it and the spec's limits. A unit of that name
     /// that exists already, whatever it is, fails the start and is left alone: unit names are
     /// node-wide, and the spec's path chose this one.
-    pub fn start(&self, pid: u32, resources: Option<&LinuxResources>) -> Result<(), String> {
+    pub fn start(
+        &self,
+        pid: u32,
+        resources: Option<&LinuxResources>,
+        devices: &super::devices::Policy,
+    ) -> Result<(), String> {
         let mut props = PropertiesBuilder::default_cgroup(&self.slice, &self.unit)
             .description(format!("wasmedge-aot-shim container {}", self.unit))
             .pids(vec![pid])
@@ -151,6 +156,7 @@ impl Scope {
         if let Some(r) = resources {
             props.extend(properties(r, super::is_v2())?);
         }
+        props.extend(device_properties(devices));
         let client = SystemdClient::new(&self.unit, props).map_err(|e| e.to_string())?;
         client
             .start()
@@ -208,6 +214,18 @@ impl Scope {
             .stop()
             .map_err(|e| format!("stop {}: {e}", self.unit))
     }
+}
+
+/// The device policy as `DevicePolicy` and `DeviceAllow` ([`Policy::systemd_allow`]).
+///
+/// [`Policy::systemd_allow`]: super::devices::Policy::systemd_allow
+fn device_properties(devices: &super::devices::Policy) -> Vec<Property<'static>> {
+    let groups = std::fs::read_to_string("/proc/devices").unwrap_or_default();
+    let (policy, allow) = devices.systemd_allow(&groups);
+    vec![
+        ("DevicePolicy", Value::from(policy)),
+        ("DeviceAllow", Value::from(allow)),
+    ]
 }
 
 /// The spec's limits as systemd's unit properties, as runc's systemd driver sets them: what
@@ -340,6 +358,32 @@ mod tests {
             ("system.slice", Path::new("system.slice/ctr-t1.scope"))
         );
         assert_eq!(Scope::parse("a.slice::c1").unwrap().unit, "c1.scope");
+    }
+
+    #[test]
+    fn device_rules_go_to_systemd_as_an_array_of_path_and_access() {
+        let cri = crate::cgroup::devices::Policy::of_spec(&[], &[]).unwrap();
+        let props = device_properties(&cri);
+        assert_eq!(props[0].0, "DevicePolicy");
+        assert_eq!(props[0].1.value_signature().to_string(), "s");
+        assert_eq!(props[1].0, "DeviceAllow");
+        assert_eq!(props[1].1.value_signature().to_string(), "a(ss)");
+        let all = crate::cgroup::devices::Policy::of_spec(
+            &[oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .access("rwm")
+                .build()
+                .unwrap()],
+            &[],
+        )
+        .unwrap();
+        let props = device_properties(&all);
+        assert_eq!(props[0].1, Value::from("auto"));
+        assert_eq!(
+            props[1].1.value_signature().to_string(),
+            "a(ss)",
+            "empty, typed"
+        );
     }
 
     #[test]

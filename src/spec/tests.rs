@@ -535,3 +535,58 @@ fn a_cgroup_path_names_its_driver_and_one_that_climbs_is_refused() {
         Some(CgroupPath::Fs("/kubepods/besteffort/pod1/c1".into()))
     );
 }
+
+#[test]
+fn device_rules_become_the_cgroups_policy_and_an_update_may_not_change_it() {
+    use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxResourcesBuilder};
+    let deny_all = || -> LinuxDeviceCgroup {
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .unwrap()
+    };
+    let with_rules = |rules: Vec<LinuxDeviceCgroup>, path: Option<&str>| {
+        let mut spec = spec_with(own_namespaces()).build().unwrap();
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_cgroups_path(path.map(PathBuf::from));
+        linux.set_resources(Some(
+            LinuxResourcesBuilder::default()
+                .devices(rules)
+                .build()
+                .unwrap(),
+        ));
+        spec.set_linux(Some(linux));
+        spec
+    };
+    let cs = translate(with_rules(vec![deny_all()], Some("/ns/c1"))).unwrap();
+    let cri = crate::cgroup::devices::Policy::of_spec(&[deny_all()], &[]).unwrap();
+    assert_eq!(cs.devices.policy, cri);
+    assert!(cs.devices.check_update(&[deny_all()]).is_ok(), "a resize");
+    let all = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .access("rwm")
+        .build()
+        .unwrap();
+    let e = cs.devices.check_update(std::slice::from_ref(&all)).unwrap_err();
+    assert!(
+        e.to_string().starts_with("linux.resources.devices: "),
+        "{e}"
+    );
+
+    // A bad rule fails the create naming it.
+    let bad = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .access("rwx")
+        .build()
+        .unwrap();
+    let e = translate(with_rules(vec![deny_all(), bad], Some("/ns/c1"))).unwrap_err();
+    assert!(
+        e.to_string().starts_with("linux.resources.devices[1]: "),
+        "{e}"
+    );
+    // No cgroup, no device filter: refused, unless the spec allows every device.
+    let e = translate(with_rules(vec![deny_all()], None)).unwrap_err();
+    assert!(e.to_string().starts_with("linux.cgroupsPath: "), "{e}");
+    assert!(translate(with_rules(vec![all], None)).is_ok());
+}
