@@ -6,7 +6,14 @@
 //! - `version = 2` (containerd 1.x): `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.NAME]`
 //! - `version = 3` (containerd 2.x): `[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.NAME]`
 //!
-//! with `runtime_type = "io.containerd.wasmedge.v1"`. The file is edited structurally with
+//! with `runtime_type = "io.containerd.wasmedge.v1"`, and in its `options` table the
+//! `SystemdCgroup` of the node's runc runtime (the default runtime when it is runc's, else
+//! the one named `runc`; `false` when runc's table does not set it, as runc then reads it).
+//! containerd's CRI passes that table to the shim, which refuses a container whose
+//! `linux.cgroupsPath` has the other driver's form: the kubelet's `cgroupDriver`, runc's
+//! and ours then agree, or pods fail for runc and us alike. A config without a runc runtime
+//! gets no `SystemdCgroup`, and each path's form picks the driver. A re-install brings the
+//! value back in line with runc's. The file is edited structurally with
 //! `toml_edit`, so every comment and setting outside our table stays byte for byte. Both steps
 //! are idempotent; whenever the config changes, the previous file is kept as
 //! `config.toml.bak.<unix-time>`. [`uninstall`] undoes both, removing only a runtime table
@@ -14,7 +21,7 @@
 //! so, and `restart` restarts it when systemd manages it.
 //!
 //! The string functions ([`register_runtime`], [`unregister_runtime`],
-//! [`registered_runtimes`]) are pure and hold all the TOML logic.
+//! [`registered_runtimes`], [`runtime_systemd_cgroup`]) are pure and hold all the TOML logic.
 
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
@@ -45,6 +52,11 @@ pub const BINARIES: [&str; 3] = [
 /// How errors of the pure string functions name the config, before `install` names its file.
 const CONFIG_TEXT: &str = "containerd config";
 
+/// The key of a runtime's `options` that names its cgroup driver, runc's and ours.
+pub const SYSTEMD_CGROUP: &str = "SystemdCgroup";
+/// The `runtime_type` of containerd's runc shim.
+pub const RUNC_RUNTIME_TYPE: &str = "io.containerd.runc.v2";
+
 /// CRI plugin id of config version 2 (containerd 1.x).
 pub const CRI_PLUGIN_V2: &str = "io.containerd.grpc.v1.cri";
 /// CRI runtime plugin id of config version 3 (containerd 2.x).
@@ -68,6 +80,8 @@ pub enum InstallError {
     },
     #[error("{path}: {key} is not a table, cannot add the runtime under it")]
     NotATable { path: String, key: String },
+    #[error("{path}: {key} is not a boolean")]
+    NotABoolean { path: String, key: String },
     #[error(
         "{path} does not exist and the containerd version is unknown (`containerd --version`: {detail}); pass the config version (2 for containerd 1.x, 3 for 2.x)"
     )]
@@ -152,6 +166,17 @@ pub struct Edit {
     pub version: ConfigVersion,
     /// What happened to the runtime table.
     pub action: ConfigAction,
+    /// The runc runtime whose cgroup driver ours was given; `None` when the config has none
+    /// (or the edit removed our runtime).
+    pub cgroup_driver: Option<CgroupDriver>,
+}
+
+/// Our runtime's `options.SystemdCgroup`, as the node's runc runtime has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CgroupDriver {
+    /// The runc runtime it was read from.
+    pub runc_runtime: String,
+    pub systemd_cgroup: bool,
 }
 
 /// What happened to our runtime table in containerd's config.
@@ -166,6 +191,8 @@ pub enum ConfigAction {
     Replaced { previous: String },
     /// Already registered with our runtime_type: nothing to do.
     Unchanged,
+    /// Already registered; its `options.SystemdCgroup` was set to runc's.
+    OptionsUpdated { systemd_cgroup: bool },
     /// The runtime table was removed.
     Removed,
     /// No runtime of that name: nothing to remove.
@@ -181,6 +208,80 @@ pub fn minimal_config(version: ConfigVersion, name: &str) -> String {
     register_runtime(&doc, name, false)
         .map(|e| e.text)
         .unwrap_or(doc)
+}
+
+fn plugin_runtimes<'a>(doc: &'a DocumentMut, plugin: &str) -> Option<&'a Item> {
+    doc.get("plugins")?
+        .get(plugin)?
+        .get("containerd")?
+        .get("runtimes")
+}
+
+/// `options.SystemdCgroup` of runtime `name` under `plugin`: `None` when the runtime, its
+/// options or the key is absent.
+fn systemd_cgroup_of(
+    doc: &DocumentMut,
+    plugin: &str,
+    name: &str,
+) -> Result<Option<bool>, InstallError> {
+    let Some(item) = plugin_runtimes(doc, plugin)
+        .and_then(|r| r.get(name))
+        .and_then(|r| r.get("options"))
+        .and_then(|o| o.get(SYSTEMD_CGROUP))
+    else {
+        return Ok(None);
+    };
+    item.as_bool()
+        .map(Some)
+        .ok_or_else(|| InstallError::NotABoolean {
+            path: CONFIG_TEXT.to_string(),
+            key: format!("plugins.{plugin:?}.containerd.runtimes.{name}.options.{SYSTEMD_CGROUP}"),
+        })
+}
+
+/// The node's runc runtime and its cgroup driver: the default runtime when it is runc's,
+/// else the runtime named `runc`; `false` when its options do not set `SystemdCgroup`
+/// (runc's shim then runs runc without `--systemd-cgroup`).
+fn runc_cgroup_driver(
+    doc: &DocumentMut,
+    version: ConfigVersion,
+) -> Result<Option<CgroupDriver>, InstallError> {
+    let plugin = version.cri_plugin();
+    let Some(runtimes) = plugin_runtimes(doc, plugin) else {
+        return Ok(None);
+    };
+    let default = doc
+        .get("plugins")
+        .and_then(|p| p.get(plugin))
+        .and_then(|p| p.get("containerd"))
+        .and_then(|c| c.get("default_runtime_name"))
+        .and_then(Item::as_str)
+        .unwrap_or("runc");
+    let is_runc = |name: &str| {
+        runtimes
+            .get(name)
+            .is_some_and(|r| runtime_type_of(r).starts_with("io.containerd.runc."))
+    };
+    let Some(name) = [default, "runc"].into_iter().find(|n| is_runc(n)) else {
+        return Ok(None);
+    };
+    Ok(Some(CgroupDriver {
+        runc_runtime: name.to_string(),
+        systemd_cgroup: systemd_cgroup_of(doc, plugin, name)?.unwrap_or(false),
+    }))
+}
+
+/// `options.SystemdCgroup` of runtime `name` in a containerd config of either layout (a
+/// file or `containerd config dump`): `None` when the runtime, its options or the key is
+/// absent. A value that is not a boolean is an error naming the key.
+pub fn runtime_systemd_cgroup(config_text: &str, name: &str) -> Result<Option<bool>, InstallError> {
+    let doc = parse_doc(config_text)?;
+    for plugin in [CRI_PLUGIN_V2, CRI_PLUGIN_V3] {
+        if let Some(v) = systemd_cgroup_of(&doc, plugin, name)? {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
 }
 
 fn parse_doc(text: &str) -> Result<DocumentMut, InstallError> {
@@ -258,12 +359,92 @@ fn runtimes_table(doc: &DocumentMut, plugin: &str) -> Option<Vec<(String, Option
     )
 }
 
-fn our_table() -> Item {
+fn our_table(systemd_cgroup: Option<bool>) -> Item {
     let mut t = Table::new();
     t.decor_mut().set_prefix("\n");
     let key = Key::new("runtime_type").with_leaf_decor(toml_edit::Decor::new("  ", " "));
     t.insert_formatted(&key, toml_edit::value(RUNTIME_TYPE));
+    if let Some(systemd) = systemd_cgroup {
+        t.insert("options", options_table(systemd));
+    }
     Item::Table(t)
+}
+
+/// `options` with `SystemdCgroup`, its header indented under our table's, as containerd's
+/// `config default` lays out runc's.
+fn options_table(systemd_cgroup: bool) -> Item {
+    let mut t = Table::new();
+    t.decor_mut().set_prefix("  ");
+    let key = Key::new(SYSTEMD_CGROUP).with_leaf_decor(toml_edit::Decor::new("    ", " "));
+    t.insert_formatted(&key, toml_edit::value(systemd_cgroup));
+    Item::Table(t)
+}
+
+/// Sets `options.SystemdCgroup` of our runtime's table `item` (runtime `name`) to
+/// `systemd_cgroup`, keeping the rest of the table as it is; whether anything changed.
+fn set_systemd_cgroup(
+    item: &mut Item,
+    name: &str,
+    version: ConfigVersion,
+    systemd_cgroup: bool,
+) -> Result<bool, InstallError> {
+    let at = |k: &str| {
+        format!(
+            "plugins.{:?}.containerd.runtimes.{name}{k}",
+            version.cri_plugin()
+        )
+    };
+    let not_a_table = |k: &str| InstallError::NotATable {
+        path: CONFIG_TEXT.to_string(),
+        key: at(k),
+    };
+    let header = item.as_table().is_some_and(|t| !t.is_dotted());
+    let options: &mut dyn toml_edit::TableLike = match item {
+        Item::Table(t) => {
+            // Under a table of dotted keys (`runtimes.NAME.runtime_type = ...`), dotted keys.
+            let dotted = t.is_dotted();
+            let options = t.entry("options").or_insert_with(|| {
+                let mut o = Table::new();
+                if dotted {
+                    o.set_dotted(true);
+                } else {
+                    o.decor_mut().set_prefix("  ");
+                }
+                Item::Table(o)
+            });
+            options
+                .as_table_like_mut()
+                .ok_or_else(|| not_a_table(".options"))?
+        }
+        Item::Value(toml_edit::Value::InlineTable(t)) => t
+            .entry("options")
+            .or_insert_with(|| toml_edit::InlineTable::new().into())
+            .as_inline_table_mut()
+            .map(|t| t as &mut dyn toml_edit::TableLike)
+            .ok_or_else(|| not_a_table(".options"))?,
+        _ => return Err(not_a_table("")),
+    };
+    match options.get_mut(SYSTEMD_CGROUP) {
+        Some(Item::Value(v)) if v.as_bool() == Some(systemd_cgroup) => Ok(false),
+        // Ours to set: whatever was there (a boolean of the other driver, a string) goes.
+        Some(Item::Value(v)) => {
+            let decor = v.decor().clone();
+            *v = systemd_cgroup.into();
+            *v.decor_mut() = decor;
+            Ok(true)
+        }
+        Some(_) => Err(InstallError::NotABoolean {
+            path: CONFIG_TEXT.to_string(),
+            key: at(&format!(".options.{SYSTEMD_CGROUP}")),
+        }),
+        None => {
+            options.insert(SYSTEMD_CGROUP, toml_edit::value(systemd_cgroup));
+            if let Some(mut key) = options.key_mut(SYSTEMD_CGROUP).filter(|_| header) {
+                *key.leaf_decor_mut() = toml_edit::Decor::new("    ", " ");
+            }
+            Ok(true)
+        }
+    }
 }
 
 /// The `runtime_type` of a runtime table, empty when it has none.
@@ -283,17 +464,33 @@ fn runtime_type_of(item: &toml_edit::Item) -> String {
 pub fn register_runtime(text: &str, name: &str, force: bool) -> Result<Edit, InstallError> {
     let mut doc = parse_doc(text)?;
     let version = doc_version(&doc)?;
+    let driver = runc_cgroup_driver(&doc, version)?;
     let runtimes = ensure_tables(doc.as_table_mut(), &runtimes_path(version))?;
-    let action = match runtimes.get(name) {
+    let action = match runtimes.get_mut(name) {
         None => ConfigAction::Added,
         Some(item) => {
             let existing = runtime_type_of(item);
             if existing == RUNTIME_TYPE {
+                let updated = match &driver {
+                    Some(d) => set_systemd_cgroup(item, name, version, d.systemd_cgroup)?
+                        .then_some(d.systemd_cgroup),
+                    None => None,
+                };
+                let Some(systemd_cgroup) = updated else {
+                    return Ok(Edit {
+                        text: text.to_string(),
+                        changed: false,
+                        version,
+                        action: ConfigAction::Unchanged,
+                        cgroup_driver: driver,
+                    });
+                };
                 return Ok(Edit {
-                    text: text.to_string(),
-                    changed: false,
+                    text: doc.to_string(),
+                    changed: true,
                     version,
-                    action: ConfigAction::Unchanged,
+                    action: ConfigAction::OptionsUpdated { systemd_cgroup },
+                    cgroup_driver: driver,
                 });
             }
             if !force {
@@ -306,7 +503,7 @@ pub fn register_runtime(text: &str, name: &str, force: bool) -> Result<Edit, Ins
             ConfigAction::Replaced { previous: existing }
         }
     };
-    let mut table = our_table();
+    let mut table = our_table(driver.as_ref().map(|d| d.systemd_cgroup));
     if let (Some(old), Some(new)) = (
         runtimes.get(name).and_then(Item::as_table),
         table.as_table_mut(),
@@ -321,6 +518,7 @@ pub fn register_runtime(text: &str, name: &str, force: bool) -> Result<Edit, Ins
         changed: true,
         version,
         action,
+        cgroup_driver: driver,
     })
 }
 
@@ -333,6 +531,7 @@ pub fn unregister_runtime(text: &str, name: &str) -> Result<Edit, InstallError> 
         changed: false,
         version,
         action,
+        cgroup_driver: None,
     };
     let Some(runtimes) = doc
         .get_mut("plugins")
@@ -358,6 +557,7 @@ pub fn unregister_runtime(text: &str, name: &str) -> Result<Edit, InstallError> 
         changed: true,
         version,
         action: ConfigAction::Removed,
+        cgroup_driver: None,
     })
 }
 
@@ -463,6 +663,10 @@ pub struct ConfigReport {
     pub action: ConfigAction,
     /// The copy of the previous file, when it was changed.
     pub backup: Option<PathBuf>,
+    /// `install`: the runc runtime whose `SystemdCgroup` our runtime's options carry; `None`
+    /// when the config has no runc runtime (each container's cgroup path then picks the
+    /// driver) and after `uninstall`.
+    pub cgroup_driver: Option<CgroupDriver>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -529,6 +733,10 @@ impl fmt::Display for InstallReport {
             ConfigAction::Unchanged => {
                 format!("runtime {:?} already registered", c.runtime_name)
             }
+            ConfigAction::OptionsUpdated { systemd_cgroup } => format!(
+                "runtime {:?} already registered; set its options.{SYSTEMD_CGROUP} = {systemd_cgroup}",
+                c.runtime_name
+            ),
             ConfigAction::Removed => format!("removed runtime {:?}", c.runtime_name),
             ConfigAction::Absent => format!("runtime {:?} not registered", c.runtime_name),
             ConfigAction::NotOurs { runtime_type } => format!(
@@ -537,6 +745,24 @@ impl fmt::Display for InstallReport {
             ),
         };
         writeln!(f, "{}{version}: {what}", c.path.display())?;
+        let ours = !matches!(
+            c.action,
+            ConfigAction::NotOurs { .. } | ConfigAction::Removed | ConfigAction::Absent
+        );
+        match &c.cgroup_driver {
+            Some(d) if ours => writeln!(
+                f,
+                "cgroup driver: {SYSTEMD_CGROUP} = {} in runtime {:?}'s options, as runtime {:?} has it",
+                d.systemd_cgroup, c.runtime_name, d.runc_runtime
+            )?,
+            None if ours => writeln!(
+                f,
+                "cgroup driver: no runc runtime in the config to match, so runtime {:?} sets no \
+                 {SYSTEMD_CGROUP}; each container's cgroup path picks the driver",
+                c.runtime_name
+            )?,
+            _ => {}
+        }
         if let Some(b) = &c.backup {
             writeln!(f, "previous config saved as {}", b.display())?;
         }
@@ -726,6 +952,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
                 changed: true,
                 version,
                 action: ConfigAction::Created,
+                cgroup_driver: None,
             };
             (None, edit)
         }
@@ -744,6 +971,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
             runtime_name: target.runtime_name.clone(),
             action: edit.action,
             backup: backup_path,
+            cgroup_driver: edit.cgroup_driver,
         },
         changed,
         restart,
@@ -815,6 +1043,7 @@ pub fn uninstall(target: &NodeTarget) -> Result<InstallReport, InstallError> {
             runtime_name: target.runtime_name.clone(),
             action,
             backup: backup_path,
+            cgroup_driver: None,
         },
         changed,
         restart: restart_outcome(config_changed, target.restart),
@@ -939,8 +1168,11 @@ root = "/var/lib/containerd"   # keep this comment
 
     const OUR_V2: &str = "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmedge]\n  runtime_type = \"io.containerd.wasmedge.v1\"\n";
     const OUR_V3: &str = "\n[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.wasmedge]\n  runtime_type = \"io.containerd.wasmedge.v1\"\n";
-    /// In a file whose keys are single-quoted, the header of our table reuses their quoting.
-    const OUR_V3_IN_FILE: &str = "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmedge]\n  runtime_type = \"io.containerd.wasmedge.v1\"\n";
+    /// What install adds to [`V2`], whose runc runtime has `SystemdCgroup = true`.
+    const OUR_V2_SYSTEMD: &str = "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmedge]\n  runtime_type = \"io.containerd.wasmedge.v1\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmedge.options]\n    SystemdCgroup = true\n";
+    /// What install adds to [`V3`], whose runc runtime sets no `SystemdCgroup` (runc's false).
+    /// In a file whose keys are single-quoted, the headers of our tables reuse their quoting.
+    const OUR_V3_CGROUPFS: &str = "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmedge]\n  runtime_type = \"io.containerd.wasmedge.v1\"\n  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmedge.options]\n    SystemdCgroup = false\n";
 
     #[test]
     fn minimal_configs_are_exactly_what_the_readme_shows() {
@@ -969,9 +1201,20 @@ root = "/var/lib/containerd"   # keep this comment
         assert!(e.changed);
         assert_eq!(e.version, ConfigVersion::V2);
         assert_eq!(e.action, ConfigAction::Added);
-        assert_only_our_block_added(V2, &e.text, OUR_V2);
+        assert_only_our_block_added(V2, &e.text, OUR_V2_SYSTEMD);
         // Our table lands among the other runtimes, before [metrics].
-        assert!(e.text.find(OUR_V2).unwrap() < e.text.find("[metrics]").unwrap());
+        assert!(e.text.find(OUR_V2_SYSTEMD).unwrap() < e.text.find("[metrics]").unwrap());
+        assert_eq!(
+            e.cgroup_driver,
+            Some(CgroupDriver {
+                runc_runtime: "runc".into(),
+                systemd_cgroup: true
+            })
+        );
+        assert_eq!(
+            runtime_systemd_cgroup(&e.text, "wasmedge").unwrap(),
+            Some(true)
+        );
         let rts = registered_runtimes(&e.text).unwrap();
         assert_eq!(
             rts,
@@ -987,8 +1230,12 @@ root = "/var/lib/containerd"   # keep this comment
         let e = register_runtime(V3, "wasmedge", false).unwrap();
         assert!(e.changed);
         assert_eq!(e.version, ConfigVersion::V3);
-        assert_only_our_block_added(V3, &e.text, OUR_V3_IN_FILE);
-        assert!(e.text.find(OUR_V3_IN_FILE).unwrap() < e.text.find("cri.v1.images").unwrap());
+        assert_only_our_block_added(V3, &e.text, OUR_V3_CGROUPFS);
+        assert!(e.text.find(OUR_V3_CGROUPFS).unwrap() < e.text.find("cri.v1.images").unwrap());
+        assert_eq!(
+            runtime_systemd_cgroup(&e.text, "wasmedge").unwrap(),
+            Some(false)
+        );
         assert!(registered_runtimes(&e.text)
             .unwrap()
             .contains(&("wasmedge".to_string(), RUNTIME_TYPE.to_string())));
@@ -1031,6 +1278,135 @@ root = "/var/lib/containerd"   # keep this comment
         assert_eq!(
             unregister_runtime(&created, "wasmedge").unwrap().text,
             "version = 2\n"
+        );
+    }
+
+    #[test]
+    fn systemd_cgroup_follows_the_default_runc_runtime_else_the_one_named_runc() {
+        let runtimes = |default: &str| {
+            format!(
+                "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"{default}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc-systemd]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc-systemd.options]\n  SystemdCgroup = true\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata]\n  runtime_type = \"io.containerd.kata.v2\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata.options]\n  SystemdCgroup = true\n"
+            )
+        };
+        for (default, runc, systemd) in [
+            ("runc-systemd", "runc-systemd", true),
+            // runc's table without SystemdCgroup: runc's shim reads false.
+            ("runc", "runc", false),
+            // A default that is not runc's (kata reads its own options): the runtime `runc`.
+            ("kata", "runc", false),
+        ] {
+            let e = register_runtime(&runtimes(default), "wasmedge", false).unwrap();
+            assert_eq!(
+                e.cgroup_driver,
+                Some(CgroupDriver {
+                    runc_runtime: runc.into(),
+                    systemd_cgroup: systemd
+                }),
+                "default {default}"
+            );
+            assert_eq!(
+                runtime_systemd_cgroup(&e.text, "wasmedge").unwrap(),
+                Some(systemd)
+            );
+        }
+        // No runc runtime at all: no SystemdCgroup, the cgroup path's form decides.
+        let no_runc = "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.kata]\n  runtime_type = \"io.containerd.kata.v2\"\n";
+        let e = register_runtime(no_runc, "wasmedge", false).unwrap();
+        assert_eq!(e.cgroup_driver, None);
+        assert_only_our_block_added(no_runc, &e.text, OUR_V3);
+        assert_eq!(runtime_systemd_cgroup(&e.text, "wasmedge").unwrap(), None);
+    }
+
+    #[test]
+    fn reinstall_brings_our_systemd_cgroup_in_line_with_runcs_and_nothing_else() {
+        // An install of before SystemdCgroup: the options table is added under ours.
+        let old = V2.replace("\n\n[metrics]", &format!("\n{OUR_V2}\n[metrics]"));
+        assert_eq!(runtime_systemd_cgroup(&old, "wasmedge").unwrap(), None);
+        let e = register_runtime(&old, "wasmedge", false).unwrap();
+        assert!(e.changed);
+        assert_eq!(
+            e.action,
+            ConfigAction::OptionsUpdated {
+                systemd_cgroup: true
+            }
+        );
+        assert_eq!(
+            e.text,
+            V2.replace("\n\n[metrics]", &format!("\n{OUR_V2_SYSTEMD}\n[metrics]"))
+        );
+        let again = register_runtime(&e.text, "wasmedge", false).unwrap();
+        assert_eq!(
+            (again.changed, again.action),
+            (false, ConfigAction::Unchanged)
+        );
+
+        // runc moved to cgroupfs since: our value follows, in place, nothing else moves.
+        let runc_off = e
+            .text
+            .replacen("SystemdCgroup = true", "SystemdCgroup = false", 1);
+        let e = register_runtime(&runc_off, "wasmedge", false).unwrap();
+        assert_eq!(
+            e.action,
+            ConfigAction::OptionsUpdated {
+                systemd_cgroup: false
+            }
+        );
+        assert_eq!(
+            e.text,
+            runc_off.replace("SystemdCgroup = true", "SystemdCgroup = false")
+        );
+        // Uninstall takes our options with our table.
+        let removed = unregister_runtime(&e.text, "wasmedge").unwrap();
+        assert_eq!(
+            removed.text,
+            V2.replace("SystemdCgroup = true", "SystemdCgroup = false")
+        );
+
+        // Our table in dotted and inline forms keeps its form.
+        let dotted = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes.runc.runtime_type = \"io.containerd.runc.v2\"\nruntimes.runc.options.SystemdCgroup = true\nruntimes.wasmedge.runtime_type = \"io.containerd.wasmedge.v1\"\n";
+        let e = register_runtime(dotted, "wasmedge", false).unwrap();
+        assert_eq!(
+            e.text,
+            format!("{dotted}runtimes.wasmedge.options.SystemdCgroup = true\n")
+        );
+        let inline = "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes]\nrunc = { runtime_type = \"io.containerd.runc.v2\", options = { SystemdCgroup = true } }\nwasmedge = { runtime_type = \"io.containerd.wasmedge.v1\", options = { SystemdCgroup = false } }\n";
+        let e = register_runtime(inline, "wasmedge", false).unwrap();
+        assert_eq!(
+            e.text,
+            inline.replacen("SystemdCgroup = false", "SystemdCgroup = true", 1)
+        );
+        for text in [&e.text, dotted] {
+            toml::from_str::<toml::Value>(text).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_systemd_cgroup_that_is_not_a_boolean_is_named() {
+        let text = V2.replace("SystemdCgroup = true", "SystemdCgroup = \"true\"");
+        let e = register_runtime(&text, "wasmedge", false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "containerd config: plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options.SystemdCgroup is not a boolean"
+        );
+        let e = runtime_systemd_cgroup(&text, "runc").unwrap_err();
+        assert!(matches!(e, InstallError::NotABoolean { .. }), "{e}");
+        // Ours with a string is install's to set.
+        let ours = register_runtime(V2, "wasmedge", false)
+            .unwrap()
+            .text
+            .replace(
+                "wasmedge.options]\n    SystemdCgroup = true",
+                "wasmedge.options]\n    SystemdCgroup = 'yes'",
+            );
+        let e = register_runtime(&ours, "wasmedge", false).unwrap();
+        assert_eq!(
+            runtime_systemd_cgroup(&e.text, "wasmedge").unwrap(),
+            Some(true)
         );
     }
 
@@ -1085,7 +1461,8 @@ root = "/var/lib/containerd"   # keep this comment
     fn insert_next_to_dotted_keys_and_refuse_inline_tables() {
         let dotted = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes.runc.runtime_type = \"io.containerd.runc.v2\"\n";
         let e = register_runtime(dotted, "wasmedge", false).unwrap();
-        assert_only_our_block_added(dotted, &e.text, OUR_V2);
+        let ours = format!("{OUR_V2}  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmedge.options]\n    SystemdCgroup = false\n");
+        assert_only_our_block_added(dotted, &e.text, &ours);
         assert_eq!(registered_runtimes(&e.text).unwrap().len(), 2);
         toml::from_str::<toml::Value>(&e.text).unwrap();
 
@@ -1186,6 +1563,17 @@ root = "/var/lib/containerd"   # keep this comment
         assert!(
             r.to_string().contains("containerd must be restarted"),
             "{r}"
+        );
+        assert!(
+            r.to_string().contains(
+                "cgroup driver: SystemdCgroup = true in runtime \"wasmedge\"'s options, as runtime \"runc\" has it"
+            ),
+            "{r}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["config"]["cgroup_driver"],
+            serde_json::json!({"runc_runtime": "runc", "systemd_cgroup": true})
         );
 
         let r2 = install(&opts).unwrap();

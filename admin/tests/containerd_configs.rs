@@ -1,15 +1,16 @@
 //! `wasmedge-shimctl install` and `uninstall` checked by the containerds that read their
 //! files: each containerd of the test matrix (1.x on PATH; 2.x from `scripts/setup.sh`, or
 //! the binary `WASMEDGE_SHIM_CONTAINERD2` names) runs `containerd config dump` on the config
-//! the tool wrote (a new one, and containerd's own default config with our runtime added),
-//! sees the runtime registered after `install` and gone after `uninstall`. Needs no root
-//! and starts no daemon: `config dump` only reads the file.
+//! the tool wrote (a new one, and containerd's own default config with our runtime added,
+//! with runc's cgroupfs driver and with its systemd one), sees the runtime registered after
+//! `install`, with runc's `SystemdCgroup` in its options, and gone after `uninstall`. Needs
+//! no root and starts no daemon: `config dump` only reads the file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use wasmedge_shimctl::install::{
-    parse_containerd_major, registered_runtimes, BINARIES, RUNTIME_TYPE,
+    parse_containerd_major, registered_runtimes, runtime_systemd_cgroup, BINARIES, RUNTIME_TYPE,
 };
 
 /// Where `scripts/setup.sh` extracts containerd 2.x.
@@ -57,8 +58,9 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// `containerd --config FILE config dump`, which must succeed: the runtimes it sees.
-fn dumped_runtimes(containerd: &Path, config: &Path) -> Vec<(String, String)> {
+/// `containerd --config FILE config dump`, which must succeed: the runtimes it sees, and
+/// the `SystemdCgroup` of our runtime's options.
+fn dumped_runtimes(containerd: &Path, config: &Path) -> (Vec<(String, String)>, Option<bool>) {
     let out = Command::new(containerd)
         .arg("--config")
         .arg(config)
@@ -77,7 +79,10 @@ fn dumped_runtimes(containerd: &Path, config: &Path) -> Vec<(String, String)> {
         dump.contains("version = 2") || dump.contains("version = 3"),
         "{dump}"
     );
-    registered_runtimes(&dump).unwrap()
+    (
+        registered_runtimes(&dump).unwrap(),
+        runtime_systemd_cgroup(&dump, "wasmedge").unwrap(),
+    )
 }
 
 #[test]
@@ -103,7 +108,21 @@ fn both_containerds_read_what_install_and_uninstall_write() {
         );
         let stock = dir.join("stock.toml");
         std::fs::write(&stock, &default).unwrap();
-        for config in [dir.join("new/config.toml"), stock.clone()] {
+        // The same with runc's systemd driver, as a kubeadm node configures it.
+        assert_eq!(
+            default.matches("SystemdCgroup = false").count(),
+            1,
+            "{default}"
+        );
+        let systemd_default = default.replace("SystemdCgroup = false", "SystemdCgroup = true");
+        let systemd = dir.join("systemd.toml");
+        std::fs::write(&systemd, &systemd_default).unwrap();
+        // A new file has no runc runtime to match: the cgroup path's form picks the driver.
+        for (config, systemd_cgroup) in [
+            (dir.join("new/config.toml"), None),
+            (stock.clone(), Some(false)),
+            (systemd.clone(), Some(true)),
+        ] {
             let config_s = config.to_str().unwrap();
             let what = format!("{} on {config_s}", containerd.display());
             let bin = dir.join("bin");
@@ -122,8 +141,9 @@ fn both_containerds_read_what_install_and_uninstall_write() {
                 ]),
                 &format!("install, {what}"),
             );
-            let runtimes = dumped_runtimes(&containerd, &config);
+            let (runtimes, ours_systemd) = dumped_runtimes(&containerd, &config);
             assert!(runtimes.contains(&ours), "{what}: {runtimes:?}");
+            assert_eq!(ours_systemd, systemd_cgroup, "{what}");
             ok(
                 shimctl(&[
                     "uninstall",
@@ -134,13 +154,14 @@ fn both_containerds_read_what_install_and_uninstall_write() {
                 ]),
                 &format!("uninstall, {what}"),
             );
-            let runtimes = dumped_runtimes(&containerd, &config);
+            let (runtimes, _) = dumped_runtimes(&containerd, &config);
             assert!(
                 runtimes.iter().all(|(name, _)| name != "wasmedge"),
                 "{what}: {runtimes:?}"
             );
         }
-        // containerd's own default config comes back as it was.
+        // containerd's own default configs come back as they were.
         assert_eq!(std::fs::read_to_string(&stock).unwrap(), default);
+        assert_eq!(std::fs::read_to_string(&systemd).unwrap(), systemd_default);
     }
 }
