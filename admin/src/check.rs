@@ -25,8 +25,8 @@ use wasmedge_aot_protocol::config::Config;
 use wasmedge_aot_protocol::identity::{self, Identity, STATE_ROOT};
 
 use crate::install::{
-    registered_runtimes, BINARIES, DEFAULT_CONTAINERD_CONFIG, DEFAULT_RUNTIME_NAME, NODE_LABEL_KEY,
-    NODE_LABEL_VALUE, RUNTIME_TYPE,
+    registered_runtimes, runtime_systemd_cgroup, BINARIES, DEFAULT_CONTAINERD_CONFIG,
+    DEFAULT_RUNTIME_NAME, NODE_LABEL_KEY, NODE_LABEL_VALUE, RUNTIME_TYPE, SYSTEMD_CGROUP,
 };
 
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -191,7 +191,8 @@ pub fn check(opts: &CheckOptions) -> CheckReport {
         .map(|d| d.join(RUNNER_BINARY));
     checks.push(check_runner(runner.as_deref()));
     checks.push(check_libwasmedge(runner.as_deref(), opts.timeout));
-    checks.push(check_registered(opts));
+    let containerd_config = read_containerd_config(opts);
+    checks.push(check_registered(&containerd_config, &opts.runtime_name));
     let config = Config::load_from(&opts.shim_config);
     checks.push(match &config {
         Ok(c) => check_cache_dir(&c.cache_dir, nix::unistd::geteuid().as_raw()),
@@ -205,7 +206,8 @@ pub fn check(opts: &CheckOptions) -> CheckReport {
         Identity::of(shim, &runner, identity::config_digest(&opts.shim_config))
     });
     checks.push(check_node_shims(Path::new(STATE_ROOT), installed.as_ref()));
-    checks.push(check_cgroup_driver(&opts.kubelet_config));
+    let option = systemd_cgroup_option(&containerd_config, &opts.runtime_name);
+    checks.push(check_cgroup_driver(&opts.kubelet_config, &option));
     checks.extend(check_kubernetes(opts));
     CheckReport { checks }
 }
@@ -541,19 +543,26 @@ pub fn registration_from_config(text: &str, name: &str, source: &str) -> Check {
     }
 }
 
-fn check_registered(opts: &CheckOptions) -> Check {
+/// containerd's config as containerd reads it: `containerd config dump` (the file merged
+/// with containerd's defaults), else the file itself; with where it came from. Err: why
+/// neither could be read.
+struct ContainerdConfig {
+    text: String,
+    source: String,
+    dumped: bool,
+}
+
+fn read_containerd_config(opts: &CheckOptions) -> Result<ContainerdConfig, String> {
     let file = &opts.containerd_config;
     let mut cmd = Command::new("containerd");
     cmd.arg("--config").arg(file).args(["config", "dump"]);
     let why = match run_with_timeout(&mut cmd, opts.timeout) {
         Ok(out) if out.success => {
-            let source = format!("containerd --config {} config dump", file.display());
-            let mut c = registration_from_config(&out.stdout, &opts.runtime_name, &source);
-            if c.status == Status::Pass {
-                c.evidence
-                    .push_str(" (a running containerd reads it only when it starts)");
-            }
-            return c;
+            return Ok(ContainerdConfig {
+                text: out.stdout,
+                source: format!("containerd --config {} config dump", file.display()),
+                dumped: true,
+            })
         }
         Ok(out) => out.first_error_line(),
         Err(e) => e,
@@ -563,26 +572,77 @@ fn check_registered(opts: &CheckOptions) -> Check {
         file.display()
     );
     match std::fs::read_to_string(file) {
-        Ok(text) => registration_from_config(&text, &opts.runtime_name, &source),
-        Err(e) => Check::fail("runtime-registered", format!("{source}: {e}")),
+        Ok(text) => Ok(ContainerdConfig {
+            text,
+            source,
+            dumped: false,
+        }),
+        Err(e) => Err(format!("{source}: {e}")),
+    }
+}
+
+fn check_registered(config: &Result<ContainerdConfig, String>, name: &str) -> Check {
+    match config {
+        Ok(c) => {
+            let mut check = registration_from_config(&c.text, name, &c.source);
+            if c.dumped && check.status == Status::Pass {
+                check
+                    .evidence
+                    .push_str(" (a running containerd reads it only when it starts)");
+            }
+            check
+        }
+        Err(why) => Check::fail("runtime-registered", why.clone()),
+    }
+}
+
+/// Our runtime's `options.SystemdCgroup` in containerd's config, which CRI passes to the
+/// shim: the shim refuses a container whose cgroup path has the other driver's form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemdCgroupOption {
+    /// Set to `value` in `source`.
+    Set { value: bool, source: String },
+    /// Not set (or no such runtime): each container's cgroup path picks the driver.
+    Unset,
+    /// The config could not be read, or the value is not a boolean: why.
+    Unreadable(String),
+}
+
+fn systemd_cgroup_option(
+    config: &Result<ContainerdConfig, String>,
+    name: &str,
+) -> SystemdCgroupOption {
+    match config {
+        Ok(c) => match runtime_systemd_cgroup(&c.text, name) {
+            Ok(Some(value)) => SystemdCgroupOption::Set {
+                value,
+                source: c.source.clone(),
+            },
+            Ok(None) => SystemdCgroupOption::Unset,
+            Err(e) => SystemdCgroupOption::Unreadable(format!("{}: {e}", c.source)),
+        },
+        Err(why) => SystemdCgroupOption::Unreadable(why.clone()),
     }
 }
 
 /// Where kubeadm and most distributions keep the kubelet's configuration.
 pub const DEFAULT_KUBELET_CONFIG: &str = "/var/lib/kubelet/config.yaml";
 
-/// The kubelet's cgroup driver, from its configuration file, against the node's init. With
-/// `systemd`, CRI gives every container a `slice:prefix:name` cgroup path, a transient scope
-/// the shim has systemd make over the system bus: systemd must be PID 1. With `cgroupfs`
-/// the shim makes the directories itself, under any init. No file: not a Kubernetes node, or
+/// The kubelet's cgroup driver, from its configuration file, against the node's init and
+/// our runtime's `SystemdCgroup` (`option`). With `systemd`, CRI gives every container a
+/// `slice:prefix:name` cgroup path, a transient scope the shim has systemd make over the
+/// system bus: systemd must be PID 1. With `cgroupfs` the shim makes the directories itself,
+/// under any init. A `SystemdCgroup` of the other driver fails every container's create
+/// (the shim refuses a path of the form the option does not name), so the two must agree;
+/// a runtime without it takes the driver from each path. No file: not a Kubernetes node, or
 /// a kubelet configured elsewhere (skipped, not required).
-pub fn check_cgroup_driver(kubelet_config: &Path) -> Check {
+pub fn check_cgroup_driver(kubelet_config: &Path, option: &SystemdCgroupOption) -> Check {
     let init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
-    cgroup_driver_on(kubelet_config, init.trim())
+    cgroup_driver_on(kubelet_config, init.trim(), option)
 }
 
 /// [`check_cgroup_driver`] on a node whose PID 1 is `init`.
-fn cgroup_driver_on(kubelet_config: &Path, init: &str) -> Check {
+fn cgroup_driver_on(kubelet_config: &Path, init: &str, option: &SystemdCgroupOption) -> Check {
     const NAME: &str = "cgroup-driver";
     let text = match std::fs::read_to_string(kubelet_config) {
         Ok(t) => t,
@@ -598,7 +658,9 @@ fn cgroup_driver_on(kubelet_config: &Path, init: &str) -> Check {
             return c;
         }
     };
-    // A top-level `cgroupDriver: VALUE` (the kubelet's default is cgroupfs).
+    // A top-level `cgroupDriver: VALUE`. Without one the kubelet uses cgroupfs, or, where it
+    // takes the driver from the runtime (KubeletCgroupDriverFromCRI), containerd's default
+    // runtime's, which `install` gave ours: nothing to hold the option against.
     let driver = text
         .lines()
         .find_map(|l| l.strip_prefix("cgroupDriver:"))
@@ -608,17 +670,25 @@ fn cgroup_driver_on(kubelet_config: &Path, init: &str) -> Check {
                 .unwrap_or("")
                 .trim()
                 .trim_matches(['"', '\''])
-        })
-        .unwrap_or("cgroupfs (the kubelet's default)");
+        });
     let at = kubelet_config.display();
-    match (driver, init) {
-        ("systemd", "systemd") => Check::pass(
-            NAME,
-            format!(
-                "{at}: cgroupDriver: systemd; each container is a systemd scope in its pod's slice"
-            ),
+    let ours = match option {
+        SystemdCgroupOption::Set { value, source } => {
+            format!("the runtime's options say {SYSTEMD_CGROUP} = {value} ({source})")
+        }
+        SystemdCgroupOption::Unset => format!(
+            "the runtime's options set no {SYSTEMD_CGROUP}: each container's cgroup path picks \
+             the driver"
         ),
-        ("systemd", _) => Check::fail(
+        SystemdCgroupOption::Unreadable(why) => {
+            return Check::fail(
+                NAME,
+                format!("the runtime's {SYSTEMD_CGROUP} cannot be read: {why}"),
+            )
+        }
+    };
+    match (driver, option) {
+        (Some("systemd"), _) if init != "systemd" => Check::fail(
             NAME,
             format!(
                 "{at}: cgroupDriver: systemd, but PID 1 is {init:?}, not systemd: no container's \
@@ -626,7 +696,40 @@ fn cgroup_driver_on(kubelet_config: &Path, init: &str) -> Check {
                  CRI) with the cgroupfs driver on this node"
             ),
         ),
-        (driver, _) => Check::pass(NAME, format!("{at}: cgroupDriver: {driver}")),
+        (_, SystemdCgroupOption::Set { value: true, .. }) if init != "systemd" => Check::fail(
+            NAME,
+            format!(
+                "{ours}, but PID 1 is {init:?}, not systemd: no container's scope could be made; \
+                 set it to false, with runc's and the kubelet's cgroup driver cgroupfs"
+            ),
+        ),
+        (Some(driver @ ("systemd" | "cgroupfs")), SystemdCgroupOption::Set { value, .. })
+            if (driver == "systemd") != *value =>
+        {
+            Check::fail(
+                NAME,
+                format!(
+                    "{at}: cgroupDriver: {driver}, but {ours}: the shim would refuse every \
+                     container's cgroup path; make them agree (`wasmedge-shimctl install` gives \
+                     the runtime runc's {SYSTEMD_CGROUP}, which must match the kubelet's too)"
+                ),
+            )
+        }
+        (Some("systemd"), _) => Check::pass(
+            NAME,
+            format!(
+                "{at}: cgroupDriver: systemd; each container is a systemd scope in its pod's \
+                 slice; {ours}"
+            ),
+        ),
+        (Some(driver), _) => Check::pass(NAME, format!("{at}: cgroupDriver: {driver}; {ours}")),
+        (None, _) => Check::pass(
+            NAME,
+            format!(
+                "{at}: no cgroupDriver (the kubelet's default, cgroupfs, or containerd's where \
+                 the kubelet takes it from the runtime); {ours}"
+            ),
+        ),
     }
 }
 
@@ -1123,33 +1226,152 @@ version = 2
         assert_eq!(out.first_error_line(), "oops");
     }
 
+    fn set(value: bool) -> SystemdCgroupOption {
+        SystemdCgroupOption::Set {
+            value,
+            source: "config.toml".into(),
+        }
+    }
+
     #[test]
     fn the_kubelets_systemd_cgroup_driver_needs_systemd_as_pid_1() {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("config.yaml");
-        let c = cgroup_driver_on(&file, "systemd");
+        let unset = SystemdCgroupOption::Unset;
+        let c = cgroup_driver_on(&file, "systemd", &unset);
         assert_eq!((c.status, c.required), (Status::Skipped, false));
         std::fs::write(&file, "kind: KubeletConfiguration\ncgroupDriver: systemd\n").unwrap();
-        let c = cgroup_driver_on(&file, "systemd");
+        let c = cgroup_driver_on(&file, "systemd", &unset);
         assert_eq!(c.status, Status::Pass, "{}", c.evidence);
         assert!(c.evidence.contains("systemd scope"), "{}", c.evidence);
-        let c = cgroup_driver_on(&file, "tini");
-        assert_eq!((c.status, c.required), (Status::Fail, true));
-        assert!(
-            c.evidence.contains("but PID 1 is \"tini\""),
-            "{}",
-            c.evidence
-        );
+        for option in [unset.clone(), set(true)] {
+            let c = cgroup_driver_on(&file, "tini", &option);
+            assert_eq!((c.status, c.required), (Status::Fail, true));
+            assert!(
+                c.evidence.contains("but PID 1 is \"tini\""),
+                "{}",
+                c.evidence
+            );
+        }
         std::fs::write(&file, "cgroupDriver: \"cgroupfs\" # set by us\n").unwrap();
-        let c = cgroup_driver_on(&file, "tini");
+        let c = cgroup_driver_on(&file, "tini", &unset);
         assert_eq!(c.status, Status::Pass);
         assert!(
-            c.evidence.ends_with("cgroupDriver: cgroupfs"),
+            c.evidence.ends_with(
+                "cgroupDriver: cgroupfs; the runtime's options set no SystemdCgroup: each \
+                 container's cgroup path picks the driver"
+            ),
             "{}",
             c.evidence
         );
         std::fs::write(&file, "kind: KubeletConfiguration\n").unwrap();
-        assert_eq!(cgroup_driver_on(&file, "systemd").status, Status::Pass);
+        assert_eq!(
+            cgroup_driver_on(&file, "systemd", &unset).status,
+            Status::Pass
+        );
+    }
+
+    #[test]
+    fn the_runtimes_systemd_cgroup_must_agree_with_the_kubelets_driver() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("config.yaml");
+        std::fs::write(&file, "cgroupDriver: systemd\n").unwrap();
+        let c = cgroup_driver_on(&file, "systemd", &set(true));
+        assert_eq!(c.status, Status::Pass, "{}", c.evidence);
+        assert!(
+            c.evidence
+                .ends_with("the runtime's options say SystemdCgroup = true (config.toml)"),
+            "{}",
+            c.evidence
+        );
+        let c = cgroup_driver_on(&file, "systemd", &set(false));
+        assert_eq!((c.status, c.required), (Status::Fail, true));
+        assert!(
+            c.evidence.starts_with(&format!(
+                "{}: cgroupDriver: systemd, but the runtime's options say SystemdCgroup = false \
+                 (config.toml): the shim would refuse every container's cgroup path",
+                file.display()
+            )),
+            "{}",
+            c.evidence
+        );
+
+        std::fs::write(&file, "cgroupDriver: cgroupfs\n").unwrap();
+        assert_eq!(
+            cgroup_driver_on(&file, "tini", &set(false)).status,
+            Status::Pass
+        );
+        let c = cgroup_driver_on(&file, "systemd", &set(true));
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.evidence.contains(
+                "cgroupDriver: cgroupfs, but the runtime's options say SystemdCgroup = true"
+            ),
+            "{}",
+            c.evidence
+        );
+        // Where systemd is not PID 1, SystemdCgroup = true cannot work whatever the kubelet.
+        std::fs::write(&file, "kind: KubeletConfiguration\n").unwrap();
+        let c = cgroup_driver_on(&file, "tini", &set(true));
+        assert_eq!(c.status, Status::Fail);
+        assert!(
+            c.evidence.contains("but PID 1 is \"tini\", not systemd"),
+            "{}",
+            c.evidence
+        );
+        // No cgroupDriver in the file: the kubelet may take containerd's; nothing to compare.
+        let c = cgroup_driver_on(&file, "systemd", &set(true));
+        assert_eq!(c.status, Status::Pass, "{}", c.evidence);
+        assert!(c.evidence.contains("no cgroupDriver"), "{}", c.evidence);
+
+        let c = cgroup_driver_on(
+            &file,
+            "systemd",
+            &SystemdCgroupOption::Unreadable("config.toml: x is not a boolean".into()),
+        );
+        assert_eq!(c.status, Status::Fail);
+        assert_eq!(
+            c.evidence,
+            "the runtime's SystemdCgroup cannot be read: config.toml: x is not a boolean"
+        );
+    }
+
+    #[test]
+    fn the_runtimes_systemd_cgroup_is_read_from_what_containerd_reads() {
+        let config = |text: &str| {
+            Ok(ContainerdConfig {
+                text: text.into(),
+                source: "dump".into(),
+                dumped: true,
+            })
+        };
+        assert_eq!(
+            systemd_cgroup_option(&config(DUMP_V2), "wasmedge"),
+            SystemdCgroupOption::Unset
+        );
+        let with = format!(
+            "{DUMP_V2}\n          [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmedge.options]\n            SystemdCgroup = true\n"
+        );
+        assert_eq!(
+            systemd_cgroup_option(&config(&with), "wasmedge"),
+            set_in("dump")
+        );
+        let bad = with.replace("SystemdCgroup = true", "SystemdCgroup = 1");
+        assert!(matches!(
+            systemd_cgroup_option(&config(&bad), "wasmedge"),
+            SystemdCgroupOption::Unreadable(why) if why.starts_with("dump: ") && why.ends_with("SystemdCgroup is not a boolean")
+        ));
+        assert_eq!(
+            systemd_cgroup_option(&Err("no file".into()), "wasmedge"),
+            SystemdCgroupOption::Unreadable("no file".into())
+        );
+    }
+
+    fn set_in(source: &str) -> SystemdCgroupOption {
+        SystemdCgroupOption::Set {
+            value: true,
+            source: source.into(),
+        }
     }
 
     #[test]
