@@ -7,6 +7,7 @@ pub mod image_layers;
 pub mod info;
 pub mod linux;
 pub mod logger;
+pub mod options;
 pub mod pod;
 pub mod runner;
 pub mod seccomp;
