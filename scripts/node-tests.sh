@@ -4,7 +4,8 @@
 # of the matrix: 1.7 (the guest's package) and 2.1.9. Run by scripts/test.sh; root.
 #
 # Which tests: every test of tests/cgroups.rs (cgroupfs and systemd paths, limits, stats,
-# OOM, scopes gone after delete), CRI pods whose containers get scopes and are resized in
+# OOM, scopes gone after delete) and of tests/devices.rs (the device filter as a v2 program,
+# born in a cgroupfs cgroup or put on a scope), CRI pods whose containers get scopes and are resized in
 # place, and the lifecycle tests that prove a Wasm container starts, fails, is OOM-killed and
 # leaves nothing on cgroup v2, and containerd 2 reading the runtime's info. In the guest WASMEDGE_SHIM_NODE_TESTS=1 turns every "needs
 # systemd" skip into a failure.
@@ -19,6 +20,7 @@ SUITE=(
   "cgroups"
   "cri a_pod_s_containers_get_their_cgroups a_wasm_pod_runs_through_cri a_pod_of_only_linux_containers"
   "lifecycle hello_prints exit_codes a_module_that_traps delete_leaves containerd_2_reads"
+  "devices"
 )
 containerds=("$@")
 [ "${#containerds[@]}" != 0 ] || containerds=(containerd /opt/containerd-2.1.9/usr/bin/containerd)
@@ -42,7 +44,9 @@ tests/fixtures/build.sh target/fixtures
 
 # The guest's part: each binary with its filters, one test at a time (2 emulated CPUs);
 # every binary runs even when one fails, and the status is the first failure's.
+# The guest's /tmp is a nodev tmpfs: the device tests' images live on its disk instead.
 guest='status=0
+export TMPDIR=/var/tmp
 for entry in "$@"; do
   read -ra f <<<"$entry"
   echo "== ${f[0]##*/} ${f[*]:1}"
