@@ -149,6 +149,74 @@ fn the_process_gets_what_runc_gives_for_the_same_flags() {
     }
 }
 
+/// `/proc/<pid>/environ`, one string per variable.
+fn environ(pid: i32) -> Vec<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    nul_separated(&String::from_utf8_lossy(&env))
+}
+
+fn nul_separated(text: &str) -> Vec<String> {
+    text.split('\0')
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Variables of `env` that are neither in `spec` nor one the runner is started with
+/// (`spawn::RUNNER_ENV`, which the kernel shows where it refuses the process the spec's env
+/// for want of `CAP_SYS_RESOURCE`, as on this project's test machine).
+fn foreign(env: &[String], spec: &[String]) -> Vec<String> {
+    let runners = |v: &String| {
+        wasmedge_aot_protocol::spawn::RUNNER_ENV
+            .iter()
+            .any(|name| v.split_once('=').is_some_and(|(n, _)| n == *name))
+    };
+    env.iter()
+        .filter(|v| !spec.contains(v) && !runners(v))
+        .cloned()
+        .collect()
+}
+
+/// A container process is a fork of the runner, which the shim started: before, the kernel
+/// showed the environment containerd gave the shim (`GRPC_ADDRESS`, `TTRPC_ADDRESS`, proxy
+/// credentials) as the container's, to the host and to a root module through
+/// `/proc/self/environ`. runc execs its process with the spec's env only.
+#[test]
+fn the_process_environment_is_the_specs_only_as_runc_shows_it() {
+    if !common::can_run("environ_as_runc") {
+        return;
+    }
+    let r = rootfs();
+    let ctd = containerd();
+    let (wasm, runc) = start_pair("iso-env", &r, &["--env", "GREETING=hello"]);
+    let (we, re) = (environ(wasm), environ(runc));
+    ctd.remove("iso-env-wasm");
+    ctd.remove("iso-env-runc");
+    assert!(re.contains(&"GREETING=hello".to_string()), "runc: {re:?}");
+    assert_eq!(
+        foreign(&we, &re),
+        Vec::<String>::new(),
+        "the host's view: {we:?}"
+    );
+    if we != re {
+        eprintln!("the kernel refused PR_SET_MM: the runner's environment shows: {we:?}");
+    }
+
+    // What the module reads of its own process: the spec's env, which WASI gives it too.
+    let env = &["--env", "GREETING=hello"];
+    let seen = probe("env-self", &r, &["cat", "/proc/self/environ"], env, vec![]);
+    let wasi = probe("env-wasi", &r, &["envall"], env, vec![]);
+    assert_eq!(seen.code, Some(0), "{seen:?}");
+    let seen = nul_separated(&seen.stdout);
+    let wasi: Vec<String> = wasi.stdout.lines().map(str::to_string).collect();
+    assert!(wasi.contains(&"GREETING=hello".to_string()), "{wasi:?}");
+    assert_eq!(
+        foreign(&seen, &wasi),
+        Vec::<String>::new(),
+        "the module's view: {seen:?}"
+    );
+}
+
 #[test]
 fn a_start_section_runs_as_the_container_never_as_the_set_up() {
     if !common::can_run("start_section_credentials") {

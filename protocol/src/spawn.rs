@@ -161,8 +161,18 @@ pub fn send_reply(sock: BorrowedFd<'_>, reply: &SpawnReply) -> Result<(), WireEr
     wire::send_datagram(sock, &wire::encode("spawn reply", reply)?, &[])
 }
 
-/// Starts the runner binary with its end of a new runner socket as fd 0 and `stderr` as
-/// its stderr. Returns the shim's end of the socket (close-on-exec) and the child.
+/// The variables of the shim's environment the runner is started with; it gets no other.
+///
+/// Every container process is a fork of the runner, and its memory (the stack's environment
+/// strings included) is the runner's: an environment inherited from containerd and the
+/// shim (`GRPC_ADDRESS`, `TTRPC_ADDRESS`, proxy credentials, whatever containerd's unit
+/// sets) would be in every container. The runner reads only its config path; `TMPDIR` is
+/// where LLVM writes the temporary files of a compile.
+pub const RUNNER_ENV: &[&str] = &[crate::config::CONFIG_ENV, "TMPDIR"];
+
+/// Starts the runner binary with its end of a new runner socket as fd 0, `stderr` as its
+/// stderr, and of this process's environment only [`RUNNER_ENV`]. Returns the shim's end
+/// of the socket (close-on-exec) and the child.
 pub fn start_runner(binary: &Path, stderr: impl Into<Stdio>) -> std::io::Result<(OwnedFd, Child)> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -170,8 +180,15 @@ pub fn start_runner(binary: &Path, stderr: impl Into<Stdio>) -> std::io::Result<
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
+    let mut command = Command::new(binary);
+    command.env_clear();
+    for name in RUNNER_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
     // `Stdio::from(OwnedFd)` dup2s it onto fd 0 in the child; the dup has no close-on-exec.
-    let child = Command::new(binary)
+    let child = command
         .stdin(Stdio::from(theirs))
         .stdout(Stdio::null())
         .stderr(stderr)

@@ -6,7 +6,8 @@
 //!    own; a session of its own.
 //! 2. **plan**: read the container's plan and stdio from the shim on the control stream.
 //!    The runner never sees a plan: no container's argv or env is in the memory later
-//!    container processes are forked from.
+//!    container processes are forked from. The kernel shows the plan's env as the
+//!    process's (`/proc/<pid>/environ`), not the runner's ([`environ`]).
 //! 3. **cgroup**: join the container's cgroup (unless born in it), so that everything it
 //!    allocates from here on is the container's.
 //! 4. **code**: the module's code: the runner's template, native code from the cache (after
@@ -30,6 +31,7 @@
 
 pub mod cgroup;
 mod credentials;
+mod environ;
 mod namespaces;
 mod rootfs;
 
@@ -138,6 +140,9 @@ fn prepare(
             return Err(at("stdio")(std::io::Error::last_os_error()));
         }
     }
+    // Refused (no CAP_SYS_RESOURCE): the runner's environment shows, which is only
+    // `spawn::RUNNER_ENV`.
+    environ::show(&plan.env)?;
     let mut timings = Timings {
         hash_us: micros(res.hash),
         lookup_us: micros(res.lookup),
