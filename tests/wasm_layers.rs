@@ -223,9 +223,11 @@ fn a_module_in_neither_rootfs_nor_layer_fails_the_create_with_the_reason() {
     assert_eq!(code, Some(0));
 }
 
-/// `wasm_layers = "labelled"`: a node whose tenants pull images of their choosing runs the
-/// layers only of images whose config names them; runwasi's unlabelled layout is refused at
-/// create, naming the setting. `off` runs none: the container is a Linux one.
+/// `wasm_layers = "labelled"`, the default: a node runs the layers only of images whose
+/// config names them; runwasi's unlabelled layout, whose config binds no module to the
+/// image (another party's image with the same config is the same image to CRI), is refused
+/// at create, naming the setting. `any` runs it; `off` runs none: the container is a Linux
+/// one.
 #[test]
 fn a_node_can_run_only_labelled_wasm_layer_images_or_none() {
     if !common::can_run("wasm_layer_modes") {
@@ -242,13 +244,10 @@ fn a_node_can_run_only_labelled_wasm_layer_images_or_none() {
             .without_layers_label(),
     );
     let shared = containerd();
+    let refused = "its config names no Wasm layer (label io.wasmedge-aot-shim.wasm-layers), \
+                   and this node runs only images whose configs do (wasm_layers = \"labelled\")";
     for (mode, labelled_runs, unlabelled_error) in [
-        (
-            "labelled",
-            true,
-            "its config names no Wasm layer (label io.wasmedge-aot-shim.wasm-layers), and \
-             this node runs only images whose configs do (wasm_layers = \"labelled\")",
-        ),
+        ("labelled", true, refused),
         (
             "off",
             false,
@@ -279,8 +278,25 @@ fn a_node_can_run_only_labelled_wasm_layer_images_or_none() {
         assert_ne!(out.code, Some(0), "{mode}: {out:?}");
         assert!(out.stderr.contains(unlabelled_error), "{mode}: {out:?}");
     }
-    // The default runs both (runwasi's images included).
-    shared.import_image(&unlabelled);
-    let out = shared.run(&Run::image("any-u", &unlabelled.reference, &[]));
+    // `any` runs both (runwasi's images included).
+    let any = Containerd::start_with(
+        false,
+        &format!(
+            "cache_dir = \"{}\"\nwasm_layers = \"any\"\n",
+            shared.cache_dir.display()
+        ),
+    );
+    any.import_image(&unlabelled);
+    let out = any.run(&Run::image("any-u", &unlabelled.reference, &[]));
     assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+    // The default config refuses the unlabelled image.
+    shared.import_image(&unlabelled);
+    let out = shared.run(&Run::image("default-u", &unlabelled.reference, &[]));
+    shared.remove("default-u");
+    assert_ne!(
+        out.code,
+        Some(0),
+        "the default ran an unlabelled image: {out:?}"
+    );
+    assert!(out.stderr.contains(refused), "{out:?}");
 }

@@ -66,17 +66,23 @@ pub enum Grouping {
 
 /// Which images' Wasm layers (a module that is a layer of its own, see
 /// [`crate::wasm_layer`]) this node runs.
+///
+/// The default is [`WasmLayers::Labelled`]. CRI knows an image by its config's digest, and
+/// an unlabelled config (runwasi's builder writes them) says nothing of its module: anyone
+/// who can pull an image onto the node (every pod author, on a node where all pods share
+/// containerd's `k8s.io` namespace) can pull one with the same config and a manifest of
+/// their own, and the containers of the other image may then run their module. A node that
+/// runs such images, and trusts everyone who pulls onto it, sets `any`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum WasmLayers {
     /// Any image whose config is for the `wasm` architecture: runwasi's images, whose
     /// configs name no layer, included. CRI knows an image by its config, so two such images
     /// with one config are one image to it.
-    #[default]
     Any,
     /// Only images whose config names its Wasm layers
-    /// ([`crate::wasm_layer::LAYERS_LABEL`], which `wasmedge-shimctl image build` writes):
-    /// for nodes whose tenants pull images of their choosing.
+    /// ([`crate::wasm_layer::LAYERS_LABEL`], which `wasmedge-shimctl image build` writes).
+    #[default]
     Labelled,
     /// None: an entrypoint that is no file in the rootfs is a Linux container's.
     Off,
@@ -131,7 +137,7 @@ impl Default for Config {
             compile_retry_secs: 600,
             opt_level: 2,
             quick_opt_level: 0,
-            wasm_layers: WasmLayers::Any,
+            wasm_layers: WasmLayers::Labelled,
         }
     }
 }
@@ -243,9 +249,9 @@ mod tests {
 
     #[test]
     fn wasm_layers_parse() {
-        assert_eq!(Config::default().wasm_layers, WasmLayers::Any);
-        let c = Config::parse("wasm_layers = \"labelled\"\n").unwrap();
-        assert_eq!(c.wasm_layers, WasmLayers::Labelled);
+        assert_eq!(Config::default().wasm_layers, WasmLayers::Labelled);
+        let c = Config::parse("wasm_layers = \"any\"\n").unwrap();
+        assert_eq!(c.wasm_layers, WasmLayers::Any);
         assert_eq!(
             Config::parse("wasm_layers = \"off\"\n")
                 .unwrap()
