@@ -122,18 +122,11 @@ impl Shim for WasmEdgeShim {
     async fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         // Clean-up after a shim that died: kill what it left and unmount the rootfs.
         let bundle = std::env::current_dir().unwrap_or_default();
-        if let Ok(pid) = std::fs::read_to_string(bundle.join(PID_FILE)) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // The file outlives the process if the shim died; make sure the pid still
-                // names a container process before killing it.
-                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-                if exe.file_name().is_some_and(|n| n == RUNNER_BINARY) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
+        if let Some(pid) = recorded_process(&bundle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         // A Linux container: runc's state of it, its processes and its cgroup. When runc
         // fails, the rest is cleaned up all the same and containerd is told why; the dead
@@ -269,8 +262,43 @@ impl WasmEdgeShim {
     }
 }
 
-/// Pid of a container's process, kept in its bundle for [`Shim::delete_shim`].
+/// A Wasm container's process, kept in its bundle for [`Shim::delete_shim`]: its pid and
+/// its start time (`<pid> <start time>`, the start time in clock ticks since boot, field 22
+/// of `/proc/<pid>/stat`).
 const PID_FILE: &str = "wasm.pid";
+
+/// Records the container process `pid` in `bundle`.
+fn record_process(bundle: &Path, pid: i32) -> std::io::Result<()> {
+    let start = start_time(pid)
+        .ok_or_else(|| std::io::Error::other(format!("no start time in /proc/{pid}/stat")))?;
+    std::fs::write(bundle.join(PID_FILE), format!("{pid} {start}\n"))
+}
+
+/// The pid of the process recorded in `bundle` if it still is that process. The file
+/// outlives the process when the shim died, and its pid can name another process since:
+/// every Wasm container's process runs the runner binary, so the binary proves nothing (a
+/// tenant who cycles pids could have another namespace's container killed). As runc checks
+/// its init's start time before it signals a container, the start time must be the
+/// recorded one; a file without one (an older shim's) names no process.
+fn recorded_process(bundle: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(bundle.join(PID_FILE)).ok()?;
+    let (pid, start) = text.trim().split_once(' ')?;
+    let (pid, start) = (pid.parse::<i32>().ok()?, start.parse::<u64>().ok()?);
+    (pid > 0 && start_time(pid) == Some(start)).then_some(pid)
+}
+
+/// The start time of process `pid`, in clock ticks after boot.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields follow the last ')',
+    // from the third (state) on.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
 
 #[derive(Clone)]
 pub struct TaskService {
@@ -661,7 +689,9 @@ impl Task for TaskService {
         };
         let pid = container.pid;
         if !container.sandbox && container.linux.is_none() {
-            let _ = std::fs::write(Path::new(&req.bundle).join(PID_FILE), pid.to_string());
+            if let Err(e) = record_process(Path::new(&req.bundle), pid) {
+                warn!("record the process of {} in its bundle: {e}", req.id);
+            }
         }
         inner.containers().insert(req.id.clone(), container.clone());
         if let Some((dir, _)) = &inner.state {
@@ -1165,5 +1195,32 @@ mod unclaimed_tests {
         u.insert(5, 3);
         assert_eq!(u.take(9_999, 0), Some(1), "the newest are kept");
         assert_eq!(u.take(5, since), Some(3));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_process_is_named_only_while_it_is_the_same_process() {
+        let bundle = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        record_process(bundle.path(), pid).unwrap();
+        assert_eq!(recorded_process(bundle.path()), Some(pid));
+
+        // The pid now names another process (what a reused pid looks like).
+        let start = start_time(pid).unwrap();
+        std::fs::write(bundle.path().join(PID_FILE), format!("{pid} {}", start + 1)).unwrap();
+        assert_eq!(recorded_process(bundle.path()), None);
+        // An older shim's file: a pid alone proves nothing.
+        std::fs::write(bundle.path().join(PID_FILE), pid.to_string()).unwrap();
+        assert_eq!(recorded_process(bundle.path()), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

@@ -257,6 +257,81 @@ fn a_shim_killed_with_running_containers_leaves_no_cgroup_and_no_process() {
     );
 }
 
+/// A dead shim's clean-up (`shim delete` in the bundle) kills the process its bundle
+/// records. The pid in that record can name another process by then (pids are reused, and a
+/// tenant can cycle them), and every Wasm container's process runs the runner binary: the
+/// clean-up once killed another namespace's container whose pid the record named. It kills
+/// only the recorded process itself (its start time too), as runc checks its init's.
+#[test]
+fn a_dead_shims_clean_up_kills_no_other_container_whose_pid_its_record_names() {
+    if !common::can_run("dead_shim_pid_reuse") {
+        return;
+    }
+    let ctd = Owned(Containerd::start(false));
+    let r = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
+    // The victim: another namespace's container, so another shim's.
+    let other = format!("{}-other", common::namespace());
+    let root = r.path().display().to_string();
+    let run = [
+        "run",
+        "-d",
+        "--runtime",
+        common::RUNTIME,
+        "--rootfs",
+        &root,
+        "victim",
+        "/probe.wasm",
+        "sleep",
+        "60",
+    ];
+    ctd.ctr_in_ok(&other, &run);
+    let victim_pid = || -> Option<i32> {
+        let out = ctd.ctr_in_ok(&other, &["task", "ls"]);
+        out.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() >= 3 && f[0] == "victim" && f[2] == "RUNNING")
+            .and_then(|f| f[1].parse().ok())
+    };
+    wait_until("the victim runs", Duration::from_secs(20), || {
+        victim_pid().is_some()
+    });
+    let victim = victim_pid().unwrap();
+
+    ctd.run_detached(&Run::rootfs(
+        "steered",
+        r.path(),
+        &["/probe.wasm", "sleep", "60"],
+    ));
+    ctd.wait_status("steered", "RUNNING", Duration::from_secs(20));
+    let pid = ctd.task_pid("steered").unwrap();
+    let shim = common::ppid(pid).unwrap();
+    // The record now names the victim's pid, as after the steered process ended and the
+    // victim got its pid; whatever else the shim recorded of its process stays.
+    let record = ctd.bundle("steered").join("wasm.pid");
+    let text = std::fs::read_to_string(&record).unwrap();
+    let rest = text.trim().split_once(' ').map(|(_, r)| r).unwrap_or("");
+    std::fs::write(&record, format!("{victim} {rest}").trim()).unwrap();
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let cgroup = format!("/{}/steered", common::namespace());
+    wait_until(
+        "containerd has the dead shim's task deleted",
+        Duration::from_secs(30),
+        || cgroup_dirs(&cgroup).is_empty() && !Path::new(&format!("/proc/{pid}")).exists(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = victim_pid() == Some(victim);
+    let _ = ctd.ctr_in(&other, &["task", "kill", "-s", "SIGKILL", "victim"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = ctd.ctr_in(&other, &["task", "rm", "-f", "victim"]);
+    let _ = ctd.ctr_in(&other, &["container", "rm", "victim"]);
+    assert!(alive, "the other namespace's container was killed");
+}
+
 #[test]
 fn a_new_node_shim_sweeps_what_a_dead_one_left() {
     if !common::can_run("sweep_dead_shim") {
