@@ -185,7 +185,8 @@ impl Shim for WasmEdgeShim {
                 // What dead node shims left: their containers' cgroups and mounts, and their
                 // run directories. Off the path of the first create, but planned before it:
                 // a create of an id the sweep will go through waits for it (`sweep.rs`).
-                let sweep = crate::sweep::plan(Path::new(STATE_ROOT), state_dir.as_deref());
+                let sweep =
+                    crate::sweep::plan(Path::new(STATE_ROOT), state_dir.as_deref(), &self.address);
                 swept = sweep.pending();
                 tokio::task::spawn_blocking(move || sweep.run());
             }
@@ -214,6 +215,7 @@ impl Shim for WasmEdgeShim {
                         version: env!("CARGO_PKG_VERSION").to_string(),
                         identity: self.identity.clone(),
                         tasks: 0,
+                        containerd: self.address.clone(),
                     };
                     (dir, Mutex::new(state))
                 }),

@@ -11,6 +11,12 @@
 //! the directory. A record whose container runc could not delete stays, with its directory,
 //! for the next sweep.
 //!
+//! Only the dead shims of this shim's own containerd are swept: a host can run several
+//! containerds (each with its own shims, in the same `/run/wasmedge-aot-shim`), and another
+//! containerd deletes its own dead shims' tasks, or knows why it has not yet. A shim records
+//! its containerd's address in its state file; a state without one (written by an older
+//! shim) is never swept.
+//!
 //! A record names its container by names that a new container of the same id has too: runc's
 //! `<root>/<id>`, the cgroup (`/<namespace>/<id>` from `ctr`) and the rootfs under the bundle
 //! (`<namespace>/<id>`). A user who runs `ctr run ... foo` again after the shim of the old
@@ -34,7 +40,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::identity::{live_shim, STATE_FILE};
+use crate::identity::live_shim;
 
 /// The directory of container records in a run directory.
 pub const CONTAINERS_DIR: &str = "containers";
@@ -146,14 +152,17 @@ struct Found {
 
 /// The sweep of dead shims' run directories, as [`plan`] read them; [`Sweep::run`] does it.
 pub struct Sweep {
+    /// This shim's containerd's address.
+    containerd: String,
     dirs: Vec<(PathBuf, Vec<Found>)>,
     pending: Pending,
 }
 
-/// Reads which run directories under `state_root` belong to dead shims (never `own`, nor a
-/// live shim's) and what they recorded, before the shim serves: from then on, a create of a
-/// recorded id waits for the sweep ([`Sweep::pending`]). Only reads small files.
-pub fn plan(state_root: &Path, own: Option<&Path>) -> Sweep {
+/// Reads which run directories under `state_root` belong to dead shims of the containerd at
+/// `containerd` (never `own`, nor a live shim's) and what they recorded, before the shim
+/// serves: from then on, a create of a recorded id waits for the sweep
+/// ([`Sweep::pending`]). Only reads small files.
+pub fn plan(state_root: &Path, own: Option<&Path>, containerd: &str) -> Sweep {
     let pending = Pending::default();
     let mut dirs = Vec::new();
     for entry in std::fs::read_dir(state_root)
@@ -162,30 +171,40 @@ pub fn plan(state_root: &Path, own: Option<&Path>) -> Sweep {
         .flatten()
     {
         let dir = entry.path();
-        if Some(dir.as_path()) == own || !is_dead(&dir) {
+        if Some(dir.as_path()) == own || !is_dead(&dir, containerd) {
             continue;
         }
-        let found: Vec<Found> = std::fs::read_dir(dir.join(CONTAINERS_DIR))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let path = e.path();
-                read_record(&path).map(|record| Found { path, record })
-            })
-            .collect();
+        let found = records(&dir);
         for f in &found {
             pending.add(&f.record.id);
         }
         dirs.push((dir, found));
     }
-    Sweep { dirs, pending }
+    Sweep {
+        containerd: containerd.to_string(),
+        dirs,
+        pending,
+    }
 }
 
-/// Whether `dir` is the run directory of a dead shim. Only a run directory with a state file
-/// is one a shim finished setting up; one without may belong to a shim that is starting now.
-fn is_dead(dir: &Path) -> bool {
-    dir.join(STATE_FILE).exists() && live_shim(dir, crate::service::SHIM_BINARY).is_none()
+fn records(dir: &Path) -> Vec<Found> {
+    std::fs::read_dir(dir.join(CONTAINERS_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            read_record(&path).map(|record| Found { path, record })
+        })
+        .collect()
+}
+
+/// Whether `dir` is the run directory of a dead shim of the containerd at `containerd`. Only
+/// a run directory with a state file is one a shim finished setting up; one without may
+/// belong to a shim that is starting now.
+fn is_dead(dir: &Path, containerd: &str) -> bool {
+    crate::identity::state_in(dir).is_some_and(|state| state.containerd == containerd)
+        && live_shim(dir, crate::service::SHIM_BINARY).is_none()
 }
 
 impl Sweep {
@@ -203,7 +222,7 @@ impl Sweep {
             // took the directory over after the plan (same namespace and socket) is alive,
             // and its directory stays (a list of live shims taken before the loop once had
             // another shim's new directory removed under it).
-            if !is_dead(&dir) {
+            if !is_dead(&dir, &self.containerd) {
                 for f in &found {
                     self.pending.done(&f.record.id);
                 }
@@ -274,15 +293,25 @@ fn clean_up(r: &Record, dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::STATE_FILE;
+
+    /// The containerd of the tests' shims.
+    const CONTAINERD: &str = "/run/containerd/containerd.sock";
 
     /// A dead shim's run directory under `root` (its state names pid 1, which is no shim)
     /// with a record of each of `ids` that names nothing to clean up.
     fn dead_shim(root: &Path, name: &str, ids: &[&str]) -> PathBuf {
+        dead_shim_of(root, name, ids, CONTAINERD)
+    }
+
+    fn dead_shim_of(root: &Path, name: &str, ids: &[&str], containerd: &str) -> PathBuf {
         let dir = root.join(name);
         std::fs::create_dir_all(dir.join(CONTAINERS_DIR)).unwrap();
         std::fs::write(
             dir.join(STATE_FILE),
-            r#"{"pid": 1, "namespace": "x", "group": "g", "version": "0", "identity": {"shim": null, "runner": null, "config": "none"}, "tasks": 1}"#,
+            format!(
+                r#"{{"pid": 1, "namespace": "x", "group": "g", "version": "0", "identity": {{"shim": null, "runner": null, "config": "none"}}, "tasks": 1, "containerd": "{containerd}"}}"#
+            ),
         )
         .unwrap();
         for id in ids {
@@ -306,7 +335,7 @@ mod tests {
         // A directory a shim is still setting up (no state file yet) is not a dead shim's.
         std::fs::create_dir_all(root.path().join("ns-new").join(CONTAINERS_DIR)).unwrap();
 
-        let sweep = plan(root.path(), Some(&own));
+        let sweep = plan(root.path(), Some(&own), CONTAINERD);
         let pending = sweep.pending();
         let short = Duration::from_millis(20);
         for id in ["foo", "bar"] {
@@ -336,10 +365,41 @@ mod tests {
     fn an_unfinished_sweep_holds_no_create_once_it_is_gone() {
         let root = tempfile::tempdir().unwrap();
         dead_shim(root.path(), "ns-a", &["foo"]);
-        let sweep = plan(root.path(), None);
+        let sweep = plan(root.path(), None, CONTAINERD);
         let pending = sweep.pending();
         assert!(pending.0.borrow().contains_key("foo"));
         drop(sweep);
         assert!(pending.0.borrow().is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_this_containerds_dead_shims_are_swept() {
+        let root = tempfile::tempdir().unwrap();
+        let ours = dead_shim(root.path(), "ns-ours", &["a"]);
+        let theirs = dead_shim_of(root.path(), "ns-theirs", &["b"], "/other/containerd.sock");
+        // Written before states named their containerd: whose it is, nobody can tell.
+        let older = dead_shim_of(root.path(), "ns-older", &["c"], "");
+        std::fs::write(
+            older.join(STATE_FILE),
+            r#"{"pid": 1, "namespace": "x", "group": "g", "version": "0", "identity": {"shim": null, "runner": null, "config": "none"}, "tasks": 1}"#,
+        )
+        .unwrap();
+
+        let sweep = plan(root.path(), None, CONTAINERD);
+        let pending = sweep.pending();
+        assert!(
+            !pending.wait("a", Duration::ZERO).await,
+            "ours is the sweep's"
+        );
+        assert!(pending.wait("b", Duration::ZERO).await, "theirs is not");
+        let removed = tokio::task::spawn_blocking(move || sweep.run())
+            .await
+            .unwrap();
+        let mut removed = removed;
+        removed.sort();
+        assert_eq!(removed, [ours]);
+        for kept in [&theirs, &older] {
+            assert!(kept.exists(), "{} was swept", kept.display());
+        }
     }
 }

@@ -99,6 +99,17 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The state file of a dead node shim of the containerd at `containerd`: its pid is 1,
+/// which is no shim.
+fn dead_state(containerd: &str) -> String {
+    serde_json::json!({
+        "pid": 1, "namespace": "x", "group": "g", "version": "0",
+        "identity": {"shim": null, "runner": null, "config": "none"},
+        "tasks": 1, "containerd": containerd,
+    })
+    .to_string()
+}
+
 /// Copies `from` to `to` as an installer does: a new file beside it, renamed over it.
 fn install(from: &Path, to: &Path) {
     let tmp = to.with_extension("new");
@@ -337,13 +348,14 @@ fn a_new_node_shim_sweeps_what_a_dead_one_left() {
     if !common::can_run("sweep_dead_shim") {
         return;
     }
+    let ctd = Owned(Containerd::start(false));
     // A dead shim's run directory: its state names a pid that is not a shim, and it records
     // a container whose cgroup still holds a process.
     let dead = Path::new(STATE_ROOT).join(format!("sweep-test-{}", std::process::id()));
     std::fs::create_dir_all(dead.join("containers")).unwrap();
     std::fs::write(
         dead.join("shim.json"),
-        r#"{"pid": 1, "namespace": "x", "group": "g", "version": "0", "identity": {"shim": null, "runner": null, "config": "none"}, "tasks": 1}"#,
+        dead_state(&ctd.address.display().to_string()),
     )
     .unwrap();
     let cgroup = format!("/wasmedge-sweep-test-{}", std::process::id());
@@ -367,8 +379,17 @@ fn a_new_node_shim_sweeps_what_a_dead_one_left() {
         }
     }
 
+    // Another containerd's dead shim, which that containerd has yet to clean up after: not
+    // this containerd's shims' to sweep (it once was).
+    let theirs = Path::new(STATE_ROOT).join(format!("sweep-test-theirs-{}", std::process::id()));
+    std::fs::create_dir_all(theirs.join("containers")).unwrap();
+    std::fs::write(
+        theirs.join("shim.json"),
+        dead_state("/nowhere/containerd.sock"),
+    )
+    .unwrap();
+
     // The next node shim to start cleans it up.
-    let ctd = Owned(Containerd::start(false));
     let r = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
     let out = ctd.run(&Run::rootfs("sweeper", r.path(), &["/probe.wasm"]));
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -379,6 +400,9 @@ fn a_new_node_shim_sweeps_what_a_dead_one_left() {
     );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+    let kept = theirs.exists();
+    let _ = std::fs::remove_dir_all(&theirs);
+    assert!(kept, "another containerd's dead shim was swept");
 }
 
 /// A Linux container (runc's) that a dead shim recorded: the sweep has runc force-delete it.
@@ -430,11 +454,12 @@ fn a_new_node_shim_has_runc_delete_a_linux_container_a_dead_one_left() {
     let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
     let pid = state["pid"].as_i64().unwrap();
 
+    let ctd = Owned(Containerd::start(false));
     let dead = Path::new(STATE_ROOT).join(format!("sweep-test-{tag}"));
     std::fs::create_dir_all(dead.join("containers")).unwrap();
     std::fs::write(
         dead.join("shim.json"),
-        r#"{"pid": 1, "namespace": "x", "group": "g", "version": "0", "identity": {"shim": null, "runner": null, "config": "none"}, "tasks": 1}"#,
+        dead_state(&ctd.address.display().to_string()),
     )
     .unwrap();
     std::fs::write(
@@ -446,7 +471,6 @@ fn a_new_node_shim_has_runc_delete_a_linux_container_a_dead_one_left() {
     )
     .unwrap();
 
-    let ctd = Owned(Containerd::start(false));
     let r = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
     let out = ctd.run(&Run::rootfs("sweeper-runc", r.path(), &["/probe.wasm"]));
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -492,7 +516,7 @@ exec "$RUNC" "$@""#,
     std::fs::create_dir_all(dead.join("containers")).unwrap();
     std::fs::write(
         dead.join("shim.json"),
-        r#"{"pid": 1, "namespace": "x", "group": "g", "version": "0", "identity": {"shim": null, "runner": null, "config": "none"}, "tasks": 1}"#,
+        dead_state(&ctd.address.display().to_string()),
     )
     .unwrap();
     // The old container's cgroup and rootfs had the names the new one's have (`ctr` puts a

@@ -118,6 +118,11 @@ pub struct ShimState {
     pub identity: Identity,
     /// Tasks it serves now.
     pub tasks: usize,
+    /// The address of the containerd that started it (its `-address`, containerd's GRPC
+    /// socket): a starting shim sweeps only the dead shims of its own containerd, since
+    /// several can run on one host (empty in states written before it was recorded).
+    #[serde(default)]
+    pub containerd: String,
 }
 
 impl ShimState {
@@ -157,6 +162,11 @@ pub fn live_shim(dir: &Path, shim_binary: &str) -> Option<ShimState> {
     let name = exe.file_name().unwrap_or_default().to_string_lossy();
     // A replaced binary reads as `<path> (deleted)`.
     (name == shim_binary || name.strip_suffix(" (deleted)") == Some(shim_binary)).then_some(state)
+}
+
+/// The state in the run directory `dir`, whether its shim lives or not.
+pub fn state_in(dir: &Path) -> Option<ShimState> {
+    read_state(&dir.join(STATE_FILE))
 }
 
 fn read_state(path: &Path) -> Option<ShimState> {
@@ -211,6 +221,7 @@ mod tests {
                 config: "none".into(),
             },
             tasks: 2,
+            containerd: "/run/containerd/containerd.sock".into(),
         };
         for (name, pid) in [("live", std::process::id()), ("dead", u32::MAX / 2)] {
             let d = root.path().join(name);
