@@ -75,6 +75,8 @@ pub struct WasmEdgeShim {
     /// The binaries this process runs and the digest of the config it loaded.
     identity: Identity,
     exit: Arc<ExitSignal>,
+    /// The node shim's run directory, once it has moved there (see `leave_bundle`).
+    run_dir: std::sync::OnceLock<PathBuf>,
 }
 
 #[async_trait]
@@ -92,6 +94,7 @@ impl Shim for WasmEdgeShim {
             config,
             identity: Identity::of(Path::new("/proc/self/exe"), &runner_path(), config_digest),
             exit: Arc::new(ExitSignal::default()),
+            run_dir: std::sync::OnceLock::new(),
         }
     }
 
@@ -163,6 +166,9 @@ impl Shim for WasmEdgeShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        if let Some(dir) = self.run_dir.get() {
+            self.remove_run_dir(dir);
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
@@ -179,7 +185,10 @@ impl Shim for WasmEdgeShim {
             if self.config.grouping == Grouping::Node {
                 // The bundle we started in is deleted with its task; move out of it.
                 match self.leave_bundle().await {
-                    Ok(dir) => state_dir = Some(dir),
+                    Ok(dir) => {
+                        let _ = self.run_dir.set(dir.clone());
+                        state_dir = Some(dir);
+                    }
                     Err(e) => warn!("node shim: {e}"),
                 }
                 // What dead node shims left: their containers' cgroups and mounts, and their
@@ -261,6 +270,22 @@ impl WasmEdgeShim {
         std::env::set_current_dir(&dir)
             .map_err(ShimError::io(format!("chdir {}", dir.display())))?;
         Ok(dir)
+    }
+
+    /// A node shim that exits (idle, so it records no container) removes its run directory,
+    /// which would otherwise stay until the host reboots, one per namespace, binary and
+    /// config it ever ran with. First the directory, while the socket still answers: a
+    /// `start` meanwhile finds this shim alive, so no new shim of the socket can be in the
+    /// directory yet. Then the socket, which the framework would remove after us through
+    /// the `address` file of the directory, gone now.
+    fn remove_run_dir(&self, dir: &Path) {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            warn!("remove {}: {e}", dir.display());
+        }
+        let socket = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
+        if let Err(e) = std::fs::remove_file(socket) {
+            debug!("remove {socket}: {e}");
+        }
     }
 }
 
@@ -601,7 +626,7 @@ async fn sandbox_shim_address(id: &str) -> Option<String> {
 }
 
 /// Whether a shim already answers on `socket` (`unix:///path` or a path).
-fn socket_in_use(socket: &str) -> bool {
+pub(crate) fn socket_in_use(socket: &str) -> bool {
     let path = socket.strip_prefix("unix://").unwrap_or(socket);
     std::os::unix::net::UnixStream::connect(path).is_ok()
 }

@@ -15,7 +15,10 @@
 //! containerds (each with its own shims, in the same `/run/wasmedge-aot-shim`), and another
 //! containerd deletes its own dead shims' tasks, or knows why it has not yet. A shim records
 //! its containerd's address in its state file; a state without one (written by an older
-//! shim) is never swept.
+//! shim) is never swept. A directory without a state file whose shim is gone (its socket
+//! answers no more: it exited when idle before shims removed their directories, or died
+//! while it set up) and that records no container holds nothing of any containerd's, and is
+//! removed whichever containerd it was for.
 //!
 //! A record names its container by names that a new container of the same id has too: runc's
 //! `<root>/<id>`, the cgroup (`/<namespace>/<id>` from `ctr`) and the rootfs under the bundle
@@ -40,7 +43,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::identity::live_shim;
+use crate::identity::{live_shim, STATE_FILE};
 
 /// The directory of container records in a run directory.
 pub const CONTAINERS_DIR: &str = "containers";
@@ -155,6 +158,8 @@ pub struct Sweep {
     /// This shim's containerd's address.
     containerd: String,
     dirs: Vec<(PathBuf, Vec<Found>)>,
+    /// Directories of gone shims without a state file or records (see the module docs).
+    empty: Vec<PathBuf>,
     pending: Pending,
 }
 
@@ -164,14 +169,21 @@ pub struct Sweep {
 /// ([`Sweep::pending`]). Only reads small files.
 pub fn plan(state_root: &Path, own: Option<&Path>, containerd: &str) -> Sweep {
     let pending = Pending::default();
-    let mut dirs = Vec::new();
+    let (mut dirs, mut empty) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(state_root)
         .into_iter()
         .flatten()
         .flatten()
     {
         let dir = entry.path();
-        if Some(dir.as_path()) == own || !is_dead(&dir, containerd) {
+        if Some(dir.as_path()) == own {
+            continue;
+        }
+        if is_empty_and_gone(&dir) {
+            empty.push(dir);
+            continue;
+        }
+        if !is_dead(&dir, containerd) {
             continue;
         }
         let found = records(&dir);
@@ -183,6 +195,7 @@ pub fn plan(state_root: &Path, own: Option<&Path>, containerd: &str) -> Sweep {
     Sweep {
         containerd: containerd.to_string(),
         dirs,
+        empty,
         pending,
     }
 }
@@ -205,6 +218,19 @@ fn records(dir: &Path) -> Vec<Found> {
 fn is_dead(dir: &Path, containerd: &str) -> bool {
     crate::identity::state_in(dir).is_some_and(|state| state.containerd == containerd)
         && live_shim(dir, crate::service::SHIM_BINARY).is_none()
+}
+
+/// Whether `dir` is a run directory without a state file or records whose shim is gone: it
+/// has the `address` file a shim writes first, and nothing answers on that socket (a shim
+/// starting now has its socket listening before it makes its directory).
+fn is_empty_and_gone(dir: &Path) -> bool {
+    if dir.join(STATE_FILE).exists() || !records(dir).is_empty() {
+        return false;
+    }
+    match std::fs::read_to_string(dir.join("address")) {
+        Ok(socket) => !crate::service::socket_in_use(socket.trim()),
+        Err(_) => false,
+    }
 }
 
 impl Sweep {
@@ -250,6 +276,15 @@ impl Sweep {
                 Err(e) => log::warn!("remove {}: {e}", dir.display()),
             }
         }
+        for dir in std::mem::take(&mut self.empty) {
+            // Read again too: a shim of that socket may have started since the plan.
+            if is_empty_and_gone(&dir) {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => removed.push(dir),
+                    Err(e) => log::warn!("remove {}: {e}", dir.display()),
+                }
+            }
+        }
         removed
     }
 }
@@ -293,7 +328,6 @@ fn clean_up(r: &Record, dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::STATE_FILE;
 
     /// The containerd of the tests' shims.
     const CONTAINERD: &str = "/run/containerd/containerd.sock";
@@ -373,7 +407,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_this_containerds_dead_shims_are_swept() {
+    async fn only_this_containerds_dead_shims_and_gone_empty_directories_are_swept() {
         let root = tempfile::tempdir().unwrap();
         let ours = dead_shim(root.path(), "ns-ours", &["a"]);
         let theirs = dead_shim_of(root.path(), "ns-theirs", &["b"], "/other/containerd.sock");
@@ -382,6 +416,21 @@ mod tests {
         std::fs::write(
             older.join(STATE_FILE),
             r#"{"pid": 1, "namespace": "x", "group": "g", "version": "0", "identity": {"shim": null, "runner": null, "config": "none"}, "tasks": 1}"#,
+        )
+        .unwrap();
+        // A shim that exited when idle: no state, no records, nothing on its socket.
+        let idle = root.path().join("ns-idle");
+        std::fs::create_dir_all(idle.join(CONTAINERS_DIR)).unwrap();
+        let gone = root.path().join("gone.sock");
+        std::fs::write(idle.join("address"), format!("unix://{}", gone.display())).unwrap();
+        // A shim serving on its socket that has not written its state yet.
+        let starting = root.path().join("ns-starting");
+        std::fs::create_dir_all(&starting).unwrap();
+        let listening = root.path().join("listening.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&listening).unwrap();
+        std::fs::write(
+            starting.join("address"),
+            format!("unix://{}", listening.display()),
         )
         .unwrap();
 
@@ -397,8 +446,8 @@ mod tests {
             .unwrap();
         let mut removed = removed;
         removed.sort();
-        assert_eq!(removed, [ours]);
-        for kept in [&theirs, &older] {
+        assert_eq!(removed, [idle, ours]);
+        for kept in [&theirs, &older, &starting] {
             assert!(kept.exists(), "{} was swept", kept.display());
         }
     }

@@ -194,11 +194,22 @@ fn an_upgrade_and_a_config_change_reach_new_containers_while_running_ones_stay()
             && n.contains("serves 1 task")
     });
 
-    // The old shim's last container ends: it exits after its idle grace (30 s).
+    // The old shim's last container ends: it exits after its idle grace (30 s), and its
+    // run directory goes with it (idle shims once left theirs until the host rebooted).
+    let old_dir = wasmedge_aot_protocol::identity::live_shims(Path::new(STATE_ROOT), SHIM)
+        .into_iter()
+        .find(|(_, state)| state.pid == old as u32)
+        .map(|(dir, _)| dir)
+        .expect("the old shim's run directory");
     ctd.remove("up-old");
     wait_until("the old shim exits", Duration::from_secs(50), || {
         !Path::new(&format!("/proc/{old}")).exists()
     });
+    assert!(
+        !old_dir.exists(),
+        "the idle shim left {}",
+        old_dir.display()
+    );
     assert!(Path::new(&format!("/proc/{new}")).exists());
     assert_eq!(ctd.task_status("up-new").as_deref(), Some("RUNNING"));
     ctd.remove("up-new");
@@ -388,6 +399,10 @@ fn a_new_node_shim_sweeps_what_a_dead_one_left() {
         dead_state("/nowhere/containerd.sock"),
     )
     .unwrap();
+    // The directory of a shim that exited idle: no state, no records, no one on its socket.
+    let idle = Path::new(STATE_ROOT).join(format!("sweep-test-idle-{}", std::process::id()));
+    std::fs::create_dir_all(idle.join("containers")).unwrap();
+    std::fs::write(idle.join("address"), "unix:///nowhere/shim.sock").unwrap();
 
     // The next node shim to start cleans it up.
     let r = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
@@ -396,7 +411,7 @@ fn a_new_node_shim_sweeps_what_a_dead_one_left() {
     wait_until(
         "the dead shim's leftovers are gone",
         Duration::from_secs(10),
-        || !dead.exists() && cgroup_dirs(&cgroup).is_empty(),
+        || !dead.exists() && !idle.exists() && cgroup_dirs(&cgroup).is_empty(),
     );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
