@@ -15,6 +15,13 @@
 //! runc's options come from containerd-shim-protos; `runtimeoptions.v1.Options` is in
 //! neither of containerd's Rust crates, so its three fields are read here.
 //!
+//! containerd also writes the options to the stdin of `shim start`, where containerd-shim's
+//! `spawn` reads whatever is there as runc's options and puts the new shim into their
+//! `shim_cgroup` (field 3): in `runtimeoptions.v1.Options` field 3 is the table's TOML, so
+//! with any options table every start would fail. `start` takes them first
+//! ([`take_start_options`]); runc's `ShimCgroup` is not honoured (one node shim serves the
+//! containers of every runtime that names this binary).
+//!
 //! The form of `linux.cgroupsPath` picks the driver ([`CgroupPath::parse`]): CRI writes
 //! `slice:prefix:name` when the kubelet's `cgroupDriver` is systemd and a directory when it
 //! is cgroupfs. An option that names a driver must agree with that form, as runc refuses a
@@ -53,6 +60,8 @@ pub enum OptionsError {
     Toml { what: String, message: String },
     #[error("{what}: {SYSTEMD_CGROUP} is of type {kind}, not boolean")]
     NotABoolean { what: String, kind: &'static str },
+    #[error("the runtime's options on start's stdin: {0}")]
+    Stdin(String),
     #[error("read ConfigPath {path}: {message}")]
     ConfigPath { path: String, message: String },
     #[error(
@@ -66,6 +75,27 @@ pub enum OptionsError {
         path: String,
         form: &'static str,
     },
+}
+
+/// The runtime's options on `start`'s stdin (`None`: none), read to the end so that
+/// containerd-shim's `spawn` finds none there (see the module doc). At most
+/// [`MAX_CONFIG_FILE`] bytes are read; a message that is not an `Any` is an error.
+pub fn take_start_options(mut stdin: impl Read) -> Result<Option<Any>, OptionsError> {
+    let mut bytes = Vec::new();
+    let err = OptionsError::Stdin;
+    (&mut stdin)
+        .take(MAX_CONFIG_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE {
+        return Err(err(format!("larger than {MAX_CONFIG_FILE} bytes")));
+    }
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    Any::parse_from_bytes(&bytes)
+        .map(Some)
+        .map_err(|e| err(e.to_string()))
 }
 
 /// `SystemdCgroup` from the runtime's options: `None` when there are none or they do not
@@ -334,6 +364,28 @@ mod tests {
              \"runtimeoptions.v1.Options\", which containerd's CRI makes from the runtime's \
              options table, and \"containerd.runc.v1.Options\")"
         );
+    }
+
+    #[test]
+    fn starts_stdin_is_taken_whole_and_read_as_an_any() {
+        assert!(take_start_options(&b""[..]).unwrap().is_none());
+        let sent = body("SystemdCgroup = true\n");
+        let bytes = sent.write_to_bytes().unwrap();
+        let mut stdin = std::io::Cursor::new(bytes.clone());
+        let taken = take_start_options(&mut stdin).unwrap().unwrap();
+        assert_eq!(taken, sent);
+        assert_eq!(stdin.position(), bytes.len() as u64, "stdin left unread");
+        assert_eq!(systemd_cgroup(Some(&taken)).unwrap(), Some(true));
+
+        let e = take_start_options(&[0x0a, 0x7f][..]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("the runtime's options on start's stdin: "),
+            "{e}"
+        );
+        let big = vec![0u8; MAX_CONFIG_FILE as usize + 1];
+        let e = take_start_options(&big[..]).unwrap_err();
+        assert!(e.to_string().ends_with("larger than 1048576 bytes"), "{e}");
     }
 
     #[test]

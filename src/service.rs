@@ -99,6 +99,9 @@ impl Shim for WasmEdgeShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
+        // Before `spawn` reads them as runc's (see `options::take_start_options`).
+        crate::options::take_start_options(std::io::stdin().lock())
+            .map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
         // `start` runs in the bundle.
         let grouping = match self.config.grouping {
             Grouping::Node => {
