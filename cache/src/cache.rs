@@ -125,6 +125,20 @@ pub enum Outcome {
     Compiled,
 }
 
+/// Which compile slots a compile takes. The cache knows nothing of tiers or module sizes;
+/// its caller decides which compiles a start waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lane {
+    /// One of [`CacheConfig::max_concurrent_compiles`] slots: every compile no start waits
+    /// for, however long it takes.
+    #[default]
+    Node,
+    /// One of [`CacheConfig::quick_compile_slots`] slots, which no compile of the node lane
+    /// ever holds: a compile a start waits for (a small module's first tier) waits at most
+    /// for another such compile, never behind a big module's minutes-long one.
+    Quick,
+}
+
 /// Wall time spent per phase of [`Cache::get_or_compile`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timings {
@@ -498,7 +512,8 @@ impl Cache {
     /// Any number of threads or processes asking for the same missing key cause one compile: the
     /// first takes the key lock, the others wait for as long as it lives and makes progress
     /// (see [`crate::lock`]) and then hit; if it dies, one of them compiles.
-    /// Compiles of different keys wait for one of [`CacheConfig::max_concurrent_compiles`] slots.
+    /// Compiles of different keys wait for one of [`CacheConfig::max_concurrent_compiles`] slots
+    /// (the node [`Lane`]).
     pub fn get_or_compile(
         &self,
         module: &Path,
@@ -520,6 +535,18 @@ impl Cache {
         hint: &str,
         fp: &Fingerprint,
         compiler: &dyn Compiler,
+    ) -> Result<Fetched> {
+        self.get_or_compile_in(module, hint, fp, compiler, Lane::Node)
+    }
+
+    /// Like [`Cache::get_or_compile_as`], compiling (on a miss) in a slot of `lane`.
+    pub fn get_or_compile_in(
+        &self,
+        module: &Path,
+        hint: &str,
+        fp: &Fingerprint,
+        compiler: &dyn Compiler,
+        lane: Lane,
     ) -> Result<Fetched> {
         let mut t = Timings::default();
         let start = Instant::now();
@@ -563,8 +590,12 @@ impl Cache {
 
         let start = Instant::now();
         key_lock.announce("waiting-slot");
+        let slots = match lane {
+            Lane::Node => self.layout.slots(self.cfg.max_concurrent_compiles),
+            Lane::Quick => self.layout.quick_slots(self.cfg.quick_compile_slots),
+        };
         let slot = lock::lock_following(
-            &self.layout.slots(self.cfg.max_concurrent_compiles),
+            &slots,
             "compile slot",
             Some(key),
             self.cfg.stall_timeout,

@@ -83,6 +83,11 @@ pub struct CacheConfig {
     /// It is the number of slot lock files a process tries, so processes sharing a root should
     /// agree on it; if they do not, the largest value is the effective bound.
     pub max_concurrent_compiles: usize,
+    /// Slots of the quick lane ([`crate::Lane::Quick`]), apart from the
+    /// `max_concurrent_compiles` ones: compiles that a start waits for take them, so that
+    /// such a compile never waits behind a long one that no start waits for. Default 1;
+    /// processes sharing a root should agree on it, as on `max_concurrent_compiles`.
+    pub quick_compile_slots: usize,
     /// Check the full blake3 digest of an artifact the first time this process hands it out
     /// (default `true`). When `false`, the digest is only checked when the artifact's identity
     /// (dev, inode, size, mtime, ctime) differs from the one recorded at publish.
@@ -106,6 +111,7 @@ impl CacheConfig {
             max_concurrent_compiles: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            quick_compile_slots: 1,
             verify_on_first_use: true,
             clock: Clock::system(),
             hash_threads: HashThreads::One,

@@ -11,6 +11,7 @@
 //!     tmp/trash.<key>.<pid>.<n>.<t>/  entry being deleted
 //!     locks/<key>.lock            per-key flock (single flight, removal)
 //!     locks/slot.<i>.lock         compile slots, i < max_concurrent_compiles
+//!     locks/quick.<i>.lock        the quick lane's compile slots, i < quick_compile_slots
 //!     locks/stats.lock            serializes updates of `stats`
 //!     memo/<id>                   hash memo records, id = hex of blake3(file identity)[..16]
 //!     failed/<key>                the key's last failed compile (`crate::failures`)
@@ -107,6 +108,12 @@ impl Layout {
     pub fn slots(&self, n: usize) -> Vec<PathBuf> {
         (0..n.max(1))
             .map(|i| self.locks().join(format!("slot.{i}.lock")))
+            .collect()
+    }
+
+    pub fn quick_slots(&self, n: usize) -> Vec<PathBuf> {
+        (0..n.max(1))
+            .map(|i| self.locks().join(format!("quick.{i}.lock")))
             .collect()
     }
 

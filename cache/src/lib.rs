@@ -16,7 +16,7 @@ mod stats;
 pub mod trust;
 
 pub use cache::{
-    Artifact, ArtifactKind, Cache, Compiler, Fetched, Outcome, Timings, MEMO_RACY_WINDOW,
+    Artifact, ArtifactKind, Cache, Compiler, Fetched, Lane, Outcome, Timings, MEMO_RACY_WINDOW,
     TOUCH_INTERVAL,
 };
 pub use config::{CacheConfig, Clock, WaitHook};

@@ -13,7 +13,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use common::*;
 use wasmedge_aot_cache::{
-    ArtifactKind, Cache, CacheConfig, Clock, Error, FailureCause, Key, Outcome, MEMO_RACY_WINDOW,
+    ArtifactKind, Cache, CacheConfig, Clock, Error, FailureCause, Key, Lane, Outcome,
+    MEMO_RACY_WINDOW,
 };
 
 struct Fixture {
@@ -713,4 +714,62 @@ fn a_failed_compile_is_remembered_with_its_cause_until_a_compile_succeeds() {
             .is_none(),
         "a compile that succeeded clears its key's failure"
     );
+}
+
+#[test]
+fn a_quick_lane_compile_never_waits_for_the_node_lanes_slot() {
+    let f = fixture();
+    let mut cfg = CacheConfig::new(&f.root);
+    cfg.max_concurrent_compiles = 1;
+    cfg.quick_compile_slots = 1;
+    let cache = Arc::new(Cache::open(cfg).unwrap());
+    let marker = f.modules.join("long-started");
+    let long = f.module("long.wasm");
+    let small = f.module("small.wasm");
+    let other = f.module("other.wasm");
+    let lane_log = f.modules.join("lanes.log");
+    let run = |cache: Arc<Cache>, module: PathBuf, name: &'static str, lane, compiler| {
+        let lane_log = lane_log.clone();
+        std::thread::spawn(move || {
+            cache
+                .get_or_compile_in(&module, name, &fingerprint(), &compiler, lane)
+                .unwrap();
+            append_line(&lane_log, name);
+        })
+    };
+    // A long compile holds the node lane's one slot.
+    let long_compiler = FakeCompiler {
+        pause: Duration::from_millis(1500),
+        halfway_marker: Some(marker.clone()),
+        ..FakeCompiler::logging(&f.log)
+    };
+    let a = run(cache.clone(), long, "long", Lane::Node, long_compiler);
+    while !marker.exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Another node-lane compile waits for it; a quick-lane one does not.
+    let c = run(
+        cache.clone(),
+        other,
+        "other",
+        Lane::Node,
+        FakeCompiler::logging(&f.log),
+    );
+    let b = run(
+        cache.clone(),
+        small,
+        "small",
+        Lane::Quick,
+        FakeCompiler::logging(&f.log),
+    );
+    for t in [a, b, c] {
+        t.join().unwrap();
+    }
+    let order = fs::read_to_string(&lane_log).unwrap();
+    assert_eq!(
+        order.lines().collect::<Vec<_>>(),
+        ["small", "long", "other"],
+        "the order the compiles ended in"
+    );
+    assert!(f.root.join("v1/locks/quick.0.lock").exists());
 }
