@@ -55,6 +55,8 @@ pub struct Runner {
     /// `Engine::load_native`): inside the cache root, which the cache checks is ours alone.
     pub link_dir: PathBuf,
     pub compiles: Compiles,
+    /// The zygotes of the modules with native code: the runner itself loads none.
+    pub zygotes: crate::zygote::Zygotes,
     /// The node's cgroup hierarchies, read once: every container process joins its cgroup
     /// through them.
     pub cgroups: Hierarchies,
@@ -81,8 +83,11 @@ struct Template {
 pub struct Resolution {
     pub policy: Policy,
     /// The template of the module's native code the container process starts from: its
-    /// entry's key and tier level.
+    /// entry's key and tier level. The runner sets it for a hit; the module's zygote has it.
     pub template: Option<(Key, u8)>,
+    /// The native code found: the artifact's path, (device, inode) and tier level. A
+    /// container without its template loads it itself.
+    pub artifact: Option<(PathBuf, (u64, u64), u8)>,
     /// The compile a synchronous start waits for, and the entries (key, level) of the
     /// module's tiers, best last: the start takes the first of them to appear.
     pub compile: Option<Rc<Job>>,
@@ -145,6 +150,7 @@ impl Runner {
             templates: RefCell::new(Vec::new()),
             link_dir,
             compiles: Compiles::default(),
+            zygotes: Default::default(),
             cgroups: Hierarchies::of_self(),
             own_pid_ns,
         })
@@ -262,35 +268,35 @@ impl Runner {
             return res;
         };
         res.outcome = CacheOutcome::Hit;
-        let t = Instant::now();
-        let (key, level) = keys[i];
-        if self.template_for(&key, &artifact.path, &artifact.file, module) {
-            res.template = Some((key, level));
+        if let Ok(meta) = artifact.file.metadata() {
+            res.template = Some(keys[i]);
+            res.artifact = Some((artifact.path.clone(), (meta.dev(), meta.ino()), keys[i].1));
         }
-        res.load = t.elapsed();
         res
     }
 
-    /// Finds or makes the template of the entry `key` whose artifact is `so`. `false` if the
-    /// library does not load here (the container process then tries, and reports why).
-    fn template_for(&self, key: &Key, so: &Path, so_file: &File, module: &File) -> bool {
-        let Ok(meta) = so_file.metadata() else {
-            return false;
-        };
-        let file = (meta.dev(), meta.ino());
+    /// In a module's zygote: loads the native module of entry `key` from `so` (whose
+    /// identity is `file`) and instantiates it once, without a WASI environment. `false` if
+    /// the library does not load (its containers then try, and report why).
+    /// `before_instance` runs between the load and the instantiation.
+    pub fn load_template(
+        &self,
+        key: &Key,
+        so: &Path,
+        file: (u64, u64),
+        module: &File,
+        before_instance: impl FnOnce(),
+    ) -> bool {
         let mut templates = self.templates.borrow_mut();
-        if let Some(i) = templates.iter().position(|t| t.key == *key) {
-            let t = templates.remove(i);
-            if t.file == file {
-                templates.push(t);
-                return true;
-            }
+        if templates.iter().any(|t| t.key == *key && t.file == file) {
+            return true;
         }
         let Ok(loaded) = self.engine().load_native(so, &self.link_dir) else {
             return false;
         };
-        // A start function would run guest code here, in the process every container of
-        // the node is forked from; such modules instantiate in their own process.
+        before_instance();
+        // A start function would run guest code here, in the process the module's
+        // containers are forked from; such modules instantiate in their own process.
         let prepared = match wasmedge_aot_engine::has_start_section(&fd_path(module)) {
             Ok(false) => self.engine().prepare(&loaded).ok(),
             _ => None,

@@ -14,6 +14,7 @@ mod code;
 mod compile;
 mod process;
 mod serve;
+mod zygote;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;

@@ -49,7 +49,32 @@ pub fn serve(sock: OwnedFd, runner: &Runner) -> ! {
             cgroup,
         } = fds;
         let module = File::from(module);
-        let res = runner.resolve(&req, &module);
+        let mut res = runner.resolve(&req, &module);
+        // Native code: the module's zygote forks the container, from its template.
+        if res.template.is_some() {
+            let borrowed = SpawnFds {
+                control: control.as_fd(),
+                module: module.as_fd(),
+                pid_ns: pid_ns.as_ref().map(|f| f.as_fd()),
+                cgroup: cgroup.as_ref().map(|f| f.as_fd()),
+            };
+            match runner
+                .zygotes
+                .fork_container(runner, &req, &res, &module, borrowed)
+            {
+                Ok(pid) => {
+                    reply(&sock, &SpawnReply::Spawned { pid });
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "wasmedge-shim-runner: {}: no template ({e}); the container loads its code itself",
+                        req.module_name
+                    );
+                    res.template = None;
+                }
+            }
+        }
         // SAFETY: the runner is single-threaded (it starts no thread), so the child may run
         // arbitrary code after the fork.
         match unsafe { fork_container(runner, req.pid_namespace, pid_ns.as_ref(), cgroup.as_ref()) }
@@ -80,7 +105,7 @@ fn reply(sock: &OwnedFd, reply: &SpawnReply) {
 ///
 /// # Safety
 /// As for `fork`: the caller must be single-threaded.
-unsafe fn fork_container(
+pub(crate) unsafe fn fork_container(
     runner: &Runner,
     pid_namespace: PidNamespace,
     pid_ns: Option<&OwnedFd>,
@@ -116,7 +141,10 @@ unsafe fn fork_container(
 /// (scheduling, affinity, priority-inheritance mutexes under contention), which neither the
 /// runner nor WasmEdge makes; `raise` and `abort` ask the kernel. runc starts its
 /// container init the same way.
-unsafe fn fork_sibling(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> std::io::Result<Option<i32>> {
+pub(crate) unsafe fn fork_sibling(
+    flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> std::io::Result<Option<i32>> {
     let ret = match cgroup {
         Some(cg) => {
             // SAFETY: clone_args is plain data; all-zero is its "nothing asked" value.

@@ -568,7 +568,10 @@ fn device_rules_become_the_cgroups_policy_and_an_update_may_not_change_it() {
         .access("rwm")
         .build()
         .unwrap();
-    let e = cs.devices.check_update(std::slice::from_ref(&all)).unwrap_err();
+    let e = cs
+        .devices
+        .check_update(std::slice::from_ref(&all))
+        .unwrap_err();
     assert!(
         e.to_string().starts_with("linux.resources.devices: "),
         "{e}"

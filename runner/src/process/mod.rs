@@ -262,6 +262,22 @@ fn load_code(
             });
         }
     }
+    // Native code without its template (its zygote refused it, or died): this process
+    // loads it, charged to its own cgroup.
+    if let Some((so, _, level)) = &res.artifact {
+        let level = *level;
+        match runner.engine().load_native(so, &runner.link_dir) {
+            Ok(l) => {
+                timings.opt_level = Some(level);
+                return Ok(Code {
+                    loaded: Rc::new(l),
+                    prepared: None,
+                    warning,
+                });
+            }
+            Err(e) => warning = Some(format!("{e}; running it in the interpreter")),
+        }
+    }
     if let (Some(job), Policy::Sync) = (&res.compile, res.policy) {
         let t = Instant::now();
         let found = wait_for_entry(runner, job, &res.wait_for);

@@ -1,0 +1,337 @@
+//! One process per module with native code (its zygote): it loads and instantiates that one
+//! module once (its template) and forks that module's containers.
+//!
+//! Why not the runner itself, as before: a container process is a fork, and holds a copy of
+//! everything its parent had. A runner that kept every module's template gave each container
+//! every other tenant's code, data segments and loader heap, readable from inside through
+//! `/proc/self/mem` (found by a hostile tenant: another module's secret, 4 times). Now the
+//! runner loads no tenant's module: it hashes (through a mapping it drops), looks up the
+//! cache and starts compiles, and the module's bytes are parsed and instantiated only in
+//! that module's zygote and its own containers. Containers of one module share its read-only
+//! code and the template's pages, as before; containers of two modules share nothing but
+//! the runner's engine.
+//!
+//! A zygote is a sibling of the containers (`CLONE_PARENT`: the shim's child, as they are),
+//! so its own forks are the shim's children too. It runs under a data limit
+//! ([`LOAD_BUDGET`] to load, then [`INSTANCE_BUDGET`] to instantiate): a module whose template would take more
+//! (a 105-byte module can declare a table of 4 billion entries) makes its zygote fail or
+//! die, not the runner, and its containers then load their code themselves, charged to their
+//! own cgroups. A refused module is remembered, so it costs one failed zygote, not one per
+//! start. The zygote ends when the runner closes its socket (evicted, or the runner gone).
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use wasmedge_aot_cache::Key;
+use wasmedge_aot_protocol::container::CacheOutcome;
+use wasmedge_aot_protocol::spawn::{self, SpawnFds, SpawnReply, SpawnRequest};
+use wasmedge_aot_protocol::wire;
+
+use crate::code::{Resolution, Runner};
+
+/// Most zygotes alive at once (the least recently used goes first).
+const MAX_ZYGOTES: usize = 16;
+/// Most modules remembered as refused.
+const MAX_REFUSED: usize = 256;
+/// What a zygote may allocate to load its module's native code (the loader's copy of the
+/// module, the library), above the runner's own data: a module's size bounds it.
+pub const LOAD_BUDGET: u64 = 512 << 20;
+/// What the template's instance may then take: its tables and its memory's initial pages,
+/// which a module declares at will (105 bytes can ask for a table of 4 billion entries).
+/// A module that asks more gets no template: each of its containers instantiates itself,
+/// charged to its own cgroup, where the instance's pages would otherwise be the zygote's,
+/// outside every pod's limit.
+pub const INSTANCE_BUDGET: u64 = 64 << 20;
+
+struct Zygote {
+    key: Key,
+    /// (device, inode) of the artifact it loaded: a re-published entry is another file.
+    file: (u64, u64),
+    sock: OwnedFd,
+}
+
+/// The runner's zygotes, most recently used last.
+#[derive(Default)]
+pub struct Zygotes {
+    live: RefCell<Vec<Zygote>>,
+    refused: RefCell<Vec<(Key, (u64, u64))>>,
+}
+
+/// The zygote's first message: `Ok` with its template, or why not.
+type Born = Result<(), String>;
+
+impl Zygotes {
+    /// Has the zygote of the module `res` found native code for fork the container; starts
+    /// the zygote first if there is none. `Err` says why not: the caller forks the container
+    /// itself, which then loads its code on its own.
+    pub fn fork_container(
+        &self,
+        runner: &Runner,
+        req: &SpawnRequest,
+        res: &Resolution,
+        module: &File,
+        fds: SpawnFds<BorrowedFd<'_>>,
+    ) -> Result<i32, String> {
+        let (Some((key, level)), Some((so, file, _))) = (res.template, res.artifact.as_ref())
+        else {
+            return Err("no native code to make a template of".into());
+        };
+        if self.refused.borrow().contains(&(key, *file)) {
+            return Err("its template was refused before".into());
+        }
+        let mut live = self.live.borrow_mut();
+        let started = std::time::Instant::now();
+        let found = live.iter().position(|z| z.key == key);
+        let zygote = match found.map(|i| live.remove(i)) {
+            Some(z) if z.file == *file => z,
+            // None, or one of an entry since re-published (dropping it ends it).
+            _ => {
+                if live.len() >= MAX_ZYGOTES {
+                    live.remove(0);
+                }
+                // The request's descriptors, which the zygote must not keep (a module file
+                // keeps its rootfs busy, a control socket keeps a container's shim end open,
+                // a pod's pid namespace alive).
+                let request_fds: Vec<i32> = [
+                    Some(fds.control),
+                    Some(module.as_fd()),
+                    fds.pid_ns,
+                    fds.cgroup,
+                ]
+                .into_iter()
+                .flatten()
+                .map(|fd| fd.as_raw_fd())
+                .collect();
+                // SAFETY: the runner is single-threaded (see `serve`).
+                match unsafe { start(runner, key, level, so, *file, module, &request_fds) } {
+                    Ok(z) => z,
+                    Err(e) => {
+                        let mut refused = self.refused.borrow_mut();
+                        if refused.len() >= MAX_REFUSED {
+                            refused.remove(0);
+                        }
+                        refused.push((key, *file));
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let pid = ask(&zygote, req, res, started.elapsed(), fds);
+        // A zygote that did not answer is gone; the next start makes another.
+        if pid.is_ok() {
+            live.push(zygote);
+        }
+        pid
+    }
+}
+
+/// Sends one container's request to `z` and waits for the forked pid.
+fn ask(
+    z: &Zygote,
+    req: &SpawnRequest,
+    res: &Resolution,
+    load: std::time::Duration,
+    fds: SpawnFds<BorrowedFd<'_>>,
+) -> Result<i32, String> {
+    let failed = |e: wire::WireError| format!("the module's zygote: {e}");
+    let (bytes, fds) = req.encode(fds).map_err(failed)?;
+    wire::send_datagram(z.sock.as_fd(), &bytes, &fds).map_err(failed)?;
+    let nanos = |d: std::time::Duration| d.as_nanos() as u64;
+    let timings = (nanos(res.hash), nanos(res.lookup), nanos(load));
+    let bytes = wire::encode("zygote timings", &timings).map_err(failed)?;
+    wire::send_datagram(z.sock.as_fd(), &bytes, &[]).map_err(failed)?;
+    let mut buf = vec![0u8; 4096];
+    match wire::recv_datagram(z.sock.as_fd(), &mut buf).map_err(failed)? {
+        None => Err("the module's zygote ended".into()),
+        Some((bytes, _)) => match wire::decode("zygote reply", bytes).map_err(failed)? {
+            SpawnReply::Spawned { pid } => Ok(pid),
+            SpawnReply::Failed { error } => Err(error),
+        },
+    }
+}
+
+/// Forks the zygote of entry `key` (level `level`, artifact `so` whose identity is `file`)
+/// and waits until it has its template.
+///
+/// # Safety
+/// As for `fork`: the caller must be single-threaded.
+unsafe fn start(
+    runner: &Runner,
+    key: Key,
+    level: u8,
+    so: &std::path::Path,
+    file: (u64, u64),
+    module: &File,
+    request_fds: &[i32],
+) -> Result<Zygote, String> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("zygote socket: {e}"))?;
+    // SAFETY: the caller guarantees we are single-threaded.
+    match unsafe { crate::serve::fork_sibling(libc::CLONE_PARENT as u64, None) } {
+        Err(e) => Err(format!("fork the module's zygote: {e}")),
+        Ok(None) => {
+            drop(ours);
+            // SAFETY: this process is the zygote, single-threaded.
+            unsafe { serve(runner, key, level, so, file, module, request_fds, theirs) }
+        }
+        Ok(Some(_)) => {
+            drop(theirs);
+            let mut buf = vec![0u8; 4096];
+            let born = wire::recv_datagram(ours.as_fd(), &mut buf)
+                .map_err(|e| format!("the module's zygote: {e}"))?
+                .ok_or(
+                    "the module's zygote died making its template (its memory limit, or a crash)",
+                )?;
+            match wire::decode::<Born>("zygote birth", born.0)
+                .map_err(|e| format!("the module's zygote: {e}"))?
+            {
+                Ok(()) => Ok(Zygote {
+                    key,
+                    file,
+                    sock: ours,
+                }),
+                Err(why) => Err(why),
+            }
+        }
+    }
+}
+
+/// The zygote's life: its template, then one fork per request until the runner goes.
+///
+/// # Safety
+/// Single-threaded, in the zygote just forked.
+#[allow(clippy::too_many_arguments)]
+unsafe fn serve(
+    runner: &Runner,
+    key: Key,
+    level: u8,
+    so: &std::path::Path,
+    file: (u64, u64),
+    module: &File,
+    request_fds: &[i32],
+    sock: OwnedFd,
+) -> ! {
+    let inherited = limit_data(LOAD_BUDGET);
+    let born: Born = if runner.load_template(&key, so, file, module, || {
+        limit_data(INSTANCE_BUDGET);
+    }) {
+        Ok(())
+    } else {
+        Err("its native code does not load as a template".into())
+    };
+    // Nothing of the runner's request stays open here, nor the runner's end of the shim's
+    // socket (fd 0): the shim must see it close when the runner goes. Each becomes
+    // /dev/null, so that the numbers stay valid for the (never dropped) owners.
+    if let Ok(null) = File::open("/dev/null") {
+        for fd in std::iter::once(0).chain(request_fds.iter().copied()) {
+            // SAFETY: dup2 onto an open descriptor replaces what it refers to; nothing is
+            // closed that an owner would close again.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    let refused = born.is_err();
+    if let Ok(bytes) = wire::encode("zygote birth", &born) {
+        let _ = wire::send_datagram(sock.as_fd(), &bytes, &[]);
+    }
+    if refused {
+        crate::serve::exit_now(0);
+    }
+    let mut buf = vec![0u8; spawn::MAX_MESSAGE];
+    loop {
+        let (req, fds) = match spawn::recv_request(sock.as_fd(), &mut buf) {
+            Ok(Some(r)) => r,
+            // The runner is gone, or dropped us.
+            Ok(None) | Err(_) => crate::serve::exit_now(0),
+        };
+        let timings: (u64, u64, u64) = match wire::recv_datagram(sock.as_fd(), &mut buf) {
+            Ok(Some((bytes, _))) => wire::decode("zygote timings", bytes).unwrap_or((0, 0, 0)),
+            _ => crate::serve::exit_now(0),
+        };
+        let SpawnFds {
+            control,
+            module,
+            pid_ns,
+            cgroup,
+        } = fds;
+        let module = File::from(module);
+        let size = module.metadata().map(|m| m.len()).unwrap_or(0);
+        let res = Resolution {
+            policy: runner.config.effective_policy(req.policy, size),
+            template: Some((key, level)),
+            artifact: Some((so.to_owned(), file, level)),
+            outcome: CacheOutcome::Hit,
+            hash: std::time::Duration::from_nanos(timings.0),
+            lookup: std::time::Duration::from_nanos(timings.1),
+            // Making the zygote, for the start that made it (the template's load).
+            load: std::time::Duration::from_nanos(timings.2),
+            ..Resolution::default()
+        };
+        // SAFETY: the zygote is single-threaded.
+        let forked = unsafe {
+            crate::serve::fork_container(
+                runner,
+                req.pid_namespace,
+                pid_ns.as_ref(),
+                cgroup.as_ref(),
+            )
+        };
+        let reply = match forked {
+            Ok(None) => {
+                // The container is not bound by the zygote's limit: its cgroup is its bound.
+                restore_data(inherited);
+                let code = crate::process::run(runner, &req, control, module, res);
+                crate::serve::exit_now(code)
+            }
+            Ok(Some(pid)) => SpawnReply::Spawned { pid },
+            Err(e) => SpawnReply::Failed {
+                error: format!("fork the container process: {e}"),
+            },
+        };
+        if let Ok(bytes) = wire::encode("zygote reply", &reply) {
+            if wire::send_datagram(sock.as_fd(), &bytes, &[]).is_err() {
+                crate::serve::exit_now(0);
+            }
+        }
+    }
+}
+
+/// Caps this process's data (heap and private writable mappings) at what it has now plus
+/// `budget`; returns the limit it had.
+fn limit_data(budget: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    unsafe { libc::getrlimit(libc::RLIMIT_DATA, &mut old) };
+    let now = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmData:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    let cap = (now + budget).min(old.rlim_cur);
+    let new = libc::rlimit {
+        rlim_cur: cap,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    unsafe { libc::setrlimit(libc::RLIMIT_DATA, &new) };
+    old
+}
+
+fn restore_data(old: libc::rlimit) {
+    // SAFETY: setrlimit reads the struct we pass; raising the soft limit back to the hard
+    // limit it had needs no privilege.
+    unsafe { libc::setrlimit(libc::RLIMIT_DATA, &old) };
+}

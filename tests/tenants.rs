@@ -1,0 +1,200 @@
+//! Tenants on one node, against a real containerd: one container's process holds nothing
+//! of another container's module (its code, its data, the loader's copy of its bytes), and
+//! one module cannot take down what starts the others.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::time::Duration;
+
+use common::{containerd, fixture, Rootfs, Run};
+
+/// A Wasm command whose memory holds `secret` (a data segment) and whose `_start` spins:
+/// it stays up to be looked at.
+fn spinning_module_with(secret: &[u8]) -> Vec<u8> {
+    assert!(secret.len() < 100);
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    let mut section = |id: u8, body: &[u8]| {
+        m.push(id);
+        m.push(body.len() as u8);
+        m.extend_from_slice(body);
+    };
+    section(1, &[1, 0x60, 0, 0]); // type 0: [] -> []
+    section(3, &[1, 0]); // function 0: type 0
+    section(5, &[1, 0, 1]); // one memory, 1 page
+    let mut exports = vec![2, 6];
+    exports.extend_from_slice(b"_start");
+    exports.extend_from_slice(&[0, 0, 6]);
+    exports.extend_from_slice(b"memory");
+    exports.extend_from_slice(&[2, 0]);
+    section(7, &exports);
+    section(10, &[1, 7, 0, 0x03, 0x40, 0x0c, 0, 0x0b, 0x0b]); // loop { br 0 }
+    let mut data = vec![1, 0, 0x41, 16, 0x0b, secret.len() as u8];
+    data.extend_from_slice(secret);
+    section(11, &data);
+    m
+}
+
+/// Whether the readable memory of process `pid` contains `needle`.
+fn memory_holds(pid: i32, needle: &[u8]) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut buf = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (range, perms) = (f.next().unwrap(), f.next().unwrap());
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
+        buf.resize((end - start) as usize, 0);
+        if mem.seek(SeekFrom::Start(start)).is_err() {
+            continue;
+        }
+        let Ok(n) = mem.read(&mut buf) else {
+            continue;
+        };
+        if buf[..n].windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_container_holds_nothing_of_another_tenants_module() {
+    if !common::can_run("tenant_memory") {
+        return;
+    }
+    let ctd = containerd();
+    // Built at run time so no cache, runner or process has seen it before.
+    let secret = format!(
+        "tenant-a-secret-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    )
+    .into_bytes();
+    let a = Rootfs::with(&[]);
+    std::fs::write(a.path().join("a.wasm"), spinning_module_with(&secret)).unwrap();
+    // The first start compiles the module; the second starts from its native code, which
+    // is where a template is made.
+    for id in ["tenant-a-1", "tenant-a-2"] {
+        let run = Run::rootfs(id, a.path(), &["/a.wasm"]);
+        ctd.run_detached(&run);
+        ctd.wait_status(id, "RUNNING", Duration::from_secs(120));
+    }
+    let a_pid = ctd.task_pid("tenant-a-2").unwrap();
+    let b = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
+    let run = Run::rootfs("tenant-b", b.path(), &["/probe.wasm", "sleep", "60"]);
+    ctd.run_detached(&run);
+    ctd.wait_status("tenant-b", "RUNNING", Duration::from_secs(60));
+    let b_pid = ctd.task_pid("tenant-b").unwrap();
+
+    let in_a = memory_holds(a_pid, &secret);
+    let in_b = memory_holds(b_pid, &secret);
+    for id in ["tenant-a-1", "tenant-a-2", "tenant-b"] {
+        ctd.remove(id);
+    }
+    assert!(
+        in_a,
+        "the scan finds the secret where it belongs (its own container)"
+    );
+    assert!(!in_b, "another tenant's container holds tenant A's data");
+}
+
+/// The data a process may have, from `/proc/<pid>/status`.
+fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A module that declares a table of `entries` funcrefs (and runs an empty `_start`).
+fn module_with_table(entries: u32) -> Vec<u8> {
+    let mut leb = Vec::new();
+    let mut v = entries;
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            leb.push(byte);
+            break;
+        }
+        leb.push(byte | 0x80);
+    }
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    let mut section = |id: u8, body: &[u8]| {
+        m.push(id);
+        m.push(body.len() as u8);
+        m.extend_from_slice(body);
+    };
+    section(1, &[1, 0x60, 0, 0]);
+    section(3, &[1, 0]);
+    let mut table = vec![1, 0x70, 0];
+    table.extend_from_slice(&leb);
+    section(4, &table);
+    let mut exports = vec![1, 6];
+    exports.extend_from_slice(b"_start");
+    exports.extend_from_slice(&[0, 0]);
+    section(7, &exports);
+    section(10, &[1, 2, 0, 0x0b]);
+    m
+}
+
+#[test]
+fn a_module_with_a_huge_table_costs_only_its_own_container() {
+    if !common::can_run("tenant_table_bomb") {
+        return;
+    }
+    let ctd = containerd();
+    let hello = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
+    // The node's shim and runner are up (held up by a running container), and the probe's
+    // native code is in the cache.
+    let warm = Run::rootfs("bomb-warm", hello.path(), &["/probe.wasm", "sleep", "120"]);
+    ctd.run_detached(&warm);
+    ctd.wait_status("bomb-warm", "RUNNING", Duration::from_secs(60));
+    let shim = common::ppid(ctd.task_pid("bomb-warm").unwrap()).unwrap();
+    let runner = common::runner_of(shim).unwrap();
+    let before = rss_kb(runner);
+
+    // 30 million entries: ~470 MB of table wherever it is instantiated; 4 billion: more
+    // than any allocator gives.
+    for (id, entries) in [("bomb-30m", 30_000_000u32), ("bomb-4g", u32::MAX)] {
+        let r = Rootfs::with(&[]);
+        std::fs::write(r.path().join("bomb.wasm"), module_with_table(entries)).unwrap();
+        let mut run = Run::rootfs(id, r.path(), &["/bomb.wasm"]);
+        run.memory_limit = Some(256 << 20);
+        run.timeout = Some(Duration::from_secs(120));
+        // Twice: the second start is a cache hit, the one a template would be made for.
+        let first = ctd.run(&run);
+        run.id = format!("{id}-again");
+        let again = ctd.run(&run);
+        eprintln!("{id}: {first:?}\n{id} again: {again:?}");
+        // Another tenant's start is unaffected, by either.
+        let other = ctd.run(&Run::rootfs(
+            &format!("{id}-other"),
+            hello.path(),
+            &["/probe.wasm", "exit", "0"],
+        ));
+        assert_eq!(
+            other.code,
+            Some(0),
+            "{id}: another tenant's start: {other:?}"
+        );
+        assert_ne!(again.code, Some(0), "{id}: a bomb ran within 256 MB");
+    }
+    let (now, after) = (common::runner_of(shim), rss_kb(runner));
+    ctd.remove("bomb-warm");
+    assert_eq!(now, Some(runner), "the runner survived");
+    assert!(
+        after < before + 64 * 1024,
+        "the runner grew from {before} kB to {after} kB"
+    );
+}
