@@ -198,3 +198,24 @@ fn a_module_with_a_huge_table_costs_only_its_own_container() {
         "the runner grew from {before} kB to {after} kB"
     );
 }
+
+#[test]
+fn a_module_cannot_reach_its_own_process_memory() {
+    if !common::can_run("own_process_memory") {
+        return;
+    }
+    // Its process's memory holds the engine and its native code: writing there leaves the
+    // Wasm sandbox without any engine bug. runc's processes are native anyway; ours must
+    // keep what WASI promises.
+    let r = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
+    let out = containerd().run(&Run::rootfs(
+        "self-mem",
+        r.path(),
+        &["/probe.wasm", "selfmem"],
+    ));
+    assert_ne!(
+        out.stdout, "read 16\n",
+        "the module read its own memory: {out:?}"
+    );
+    assert_eq!(out.stdout, "read 0\n", "{out:?}");
+}

@@ -62,6 +62,17 @@ pub fn enter(
     for p in &plan.masked_paths {
         mask(&slash, p).map_err(|e| at("maskedPaths")(format!("{p}: {e}")))?;
     }
+    // The process's own memory, which holds the engine and the module's native code: a
+    // guest that could open it would write its way out of the Wasm sandbox with no engine
+    // bug. Both names of it in this root's /proc (self and thread-self lead to them) hide
+    // behind /dev/null; the process has one thread.
+    let pid = std::process::id();
+    for p in [
+        format!("/proc/{pid}/mem"),
+        format!("/proc/{pid}/task/{pid}/mem"),
+    ] {
+        mask_if_proc(&slash, &p).map_err(|e| at("own memory")(format!("{p}: {e}")))?;
+    }
     for p in &plan.readonly_paths {
         read_only(&slash, p).map_err(|e| at("readonlyPaths")(format!("{p}: {e}")))?;
     }
@@ -531,6 +542,15 @@ fn mask(slash: &OwnedFd, path: &str) -> std::io::Result<()> {
         )?
     };
     attach(&tree, &target)
+}
+
+/// [`mask`] for a path under a `/proc` this root has: nothing to hide without one.
+fn mask_if_proc(slash: &OwnedFd, path: &str) -> std::io::Result<()> {
+    match open_in_root(slash, "/proc/self", OFlags::PATH) {
+        Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(_) => mask(slash, path),
+    }
 }
 
 /// Binds `path` read-only over itself (and everything mounted below it).
