@@ -219,3 +219,29 @@ fn a_module_cannot_reach_its_own_process_memory() {
     );
     assert_eq!(out.stdout, "read 0\n", "{out:?}");
 }
+
+#[test]
+fn a_first_synchronous_start_keeps_no_handle_on_its_compile() {
+    if !common::can_run("compile_pidfd") {
+        return;
+    }
+    // A module no cache has seen: its first start waits for its compile, a root process
+    // of the node's, through a pidfd.
+    let r = common::unique_probe("pidfd-leak");
+    let ctd = containerd();
+    let run = Run::rootfs("pidfd-leak", r.path(), &["/probe.wasm", "sleep", "60"]);
+    ctd.run_detached(&run);
+    ctd.wait_status("pidfd-leak", "RUNNING", Duration::from_secs(120));
+    let pid = ctd.task_pid("pidfd-leak").unwrap();
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.display().to_string())
+        .collect();
+    ctd.remove("pidfd-leak");
+    assert!(
+        !fds.iter().any(|l| l == "anon_inode:[pidfd]"),
+        "the container holds a pidfd: {fds:?}"
+    );
+}
