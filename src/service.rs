@@ -59,6 +59,9 @@ const NODE_GROUP: &str = "wasmedge-node";
 const NODE_IDLE_GRACE: Duration = Duration::from_secs(30);
 /// How long a create waits for the sweep of dead shims to be done with its id.
 const SWEEP_WAIT: Duration = Duration::from_secs(30);
+/// How long a starting node shim waits for the lock of its run directory that another
+/// process holds (a sweep of a dead shim's directory of the same name cleaning up after it).
+const RUN_DIR_WAIT: Duration = Duration::from_secs(10);
 /// Where a node-wide shim keeps its working directory (it outlives the bundle it starts in)
 /// and its [`ShimState`].
 pub use wasmedge_aot_protocol::identity::STATE_ROOT;
@@ -75,8 +78,9 @@ pub struct WasmEdgeShim {
     /// The binaries this process runs and the digest of the config it loaded.
     identity: Identity,
     exit: Arc<ExitSignal>,
-    /// The node shim's run directory, once it has moved there (see `leave_bundle`).
-    run_dir: std::sync::OnceLock<PathBuf>,
+    /// The node shim's run directory and its lock, held from before the shim writes there
+    /// until it exits (see `leave_bundle`).
+    run_dir: std::sync::OnceLock<crate::sweep::RunDir>,
 }
 
 #[async_trait]
@@ -169,7 +173,7 @@ impl Shim for WasmEdgeShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
-        if let Some(dir) = self.run_dir.get() {
+        if let Some(dir) = self.run_dir.take() {
             self.remove_run_dir(dir);
         }
     }
@@ -188,10 +192,11 @@ impl Shim for WasmEdgeShim {
             if self.config.grouping == Grouping::Node {
                 // The bundle we started in is deleted with its task; move out of it.
                 match self.leave_bundle().await {
-                    Ok(dir) => {
-                        let _ = self.run_dir.set(dir.clone());
-                        state_dir = Some(dir);
+                    Ok(Some(dir)) => {
+                        state_dir = Some(dir.path().to_path_buf());
+                        let _ = self.run_dir.set(dir);
                     }
+                    Ok(None) => info!("node shim: another shim of {} serves", self.socket),
                     Err(e) => warn!("node shim: {e}"),
                 }
                 // What dead node shims left: their containers' cgroups and mounts, and their
@@ -251,8 +256,10 @@ impl Shim for WasmEdgeShim {
 
 impl WasmEdgeShim {
     /// Moves the daemon's working directory to a directory of its own, with the `address`
-    /// file the shim framework reads at exit to remove the socket, and returns it.
-    async fn leave_bundle(&self) -> Result<PathBuf, ShimError> {
+    /// file the shim framework reads at exit to remove the socket, and returns it with its
+    /// lock, which no sweep or idle exit removes it under (`sweep.rs`). `None` when another
+    /// daemon of the socket holds it, and serves (two were started at once).
+    async fn leave_bundle(&self) -> Result<Option<crate::sweep::RunDir>, ShimError> {
         let name: String = self
             .socket
             .rsplit('/')
@@ -264,26 +271,50 @@ impl WasmEdgeShim {
         let dir = Path::new(STATE_ROOT).join(format!("{}-{name}", self.namespace));
         // Checked from `/` down like the cache: we write here as root.
         let euid = wasmedge_aot_cache::trust::effective_uid();
-        wasmedge_aot_cache::trust::ensure_dir(&dir, euid, 0o700).map_err(|e| ShimError::Io {
-            context: format!("create {}", dir.display()),
-            source: std::io::Error::other(e),
-        })?;
+        let make = move |dir: &Path| {
+            wasmedge_aot_cache::trust::ensure_dir(dir, euid, 0o700)
+                .map(drop)
+                .map_err(std::io::Error::other)
+        };
+        // Held by another process: a sweep removing a dead shim's directory of this name
+        // (for as long as it cleans up after it), or a daemon of this socket started at the
+        // same time, which serves once it answers on it.
+        let (path, socket) = (dir.clone(), self.socket.clone());
+        let taken = tokio::task::spawn_blocking(move || {
+            crate::sweep::RunDir::take(&path, make, || socket_in_use(&socket), RUN_DIR_WAIT)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(ShimError::io(format!("create and lock {}", dir.display())))?;
+        let Some(taken) = taken else {
+            if socket_in_use(&self.socket) {
+                return Ok(None);
+            }
+            return Err(ShimError::Io {
+                context: format!("lock {}", dir.display()),
+                source: std::io::Error::other(format!(
+                    "still held by another process after {} s",
+                    RUN_DIR_WAIT.as_secs()
+                )),
+            });
+        };
         std::fs::write(dir.join("address"), &self.socket)
             .map_err(ShimError::io(format!("write {}/address", dir.display())))?;
         std::env::set_current_dir(&dir)
             .map_err(ShimError::io(format!("chdir {}", dir.display())))?;
-        Ok(dir)
+        Ok(Some(taken))
     }
 
     /// A node shim that exits (idle, so it records no container) removes its run directory,
     /// which would otherwise stay until the host reboots, one per namespace, binary and
-    /// config it ever ran with. First the directory, while the socket still answers: a
-    /// `start` meanwhile finds this shim alive, so no new shim of the socket can be in the
-    /// directory yet. Then the socket, which the framework would remove after us through
-    /// the `address` file of the directory, gone now.
-    fn remove_run_dir(&self, dir: &Path) {
-        if let Err(e) = std::fs::remove_dir_all(dir) {
-            warn!("remove {}: {e}", dir.display());
+    /// config it ever ran with. First the directory, under the lock the shim has held all
+    /// along, while the socket still answers: a `start` meanwhile finds this shim alive, so
+    /// no new shim of the socket is in the directory. Then the socket, which the framework
+    /// would remove after us through the `address` file of the directory, gone now.
+    fn remove_run_dir(&self, dir: crate::sweep::RunDir) {
+        let path = dir.path().to_path_buf();
+        if let Err(e) = dir.remove() {
+            warn!("remove {}: {e}", path.display());
         }
         let socket = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
         if let Err(e) = std::fs::remove_file(socket) {

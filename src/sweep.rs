@@ -15,10 +15,22 @@
 //! containerds (each with its own shims, in the same `/run/wasmedge-aot-shim`), and another
 //! containerd deletes its own dead shims' tasks, or knows why it has not yet. A shim records
 //! its containerd's address in its state file; a state without one (written by an older
-//! shim) is never swept. A directory without a state file whose shim is gone (its socket
-//! answers no more: it exited when idle before shims removed their directories, or died
-//! while it set up) and that records no container holds nothing of any containerd's, and is
-//! removed whichever containerd it was for.
+//! shim) is never swept. A directory without a state file whose shim is gone (it exited when
+//! idle before shims removed their directories, or died while it set up) and that records no
+//! container holds nothing of any containerd's, and is removed whichever containerd it was
+//! for.
+//!
+//! A run directory is its shim's while the shim lives: the shim holds an `flock` of its
+//! [`LOCK_FILE`] from before it writes anything there until it exits ([`RunDir`]), and
+//! whoever cleans up or removes a directory (the sweep, the idle exit) holds that lock first,
+//! taken without waiting: a directory whose lock another process holds is a live shim's, and
+//! is left alone. The state file and the socket cannot tell: a starting shim makes its
+//! directory before it writes its state and before the framework binds its socket (a sweep
+//! that went by them once removed a starting shim's directory under it). A directory is
+//! removed under its lock, the lock file last, then the (by then empty) directory: a shim
+//! that opened the lock file before must find it no longer at its path once it holds it, and
+//! takes a new one (see [`RunDir::take`]). A shim older than the lock holds none: the sweep
+//! makes the lock file in its directory, and only its state file and socket protect it.
 //!
 //! A record names its container by names that a new container of the same id has too: runc's
 //! `<root>/<id>`, the cgroup (`/<namespace>/<id>` from `ctr`) and the rootfs under the bundle
@@ -36,9 +48,15 @@
 //! directory is swept.
 
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -47,8 +65,114 @@ use crate::identity::{live_shim, STATE_FILE};
 
 /// The directory of container records in a run directory.
 pub const CONTAINERS_DIR: &str = "containers";
+/// The file in a run directory whose `flock` its shim holds while it lives.
+pub const LOCK_FILE: &str = "shim.lock";
 /// Most bytes of a record read back.
 const RECORD_MAX: usize = 16 * 1024;
+/// How often [`RunDir::take`] tries again a lock another process holds.
+const TAKE_RETRY: Duration = Duration::from_millis(10);
+
+/// A run directory and the lock of it this process holds: no other process removes the
+/// directory or cleans up after its shim meanwhile (see the module docs).
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    lock: Flock<File>,
+}
+
+impl RunDir {
+    /// Takes the run directory `dir` for a shim's life: makes it (`make`, which may find it
+    /// made) and holds its lock. While another process holds the lock (a sweep removing the
+    /// directory of a dead shim of the same name, or another daemon of the same socket that
+    /// is starting too) it tries again until `give_up` says so or `timeout` is over: `None`.
+    pub fn take(
+        dir: &Path,
+        make: impl Fn(&Path) -> io::Result<()>,
+        mut give_up: impl FnMut() -> bool,
+        timeout: Duration,
+    ) -> io::Result<Option<RunDir>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            make(dir)?;
+            match RunDir::try_take(dir) {
+                Ok(Some(held)) => return Ok(Some(held)),
+                // Removed (or replaced) by its last holder meanwhile: make it again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && Instant::now() < deadline => {
+                    continue
+                }
+                Err(e) => return Err(e),
+                Ok(None) => {}
+            }
+            if give_up() || Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(TAKE_RETRY);
+        }
+    }
+
+    /// One attempt at the lock of `dir`, without waiting; `None` while another process holds
+    /// it. Makes the lock file if there is none (a directory of a shim older than the lock),
+    /// never the directory: an error of kind `NotFound` when `dir` or the lock file held is
+    /// no longer there (its holder removed it meanwhile).
+    pub fn try_take(dir: &Path) -> io::Result<Option<RunDir>> {
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, e)) => return Err(io::Error::from(e)),
+        };
+        // The file may have been removed with its directory between the open and the lock.
+        let held = lock.metadata()?;
+        let now = std::fs::symlink_metadata(&path)?;
+        if now.dev() != held.dev() || now.ino() != held.ino() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} was replaced", path.display()),
+            ));
+        }
+        Ok(Some(RunDir {
+            path: dir.to_path_buf(),
+            lock,
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the directory: all but the lock file, the lock file, then the directory,
+    /// which a shim that took it meanwhile (a new lock file) keeps: `false` then.
+    pub fn remove(self) -> io::Result<bool> {
+        for entry in std::fs::read_dir(&self.path)? {
+            let entry = entry?;
+            if entry.file_name() == LOCK_FILE {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        std::fs::remove_file(self.path.join(LOCK_FILE))?;
+        let removed = match std::fs::remove_dir(&self.path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => false,
+            Err(e) => return Err(e),
+        };
+        drop(self.lock);
+        Ok(removed)
+    }
+}
 
 /// What a node shim records of one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,8 +345,9 @@ fn is_dead(dir: &Path, containerd: &str) -> bool {
 }
 
 /// Whether `dir` is a run directory without a state file or records whose shim is gone: it
-/// has the `address` file a shim writes first, and nothing answers on that socket (a shim
-/// starting now has its socket listening before it makes its directory).
+/// has the `address` file a shim writes, and nothing answers on that socket. Only a look at
+/// the files: a shim starting now has neither its state nor its socket yet, and only its
+/// lock tells ([`Sweep::run`] holds it when it asks again).
 fn is_empty_and_gone(dir: &Path) -> bool {
     if dir.join(STATE_FILE).exists() || !records(dir).is_empty() {
         return false;
@@ -244,16 +369,20 @@ impl Sweep {
     pub fn run(mut self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
         for (dir, found) in std::mem::take(&mut self.dirs) {
-            // Whether its shim lives is read again now, from its state file: a shim that
-            // took the directory over after the plan (same namespace and socket) is alive,
-            // and its directory stays (a list of live shims taken before the loop once had
-            // another shim's new directory removed under it).
-            if !is_dead(&dir, &self.containerd) {
-                for f in &found {
-                    self.pending.done(&f.record.id);
+            // Under the directory's lock, whether its shim lives is read again now, from its
+            // state file: a shim that took the directory over after the plan (same namespace
+            // and socket) holds the lock or has written its state, and its directory stays (a
+            // list of live shims taken before the loop once had another shim's new directory
+            // removed under it).
+            let held = match take(&dir) {
+                Some(held) if is_dead(&dir, &self.containerd) => held,
+                _ => {
+                    for f in &found {
+                        self.pending.done(&f.record.id);
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             let mut kept = 0;
             for f in found {
                 let cleaned = clean_up(&f.record, &dir);
@@ -271,21 +400,39 @@ impl Sweep {
                 );
                 continue;
             }
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => removed.push(dir),
-                Err(e) => log::warn!("remove {}: {e}", dir.display()),
-            }
+            remove(held, &mut removed);
         }
         for dir in std::mem::take(&mut self.empty) {
-            // Read again too: a shim of that socket may have started since the plan.
-            if is_empty_and_gone(&dir) {
-                match std::fs::remove_dir_all(&dir) {
-                    Ok(()) => removed.push(dir),
-                    Err(e) => log::warn!("remove {}: {e}", dir.display()),
-                }
+            // Read again too, under the lock: a shim of that socket may have started since.
+            if let Some(held) = take(&dir).filter(|_| is_empty_and_gone(&dir)) {
+                remove(held, &mut removed);
             }
         }
         removed
+    }
+}
+
+/// The lock of the run directory `dir` if no live shim holds it (see the module docs).
+fn take(dir: &Path) -> Option<RunDir> {
+    match RunDir::try_take(dir) {
+        Ok(held) => held,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            log::warn!("lock {}: {e}", dir.join(LOCK_FILE).display());
+            None
+        }
+    }
+}
+
+fn remove(held: RunDir, removed: &mut Vec<PathBuf>) {
+    let dir = held.path().to_path_buf();
+    match held.remove() {
+        Ok(true) => {
+            log::info!("removed {}: its shim is gone", dir.display());
+            removed.push(dir);
+        }
+        Ok(false) => {}
+        Err(e) => log::warn!("remove {}: {e}", dir.display()),
     }
 }
 
@@ -404,6 +551,102 @@ mod tests {
         assert!(pending.0.borrow().contains_key("foo"));
         drop(sweep);
         assert!(pending.0.borrow().is_empty());
+    }
+
+    /// Holds the lock of `dir`'s lock file as its shim does, for as long as it is kept.
+    fn hold_lock(dir: &Path) -> Flock<File> {
+        let file = File::create(dir.join(LOCK_FILE)).unwrap();
+        Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap()
+    }
+
+    #[tokio::test]
+    async fn no_sweep_removes_the_directory_of_a_shim_that_is_starting() {
+        let root = tempfile::tempdir().unwrap();
+        // A shim starting now: it holds its directory's lock and wrote its address, and has
+        // neither written its state nor had its socket bound (the framework binds it once
+        // the task service is built): the socket answers nothing yet.
+        let starting = root.path().join("ns-starting");
+        std::fs::create_dir_all(&starting).unwrap();
+        let _starting = hold_lock(&starting);
+        let unbound = root.path().join("unbound.sock");
+        std::fs::write(
+            starting.join("address"),
+            format!("unix://{}", unbound.display()),
+        )
+        .unwrap();
+        // A new shim of a dead shim's socket, which took the dead shim's directory over and
+        // has not written its own state yet: the state there names the dead shim.
+        let taken_over = dead_shim(root.path(), "ns-taken-over", &["old"]);
+        let _taken_over = hold_lock(&taken_over);
+
+        let sweep = plan(root.path(), None, CONTAINERD);
+        let pending = sweep.pending();
+        let removed = tokio::task::spawn_blocking(move || sweep.run())
+            .await
+            .unwrap();
+        assert_eq!(removed, Vec::<PathBuf>::new());
+        assert!(
+            starting.join("address").exists(),
+            "the starting shim's was swept"
+        );
+        assert!(
+            taken_over.join(CONTAINERS_DIR).join("old").exists(),
+            "the shim that took the directory over had it swept"
+        );
+        assert!(
+            pending.wait("old", Duration::ZERO).await,
+            "done with it all the same"
+        );
+    }
+
+    #[test]
+    fn a_run_directory_is_one_shims_and_its_removal_leaves_the_next_shim_a_new_one() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ns-a");
+        let make = |d: &Path| std::fs::create_dir_all(d);
+        let first = RunDir::take(&dir, make, || false, Duration::ZERO)
+            .unwrap()
+            .expect("nobody holds it");
+        std::fs::write(dir.join("address"), "unix:///nowhere.sock").unwrap();
+        record(
+            &dir,
+            &Record {
+                id: "a".into(),
+                cgroup: None,
+                rootfs: None,
+                runc_root: None,
+            },
+        )
+        .unwrap();
+        assert!(
+            RunDir::try_take(&dir).unwrap().is_none(),
+            "held by the first"
+        );
+        let mut asked = 0;
+        let waited = RunDir::take(
+            &dir,
+            make,
+            || {
+                asked += 1;
+                asked > 2
+            },
+            Duration::from_secs(10),
+        );
+        assert!(waited.unwrap().is_none(), "given up while held");
+        assert_eq!(asked, 3);
+
+        // A shim that opened the lock file before the removal holds a file of no directory.
+        let stale = File::open(dir.join(LOCK_FILE)).unwrap();
+        assert!(first.remove().unwrap());
+        assert!(!dir.exists());
+        let stale = Flock::lock(stale, FlockArg::LockExclusiveNonblock).unwrap();
+        assert!(RunDir::try_take(&dir).is_err_and(|e| e.kind() == io::ErrorKind::NotFound));
+        let next = RunDir::take(&dir, make, || false, Duration::ZERO)
+            .unwrap()
+            .expect("a new directory, whose lock is not the stale one");
+        assert_eq!(next.path(), dir);
+        assert!(dir.join(LOCK_FILE).exists() && !dir.join(CONTAINERS_DIR).exists());
+        drop(stale);
     }
 
     #[tokio::test]
