@@ -21,6 +21,7 @@ SUITE=(
   "cri a_pod_s_containers_get_their_cgroups a_wasm_pod_runs_through_cri a_pod_of_only_linux_containers"
   "lifecycle hello_prints exit_codes a_module_that_traps delete_leaves containerd_2_reads"
   "devices"
+  "isolation a_shared_root_propagation"
 )
 containerds=("$@")
 [ "${#containerds[@]}" != 0 ] || containerds=(containerd /opt/containerd-2.1.9/usr/bin/containerd)

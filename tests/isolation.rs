@@ -623,3 +623,39 @@ fn a_seccomp_profile_blocks_its_system_calls() {
     );
     assert_eq!(out.stdout, "made\n", "{out:?}");
 }
+
+#[test]
+fn a_shared_root_propagation_runs_as_under_runc() {
+    if !common::can_run("rootfs_propagation_shared") {
+        return;
+    }
+    let r = rootfs();
+    // Both start (the create used to fail: pivot_root refuses a shared parent).
+    let (wasm, _runc) = start_pair("iso-shared", &r, &["--rootfs-propagation", "shared"]);
+    let root_line = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap()
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("/"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let line = root_line(wasm);
+    let ctd = containerd();
+    ctd.remove("iso-shared-wasm");
+    ctd.remove("iso-shared-runc");
+    // Its "/" is shared, as runc (1.2 on) makes it after the pivot, in a peer group of its
+    // own: none of the host's, which would carry its mounts out.
+    let group = |tag: &str, l: &str| {
+        l.split_whitespace()
+            .find_map(|f| f.strip_prefix(tag).map(str::to_string))
+    };
+    let peer = group("shared:", &line).unwrap_or_else(|| panic!("not shared: {line}"));
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host
+            .lines()
+            .any(|l| group("shared:", l).as_deref() == Some(peer.as_str())),
+        "the container's root is a peer of a host mount: {line}"
+    );
+}

@@ -52,6 +52,26 @@ pub fn enter(
     let mounts = t.elapsed();
     let t = Instant::now();
     pivot(&root).map_err(at("pivot_root"))?;
+    if let Some(p) = plan
+        .root
+        .propagation
+        .filter(|p| p.kind == PropagationKind::Shared)
+    {
+        // As runc does: on the container's own "/", once it is one.
+        setattr(
+            CWD,
+            c"/",
+            if p.recursive {
+                libc::AT_RECURSIVE as u32
+            } else {
+                0
+            },
+            0,
+            0,
+            Some(p.kind),
+        )
+        .map_err(|e| at("rootfsPropagation")(format!("set on the new /: {e}")))?;
+    }
     let pivoted = t.elapsed();
 
     let t = Instant::now();
@@ -87,11 +107,16 @@ pub fn enter(
 
 /// Everything up to the pivot; returns the new root's descriptor.
 fn prepare_root(plan: &ContainerPlan, cgroups: &Hierarchies) -> Result<OwnedFd, StepError> {
-    // Nothing we mount may reach the host's tree, nor the host's later mounts ours.
-    let propagation = plan.root.propagation.unwrap_or(Propagation {
-        kind: PropagationKind::Slave,
-        recursive: true,
-    });
+    // Nothing we mount may reach the host's tree, nor the host's later mounts ours. A
+    // shared root is asked of the new root, after the pivot (see `enter`): pivot_root
+    // refuses a shared parent, and a shared "/" here would carry our mounts to the host.
+    let propagation = match plan.root.propagation {
+        Some(p) if p.kind != PropagationKind::Shared => p,
+        _ => Propagation {
+            kind: PropagationKind::Slave,
+            recursive: true,
+        },
+    };
     setattr(
         CWD,
         c"/",
