@@ -724,52 +724,45 @@ fn a_quick_lane_compile_never_waits_for_the_node_lanes_slot() {
     cfg.quick_compile_slots = 1;
     let cache = Arc::new(Cache::open(cfg).unwrap());
     let marker = f.modules.join("long-started");
-    let long = f.module("long.wasm");
-    let small = f.module("small.wasm");
-    let other = f.module("other.wasm");
-    let lane_log = f.modules.join("lanes.log");
-    let run = |cache: Arc<Cache>, module: PathBuf, name: &'static str, lane, compiler| {
-        let lane_log = lane_log.clone();
+    // Each compiler logs when it starts and ends, to a file of its own.
+    let log = |name: &str| f.modules.join(format!("{name}.log"));
+    let run = |name: &'static str, lane, compiler| {
+        let cache = cache.clone();
+        let module = f.module(&format!("{name}.wasm"));
         std::thread::spawn(move || {
             cache
                 .get_or_compile_in(&module, name, &fingerprint(), &compiler, lane)
                 .unwrap();
-            append_line(&lane_log, name);
         })
     };
     // A long compile holds the node lane's one slot.
     let long_compiler = FakeCompiler {
         pause: Duration::from_millis(1500),
         halfway_marker: Some(marker.clone()),
-        ..FakeCompiler::logging(&f.log)
+        ..FakeCompiler::logging(&log("long"))
     };
-    let a = run(cache.clone(), long, "long", Lane::Node, long_compiler);
+    let a = run("long", Lane::Node, long_compiler);
     while !marker.exists() {
         std::thread::sleep(Duration::from_millis(5));
     }
     // Another node-lane compile waits for it; a quick-lane one does not.
-    let c = run(
-        cache.clone(),
-        other,
-        "other",
-        Lane::Node,
-        FakeCompiler::logging(&f.log),
-    );
-    let b = run(
-        cache.clone(),
-        small,
-        "small",
-        Lane::Quick,
-        FakeCompiler::logging(&f.log),
-    );
+    let c = run("other", Lane::Node, FakeCompiler::logging(&log("other")));
+    let b = run("small", Lane::Quick, FakeCompiler::logging(&log("small")));
     for t in [a, b, c] {
         t.join().unwrap();
     }
-    let order = fs::read_to_string(&lane_log).unwrap();
-    assert_eq!(
-        order.lines().collect::<Vec<_>>(),
-        ["small", "long", "other"],
-        "the order the compiles ended in"
+    let at = |name: &str, what: &str| -> u128 {
+        let text = fs::read_to_string(log(name)).unwrap();
+        let line = text.lines().find(|l| l.starts_with(what)).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        at("small", "end ") < at("long", "end "),
+        "the quick-lane compile waited for the node lane's slot"
+    );
+    assert!(
+        at("other", "start ") > at("long", "end "),
+        "two compiles ran at once in the node lane's one slot"
     );
     assert!(f.root.join("v1/locks/quick.0.lock").exists());
 }
