@@ -260,19 +260,27 @@ impl Engine {
 
     /// AOT-compiles the module at `wasm` into a native shared library at `out`.
     pub fn compile(&self, wasm: &Path, out: &Path) -> Result<(), EngineError> {
+        let bytes = std::fs::read(wasm).map_err(|e| EngineError::Compile {
+            path: wasm.to_owned(),
+            source: Box::new(WasmEdgeError::Operation(e.to_string())),
+        })?;
+        self.compile_bytes(wasm, &bytes, out)
+    }
+
+    /// AOT-compiles the module `bytes` into a native shared library at `out` (the compiler
+    /// writes its temporaries beside it). `path` only names the module in errors. For a
+    /// process that read the module while it could, and compiles after giving up the right
+    /// to open it.
+    pub fn compile_bytes(&self, path: &Path, bytes: &[u8], out: &Path) -> Result<(), EngineError> {
         let compiler =
             Compiler::create(Some(&self.config)).map_err(|source| EngineError::Create {
                 what: "compiler",
                 source,
             })?;
-        let bytes = std::fs::read(wasm).map_err(|e| EngineError::Compile {
-            path: wasm.to_owned(),
-            source: Box::new(WasmEdgeError::Operation(e.to_string())),
-        })?;
         compiler
-            .compile_from_bytes(&bytes, out)
+            .compile_from_bytes(bytes, out)
             .map_err(|source| EngineError::Compile {
-                path: wasm.to_owned(),
+                path: path.to_owned(),
                 source,
             })
     }

@@ -99,8 +99,27 @@ pub struct Config {
     pub sync_max_module_bytes: u64,
     /// Size cap of the cache in bytes (least recently used entries are evicted); 0 = none.
     pub cache_max_bytes: u64,
-    /// Most compiles at once on the node (they can take gigabytes each).
+    /// Most compiles at once on the node (they can take gigabytes each), besides the quick
+    /// lane's.
     pub max_concurrent_compiles: usize,
+    /// Compile slots of the quick lane: the first tier of a module of at most
+    /// `sync_max_module_bytes` (the compile its first start waits for) takes one of these,
+    /// never one of `max_concurrent_compiles`, so it never waits behind a big module's
+    /// compile (`cache::Lane`).
+    pub quick_compile_slots: usize,
+    /// Longest a compile of one tier may run, in seconds; one past it is killed and recorded
+    /// as failed (its module runs in the interpreter until `compile_retry_secs` pass). 0 =
+    /// no deadline. The default leaves room for a 24 MB module at O2 on a loaded node
+    /// (`profiling/levels.md`: 832 s here).
+    pub compile_deadline_secs: u64,
+    /// Most memory a compile may allocate (`RLIMIT_DATA` of the process running LLVM: its
+    /// heap and every private writable mapping), in bytes; a compile over it fails as
+    /// killed. 0 = no limit. LLVM at O2 takes 4-5 GB for a 24 MB module.
+    pub compile_memory_max_bytes: u64,
+    /// The unprivileged identity LLVM runs as (with no capability, `no_new_privs`, in a pid
+    /// namespace of its own). Not 0; a uid no other process on the node uses is best.
+    pub compile_uid: u32,
+    pub compile_gid: u32,
     /// Niceness of compile processes (0..=19): a compile is the node's background work and
     /// never takes the CPU from running containers. Compiles run in processes of their own,
     /// in the shim's cgroup, never in a container's.
@@ -133,6 +152,12 @@ impl Default for Config {
             sync_max_module_bytes: 1 << 20,
             cache_max_bytes: 0,
             max_concurrent_compiles: 1,
+            quick_compile_slots: 1,
+            compile_deadline_secs: 3600,
+            compile_memory_max_bytes: 8 << 30,
+            // nobody and nogroup on Debian and most distributions.
+            compile_uid: 65534,
+            compile_gid: 65534,
             compile_nice: 10,
             compile_retry_secs: 600,
             opt_level: 2,
@@ -194,6 +219,12 @@ impl Config {
         if !(0..=19).contains(&c.compile_nice) {
             return Err(format!("compile_nice {} is not in 0..=19", c.compile_nice));
         }
+        if c.compile_uid == 0 || c.compile_gid == 0 {
+            return Err(format!(
+                "compile_uid {} and compile_gid {}: compiles never run as root (uid or gid 0)",
+                c.compile_uid, c.compile_gid
+            ));
+        }
         Ok(c)
     }
 
@@ -218,6 +249,7 @@ impl Config {
         let mut c = CacheConfig::new(&self.cache_dir);
         c.max_size = (self.cache_max_bytes > 0).then_some(self.cache_max_bytes);
         c.max_concurrent_compiles = self.max_concurrent_compiles;
+        c.quick_compile_slots = self.quick_compile_slots;
         c.verify_on_first_use = verify_on_first_use;
         c.hash_threads = hash_threads;
         c
@@ -272,6 +304,14 @@ mod tests {
         assert_eq!(c.compile_policy, Policy::Tiered);
         assert_eq!(c.cache_max_bytes, 1000);
         assert_eq!(c.grouping, Grouping::Node);
+        let c = Config::parse(
+            "compile_deadline_secs = 5\ncompile_memory_max_bytes = 1000000\n\
+             compile_uid = 4000\ncompile_gid = 4001\n",
+        )
+        .unwrap();
+        assert_eq!(c.compile_deadline_secs, 5);
+        assert_eq!(c.compile_memory_max_bytes, 1_000_000);
+        assert_eq!((c.compile_uid, c.compile_gid), (4000, 4001));
         assert_eq!(
             Config::parse("grouping = \"pod\"").unwrap().grouping,
             Grouping::Pod
@@ -286,6 +326,10 @@ mod tests {
         assert!(e.contains("fast"), "{e}");
         let e = Config::parse("opt_level = 7").unwrap_err();
         assert!(e.contains("opt_level 7"), "{e}");
+        let e = Config::parse("compile_uid = 0").unwrap_err();
+        assert!(e.contains("compile_uid 0"), "{e}");
+        let e = Config::parse("compile_gid = 0").unwrap_err();
+        assert!(e.contains("compile_gid 0"), "{e}");
     }
 
     #[test]
@@ -302,10 +346,12 @@ mod tests {
     #[test]
     fn the_cache_config_follows_the_node_config_and_the_callers_two_choices() {
         let c = Config::parse(
-            "cache_dir = \"/c\"\ncache_max_bytes = 1000\nmax_concurrent_compiles = 3\n",
+            "cache_dir = \"/c\"\ncache_max_bytes = 1000\nmax_concurrent_compiles = 3\n\
+             quick_compile_slots = 2\n",
         )
         .unwrap();
         let runner = c.cache_config(false, HashThreads::One);
+        assert_eq!(runner.quick_compile_slots, 2);
         assert_eq!(runner.root, PathBuf::from("/c"));
         assert_eq!(runner.max_size, Some(1000));
         assert_eq!(runner.max_concurrent_compiles, 3);

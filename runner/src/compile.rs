@@ -7,6 +7,11 @@
 //! compile per module at a time: a start that misses while the module's compile runs waits
 //! for that compile (synchronous policy) or runs the interpreter (tiered), and never starts
 //! a second one. The runner notices a compile's end through its pidfd and reaps it.
+//!
+//! LLVM itself runs in a worker of the compile process, one per tier, with no privilege
+//! and a deadline (`sandbox`). A small module's first tier (the compile its first start
+//! waits for) takes a slot of the cache's quick lane, which no other compile holds, so it
+//! never waits behind a big module's compile.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,9 +21,11 @@ use std::rc::Rc;
 
 use std::time::Duration;
 
-use wasmedge_aot_cache::{Failure, FailureCause, Key};
+use wasmedge_aot_cache::{Failure, FailureCause, Key, Lane};
 
 use crate::code::{fd_path, Runner};
+
+mod sandbox;
 
 /// A compile process.
 #[derive(Debug)]
@@ -168,16 +175,26 @@ impl Compiles {
                 ),
                 _ => continue,
             };
-            if let Ok(cache) = &runner.cache {
-                if cache
-                    .recent_failure(&key, Duration::from_secs(60))
-                    .is_none()
-                {
-                    cache.record_failure(&key, cause, &message);
+            // The compile process's own record says more than its exit status (a deadline,
+            // the compiler's error); one that died without writing one gets this.
+            let recorded = runner
+                .cache
+                .as_ref()
+                .ok()
+                .and_then(|c| c.recent_failure(&key, Duration::from_secs(60)));
+            let failure = match recorded {
+                Some(f) => f,
+                None => {
+                    if let Ok(cache) = &runner.cache {
+                        cache.record_failure(&key, cause, &message);
+                    }
+                    Failure::new(cause, message, std::time::SystemTime::now())
                 }
-            }
-            eprintln!("aot compile of {key}: {message}");
-            let failure = Failure::new(cause, message, std::time::SystemTime::now());
+            };
+            eprintln!(
+                "aot compile of {key}: {}: {}",
+                failure.cause, failure.message
+            );
             self.failed.borrow_mut().insert(key, failure);
         }
     }
@@ -217,17 +234,45 @@ fn compile_main(runner: &Runner, key: &Key, module: &File, name: &str, from: usi
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
     }
-    crate::process::close_fds_except(&[module.as_raw_fd()]);
+    crate::process::close_fds_except(&[module.as_raw_fd(), runner.own_pid_ns.as_raw_fd()]);
     let Ok(cache) = &runner.cache else { return 1 };
+    let config = &runner.config;
+    let limits = sandbox::Limits {
+        uid: config.compile_uid,
+        gid: config.compile_gid,
+        deadline: (config.compile_deadline_secs > 0)
+            .then(|| Duration::from_secs(config.compile_deadline_secs)),
+        memory_max: (config.compile_memory_max_bytes > 0)
+            .then_some(config.compile_memory_max_bytes),
+    };
+    let small = module
+        .metadata()
+        .is_ok_and(|m| m.len() <= config.sync_max_module_bytes);
     let mut code = 0;
-    for tier in &runner.tiers[from..] {
+    for (i, tier) in runner.tiers.iter().enumerate().skip(from) {
         let hint = format!("{name} O{}", tier.level);
+        // The compile a small module's first start waits for: in the quick lane.
+        let lane = if i == 0 && small {
+            Lane::Quick
+        } else {
+            Lane::Node
+        };
+        let compiler = sandbox::Sandboxed {
+            engine: &tier.engine,
+            limits,
+            own_pid_ns: runner.own_pid_ns.as_fd(),
+        };
         if let Err(e) =
-            cache.get_or_compile_as(&fd_path(module), &hint, &tier.fingerprint, &tier.engine)
+            cache.get_or_compile_in(&fd_path(module), &hint, &tier.fingerprint, &compiler, lane)
         {
-            let cause = e.failure_cause();
+            let cause = match &e {
+                wasmedge_aot_cache::Error::Compile { source, .. } => source
+                    .downcast_ref::<sandbox::SandboxError>()
+                    .map_or(FailureCause::Compiler, sandbox::SandboxError::cause),
+                other => other.failure_cause(),
+            };
             eprintln!("aot compile of {name} at O{}: {e}", tier.level);
-            cache.record_failure(key, cause, &e.to_string());
+            cache.record_failure(key, cause, &format!("{hint}: {e}"));
             code = exit_code(cause);
             break;
         }

@@ -1,0 +1,229 @@
+//! Compiles against a real containerd, as one tenant among others sees them (issue 26): a
+//! small module's first start never waits behind another module's long compile; a compile
+//! past its deadline is killed and its start runs the interpreter, leaving no lock held and
+//! nothing staged; LLVM runs with no privilege.
+//!
+//! The long compile is `code-2mb.wasm` (2 MB of code, tens of seconds at O0 here); each test
+//! has a containerd and a cache of its own, so it is new to the cache, and kills its
+//! compiles when done instead of letting them run on.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::images::Owned;
+use common::{create_outcome, fixture, unique_probe, Containerd, Rootfs, Run};
+
+fn long_compile_module() -> Rootfs {
+    Rootfs::with(&[("code.wasm", &fixture("code-2mb.wasm"))])
+}
+
+fn run_with_policy(ctd: &Containerd, id: &str, r: &Rootfs, arg: &str, policy: &str) -> String {
+    let mut run = Run::rootfs(id, r.path(), &[arg]);
+    run.annotations = vec![format!("wasmedge-aot-shim.io/compile-policy={policy}")];
+    let out = ctd.run(&run);
+    assert_eq!(out.code, Some(0), "{id}: {out:?}\n{}", ctd.log_tail());
+    out.stdout
+}
+
+/// The shim's warning for container `id`, if it logged one.
+fn warning(ctd: &Containerd, id: &str) -> String {
+    ctd.log()
+        .lines()
+        .rev()
+        .find(|l| l.contains(&format!("container {id}: ")) && l.contains("level=warn"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until `f` holds, failing with `what` after `timeout`.
+fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < end, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill_compiles(ctd: &Containerd) {
+    for pid in common::compiles_of(ctd) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The cache entries `wasmedge-shimctl ls` lists.
+fn ls(ctd: &Containerd) -> String {
+    let out = std::process::Command::new(common::shimctl_bin())
+        .args(["ls", "--cache-dir"])
+        .arg(&ctd.cache_dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_small_modules_first_start_never_waits_behind_another_modules_long_compile() {
+    if !common::can_run("compile_lanes") {
+        return;
+    }
+    // One compile slot on the node, as by default.
+    let ctd = Owned(Containerd::start_with(
+        false,
+        "max_concurrent_compiles = 1\n",
+    ));
+    let big = long_compile_module();
+    run_with_policy(&ctd, "long-compile", &big, "/code.wasm", "tiered");
+    let slot = ctd.cache_dir.join("v1/locks/slot.0.lock");
+    let compiling = || std::fs::read_to_string(&slot).is_ok_and(|s| s.contains("compiling"));
+    wait_until(
+        Duration::from_secs(60),
+        "the big module's compile holds the node's slot",
+        compiling,
+    );
+    // A small module (auto: its first start waits for its quick tier).
+    let small = unique_probe("lanes");
+    let t = Instant::now();
+    let out = ctd.run(&Run::rootfs("small-first", small.path(), &["/probe.wasm"]));
+    let took = t.elapsed();
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+    assert_eq!(
+        create_outcome(&ctd.log(), "small-first"),
+        Some(("compiled".into(), "native".into())),
+        "{}",
+        ctd.log_tail()
+    );
+    let entries = ls(&ctd);
+    kill_compiles(&ctd);
+    eprintln!("the small module's first start took {took:?} beside the big module's compile");
+    assert!(
+        !entries.contains("code.wasm O0"),
+        "the small module's first start ({took:?}) waited for the big module's quick tier:\n\
+         {entries}"
+    );
+}
+
+#[test]
+fn a_compile_past_its_deadline_is_killed_and_its_start_runs_the_interpreter() {
+    if !common::can_run("compile_deadline") {
+        return;
+    }
+    let ctd = Owned(Containerd::start_with(false, "compile_deadline_secs = 1\n"));
+    let big = long_compile_module();
+    let t = Instant::now();
+    run_with_policy(&ctd, "deadline-1", &big, "/code.wasm", "sync");
+    let took = t.elapsed();
+    assert_eq!(
+        create_outcome(&ctd.log(), "deadline-1"),
+        Some(("fallback".into(), "interpreter".into()))
+    );
+    let w = warning(&ctd, "deadline-1");
+    assert!(w.contains("passed its deadline"), "{w}");
+    assert!(
+        took < Duration::from_secs(30),
+        "a 1 s deadline, and the start took {took:?}"
+    );
+    // The compile process cleaned up after its killed worker: nothing staged, no lock held.
+    wait_until(Duration::from_secs(10), "the compile ends", || {
+        common::compiles_of(&ctd).is_empty()
+    });
+    let tmp: Vec<_> = std::fs::read_dir(ctd.cache_dir.join("v1/tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(tmp.is_empty(), "left staged: {tmp:?}");
+    for lock in std::fs::read_dir(ctd.cache_dir.join("v1/locks"))
+        .unwrap()
+        .flatten()
+    {
+        let f = std::fs::File::open(lock.path()).unwrap();
+        assert!(
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok(),
+            "{} is still held",
+            lock.path().display()
+        );
+    }
+    // Remembered: the next start runs the interpreter without compiling again.
+    run_with_policy(&ctd, "deadline-2", &big, "/code.wasm", "sync");
+    let w = warning(&ctd, "deadline-2");
+    assert!(
+        w.contains("s ago") && w.contains("passed its deadline"),
+        "{w}"
+    );
+    let attempts = ctd
+        .log()
+        .lines()
+        .filter(|l| l.contains("aot compile of /code.wasm") && l.contains("started as pid"))
+        .count();
+    assert_eq!(attempts, 1, "{}", ctd.log_tail());
+}
+
+/// `Name:\tvalue` of `/proc/<pid>/status`.
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in\n{status}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn llvm_runs_unprivileged_in_a_pid_namespace_of_its_own_with_a_memory_limit() {
+    if !common::can_run("compile_sandbox") {
+        return;
+    }
+    let ctd = Owned(Containerd::start_with(
+        false,
+        "compile_uid = 64999\ncompile_gid = 64998\ncompile_memory_max_bytes = 3221225472\n",
+    ));
+    let big = long_compile_module();
+    run_with_policy(&ctd, "sandboxed", &big, "/code.wasm", "tiered");
+    // The process that compiles: the compile's process tree's leaf (the runner's compile
+    // process, or a worker of it).
+    let mut leaf = None;
+    wait_until(Duration::from_secs(60), "a compile runs", || {
+        let compiles = common::compiles_of(&ctd);
+        leaf = compiles
+            .iter()
+            .copied()
+            .find(|&p| !compiles.iter().any(|&c| common::ppid(c) == Some(p)));
+        leaf.is_some()
+    });
+    let pid = leaf.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"));
+    let own_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    let parent_ns = std::fs::read_link(format!("/proc/{}/ns/pid", common::ppid(pid).unwrap()));
+    kill_compiles(&ctd);
+    assert_eq!(status_field(&status, "Uid"), "64999\t64999\t64999\t64999");
+    assert_eq!(status_field(&status, "Gid"), "64998\t64998\t64998\t64998");
+    assert_eq!(status_field(&status, "Groups"), "");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(&status, set), "0000000000000000", "{set}");
+    }
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    // pid 1 of its namespace: it can name no process outside, and takes its own with it.
+    assert!(status_field(&status, "NSpid").ends_with("\t1"), "{status}");
+    assert_ne!(Some(own_ns), parent_ns.ok());
+    let data = limits
+        .lines()
+        .find(|l| l.starts_with("Max data size"))
+        .unwrap();
+    assert!(
+        data.split_whitespace()
+            .filter(|w| *w == "3221225472")
+            .count()
+            == 2,
+        "{data}"
+    );
+    let cwd = cwd.unwrap();
+    assert!(
+        cwd.starts_with(ctd.cache_dir.join("v1/tmp")) && cwd.ends_with("work"),
+        "{cwd:?}"
+    );
+}
