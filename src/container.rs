@@ -273,6 +273,11 @@ impl Container {
                 return Err(ShimError::create(&id, "spec")(e));
             }
         };
+        // The runtime's options may name the driver too: they must agree with the path.
+        if let Err(e) = crate::options::check_cgroup_driver(req.options.as_ref(), cgroup.as_ref()) {
+            c.cleanup();
+            return Err(ShimError::create(&id, "runtime options")(e));
+        }
         let module = match probe_entrypoint(&spec, &rootfs).await {
             Entrypoint::Wasm(file) => Ok(Some(Module { file, hash: None })),
             Entrypoint::Missing(argv0) => c.layer_module(&argv0, ctx).await,

@@ -1787,3 +1787,127 @@ fn measure_warm_pod_start_against_runc() {
         );
     });
 }
+
+/// The runtime's `SystemdCgroup` (the harness registers `wasmedge-systemd` with `true` and
+/// `wasmedge-cgroupfs` with `false`, as `wasmedge-shimctl install` writes them) against the
+/// cgroup path CRI gives for the node's driver: where they agree, a Wasm and a Linux
+/// container run; where they differ, each create fails naming `SystemdCgroup` and
+/// `linux.cgroupsPath`, before any cgroup or scope exists, and the pod stays usable.
+#[test]
+fn a_runtimes_systemd_cgroup_must_agree_with_the_cgroup_path_cri_gives() {
+    if !common::can_run("cri_systemd_cgroup_option") {
+        return;
+    }
+    use common::cgroup::{memory_cgroup, on_systemd, unit_property};
+    let systemd = on_systemd();
+    let uid = std::process::id();
+    // The node's driver: a pod's slice under systemd, else a directory (this host).
+    let (parent, agreeing, other, on) = if systemd {
+        (
+            format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}xopt.slice"
+            ),
+            "wasmedge-systemd",
+            "wasmedge-cgroupfs",
+            "false",
+        )
+    } else {
+        (
+            format!("/wasmedge-cri-opt-{uid}"),
+            "wasmedge-cgroupfs",
+            "wasmedge-systemd",
+            "true",
+        )
+    };
+    assert!(common::SYSTEMD_CGROUP_HANDLERS
+        .iter()
+        .any(|(h, _)| *h == agreeing));
+    let ctd = cri();
+    block_on(async {
+        let mut cri = Cri::connect(ctd).await;
+        let pod = cri
+            .run_pod_of(
+                agreeing,
+                "option",
+                host_network(NamespaceMode::Container),
+                parent.clone(),
+            )
+            .await;
+        for (name, image, argv) in [
+            ("wasm", APP_IMAGE, "/probe.wasm"),
+            ("linux", NATIVE_IMAGE, "/native-tool"),
+        ] {
+            let id = cri
+                .run(&pod, container(name, image, &[argv, "sleep", "300"]))
+                .await;
+            let (_, pid) = cri.status(&id).await;
+            let dir = memory_cgroup(pid.unwrap());
+            if systemd {
+                assert!(
+                    dir.ends_with(format!("cri-containerd-{id}.scope")),
+                    "{dir:?}"
+                );
+            } else {
+                assert!(
+                    dir.ends_with(format!("wasmedge-cri-opt-{uid}/{id}")),
+                    "{dir:?}"
+                );
+            }
+            cri.stop_and_remove(&id).await;
+        }
+        cri.remove_pod(pod).await;
+
+        let pod = cri
+            .run_pod_of(
+                other,
+                "option",
+                host_network(NamespaceMode::Container),
+                parent.clone(),
+            )
+            .await;
+        for (name, image, argv) in [
+            ("wasm", APP_IMAGE, "/probe.wasm"),
+            ("linux", NATIVE_IMAGE, "/native-tool"),
+        ] {
+            let id = cri
+                .create(&pod, container(name, image, &[argv]))
+                .await
+                .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
+            // CRI creates the task, where the shim reads the options, at StartContainer.
+            let e = cri.start(&id).await.unwrap_err();
+            assert!(
+                e.message().contains(&format!(
+                    "runtime options: SystemdCgroup = {on} in the runtime's options"
+                )) && e.message().contains("but linux.cgroupsPath"),
+                "{name}: {e}"
+            );
+            if systemd {
+                let unit = format!("cri-containerd-{id}.scope");
+                assert_eq!(unit_property(&unit, "LoadState"), "not-found", "{unit}");
+            } else {
+                for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+                    let dir = hierarchy
+                        .path()
+                        .join(parent.trim_start_matches('/'))
+                        .join(&id);
+                    assert!(!dir.exists(), "{} made for a refused create", dir.display());
+                }
+            }
+            cri.rt
+                .remove_container(RemoveContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("RemoveContainer {id}: {e}"));
+        }
+        // The pod of the refused containers is still the shim's to stop and remove.
+        let sandbox = pod.id.clone();
+        cri.remove_pod(pod).await;
+        cri.assert_gone(&[&sandbox], &[]).await;
+    });
+    if !systemd {
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let _ = std::fs::remove_dir(hierarchy.path().join(parent.trim_start_matches('/')));
+        }
+    }
+}

@@ -288,8 +288,15 @@ pub fn containerd_binary() -> &'static ContainerdBinary {
     })
 }
 
+/// The runtime handlers the harness registers besides `wasmedge` (which has no options), whose
+/// options name a cgroup driver as `wasmedge-shimctl install` writes it: `SystemdCgroup =
+/// true` and `false`.
+pub const SYSTEMD_CGROUP_HANDLERS: [(&str, bool); 2] =
+    [("wasmedge-systemd", true), ("wasmedge-cgroupfs", false)];
+
 /// The config of a private containerd in `dir`: its own root, state and sockets, debug logs,
-/// the runtime registered, and with `cri` the CRI plugin with CNI in `dir/cni`. Layout
+/// the runtime registered (also as [`SYSTEMD_CGROUP_HANDLERS`]), and with `cri` the CRI plugin
+/// with CNI in `dir/cni`. Layout
 /// `version = 2` for containerd 1.x, `version = 3` for 2.x (whose CRI plugin is split into
 /// `io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime`).
 fn containerd_config(dir: &Path, address: &Path, cri: bool) -> String {
@@ -309,6 +316,19 @@ state = "{d}/state"
     // runc's pods with the node's driver, as a node's containerd is configured (CRI gives
     // pods in slices systemd paths, which runc reads only with its systemd driver).
     let systemd = cgroup::on_systemd();
+    let option_runtimes = |plugin: &str, indent: &str| {
+        SYSTEMD_CGROUP_HANDLERS
+            .iter()
+            .map(|(name, on)| {
+                format!(
+                    "{indent}[plugins.\"{plugin}\".containerd.runtimes.{name}]\n\
+                     {indent}  runtime_type = \"{RUNTIME}\"\n\
+                     {indent}  [plugins.\"{plugin}\".containerd.runtimes.{name}.options]\n\
+                     {indent}    SystemdCgroup = {on}\n"
+                )
+            })
+            .collect::<String>()
+    };
     if containerd_binary().major < 2 {
         let cri_config = if cri {
             format!(
@@ -324,10 +344,11 @@ state = "{d}/state"
         SystemdCgroup = {systemd}
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmedge]
       runtime_type = "{RUNTIME}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
+{options}  [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{d}/cni/bin"
     conf_dir = "{d}/cni/net.d"
-"#
+"#,
+                options = option_runtimes("io.containerd.grpc.v1.cri", "    "),
             )
         } else {
             format!(
@@ -361,10 +382,11 @@ state = "{d}/state"
       SystemdCgroup = {systemd}
   [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wasmedge]
     runtime_type = "{RUNTIME}"
-  [plugins."io.containerd.cri.v1.runtime".cni]
+{options}  [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{d}/cni/bin"]
     conf_dir = "{d}/cni/net.d"
-"#
+"#,
+            options = option_runtimes("io.containerd.cri.v1.runtime", "  "),
         )
     } else {
         String::new()
