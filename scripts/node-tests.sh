@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 # test binary name, then the tests of it to run (all of them when none is named)
 SUITE=(
   "cgroups"
-  "cri a_pod_s_containers_get_their_cgroups a_wasm_pod_runs_through_cri a_pod_of_only_linux_containers"
+  "cri a_pod_s_containers_get_their_cgroups a_wasm_pod_runs_through_cri a_pod_of_only_linux_containers a_runtimes_systemd_cgroup_must_agree"
   "lifecycle hello_prints exit_codes a_module_that_traps delete_leaves containerd_2_reads"
   "devices"
   "isolation a_shared_root_propagation"
