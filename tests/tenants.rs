@@ -245,3 +245,32 @@ fn a_first_synchronous_start_keeps_no_handle_on_its_compile() {
         "the container holds a pidfd: {fds:?}"
     );
 }
+
+#[test]
+fn an_interpreted_modules_bytes_are_parsed_only_inside_its_boundary() {
+    if !common::can_run("parse_inside_boundary") {
+        return;
+    }
+    // Bytes that are not a valid module (the magic, then garbage), run in the interpreter,
+    // in a container whose root cannot be made (a bind mount of a source that does not
+    // exist). The set-up fails at its mounts, before anything parses the tenant's bytes:
+    // were they parsed first, the loader's error would be what the create reports, and a
+    // crafted module would have reached WasmEdge's loader as the host's root.
+    let r = Rootfs::with(&[]);
+    let mut bytes = b"\0asm\x01\0\0\0".to_vec();
+    bytes.extend_from_slice(&[0xff; 64]);
+    std::fs::write(r.path().join("bad.wasm"), bytes).unwrap();
+    let mut run = Run::rootfs("parse-late", r.path(), &["/bad.wasm"]);
+    run.annotations = vec![format!(
+        "{}=off",
+        wasmedge_aot_protocol::config::POLICY_ANNOTATION
+    )];
+    run.mounts = vec!["type=bind,src=/nonexistent-wasmedge-test,dst=/x,options=rbind:ro".into()];
+    let out = containerd().run(&run);
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("mounts"), "{out:?}");
+    assert!(
+        !out.stderr.contains("load:"),
+        "parsed before the boundary: {out:?}"
+    );
+}

@@ -10,8 +10,9 @@
 //!    process's (`/proc/<pid>/environ`), not the runner's ([`environ`]).
 //! 3. **cgroup**: join the container's cgroup (unless born in it), so that everything it
 //!    allocates from here on is the container's.
-//! 4. **code**: the module's code: the runner's template, native code from the cache (after
-//!    waiting for its compile, under the synchronous policy) or the interpreter.
+//! 4. **code**: the module's code: its zygote's template, native code from the cache (after
+//!    waiting for its compile, under the synchronous policy), or the module's bytes for the
+//!    interpreter, which step 9 parses, as the container.
 //! 5. **namespaces**: join the pod's (or named) namespaces, create the container's own;
 //!    hostname; loopback up in a new network namespace.
 //! 6. **root**: the rootfs as its own mount, the spec's mounts inside it, devices,
@@ -21,7 +22,8 @@
 //!    write its id maps (`namespaces::enter_user` says why this comes so late).
 //! 8. **credentials**: oom score, rlimits, AppArmor, groups, uid/gid, capabilities (all five
 //!    sets), umask, no_new_privs, and the seccomp filter last.
-//! 9. **instantiate**: the module with WASI preopens `/` and `.`, which are now the
+//! 9. **instantiate**: an interpreted module's bytes parsed and validated (as the container,
+//!    under its filter), then the module with WASI preopens `/` and `.`, which are now the
 //!    container's root and working directory: no host path reaches the module. This is the
 //!    first step that can run guest code (a start section), so it comes after every drop.
 //! 10. **ready**: report, wait for `start`, run.
@@ -207,13 +209,25 @@ fn prepare(
         preopens: preopens(&plan.cwd),
     };
     // Errors name the module as the container sees it, not the file WasmEdge read.
+    let loaded = match code.loaded {
+        Module::Loaded(l) => l,
+        Module::Bytes(bytes) => {
+            let l = runner
+                .engine()
+                .load_bytes(std::path::Path::new(&req.module_name), &bytes)
+                .map_err(at("load"))?;
+            timings.load_us += micros(t.elapsed());
+            Rc::new(l)
+        }
+    };
+    let t = Instant::now();
     let instance = match code.prepared {
         Some(p) => p.with_wasi(&wasi),
-        None => runner.engine().instantiate(&code.loaded, &wasi),
+        None => runner.engine().instantiate(&loaded, &wasi),
     }
     .map_err(|e| at("instantiate")(e.in_module(std::path::Path::new(&req.module_name))))?;
     timings.instantiate_us = micros(t.elapsed());
-    timings.tier = match code.loaded.tier() {
+    timings.tier = match loaded.tier() {
         wasmedge_aot_engine::Tier::Native => Tier::Native,
         wasmedge_aot_engine::Tier::Interpreter => Tier::Interpreter,
     };
@@ -237,12 +251,21 @@ fn preopens(cwd: &str) -> Vec<String> {
 }
 
 struct Code {
-    loaded: Rc<Loaded>,
+    loaded: Module,
     prepared: Option<Prepared>,
     warning: Option<String>,
 }
 
-/// Step 4: the module's code, loaded (not yet instantiated).
+/// A module's code: loaded, or (for the interpreter) its bytes, which are parsed only once
+/// the process is the container (step 9): a crafted module that reached a bug of WasmEdge's
+/// loader would otherwise run as the set-up's host root, with every capability and no
+/// seccomp filter.
+enum Module {
+    Loaded(Rc<Loaded>),
+    Bytes(Vec<u8>),
+}
+
+/// Step 4: the module's code, loaded (not yet instantiated), or read to be parsed later.
 fn load_code(
     runner: &Runner,
     req: &SpawnRequest,
@@ -256,7 +279,7 @@ fn load_code(
         if let Some((loaded, prepared)) = runner.take_template(&key) {
             timings.opt_level = Some(level);
             return Ok(Code {
-                loaded,
+                loaded: Module::Loaded(loaded),
                 prepared,
                 warning,
             });
@@ -270,7 +293,7 @@ fn load_code(
             Ok(l) => {
                 timings.opt_level = Some(level);
                 return Ok(Code {
-                    loaded: Rc::new(l),
+                    loaded: Module::Loaded(Rc::new(l)),
                     prepared: None,
                     warning,
                 });
@@ -302,7 +325,7 @@ fn load_code(
                     };
                     timings.opt_level = Some(level);
                     return Ok(Code {
-                        loaded: Rc::new(l),
+                        loaded: Module::Loaded(Rc::new(l)),
                         prepared: None,
                         warning,
                     });
@@ -330,12 +353,8 @@ fn load_code(
     }
     let bytes =
         read_all(module).map_err(|e| at("load")(format!("read {}: {e}", req.module_name)))?;
-    let loaded = runner
-        .engine()
-        .load_bytes(std::path::Path::new(&req.module_name), &bytes)
-        .map_err(at("load"))?;
     Ok(Code {
-        loaded: Rc::new(loaded),
+        loaded: Module::Bytes(bytes),
         prepared: None,
         warning,
     })
