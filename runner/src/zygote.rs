@@ -50,6 +50,33 @@ struct Zygote {
     /// (device, inode) of the artifact it loaded: a re-published entry is another file.
     file: (u64, u64),
     sock: OwnedFd,
+    pid: i32,
+}
+
+impl Drop for Zygote {
+    /// A zygote dropped (evicted, or one that did not answer) is killed: it holds nothing
+    /// anyone needs (its containers are the shim's children), and one that hangs must not
+    /// stay.
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// How long the runner waits for a zygote to make its template: the loader's parse of the
+/// largest module takes seconds; a zygote that takes longer is killed, and its containers
+/// load their code themselves.
+const BIRTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long it waits for a zygote to fork a container (a fork takes well under a second).
+const FORK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Bounds the runner's waits on `sock`: every other start waits while it does.
+fn recv_timeout(sock: &OwnedFd, t: std::time::Duration) -> Result<(), String> {
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+    let tv = nix::sys::time::TimeVal::new(t.as_secs() as i64, 0);
+    setsockopt(sock, ReceiveTimeout, &tv).map_err(|e| format!("zygote socket timeout: {e}"))
 }
 
 /// The runner's zygotes, most recently used last.
@@ -93,7 +120,8 @@ impl Zygotes {
                 }
                 // The request's descriptors, which the zygote must not keep (a module file
                 // keeps its rootfs busy, a control socket keeps a container's shim end open,
-                // a pod's pid namespace alive).
+                // a pod's pid namespace alive), nor the runner's ends of the other zygotes'
+                // sockets (each would keep the others alive after the runner).
                 let request_fds: Vec<i32> = [
                     Some(fds.control),
                     Some(module.as_fd()),
@@ -103,6 +131,7 @@ impl Zygotes {
                 .into_iter()
                 .flatten()
                 .map(|fd| fd.as_raw_fd())
+                .chain(live.iter().map(|z| z.sock.as_raw_fd()))
                 .collect();
                 // SAFETY: the runner is single-threaded (see `serve`).
                 match unsafe { start(runner, key, level, so, *file, module, &request_fds) } {
@@ -181,8 +210,17 @@ unsafe fn start(
             // SAFETY: this process is the zygote, single-threaded.
             unsafe { serve(runner, key, level, so, file, module, request_fds, theirs) }
         }
-        Ok(Some(_)) => {
+        Ok(Some(pid)) => {
             drop(theirs);
+            // Killed on any failure below (dropped), so no zygote outlives its error.
+            let zygote = Zygote {
+                key,
+                file,
+                sock: ours,
+                pid,
+            };
+            let ours = &zygote.sock;
+            recv_timeout(ours, BIRTH_TIMEOUT)?;
             let mut buf = vec![0u8; 4096];
             let born = wire::recv_datagram(ours.as_fd(), &mut buf)
                 .map_err(|e| format!("the module's zygote: {e}"))?
@@ -192,11 +230,10 @@ unsafe fn start(
             match wire::decode::<Born>("zygote birth", born.0)
                 .map_err(|e| format!("the module's zygote: {e}"))?
             {
-                Ok(()) => Ok(Zygote {
-                    key,
-                    file,
-                    sock: ours,
-                }),
+                Ok(()) => {
+                    recv_timeout(&zygote.sock, FORK_TIMEOUT)?;
+                    Ok(zygote)
+                }
                 Err(why) => Err(why),
             }
         }
@@ -226,9 +263,9 @@ unsafe fn serve(
     } else {
         Err("its native code does not load as a template".into())
     };
-    // Nothing of the runner's request stays open here, nor the runner's end of the shim's
-    // socket (fd 0): the shim must see it close when the runner goes. Each becomes
-    // /dev/null, so that the numbers stay valid for the (never dropped) owners.
+    // Nothing of the runner's request stays open here (nor the other zygotes' runner ends),
+    // nor the runner's end of the shim's socket (fd 0): the shim must see it close when the
+    // runner goes. Each becomes /dev/null, so that the numbers stay valid for the (never dropped) owners.
     if let Ok(null) = File::open("/dev/null") {
         for fd in std::iter::once(0).chain(request_fds.iter().copied()) {
             // SAFETY: dup2 onto an open descriptor replaces what it refers to; nothing is
