@@ -222,35 +222,50 @@ pub fn populated(dir: &Path) -> bool {
         .is_empty()
 }
 
+/// What a cgroup's removal cost, for the delete's phase line: the wait for its processes to
+/// be gone (reading what is left, killing it) and the removal itself (`rmdir` of each
+/// hierarchy's directory, or a scope's stop).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Removal {
+    pub drain_us: u128,
+    pub remove_us: u128,
+}
+
 /// Removes the cgroup, killing anything still in it first (`cgroup.kill` on v2, SIGKILL to
 /// each process it lists on v1), so that no process of the container outlives its delete
 /// and no directory outlives a shim that died. A scope is then stopped, which makes
 /// systemd remove it.
-pub fn remove(path: &CgroupPath) {
-    if let Err(e) = kill_and_remove(path) {
+pub fn remove(path: &CgroupPath) -> Removal {
+    let mut timed = Removal::default();
+    if let Err(e) = kill_and_remove(path, &mut timed) {
         log::warn!("remove cgroup {}: {e}", path.as_spec());
     }
+    timed
 }
 
 /// [`remove`] for a path a record kept (the sweep, `shim delete`): one that does not parse
 /// is left alone, as the shim would not have made it.
 pub fn remove_recorded(path: &str) {
     match CgroupPath::parse(path) {
-        Ok(p) => remove(&p),
+        Ok(p) => {
+            remove(&p);
+        }
         Err(e) => log::warn!("recorded cgroup {path:?} left alone: {e}"),
     }
 }
 
-fn kill_and_remove(path: &CgroupPath) -> Result<(), String> {
+fn kill_and_remove(path: &CgroupPath, timed: &mut Removal) -> Result<(), String> {
     let killed = if is_v2() {
         let dir = Path::new(hierarchies::UNIFIED_MOUNTPOINT).join(path.dir());
         // systemd removes a scope's directory itself when it stops the unit.
-        v2::drain(&dir, !path.is_systemd()).map_err(|e| e.to_string())
+        v2::drain_timed(&dir, !path.is_systemd(), timed).map_err(|e| e.to_string())
     } else {
-        drain_v1(path)
+        drain_v1(path, timed)
     };
     if let CgroupPath::Systemd(scope) = path {
+        let stopping = std::time::Instant::now();
         stop_bounded(scope)?;
+        timed.remove_us += stopping.elapsed().as_micros();
     }
     killed
 }
@@ -278,7 +293,8 @@ fn stop_bounded(scope: &systemd::Scope) -> Result<(), String> {
 /// How long a delete waits for systemd to stop a scope.
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn drain_v1(path: &CgroupPath) -> Result<(), String> {
+fn drain_v1(path: &CgroupPath, timed: &mut Removal) -> Result<(), String> {
+    let draining = std::time::Instant::now();
     let cg = load(path);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
@@ -300,10 +316,14 @@ fn drain_v1(path: &CgroupPath) -> Result<(), String> {
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
+    timed.drain_us = draining.elapsed().as_micros();
     if path.is_systemd() {
         return Ok(());
     }
-    cg.delete().map_err(|e| e.to_string())
+    let removing = std::time::Instant::now();
+    let removed = cg.delete().map_err(|e| e.to_string());
+    timed.remove_us = removing.elapsed().as_micros();
+    removed
 }
 
 /// cgroup v2 operations on a cgroup's directory, whatever the hierarchy is mounted at (the
@@ -481,9 +501,19 @@ pub mod v2 {
     /// Kills what is left in the cgroup and waits for it to go; then removes the
     /// directory if `rmdir`. A cgroup that is already gone is done.
     pub fn drain(dir: &Path, rmdir: bool) -> std::io::Result<()> {
+        drain_timed(dir, rmdir, &mut super::Removal::default())
+    }
+
+    /// [`drain`], its two steps timed.
+    pub(super) fn drain_timed(
+        dir: &Path,
+        rmdir: bool,
+        timed: &mut super::Removal,
+    ) -> std::io::Result<()> {
         if !dir.exists() {
             return Ok(());
         }
+        let draining = Instant::now();
         if populated(dir)? {
             kill(dir)?;
             let deadline = Instant::now() + DRAIN;
@@ -497,13 +527,17 @@ pub mod v2 {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+        timed.drain_us = draining.elapsed().as_micros();
         if !rmdir {
             return Ok(());
         }
-        match std::fs::remove_dir(dir) {
+        let removing = Instant::now();
+        let removed = match std::fs::remove_dir(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
-        }
+        };
+        timed.remove_us = removing.elapsed().as_micros();
+        removed
     }
 }
 

@@ -186,6 +186,15 @@ pub struct Container {
     cleaned: Mutex<bool>,
 }
 
+/// What a container's teardown cost (the delete's phase line).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Teardown {
+    /// The rootfs's unmount.
+    pub unmount_us: u128,
+    /// The cgroup's drain and removal.
+    pub cgroup: crate::cgroup::Removal,
+}
+
 /// What runs a container's entrypoint.
 enum Entrypoint {
     /// A file that starts with Wasm's magic: our path, with the module opened.
@@ -216,7 +225,9 @@ impl Container {
     ) -> Result<(Container, Option<OomWatch>), ShimError> {
         let id = req.id.clone();
         let bundle = PathBuf::from(&req.bundle);
+        let reading = Instant::now();
         let spec = read_spec(&bundle).await?;
+        let spec_us = reading.elapsed().as_micros();
         let rootfs = bundle.join(
             spec.root()
                 .as_ref()
@@ -251,6 +262,7 @@ impl Container {
             c.pid = std::process::id() as i32;
             return Ok((c, None));
         }
+        let mounting = Instant::now();
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs).map_err(ShimError::io(format!(
                 "create rootfs dir {}",
@@ -278,11 +290,17 @@ impl Container {
             c.cleanup();
             return Err(ShimError::create(&id, "runtime options")(e));
         }
+        let mount_us = mounting.elapsed().as_micros();
+        let probing = Instant::now();
         let module = match probe_entrypoint(&spec, &rootfs).await {
             Entrypoint::Wasm(file) => Ok(Some(Module { file, hash: None })),
             Entrypoint::Missing(argv0) => c.layer_module(&argv0, ctx).await,
             Entrypoint::Linux => Ok(None),
         };
+        debug!(
+            "container {id}: spec {spec_us} µs, rootfs mount {mount_us} µs, entrypoint {} µs",
+            probing.elapsed().as_micros()
+        );
         let created = match module {
             Ok(Some(module)) => {
                 c.create_wasm(&spec, module, &rootfs, req.terminal, ctx)
@@ -802,23 +820,28 @@ impl Container {
         Ok(())
     }
 
-    /// Unmounts the rootfs and removes the cgroup; safe to call twice.
-    pub fn cleanup(&self) {
+    /// Unmounts the rootfs and removes the cgroup; safe to call twice. Returns what each
+    /// step cost, for the delete's phase line.
+    pub fn cleanup(&self) -> Teardown {
+        let mut timed = Teardown::default();
         let mut cleaned = self.cleaned.lock().unwrap_or_else(|p| p.into_inner());
         if *cleaned {
-            return;
+            return timed;
         }
         *cleaned = true;
         if let Some(rootfs) = &self.rootfs {
+            let unmounting = Instant::now();
             if let Err(e) =
                 containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH)
             {
                 warn!("container {}: unmount {}: {e}", self.id, rootfs.display());
             }
+            timed.unmount_us = unmounting.elapsed().as_micros();
         }
         if let Some(path) = &self.cgroup {
-            crate::cgroup::remove(path);
+            timed.cgroup = crate::cgroup::remove(path);
         }
+        timed
     }
 
     pub(crate) fn precondition(&self, message: &str) -> ShimError {

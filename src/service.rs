@@ -740,6 +740,7 @@ impl Task for TaskService {
             layers: &inner.layers,
         };
         let since = inner.unclaimed_mark();
+        let creating = std::time::Instant::now();
         let (container, oom) = match Container::create(&req, &ctx).await {
             Ok((c, oom)) => (Arc::new(c), oom),
             Err(e) => {
@@ -749,6 +750,8 @@ impl Task for TaskService {
             }
         };
         let pid = container.pid;
+        let create_us = creating.elapsed().as_micros();
+        let recording = std::time::Instant::now();
         if !container.sandbox && container.linux.is_none() {
             if let Err(e) = record_process(Path::new(&req.bundle), pid) {
                 warn!("record the process of {} in its bundle: {e}", req.id);
@@ -789,6 +792,11 @@ impl Task for TaskService {
             ..Default::default()
         };
         inner.publish(TASK_CREATE_EVENT_TOPIC, Box::new(ev)).await;
+        debug!(
+            "container {}: create {create_us} µs, create records {} µs",
+            req.id,
+            recording.elapsed().as_micros()
+        );
         info!("created {} as pid {pid}", req.id);
         Ok(api::CreateTaskResponse {
             pid: pid as u32,
@@ -956,8 +964,11 @@ impl Task for TaskService {
         // A container runc could not delete stays, with its record: containerd sees the
         // delete fail (with runc's reason) and may retry it, and if this shim dies the next
         // one's sweep retries it.
+        let deleting = std::time::Instant::now();
         c.discard().await?;
-        c.cleanup();
+        let discard_us = deleting.elapsed().as_micros();
+        let teardown = c.cleanup();
+        let recording = std::time::Instant::now();
         let _ = std::fs::remove_file(c.bundle.join(PID_FILE));
         let (code, at) = match c.status() {
             Status::Stopped { code, at } => (code, at),
@@ -968,7 +979,8 @@ impl Task for TaskService {
             crate::sweep::forget(dir, &req.id);
         }
         self.inner.publish_state();
-        crate::logger::detach_task(&req.id);
+        let records_us = recording.elapsed().as_micros();
+        let publishing = std::time::Instant::now();
         let ev = TaskDelete {
             container_id: c.id.clone(),
             id: c.id.clone(),
@@ -980,6 +992,19 @@ impl Task for TaskService {
         self.inner
             .publish(TASK_DELETE_EVENT_TOPIC, Box::new(ev))
             .await;
+        debug!(
+            "container {}: delete {} µs: discard {discard_us} µs, unmount {} µs, \
+             cgroup drain {} µs, cgroup removal {} µs, records {records_us} µs, \
+             delete event {} µs",
+            c.id,
+            deleting.elapsed().as_micros(),
+            teardown.unmount_us,
+            teardown.cgroup.drain_us,
+            teardown.cgroup.remove_us,
+            publishing.elapsed().as_micros(),
+        );
+        // After the last line of this task: its pipe closes with it.
+        crate::logger::detach_task(&req.id);
         Ok(api::DeleteResponse {
             pid: c.pid as u32,
             exit_status: code as u32,
