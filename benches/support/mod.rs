@@ -53,6 +53,11 @@ pub fn isolated_plan(rootfs: &Path, args: &[&str]) -> (ContainerPlan, PidNamespa
     process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
     process.set_no_new_privileges(Some(true));
     spec.set_process(Some(process));
+    // A cgroups path, as ctr's specs have one: a spec without one is refused (its device
+    // rules would have no cgroup). `run_container` sets the path each run uses.
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    linux.set_cgroups_path(Some("/wasmedge-aot-bench/plan".into()));
+    spec.set_linux(Some(linux));
     let cs = wasmedge_aot_shim::spec::container(&spec, Default::default()).unwrap();
     let mut plan = cs.plan;
     plan.root.path = rootfs.to_owned();
