@@ -9,6 +9,7 @@ pub mod linux;
 pub mod logger;
 pub mod options;
 pub mod pod;
+pub mod records;
 pub mod runner;
 pub mod seccomp;
 pub mod service;

@@ -236,6 +236,7 @@ impl Shim for WasmEdgeShim {
                     };
                     (dir, Mutex::new(state))
                 }),
+                records: crate::records::Writer::new(),
             }),
         };
         service.inner.publish_state();
@@ -328,10 +329,9 @@ impl WasmEdgeShim {
 /// of `/proc/<pid>/stat`).
 const PID_FILE: &str = "wasm.pid";
 
-/// Records the container process `pid` in `bundle`.
-fn record_process(bundle: &Path, pid: i32) -> std::io::Result<()> {
-    let start = start_time(pid)
-        .ok_or_else(|| std::io::Error::other(format!("no start time in /proc/{pid}/stat")))?;
+/// Records the container process `pid`, started at `start` (see [`start_time`]), in
+/// `bundle`.
+fn record_process(bundle: &Path, pid: i32, start: u64) -> std::io::Result<()> {
     std::fs::write(bundle.join(PID_FILE), format!("{pid} {start}\n"))
 }
 
@@ -392,6 +392,8 @@ struct Inner {
     swept: crate::sweep::Pending,
     /// A node shim's run directory and what it publishes there for `wasmedge-shimctl check`.
     state: Option<(PathBuf, Mutex<ShimState>)>,
+    /// Writes the records and the state, and the phase totals, off the request path.
+    records: crate::records::Writer,
 }
 
 impl Inner {
@@ -424,13 +426,13 @@ impl Inner {
     }
 
     /// Writes the node shim's state with the number of tasks it serves now. Off the request
-    /// path; the lock orders the writes, and each counts the tasks at its own turn.
+    /// path, in turn with the records; each write counts the tasks at its own turn.
     fn publish_state(self: &Arc<Self>) {
         if self.state.is_none() {
             return;
         }
         let inner = self.clone();
-        tokio::task::spawn_blocking(move || {
+        self.records.write(move || {
             let Some((dir, state)) = &inner.state else {
                 return;
             };
@@ -518,7 +520,7 @@ impl Inner {
             }
             self.publish_exit(&c).await;
             let (path, timings) = (self.phases.clone(), c.timings.clone());
-            tokio::task::spawn_blocking(move || {
+            self.records.write(move || {
                 if let Err(e) = crate::phases::record(&path, &timings, run.as_micros() as u64) {
                     debug!("record phase timings in {}: {e}", path.display());
                 }
@@ -752,9 +754,23 @@ impl Task for TaskService {
         let pid = container.pid;
         let create_us = creating.elapsed().as_micros();
         let recording = std::time::Instant::now();
+        // The records are for after a crash: written off the request path, in order
+        // (`records.rs`).
         if !container.sandbox && container.linux.is_none() {
-            if let Err(e) = record_process(Path::new(&req.bundle), pid) {
-                warn!("record the process of {} in its bundle: {e}", req.id);
+            // Its start time is read here, as the create left it; only the write waits.
+            match start_time(pid) {
+                Some(start) => {
+                    let (bundle, id) = (PathBuf::from(&req.bundle), req.id.clone());
+                    inner.records.write(move || {
+                        if let Err(e) = record_process(&bundle, pid, start) {
+                            warn!("record the process of {id} in its bundle: {e}");
+                        }
+                    });
+                }
+                None => warn!(
+                    "record the process of {} in its bundle: no start time in /proc/{pid}/stat",
+                    req.id
+                ),
             }
         }
         inner.containers().insert(req.id.clone(), container.clone());
@@ -765,9 +781,12 @@ impl Task for TaskService {
                 rootfs: container.rootfs_path().map(Path::to_path_buf),
                 runc_root: container.linux.as_ref().map(|l| l.root.clone()),
             };
-            if let Err(e) = crate::sweep::record(dir, &r) {
-                warn!("record container {}: {e}", req.id);
-            }
+            let dir = dir.clone();
+            inner.records.write(move || {
+                if let Err(e) = crate::sweep::record(&dir, &r) {
+                    warn!("record container {}: {e}", r.id);
+                }
+            });
         }
         inner.publish_state();
         if let Some(watch) = oom {
@@ -969,15 +988,23 @@ impl Task for TaskService {
         let discard_us = deleting.elapsed().as_micros();
         let teardown = c.cleanup();
         let recording = std::time::Instant::now();
-        let _ = std::fs::remove_file(c.bundle.join(PID_FILE));
         let (code, at) = match c.status() {
             Status::Stopped { code, at } => (code, at),
             _ => (128 + libc::SIGKILL, OffsetDateTime::now_utc()),
         };
         self.inner.containers().remove(&req.id);
-        if let Some((dir, _)) = &self.inner.state {
-            crate::sweep::forget(dir, &req.id);
-        }
+        // After the writes of its create, in turn (`records.rs`).
+        let (pid_file, dir, id) = (
+            c.bundle.join(PID_FILE),
+            self.inner.state.as_ref().map(|(dir, _)| dir.clone()),
+            req.id.clone(),
+        );
+        self.inner.records.write(move || {
+            let _ = std::fs::remove_file(pid_file);
+            if let Some(dir) = dir {
+                crate::sweep::forget(&dir, &id);
+            }
+        });
         self.inner.publish_state();
         let records_us = recording.elapsed().as_micros();
         let publishing = std::time::Instant::now();
@@ -1296,7 +1323,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        record_process(bundle.path(), pid).unwrap();
+        record_process(bundle.path(), pid, start_time(pid).unwrap()).unwrap();
         assert_eq!(recorded_process(bundle.path()), Some(pid));
 
         // The pid now names another process (what a reused pid looks like).
