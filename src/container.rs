@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use containerd_shim::api::CreateTaskRequest;
-use containerd_shim::asynchronous::util::{mount_rootfs, read_spec};
+use containerd_shim::asynchronous::util::mount_rootfs;
 use log::{debug, warn};
 use rustix::fs::{Mode, OFlags};
 use time::OffsetDateTime;
@@ -195,6 +195,21 @@ pub struct Teardown {
     pub cgroup: crate::cgroup::Removal,
 }
 
+/// The bundle's `config.json`, read and parsed on a blocking thread in one go: containerd's
+/// `read_spec` reads through tokio's file, a trip to the blocking pool for the open and for
+/// each read of a spec that holds a seccomp profile (~1 ms of a create here, against ~0.3).
+async fn read_bundle_spec(bundle: &Path) -> Result<oci_spec::runtime::Spec, ShimError> {
+    let path = bundle.join("config.json");
+    let context = format!("read spec {}", path.display());
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path)?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    .map_err(ShimError::io(context))
+}
+
 /// What runs a container's entrypoint.
 enum Entrypoint {
     /// A file that starts with Wasm's magic: our path, with the module opened.
@@ -226,7 +241,7 @@ impl Container {
         let id = req.id.clone();
         let bundle = PathBuf::from(&req.bundle);
         let reading = Instant::now();
-        let spec = read_spec(&bundle).await?;
+        let spec = read_bundle_spec(&bundle).await?;
         let spec_us = reading.elapsed().as_micros();
         let rootfs = bundle.join(
             spec.root()
@@ -831,6 +846,8 @@ impl Container {
         *cleaned = true;
         if let Some(rootfs) = &self.rootfs {
             let unmounting = Instant::now();
+            // The last release of an overlay syncs its upper directory's whole file system
+            // (`ovl_sync_fs`): most of this step's time.
             if let Err(e) =
                 containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH)
             {
