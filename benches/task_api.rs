@@ -18,7 +18,8 @@
 //! cycle the bench ran, the median of each and of the shim's own phases (its debug log, read
 //! from the `log` FIFO of the bundle it started in). `TASK_API_CYCLES=N` runs N cycles in a
 //! row instead and prints the same medians as plain text (`profiling/task-api.sh`), and with
-//! `TASK_API_LOG=FILE` writes the shim's log there.
+//! `TASK_API_LOG=FILE` writes the shim's log there; `TASK_API_SHIM=PATH` runs another build's
+//! shim binary (with its runner beside it), for A/B comparisons.
 //!
 //! Needs root (containerd, mounts, cgroups); says so and exits when not root.
 //! `cargo bench --bench task_api` (or `cargo criterion --bench task_api`)
@@ -160,7 +161,8 @@ impl Harness {
 
         let out = std::fs::read_to_string(&stdout).unwrap_or_default();
         assert_eq!(out, "hello from wasm\n", "{id}");
-        std::fs::remove_dir_all(&bundle).unwrap();
+        std::fs::remove_dir_all(&bundle)
+            .unwrap_or_else(|e| panic!("remove {}: {e}", bundle.display()));
         self.cycles.push(times);
         times
     }
@@ -285,7 +287,11 @@ fn start_shim(ctd: &Containerd, bundle: &Path) -> (String, Arc<Mutex<Vec<String>
     std::fs::write(bundle.join("config.json"), b"{}").unwrap();
     let binary = common::containerd_binary();
     let address = ctd.address.display().to_string();
-    let out = Command::new(common::shim_dir().join("containerd-shim-wasmedge-v1"))
+    // Another build's shim, for an A/B comparison (its runner beside it).
+    let shim = std::env::var_os("TASK_API_SHIM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::shim_dir().join("containerd-shim-wasmedge-v1"));
+    let out = Command::new(shim)
         .current_dir(bundle)
         .args(["-namespace", common::namespace(), "-id", "taskapi-shim"])
         .args(["-address", &address])
