@@ -42,6 +42,8 @@ use crate::cgroup::CgroupPath;
 pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 /// `type_url` of runc's options.
 pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+/// `type_url` of the task options `ctr run` sends (runc's `CreateOptions`).
+pub const CREATE_OPTIONS_TYPE: &str = "containerd.linux.runc.CreateOptions";
 /// The key of the runtime's options table that names the cgroup driver.
 pub const SYSTEMD_CGROUP: &str = "SystemdCgroup";
 /// The largest options file read from `ConfigPath` (containerd's tables are a few lines).
@@ -128,6 +130,10 @@ pub fn systemd_cgroup(options: Option<&Any>) -> Result<Option<bool>, OptionsErro
             })?;
             systemd_cgroup_in_toml(&text, "ConfigBody")
         }
+        // The task's create options, which `ctr run` sends with `--uidmap`, `--gidmap` and
+        // other task flags (runc's `CreateOptions`: io uid/gid, no-pivot, ...): not the
+        // runtime's, and they name no cgroup driver.
+        CREATE_OPTIONS_TYPE => Ok(None),
         _ => Err(OptionsError::UnknownType(any.type_url.clone())),
     }
 }
@@ -357,6 +363,11 @@ mod tests {
             "{e}"
         );
 
+        // ctr's task options (`--uidmap`): nothing of a driver in them.
+        assert_eq!(
+            systemd_cgroup(Some(&any(CREATE_OPTIONS_TYPE, vec![0x08, 0x01]))).unwrap(),
+            None
+        );
         let e = systemd_cgroup(Some(&any("io.example.Options", vec![1]))).unwrap_err();
         assert_eq!(
             e.to_string(),
