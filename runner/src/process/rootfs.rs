@@ -58,19 +58,7 @@ pub fn enter(
         .filter(|p| p.kind == PropagationKind::Shared)
     {
         // As runc does: on the container's own "/", once it is one.
-        setattr(
-            CWD,
-            c"/",
-            if p.recursive {
-                libc::AT_RECURSIVE as u32
-            } else {
-                0
-            },
-            0,
-            0,
-            Some(p.kind),
-        )
-        .map_err(|e| at("rootfsPropagation")(format!("set on the new /: {e}")))?;
+        propagate_root(p).map_err(|e| at("rootfsPropagation")(format!("set on the new /: {e}")))?;
     }
     let pivoted = t.elapsed();
 
@@ -105,6 +93,16 @@ pub fn enter(
     Ok((mounts + t.elapsed(), pivoted))
 }
 
+/// Sets the propagation of the process's "/" (and, recursively, of what is below it).
+fn propagate_root(p: Propagation) -> std::io::Result<()> {
+    let recursive = if p.recursive {
+        libc::AT_RECURSIVE as u32
+    } else {
+        0
+    };
+    setattr(CWD, c"/", recursive, 0, 0, Some(p.kind))
+}
+
 /// Everything up to the pivot; returns the new root's descriptor.
 fn prepare_root(plan: &ContainerPlan, cgroups: &Hierarchies) -> Result<OwnedFd, StepError> {
     // Nothing we mount may reach the host's tree, nor the host's later mounts ours. A
@@ -117,19 +115,7 @@ fn prepare_root(plan: &ContainerPlan, cgroups: &Hierarchies) -> Result<OwnedFd, 
             recursive: true,
         },
     };
-    setattr(
-        CWD,
-        c"/",
-        if propagation.recursive {
-            libc::AT_RECURSIVE as u32
-        } else {
-            0
-        },
-        0,
-        0,
-        Some(propagation.kind),
-    )
-    .map_err(|e| at("rootfsPropagation")(format!("set on /: {e}")))?;
+    propagate_root(propagation).map_err(|e| at("rootfsPropagation")(format!("set on /: {e}")))?;
 
     // The rootfs as a mount of its own (pivot_root needs one), bound over itself.
     let rootfs = &plan.root.path;
