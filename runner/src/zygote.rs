@@ -109,7 +109,8 @@ impl Zygotes {
             return Err("its template was refused before".into());
         }
         let mut live = self.live.borrow_mut();
-        let started = std::time::Instant::now();
+        // Making the zygote is the template's load, paid by the start that makes it.
+        let mut load = std::time::Duration::ZERO;
         let found = live.iter().position(|z| z.key == key);
         let zygote = match found.map(|i| live.remove(i)) {
             Some(z) if z.file == *file => z,
@@ -133,9 +134,13 @@ impl Zygotes {
                 .map(|fd| fd.as_raw_fd())
                 .chain(live.iter().map(|z| z.sock.as_raw_fd()))
                 .collect();
+                let started = std::time::Instant::now();
                 // SAFETY: the runner is single-threaded (see `serve`).
                 match unsafe { start(runner, key, level, so, *file, module, &request_fds) } {
-                    Ok(z) => z,
+                    Ok(z) => {
+                        load = started.elapsed();
+                        z
+                    }
                     Err(e) => {
                         let mut refused = self.refused.borrow_mut();
                         if refused.len() >= MAX_REFUSED {
@@ -147,7 +152,7 @@ impl Zygotes {
                 }
             }
         };
-        let pid = ask(&zygote, req, res, started.elapsed(), fds);
+        let pid = ask(&zygote, req, res, load, fds);
         // A zygote that did not answer is gone; the next start makes another.
         if pid.is_ok() {
             live.push(zygote);

@@ -288,17 +288,9 @@ fn load_code(
     // Native code without its template (its zygote refused it, or died): this process
     // loads it, charged to its own cgroup.
     if let Some((so, _, level)) = &res.artifact {
-        let level = *level;
-        match runner.engine().load_native(so, &runner.link_dir) {
-            Ok(l) => {
-                timings.opt_level = Some(level);
-                return Ok(Code {
-                    loaded: Module::Loaded(Rc::new(l)),
-                    prepared: None,
-                    warning,
-                });
-            }
-            Err(e) => warning = Some(format!("{e}; running it in the interpreter")),
+        match native(runner, so, *level, timings) {
+            Ok(loaded) => return Ok(Code::native(loaded, warning)),
+            Err(e) => warning = Some(e),
         }
     }
     if let (Some(job), Policy::Sync) = (&res.compile, res.policy) {
@@ -313,24 +305,16 @@ fn load_code(
         }
         timings.compile_us = micros(t.elapsed());
         match found {
-            Some((artifact, level)) => match runner
-                .engine()
-                .load_native(&artifact.path, &runner.link_dir)
-            {
-                Ok(l) => {
+            Some((artifact, level)) => match native(runner, &artifact.path, level, timings) {
+                Ok(loaded) => {
                     timings.cache = if res.started_compile {
                         CacheOutcome::Compiled
                     } else {
                         CacheOutcome::WaitedHit
                     };
-                    timings.opt_level = Some(level);
-                    return Ok(Code {
-                        loaded: Module::Loaded(Rc::new(l)),
-                        prepared: None,
-                        warning,
-                    });
+                    return Ok(Code::native(loaded, warning));
                 }
-                Err(e) => warning = Some(format!("{e}; running it in the interpreter")),
+                Err(e) => warning = Some(e),
             },
             None => {
                 let why = res
@@ -358,6 +342,31 @@ fn load_code(
         prepared: None,
         warning,
     })
+}
+
+impl Code {
+    fn native(loaded: Loaded, warning: Option<String>) -> Code {
+        Code {
+            loaded: Module::Loaded(Rc::new(loaded)),
+            prepared: None,
+            warning,
+        }
+    }
+}
+
+/// Loads the native artifact `so` of tier `level` in this process; the warning says why not.
+fn native(
+    runner: &Runner,
+    so: &std::path::Path,
+    level: u8,
+    timings: &mut Timings,
+) -> Result<Loaded, String> {
+    let loaded = runner
+        .engine()
+        .load_native(so, &runner.link_dir)
+        .map_err(|e| format!("{e}; running it in the interpreter"))?;
+    timings.opt_level = Some(level);
+    Ok(loaded)
 }
 
 /// Waits, as long as the compile runs, for one of the module's tiers (`keys`, best last) to
