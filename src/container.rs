@@ -156,6 +156,9 @@ pub struct CreateContext<'a> {
     pub host: HostSecurity,
     /// The sandbox of the pod with this id, if this shim serves it.
     pub sandbox: &'a (dyn Fn(&str) -> Option<Arc<Container>> + Sync),
+    /// Whether a pid is the process of a container of the pod with this sandbox id (the
+    /// namespaces a pod's container may join, see [`check_pod_namespace_path`]).
+    pub pod_process: &'a (dyn Fn(&str, u32) -> bool + Sync),
     /// Where a module that is not in the rootfs comes from: the image's Wasm layer.
     pub layers: &'a crate::image_layers::ImageLayers,
 }
@@ -169,6 +172,8 @@ pub struct Container {
     pub sandbox: bool,
     /// For a sandbox: the namespaces its pod's containers share.
     pub pod: Option<PodNamespaces>,
+    /// For a pod's container: its sandbox's id (CRI's annotation).
+    pub sandbox_id: Option<String>,
     pub bundle: PathBuf,
     pub stdio: StdioPaths,
     pub pid: i32,
@@ -254,6 +259,7 @@ impl Container {
             id: id.clone(),
             sandbox,
             pod: None,
+            sandbox_id: spec::annotation(&spec, spec::SANDBOX_ID_ANNOTATION).map(str::to_string),
             bundle,
             stdio: StdioPaths {
                 stdin: req.stdin.clone(),
@@ -371,11 +377,12 @@ impl Container {
         terminal: bool,
         ctx: &CreateContext<'_>,
     ) -> Result<(i32, Option<OomWatch>), ShimError> {
-        let sandbox = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(spec::SANDBOX_ID_ANNOTATION))
-            .and_then(|s| (ctx.sandbox)(s));
+        let sandbox = self.sandbox_id.as_deref().and_then(|s| (ctx.sandbox)(s));
+        let in_pod = |pid: u32| {
+            self.sandbox_id
+                .as_deref()
+                .is_some_and(|s| (ctx.pod_process)(s, pid))
+        };
         let (linux, pid) = Linux::create(crate::linux::CreateArgs {
             id: &self.id,
             namespace: ctx.namespace,
@@ -384,6 +391,7 @@ impl Container {
             stdio: &self.stdio,
             terminal,
             pod: sandbox.as_deref().and_then(|s| s.pod.as_ref()),
+            in_pod: &in_pod,
             systemd_cgroup: cgroup.as_ref().is_some_and(CgroupPath::is_systemd),
         })
         .await
@@ -446,8 +454,17 @@ impl Container {
             cs.plan.seccomp = Some((*program).clone());
         }
         let pod = cs.sandbox_id.as_deref().and_then(|s| (ctx.sandbox)(s));
-        let (ns_fds, pid_ns) = namespaces(&mut cs, pod.as_deref().and_then(|p| p.pod.as_ref()))
-            .map_err(ShimError::create(&id, "namespaces"))?;
+        let in_pod = |pid: u32| {
+            self.sandbox_id
+                .as_deref()
+                .is_some_and(|s| (ctx.pod_process)(s, pid))
+        };
+        let (ns_fds, pid_ns) = namespaces(
+            &mut cs,
+            pod.as_deref().and_then(|p| p.pod.as_ref()),
+            &in_pod,
+        )
+        .map_err(ShimError::create(&id, "namespaces"))?;
 
         let cgroup_started = Instant::now();
         let mut oom = None;
@@ -964,6 +981,7 @@ enum PidNs {
 fn namespaces(
     cs: &mut ContainerSpec,
     pod: Option<&PodNamespaces>,
+    in_pod: &(dyn Fn(u32) -> bool + Sync),
 ) -> Result<(Vec<OwnedFd>, PidNs), String> {
     let shim = std::process::id();
     let pod_ns = |path: &Path, what: Shared| -> Result<Option<OwnedFd>, String> {
@@ -994,7 +1012,7 @@ fn namespaces(
         }
         let path = joins.next().ok_or("a namespace to join without its path")?;
         if cs.sandbox_id.is_some() {
-            check_pod_namespace_path(&path, shim)?;
+            check_pod_namespace_path(&path, shim, in_pod)?;
         }
         if ns.kind == NamespaceKind::User && path.starts_with(format!("/proc/{shim}")) {
             // CRI naming the pod's user namespace: the sandbox holds none (see spec::sandbox).
@@ -1015,7 +1033,7 @@ fn namespaces(
     }
     cs.plan.namespaces = kept;
     if let (Ns::Join(path), Some(_)) = (&cs.pid, &cs.sandbox_id) {
-        check_pod_namespace_path(path, shim)?;
+        check_pod_namespace_path(path, shim, in_pod)?;
     }
     let pid = match &cs.pid {
         Ns::Host => PidNs::Inherit,

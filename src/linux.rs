@@ -100,6 +100,9 @@ pub struct CreateArgs<'a> {
     pub terminal: bool,
     /// The pod's namespaces, if this shim holds the container's sandbox.
     pub pod: Option<&'a PodNamespaces>,
+    /// Whether a pid is the process of a container of the pod (see
+    /// [`check_pod_namespace_path`]).
+    pub in_pod: &'a (dyn Fn(u32) -> bool + Sync),
     /// The spec's cgroup is a systemd scope (`slice:prefix:name`): runc makes it through
     /// systemd (`--systemd-cgroup`). runc keeps the driver in its state, so only `create`
     /// is told.
@@ -267,7 +270,7 @@ impl Linux {
         let root = state_root(a.namespace)?;
         ensure_dir(&root)?;
         // Held until runc has joined them.
-        let held = join_pod_namespaces(a.bundle, a.spec, a.pod)?;
+        let held = join_pod_namespaces(a.bundle, a.spec, a.pod, a.in_pod)?;
         let log = a.bundle.join(RUNC_LOG);
         let runc = client(&root, &log, a.systemd_cgroup)?;
         let pid_file = a.bundle.join(INIT_PID);
@@ -619,17 +622,18 @@ fn join_pod_namespaces(
     bundle: &Path,
     spec: &Spec,
     pod: Option<&PodNamespaces>,
+    in_pod: &(dyn Fn(u32) -> bool + Sync),
 ) -> Result<Vec<OwnedFd>, String> {
     let shim = std::process::id();
     let names_pod = |p: &Path| names_process_namespace(p, shim).is_some();
-    let in_pod = spec
+    let of_a_pod = spec
         .annotations()
         .as_ref()
         .is_some_and(|a| a.contains_key(crate::spec::SANDBOX_ID_ANNOTATION));
-    if in_pod {
+    if of_a_pod {
         for ns in crate::spec::linux_namespaces(spec) {
             if let Some(p) = ns.path() {
-                check_pod_namespace_path(p, shim)?;
+                check_pod_namespace_path(p, shim, in_pod)?;
             }
         }
     }
@@ -1208,7 +1212,7 @@ mod tests {
         );
         std::fs::write(bundle.path().join("config.json"), &config).unwrap();
         let spec: Spec = serde_json::from_str(&config).unwrap();
-        let held = join_pod_namespaces(bundle.path(), &spec, Some(&pod)).unwrap();
+        let held = join_pod_namespaces(bundle.path(), &spec, Some(&pod), &|_| false).unwrap();
         assert_eq!(
             held.len(),
             2,
@@ -1238,7 +1242,7 @@ mod tests {
 
         // Without the pod's sandbox, the path is refused, naming it.
         std::fs::write(bundle.path().join("config.json"), &config).unwrap();
-        let err = join_pod_namespaces(bundle.path(), &spec, None).unwrap_err();
+        let err = join_pod_namespaces(bundle.path(), &spec, None, &|_| false).unwrap_err();
         assert!(err.contains(&format!("/proc/{shim}/ns/net")), "{err}");
     }
 }

@@ -145,13 +145,18 @@ impl Shared {
 }
 
 /// Refuses, for a container of a pod, a `/proc/<pid>/ns/...` path of a process that is
-/// neither this shim nor one of its children: CRI names a pod's namespaces by its sandbox's
-/// pid, which is this shim's when this shim serves the sandbox (a pod's containers follow
-/// their sandbox's shim), and a target container's (`kubectl debug --target`) by that
-/// container's process, this shim's child (a Wasm process, or a runc container's init,
-/// re-parented to the shim as its subreaper). Any other pid is a sandbox whose shim is gone,
-/// and that pid may be anyone's by now (the host's namespaces, another pod's).
-pub fn check_pod_namespace_path(path: &Path, shim: u32) -> Result<(), String> {
+/// neither this shim nor a container of the same pod (`in_pod`): CRI names a pod's
+/// namespaces by its sandbox's pid, which is this shim's when this shim serves the sandbox
+/// (a pod's containers follow their sandbox's shim), and a target container's (`kubectl
+/// debug --target`, which CRI allows only within the pod) by that container's process. A
+/// node shim serves many pods: another of its children is another pod's container, whose
+/// namespaces are not this pod's to join. Any other pid is a sandbox whose shim is gone, and
+/// that pid may be anyone's by now (the host's namespaces, another pod's).
+pub fn check_pod_namespace_path(
+    path: &Path,
+    shim: u32,
+    in_pod: &dyn Fn(u32) -> bool,
+) -> Result<(), String> {
     let Ok(rest) = path.strip_prefix("/proc") else {
         return Ok(());
     };
@@ -164,33 +169,21 @@ pub fn check_pod_namespace_path(path: &Path, shim: u32) -> Result<(), String> {
         .collect();
     let pid = parts.first().and_then(|p| p.parse::<u32>().ok());
     match (pid, parts.as_slice()) {
-        (Some(pid), [_, "ns", _]) if pid == shim || parent_of(pid) == Some(shim) => Ok(()),
+        (Some(pid), [_, "ns", _]) if pid == shim || in_pod(pid) => Ok(()),
         (Some(pid), [_, "ns", _]) => Err(format!(
             "{} names the namespaces of process {pid}, neither this shim ({shim}), which \
-             serves the pod's containers, nor one of its containers: the pod's sandbox is \
-             served by no live shim",
+             serves the pod's sandbox, nor a container of the pod: another pod's \
+             container, or a sandbox served by no live shim",
             path.display()
         )),
         // CRI writes no other form; any other path into /proc (`self`, a task's, through a
         // process's root) could name anyone's namespaces.
         _ => Err(format!(
             "{}: a pod's container joins a namespace under /proc only as \
-             /proc/<pid>/ns/<type> of this shim or one of its containers",
+             /proc/<pid>/ns/<type> of this shim or a container of the pod",
             path.display()
         )),
     }
-}
-
-/// The parent pid of process `pid`, from `/proc/<pid>/stat`.
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name (in parentheses, possibly with spaces): state, then ppid.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Whether `path` names one of process `pid`'s namespaces (CRI's way to name a
@@ -373,33 +366,31 @@ mod tests {
 
     #[test]
     fn a_pods_container_joins_no_other_process_namespaces() {
-        assert!(check_pod_namespace_path(Path::new("/proc/42/ns/net"), 42).is_ok());
-        assert!(check_pod_namespace_path(Path::new("/var/run/netns/cni-1"), 42).is_ok());
-        let e = check_pod_namespace_path(Path::new("/proc/43/ns/net"), 42).unwrap_err();
+        let none = |_: u32| false;
+        assert!(check_pod_namespace_path(Path::new("/proc/42/ns/net"), 42, &none).is_ok());
+        assert!(check_pod_namespace_path(Path::new("/var/run/netns/cni-1"), 42, &none).is_ok());
+        let e = check_pod_namespace_path(Path::new("/proc/43/ns/net"), 42, &none).unwrap_err();
         assert!(
             e.starts_with("/proc/43/ns/net names the namespaces of process 43"),
             "{e}"
         );
-        assert!(check_pod_namespace_path(Path::new("/proc/1/ns/pid"), 42).is_err());
+        assert!(check_pod_namespace_path(Path::new("/proc/1/ns/pid"), 42, &none).is_err());
+        // Even the process of a container of the pod, under any other form.
+        let any = |_: u32| true;
         for other in [
             "/proc/self/ns/net",
             "/proc/42/task/42/ns/net",
-            "/proc/42/root/proc/1/ns/net",
-            "/proc/42/ns/../../1/ns/net",
+            "/proc/43/root/proc/1/ns/net",
+            "/proc/43/ns/../../1/ns/net",
         ] {
-            let e = check_pod_namespace_path(Path::new(other), 42).unwrap_err();
+            let e = check_pod_namespace_path(Path::new(other), 42, &any).unwrap_err();
             assert!(e.contains("only as /proc/<pid>/ns/<type>"), "{other}: {e}");
         }
-        // A child of the shim (a container's process): `kubectl debug --target`.
-        let mut child = std::process::Command::new("sleep")
-            .arg("10")
-            .spawn()
-            .unwrap();
-        let me = std::process::id();
-        let path = format!("/proc/{}/ns/pid", child.id());
-        let joined = check_pod_namespace_path(Path::new(&path), me);
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(joined.is_ok(), "{joined:?}");
+        // A container of the pod: `kubectl debug --target`; another pod's container (the
+        // node shim's child too) is refused.
+        let in_pod = |pid: u32| pid == 43;
+        assert!(check_pod_namespace_path(Path::new("/proc/43/ns/pid"), 42, &in_pod).is_ok());
+        let e = check_pod_namespace_path(Path::new("/proc/44/ns/net"), 42, &in_pod).unwrap_err();
+        assert!(e.contains("nor a container of the pod"), "{e}");
     }
 }

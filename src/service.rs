@@ -733,12 +733,18 @@ impl Task for TaskService {
                 .filter(|c| c.sandbox)
                 .cloned()
         };
+        let pod_process = |sandbox_id: &str, pid: u32| {
+            inner.containers().values().any(|c| {
+                !c.sandbox && c.pid as u32 == pid && c.sandbox_id.as_deref() == Some(sandbox_id)
+            })
+        };
         let ctx = CreateContext {
             namespace: &inner.namespace,
             runner: &runner,
             seccomp: &inner.seccomp,
             host: inner.host,
             sandbox: &sandbox,
+            pod_process: &pod_process,
             layers: &inner.layers,
         };
         let since = inner.unclaimed_mark();

@@ -260,7 +260,7 @@ pub fn is_sandbox(spec: &Spec) -> bool {
     annotation(spec, CONTAINER_TYPE_ANNOTATION) == Some("sandbox")
 }
 
-fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
+pub(crate) fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
     spec.annotations()
         .as_ref()
         .and_then(|a| a.get(key))

@@ -274,3 +274,38 @@ fn an_interpreted_modules_bytes_are_parsed_only_inside_its_boundary() {
         "parsed before the boundary: {out:?}"
     );
 }
+
+#[test]
+fn a_pods_container_joins_no_namespace_of_another_pods_container() {
+    if !common::can_run("other_pod_namespace") {
+        return;
+    }
+    // One node shim serves every pod: each container's process is its child. CRI names a
+    // pod's namespaces by its sandbox's pid and a debug target by a container of the same
+    // pod; another pod's container is neither.
+    let ctd = containerd();
+    let r = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
+    let pod = |sandbox: &str| format!("io.kubernetes.cri.sandbox-id={sandbox}");
+    let mut victim = Run::rootfs("pod-a-app", r.path(), &["/probe.wasm", "sleep", "60"]);
+    victim.annotations.push(pod("pod-a"));
+    ctd.run_detached(&victim);
+    ctd.wait_status("pod-a-app", "RUNNING", Duration::from_secs(60));
+    let victim_pid = ctd.task_pid("pod-a-app").unwrap();
+    let join = |id: &str, sandbox: &str| {
+        let mut run = Run::rootfs(id, r.path(), &["/probe.wasm"]);
+        run.annotations.push(pod(sandbox));
+        run.flags = vec![
+            "--with-ns".into(),
+            format!("network:/proc/{victim_pid}/ns/net"),
+        ];
+        ctd.run(&run)
+    };
+    let other_pod = join("pod-b-app", "pod-b");
+    let same_pod = join("pod-a-debug", "pod-a");
+    ctd.remove("pod-a-app");
+    assert!(
+        other_pod.stderr.contains("nor a container of the pod"),
+        "another pod's container joined pod-a's network namespace: {other_pod:?}"
+    );
+    assert_eq!(same_pod.stdout, "hello from wasm\n", "{same_pod:?}");
+}
