@@ -189,6 +189,9 @@ pub struct Container {
     control: tokio::sync::Mutex<Option<Control>>,
     state: ProcessState,
     cleaned: Mutex<bool>,
+    /// A Wasm container's hooks still to run (`poststart`, `poststop`); runc runs a Linux
+    /// container's.
+    hooks: crate::hooks::Hooks,
 }
 
 /// What a container's teardown cost (the delete's phase line).
@@ -275,6 +278,7 @@ impl Container {
             control: tokio::sync::Mutex::new(None),
             state: ProcessState::new(),
             cleaned: Mutex::new(false),
+            hooks: Default::default(),
         };
         if sandbox {
             let s = spec::sandbox(&spec).map_err(ShimError::create(&id, "spec"))?;
@@ -596,6 +600,22 @@ impl Container {
             Ok(()) => control.report().await,
             Err(e) => Err(e),
         };
+        let mut hooks_ran = false;
+        if let Ok(Report::Created) = report {
+            // The process has its namespaces and waits, as the runner's, before its root
+            // and any guest code: the spec's prestart and createRuntime hooks run now.
+            let hooking = Instant::now();
+            cs.hooks
+                .create_runtime(&id, &self.bundle, pid)
+                .await
+                .map_err(ShimError::create(&id, "hooks"))?;
+            debug!("container {id}: hooks {} µs", hooking.elapsed().as_micros());
+            hooks_ran = true;
+            report = match control.hooks_ran().await {
+                Ok(()) => control.report().await,
+                Err(e) => Err(e),
+            };
+        }
         let mut mapped = false;
         if let Ok(Report::MapIds) = report {
             // The process is in its new user namespace and waits for its maps; only a
@@ -613,6 +633,12 @@ impl Container {
             Ok(Report::Ready { .. }) if cs.id_maps.is_some() && !mapped => {
                 Err(ShimError::create(&id, "user namespace")(
                     "the container process reported ready without making its user namespace",
+                ))
+            }
+            // And one that skipped the hooks would run without what they set up.
+            Ok(Report::Ready { .. }) if cs.plan.hooks && !hooks_ran => {
+                Err(ShimError::create(&id, "hooks")(
+                    "the container process reported ready without waiting for its hooks",
                 ))
             }
             Ok(Report::Ready {
@@ -647,6 +673,7 @@ impl Container {
                 );
                 self.timings = t;
                 *self.control.get_mut() = Some(control);
+                self.hooks = std::mem::take(&mut cs.hooks);
                 Ok((pid, oom))
             }
             Ok(Report::Failed { error }) => Err(ShimError::create(
@@ -654,7 +681,10 @@ impl Container {
                 "set up the container process",
             )(error)),
             Ok(Report::MapIds) => Err(ShimError::create(&id, "user namespace")(
-                "the container process asked for its id maps twice",
+                "the container process asked for its id maps out of turn",
+            )),
+            Ok(Report::Created) => Err(ShimError::create(&id, "hooks")(
+                "the container process reported its namespaces out of turn",
             )),
             Err(_) => Err(ShimError::create(&id, "start container process")(
                 "the container process died before reporting",
@@ -718,7 +748,14 @@ impl Container {
         })?;
         *control = None;
         self.state.set_running();
+        drop(control);
+        self.hooks.poststart(&self.id, &self.bundle, self.pid).await;
         Ok(())
+    }
+
+    /// Runs the spec's `poststop` hooks, once the container is gone (at delete).
+    pub async fn poststop(&self) {
+        self.hooks.poststop(&self.id, &self.bundle).await;
     }
 
     /// How long the module has run (until now, or until it exited if called on exit).

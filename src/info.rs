@@ -23,8 +23,9 @@ pub fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
-        // A spec with hooks fails its create (`spec::refuse_unsupported`).
-        "hooks": [],
+        // The hooks the shim runs in the runtime's namespaces (`hooks.rs`); those that run
+        // inside the container fail a Wasm container's create.
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "cgroup": { "v1": true, "v2": true, "systemd": true, "systemdUser": false },

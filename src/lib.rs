@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cgroup;
+pub mod command;
 pub mod container;
 pub mod error;
+pub mod hooks;
 pub mod image_layers;
 pub mod info;
 pub mod linux;

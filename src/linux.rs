@@ -15,8 +15,8 @@
 //! - **Reaping.** The shim is a child subreaper (the shim framework makes it one): a
 //!   container's init and every exec'd process are re-parented to it when `runc create` and
 //!   `runc exec --detach` exit, and the framework's reaper collects every exit. runc's own
-//!   commands are waited for through that same reaper ([`Reaped`]): a second `waitpid` on a
-//!   pid could, once the pid is reused, take another process's exit.
+//!   commands are waited for through that same reaper ([`crate::command`]): a second
+//!   `waitpid` on a pid could, once the pid is reused, take another process's exit.
 //! - **Stdio.** The container's FIFOs are opened as for a Wasm container and handed to runc,
 //!   which passes them on to the process: no copy through the shim. With a terminal, runc
 //!   sends the pty's master over a console socket and the shim copies between it and the
@@ -43,15 +43,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use containerd_shim::asynchronous::monitor::{
-    monitor_subscribe, monitor_unsubscribe, Subscription, MONITOR,
-};
-use containerd_shim::monitor::{Subject, Topic};
 use log::debug;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use runc::options::{CreateOpts, DeleteOpts, ExecOpts, GlobalOpts, KillOpts};
 use runc::Runc;
-use tokio::io::{AsyncReadExt, Interest};
+use tokio::io::Interest;
 use tokio::net::unix::pipe;
 
 use crate::container::{ProcessState, Status, StdioPaths};
@@ -697,10 +693,7 @@ fn join_pod_namespaces(
     Ok(held)
 }
 
-/// Runs runc's commands and waits for their exits through the shim framework's reaper,
-/// which takes every exit of the shim's children (`waitpid(-1)`): a `waitpid` of our own
-/// would race it, and one on a pid the reaper already took could take a new process's exit.
-/// So the command is spawned as a plain `std` child, which nothing else waits for.
+/// Runs runc's commands through the shim framework's reaper ([`crate::command`]).
 #[derive(Debug)]
 struct Reaped;
 
@@ -710,70 +703,20 @@ impl runc::Spawner for Reaped {
         let mut cmd = cmd.into_std();
         // Ours only: runc as root has no use for it.
         cmd.env_remove("XDG_RUNTIME_DIR");
-        let other = |e: containerd_shim::Error| runc::error::Error::Other(Box::new(e));
-        // Subscribed before the spawn: the exit cannot come before it.
-        let mut exits = Exits(monitor_subscribe(Topic::Pid).await.map_err(other)?);
-        let spawned = cmd.spawn();
-        // The command holds our copies of the stdio given to the child.
-        drop(cmd);
-        let mut child = spawned.map_err(runc::error::Error::ProcessSpawnFailed)?;
-        let pid = child.id();
-        let stdout = child.stdout.take().map(OwnedFd::from);
-        let stderr = child.stderr.take().map(OwnedFd::from);
-        let exited = async {
-            while let Some(ev) = exits.0.rx.recv().await {
-                if matches!(ev.subject, Subject::Pid(p) if p == pid as i32) {
-                    return ev.exit_code;
-                }
-            }
-            255
-        };
-        let (out, err, code) = tokio::join!(read_all(stdout), read_all(stderr), exited);
-        drop(exits);
+        let f = crate::command::run(cmd, None, None)
+            .await
+            .map_err(|e| match e {
+                crate::command::RunError::Spawn(e) => runc::error::Error::ProcessSpawnFailed(e),
+                e => runc::error::Error::Other(Box::new(e)),
+            })?;
         // The reaper reports an exit code, or 128 + the signal that ended the process.
-        Ok((ExitStatus::from_raw((code & 0xff) << 8), pid, out, err))
+        Ok((
+            ExitStatus::from_raw((f.code & 0xff) << 8),
+            f.pid,
+            f.stdout,
+            f.stderr,
+        ))
     }
-}
-
-/// The reaper's exits, for as long as this lives. The subscription is removed on drop, so
-/// that a command whose future is dropped before its exit (a cancelled request) leaves no
-/// subscriber behind: the monitor would otherwise fail to send it every later exit of the
-/// node, and log an error each time.
-struct Exits(Subscription);
-
-impl Drop for Exits {
-    fn drop(&mut self) {
-        let id = self.0.id;
-        // The monitor's lock is async but held only for an instant (the monitor holds it
-        // across no wait): taken at once unless an exit is being sent out right now, in
-        // which case a task removes the subscription right after.
-        match MONITOR.try_lock() {
-            Ok(mut monitor) => {
-                let _ = monitor.unsubscribe(id);
-            }
-            Err(_) => {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        let _ = monitor_unsubscribe(id).await;
-                    });
-                }
-            }
-        }
-    }
-}
-
-async fn read_all(fd: Option<OwnedFd>) -> String {
-    let Some(fd) = fd else {
-        return String::new();
-    };
-    let mut out = Vec::new();
-    match pipe::Receiver::from_owned_fd(fd) {
-        Ok(mut r) => {
-            let _ = r.read_to_end(&mut out).await;
-        }
-        Err(e) => debug!("read runc's output: {e}"),
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The container's FIFOs, opened as for a Wasm container, for runc to hand to the process.

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
-use wasmedge_aot_protocol::container::{ContainerPlan, IdsMapped, Report, Start, MAX_MESSAGE};
+use wasmedge_aot_protocol::container::{
+    ContainerPlan, HooksRan, IdsMapped, Report, Start, MAX_MESSAGE,
+};
 use wasmedge_aot_protocol::spawn::{self, SpawnFds, SpawnReply, SpawnRequest};
 use wasmedge_aot_protocol::wire::{self, WireError};
 
@@ -183,6 +185,13 @@ impl Control {
     /// Tells the process its uid and gid maps are written.
     pub async fn ids_mapped(&mut self) -> Result<(), RunnerError> {
         let body = wire::frame(&wire::encode("ids mapped", &IdsMapped)?);
+        self.stream.write_all(&body).await?;
+        Ok(())
+    }
+
+    /// Tells the process the spec's hooks ran.
+    pub async fn hooks_ran(&mut self) -> Result<(), RunnerError> {
+        let body = wire::frame(&wire::encode("hooks ran", &HooksRan)?);
         self.stream.write_all(&body).await?;
         Ok(())
     }

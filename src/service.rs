@@ -993,6 +993,7 @@ impl Task for TaskService {
         c.discard().await?;
         let discard_us = deleting.elapsed().as_micros();
         let teardown = c.cleanup();
+        c.poststop().await;
         let recording = std::time::Instant::now();
         let (code, at) = match c.status() {
             Status::Stopped { code, at } => (code, at),

@@ -140,6 +140,8 @@ pub struct ContainerSpec {
     pub policy: Option<Policy>,
     /// The pod this container belongs to (CRI's sandbox id).
     pub sandbox_id: Option<String>,
+    /// The spec's hooks, which the shim runs.
+    pub hooks: crate::hooks::Hooks,
 }
 
 /// A new user namespace's mappings, from `linux.uidMappings` and `linux.gidMappings`.
@@ -299,6 +301,18 @@ fn ns_of(all: &HashMap<LinuxNamespaceType, Ns>, t: LinuxNamespaceType) -> Ns {
 
 /// Translates a pod sandbox's spec.
 pub fn sandbox(spec: &Spec) -> Result<SandboxSpec, SpecError> {
+    // A hook is given the sandbox's pid to act on (its network namespace, its root), and
+    // this runtime's sandbox runs no process: the pid would be the shim's, the host's.
+    if spec
+        .hooks()
+        .as_ref()
+        .is_some_and(|h| *h != oci_spec::runtime::Hooks::default())
+    {
+        return Err(unsupported(
+            "hooks",
+            "a pod sandbox of this runtime runs no process for hooks to act on",
+        ));
+    }
     let all = namespaces(spec)?;
     let s = SandboxSpec {
         network: ns_of(&all, LinuxNamespaceType::Network),
@@ -417,6 +431,7 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
         return Err(invalid("process.cwd", format!("{cwd:?} is not absolute")));
     }
     refuse_unsupported(spec, host)?;
+    let hooks = crate::hooks::Hooks::of(spec)?;
 
     let linux = spec.linux().clone().unwrap_or_default();
     let all = namespaces(spec)?;
@@ -573,6 +588,7 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
         } else {
             None
         },
+        hooks: hooks.at_create(),
     };
     let policy = match annotation(spec, POLICY_ANNOTATION) {
         Some(v) => Some(
@@ -604,6 +620,7 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
         seccomp,
         policy,
         sandbox_id: annotation(spec, SANDBOX_ID_ANNOTATION).map(str::to_string),
+        hooks,
     })
 }
 
@@ -693,11 +710,6 @@ fn refuse_unsupported(spec: &Spec, host: HostSecurity) -> Result<(), SpecError> 
             "process.selinuxLabel",
             host.selinux && set(process.selinux_label()),
             "SELinux labels are not supported by this runtime",
-        ),
-        (
-            "hooks",
-            spec.hooks().is_some(),
-            "OCI hooks are not supported by this runtime",
         ),
     ];
     if let Some(linux) = spec.linux() {

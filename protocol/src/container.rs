@@ -4,6 +4,8 @@
 //! ```text
 //! shim → container   ContainerPlan + fds: stdin, stdout, stderr, then one namespace
 //!                    descriptor for each NamespaceAction::Join, in plan order
+//! [container → shim  Report::Created (namespaces made, where the plan has hooks)
+//!  shim → container  HooksRan (the spec's prestart and createRuntime hooks succeeded)]
 //! [container → shim  Report::MapIds (in a new user namespace)
 //!  shim → container  IdsMapped (its uid_map and gid_map written)]
 //! container → shim   Report: Ready (loaded, instantiated, isolated; waiting) or Failed
@@ -82,6 +84,10 @@ pub struct ContainerPlan {
     pub seccomp: Option<Seccomp>,
     /// `process.apparmorProfile`, on a host whose kernel has AppArmor enabled.
     pub apparmor_profile: Option<String>,
+    /// The spec has hooks to run once the process's namespaces exist (`prestart`,
+    /// `createRuntime`): it reports [`Report::Created`] after making them, and waits for
+    /// [`HooksRan`] before its root, its credentials and any guest code.
+    pub hooks: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,9 +263,14 @@ pub struct Seccomp {
 }
 
 /// The container process's report: [`Report::Ready`] or [`Report::Failed`], after
-/// [`Report::MapIds`] if it made a user namespace.
+/// [`Report::Created`] if the plan has hooks and [`Report::MapIds`] if it made a user
+/// namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Report {
+    /// Its namespaces are made, nothing else (its root is still the host's, its
+    /// credentials the runner's, no guest code has run): the shim runs the spec's hooks on
+    /// it. It waits for [`HooksRan`].
+    Created,
     /// In a new user namespace of its own: its uid and gid maps must be written by a process
     /// privileged outside it (the shim, its parent, which has the spec's mappings) before it
     /// can change its credentials. It waits for [`IdsMapped`].
@@ -277,6 +288,11 @@ pub enum Report {
 /// The shim's go-ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Start;
+
+/// The shim's answer to [`Report::Created`]: the hooks ran and succeeded (where one failed,
+/// the shim ends the process instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HooksRan;
 
 /// The shim's answer to [`Report::MapIds`]: the maps are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

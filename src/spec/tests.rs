@@ -131,11 +131,39 @@ fn what_cannot_be_honoured_is_refused_naming_the_field() {
         .to_string()
         .starts_with("process.terminal"));
 
+    // Hooks the runtime runs in the container's view are refused; those it runs in its own
+    // make the process wait for them after its namespaces.
+    let hook = |p: &str| {
+        oci_spec::runtime::HookBuilder::default()
+            .path(p)
+            .build()
+            .unwrap()
+    };
     let s = spec_with(own_namespaces())
-        .hooks(oci_spec::runtime::Hooks::default())
+        .hooks(
+            oci_spec::runtime::HooksBuilder::default()
+                .start_container(vec![hook("/bin/true")])
+                .build()
+                .unwrap(),
+        )
         .build()
         .unwrap();
-    assert!(translate(s).unwrap_err().to_string().starts_with("hooks"));
+    assert!(translate(s)
+        .unwrap_err()
+        .to_string()
+        .starts_with("hooks.startContainer"));
+    let s = spec_with(own_namespaces())
+        .hooks(
+            oci_spec::runtime::HooksBuilder::default()
+                .create_runtime(vec![hook("/bin/true")])
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert!(translate(s).unwrap().plan.hooks);
+    let s = spec_with(own_namespaces()).build().unwrap();
+    assert!(!translate(s).unwrap().plan.hooks);
 }
 
 #[test]

@@ -14,7 +14,8 @@
 //!    waiting for its compile, under the synchronous policy), or the module's bytes for the
 //!    interpreter, which step 9 parses, as the container.
 //! 5. **namespaces**: join the pod's (or named) namespaces, create the container's own;
-//!    hostname; loopback up in a new network namespace.
+//!    hostname; loopback up in a new network namespace. Where the spec has hooks, the
+//!    process reports and waits while the shim runs them (`prestart`, `createRuntime`).
 //! 6. **root**: the rootfs as its own mount, the spec's mounts inside it, devices,
 //!    `pivot_root` (no host path exists for the process afterwards), sysctls, masked and
 //!    read-only paths, a read-only root; `chdir` to the working directory.
@@ -48,7 +49,7 @@ use std::time::{Duration, Instant};
 use wasmedge_aot_engine::{Instance, Loaded, Outcome, Prepared, WasiPlan};
 use wasmedge_aot_protocol::config::Policy;
 use wasmedge_aot_protocol::container::{
-    CacheOutcome, ContainerPlan, IdsMapped, Report, Start, Tier, Timings, MAX_MESSAGE,
+    CacheOutcome, ContainerPlan, HooksRan, IdsMapped, Report, Start, Tier, Timings, MAX_MESSAGE,
 };
 use wasmedge_aot_protocol::spawn::SpawnRequest;
 use wasmedge_aot_protocol::wire;
@@ -172,10 +173,18 @@ fn prepare(
     timings.load_us += micros(t.elapsed());
     drop(module);
 
-    // 5. Namespaces.
+    // 5. Namespaces; then the spec's hooks, which the shim runs on them (`prestart`,
+    // `createRuntime`: after the namespaces, before `pivot_root`), while this process waits
+    // still as the runner's, before any guest code.
     let t = Instant::now();
     namespaces::enter(&plan, &mut fds)?;
     timings.namespaces_us = micros(t.elapsed());
+    if plan.hooks {
+        send(control, &Report::Created).map_err(at("hooks"))?;
+        if !receive::<HooksRan>(control, "hooks ran") {
+            return Err(at("hooks")("the shim did not run the spec's hooks"));
+        }
+    }
 
     // 6. Root.
     let (mounts, pivot) = rootfs::enter(&plan, &runner.cgroups)?;
