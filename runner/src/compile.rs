@@ -25,6 +25,7 @@ use wasmedge_aot_cache::{Failure, FailureCause, Key, Lane};
 
 use crate::code::{fd_path, Runner};
 
+mod confine;
 mod sandbox;
 
 /// A compile process.

@@ -15,6 +15,9 @@
 //! copies the library into a file of its own (never publishing an inode the worker's uid
 //! owns and could have kept open), and the cache seals, digests and publishes that.
 //!
+//! It also has namespaces of its own, a read-only view of the host with the work directory
+//! its one writable place, and a system-call filter (`confine`).
+//!
 //! The worker has `compile_deadline_secs`: past it, it is killed and the compile fails as
 //! killed, as it does when the worker dies of a signal (an allocation over its limit
 //! aborts LLVM). The compile process is not killed, so it releases the key's lock and
@@ -32,6 +35,8 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use wasmedge_aot_cache::{BoxError, FailureCause};
 use wasmedge_aot_engine::Engine;
+
+use super::confine;
 
 /// The worker's directory inside the staging directory, and its output there.
 const WORK_DIR: &str = "work";
@@ -306,6 +311,15 @@ fn worker(
     if let Err(e) = nix::unistd::fchdir(dir) {
         return fail(&report, "enter the work directory", &e);
     }
+    // Its own namespaces and a read-only host, the work directory its one writable place.
+    let _work = match confine::isolate() {
+        Ok(work) => work,
+        Err(e) => return fail(&report, "confine the worker", &e),
+    };
+    let filters = match confine::filters() {
+        Ok(f) => f,
+        Err(e) => return fail(&report, "build the worker's system-call filter", &e),
+    };
     let limits = [
         (libc::RLIMIT_CORE, Some(0)),
         (libc::RLIMIT_DATA, s.limits.memory_max),
@@ -323,6 +337,9 @@ fn worker(
     }
     if let Err(e) = drop_privileges(s.limits.uid, s.limits.gid) {
         return fail(&report, "drop privileges", &e);
+    }
+    if let Err(e) = confine::install(&filters) {
+        return fail(&report, "install the worker's system-call filter", &e);
     }
     // WasmEdge refuses a relative path; this one resolves through the work directory the
     // process is in, whose parents it cannot reach by name.

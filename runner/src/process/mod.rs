@@ -36,7 +36,7 @@ pub mod cgroup;
 mod credentials;
 mod environ;
 mod namespaces;
-mod rootfs;
+pub(crate) mod rootfs;
 
 use std::fs::File;
 use std::io::{Read, Write};

@@ -321,7 +321,7 @@ fn empty_path(recursive: bool) -> u32 {
 }
 
 /// `mount_setattr(2)`, which rustix does not wrap.
-fn setattr(
+pub(crate) fn setattr(
     dir: BorrowedFd<'_>,
     path: &CStr,
     flags: u32,
