@@ -26,10 +26,10 @@ fi
 . "$(dirname "$0")/lib/packages.sh"
 
 mapfile -t LEVEL_PKGS < <(packages_for "$level")
-# The node VM's packages are installed apart, below (they come from another suite).
+# The node VM's and Docker's packages are installed apart, below (they come from other suites).
 PKGS=()
 for p in "${LEVEL_PKGS[@]}" "${BASE_USED[@]}"; do
-  [[ " ${NODE_VM[*]} " == *" $p "* ]] || PKGS+=("$p")
+  [[ " ${NODE_VM[*]} ${DOCKER_NEWER[*]} " == *" $p "* ]] || PKGS+=("$p")
 done
 
 missing() {
@@ -93,6 +93,50 @@ fi
 # containerd's own service is never used: the harness starts a private containerd.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled containerd >/dev/null 2>&1; then
   systemctl disable --now containerd >/dev/null 2>&1 || true
+fi
+
+# Docker Engine for the Docker tests (test and bench levels): Debian 13's docker.io and
+# docker-cli as NAME/trixie (Debian 13's own suite on Debian 13; the pinned source above on
+# Debian 12), only when missing (naming an installed package would upgrade it). apt adds
+# tini; whatever else it would upgrade or remove stops the set-up, naming it. The package
+# starts its service on install (invoke-rc.d, or systemd): a policy-rc.d that forbids it is
+# put in place for the install where the machine has none, and a systemd machine's units are
+# disabled and stopped. The tests start a dockerd of their own (tests/common/docker.rs).
+if [ "$level" != demo ] && missing "${DOCKER_NEWER[@]}"; then
+  apt-get update -q
+  docker_want=("${DOCKER_NEWER[@]/%//trixie}")
+  sim=$(apt-get -s install --no-install-recommends "${docker_want[@]}")
+  # `Inst NAME [OLD] (NEW ...)`: a bracket is an upgrade of an installed package.
+  changed=$(awk '$1 == "Remv" || ($1 == "Inst" && $3 ~ /^\[/) { print $2 }' <<<"$sim" | tr '\n' ' ')
+  if [ -n "$changed" ]; then
+    echo "setup.sh: installing ${docker_want[*]} would upgrade or remove: $changed; nothing was installed" >&2
+    exit 1
+  fi
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# setup.sh: no service starts while it installs Docker\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own_policy=1
+  fi
+  set +e
+  apt-get install -y -q --no-install-recommends --no-remove "${docker_want[@]}"
+  rc=$?
+  set -e
+  [ -z "$own_policy" ] || rm -f "$policy"
+  [ "$rc" = 0 ] || exit "$rc"
+fi
+# Nor at boot: the package enables its units and its init script (systemctl disable works
+# without a running systemd too).
+if [ "$level" != demo ]; then
+  if command -v systemctl >/dev/null 2>&1; then
+    now=
+    [ ! -d /run/systemd/system ] || now=--now
+    systemctl disable $now docker.service docker.socket >/dev/null 2>&1 || true
+  fi
+  if [ -x /etc/init.d/docker ] && command -v update-rc.d >/dev/null 2>&1; then
+    update-rc.d docker disable >/dev/null 2>&1 || true
+  fi
 fi
 
 # A second containerd, 2.x, for the test matrix (scripts/test.sh runs the tests that talk to
@@ -182,4 +226,5 @@ fi
 
 second=
 [ "$level" = demo ] || second=" and $("$CONTAINERD2_DIR/usr/bin/containerd" --version | awk '{print $3}') ($CONTAINERD2_DIR)"
+[ "$level" = demo ] || second="$second, Docker $(/usr/sbin/dockerd --version | awk '{print $3}' | tr -d ,)"
 echo "setup.sh ($level): $(wasmedge --version 2>/dev/null | head -1), containerd $(containerd --version | awk '{print $3}')$second, $(clang-19 --version | head -1)"

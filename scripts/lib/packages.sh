@@ -25,6 +25,16 @@ DEMO_PLAIN=(
 TEST_PLAIN=(
   containernetworking-plugins       # CNI's loopback plugin: CRI tests' pods with a network of their own
 )
+# test and bench also: Docker Engine, whose dockerd the Docker tests (tests/docker.rs) start
+# on a containerd of their own. Debian 13's 26.1 on Debian 12 too (bookworm's 20.10 has no
+# containerd image store, which Wasm images need): setup.sh installs them apart, as
+# NAME/trixie, and stops if that would upgrade or remove anything. Debian 13 ships the client
+# apart from the daemon; apt adds only tini (bookworm's) beside them. No docker service runs:
+# the tests start dockerd themselves, and setup.sh keeps the package's from starting.
+DOCKER_NEWER=(
+  docker.io                         # dockerd (/usr/sbin/dockerd)
+  docker-cli                        # the client (/usr/bin/docker)
+)
 # test and bench also: the node VM (scripts/node-vm.sh), a Debian 13 guest with systemd and
 # cgroup v2 in which the tests run on a modern node. On Debian 12 these come from
 # bookworm-backports: bookworm's own qemu-system-x86 (7.2) would remove the base image's
@@ -51,6 +61,7 @@ TOOLS=(
   clang-19 wat2wasm gcc readelf ldd protoc   # the build and the fixtures
   python3 unzip                              # the benchmarks' real programs (pip through python3)
   containerd ctr runc wasmedge               # the demo and the tests
+  /usr/bin/docker /usr/sbin/dockerd          # the Docker tests, by path: a docker of another origin may come first on PATH
   nsenter setpriv ip mount umount            # the tests
   apt-get dpkg-query dpkg-deb sha256sum      # setup.sh
   qemu-system-x86_64 debootstrap mkfs.ext4   # the node VM
@@ -71,6 +82,6 @@ BOOKWORM_BASE_FROM_TRIXIE=(libc6 libc6-dev libc-bin libc-dev-bin base-files libz
 packages_for() {
   printf '%s\n' "${DEMO_NEWER[@]}" "${DEMO_PLAIN[@]}"
   case $1 in
-    test | bench) printf '%s\n' "${TEST_PLAIN[@]}" "${NODE_VM[@]}" ;;
+    test | bench) printf '%s\n' "${TEST_PLAIN[@]}" "${DOCKER_NEWER[@]}" "${NODE_VM[@]}" ;;
   esac
 }
