@@ -250,6 +250,7 @@ impl Shim for WasmEdgeShim {
                     warn!("{e}");
                 }
             });
+            tokio::spawn(exit_on_termination(service.inner.clone()));
         }
         service
     }
@@ -423,6 +424,16 @@ impl Inner {
 
     fn is_idle(&self) -> bool {
         self.creating.load(Ordering::SeqCst) == 0 && self.containers().is_empty()
+    }
+
+    /// Ends the shim, which serves no container: its state file goes first, so that
+    /// `wasmedge-shimctl check` no longer lists it; the run directory and the socket go in
+    /// [`Shim::wait`] once the framework sees the signal.
+    fn exit_idle(&self) {
+        if let Some((dir, _)) = &self.state {
+            let _ = std::fs::remove_file(dir.join(crate::identity::STATE_FILE));
+        }
+        self.exit.signal();
     }
 
     /// Writes the node shim's state with the number of tasks it serves now. Off the request
@@ -623,6 +634,44 @@ impl TaskService {
                 }
             }
         });
+    }
+}
+
+/// SIGTERM and SIGINT end a shim that serves no container, at once: an operator or a
+/// service manager stopping an idle node shim should not wait out its idle grace (the
+/// framework only logs both signals). A shim with containers, or a create in flight, goes on
+/// serving them and logs the signal, as rust-extensions' runc shim (on the same framework)
+/// does: its containers' processes are its children, and a shim that left them would have
+/// containerd's clean-up of a dead shim kill them all (containerd's Go runc shim exits on
+/// the signal all the same; containerd itself never signals a shim, it sends `Shutdown`
+/// after the last delete). Such a shim exits when it is idle, as every node shim does.
+async fn exit_on_termination(inner: Arc<Inner>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!("listen for SIGTERM and SIGINT: {e}");
+            return;
+        }
+    };
+    loop {
+        let name = tokio::select! {
+            Some(()) = term.recv() => "SIGTERM",
+            Some(()) = int.recv() => "SIGINT",
+            else => return,
+        };
+        if inner.is_idle() {
+            info!("{name}: no container to serve, exiting");
+            inner.exit_idle();
+            return;
+        }
+        info!(
+            "{name}: ignored while serving {} container(s) or a create; the shim exits when idle",
+            inner.containers().len()
+        );
     }
 }
 
@@ -1222,10 +1271,7 @@ impl Task for TaskService {
                     tokio::time::sleep(NODE_IDLE_GRACE).await;
                     if inner.is_idle() && inner.generation.load(Ordering::SeqCst) == generation {
                         info!("node shim idle for {NODE_IDLE_GRACE:?}, exiting");
-                        if let Some((dir, _)) = &inner.state {
-                            let _ = std::fs::remove_file(dir.join(crate::identity::STATE_FILE));
-                        }
-                        inner.exit.signal();
+                        inner.exit_idle();
                     }
                 });
             }

@@ -81,6 +81,81 @@ fn the_node_shim_holds_no_descriptor_of_a_deleted_task() {
     ctd.remove(&live);
 }
 
+/// Whether process `pid` runs: an exited daemon stays a zombie until the machine's init
+/// reaps it, which here can take a second.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn sigterm_leaves_a_node_shim_serving_its_containers_and_ends_an_idle_one_at_once() {
+    if !common::can_run("node_shim_sigterm") {
+        return;
+    }
+    let ctd = Owned(Containerd::start(false));
+    let r = Rootfs::with(&[("probe.wasm", &fixture("probe.wasm"))]);
+    ctd.run_detached(&Run::rootfs(
+        "term-live",
+        r.path(),
+        &["/probe.wasm", "sleep", "300"],
+    ));
+    ctd.wait_status("term-live", "RUNNING", Duration::from_secs(10));
+    let shim = common::ppid(ctd.task_pid("term-live").unwrap()).unwrap();
+    let runner = common::runner_of(shim).expect("the shim's runner");
+    let run_dir = wasmedge_aot_protocol::identity::live_shims(Path::new(STATE_ROOT), SHIM)
+        .into_iter()
+        .find(|(_, state)| state.pid == shim as u32)
+        .map(|(dir, _)| dir)
+        .expect("the shim's run directory");
+    let term = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(shim),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap()
+    };
+
+    // With a container: the shim goes on serving it, and takes new ones.
+    term();
+    wait_until("the shim logs the SIGTERM", Duration::from_secs(5), || {
+        ctd.log()
+            .contains("SIGTERM: ignored while serving 1 container")
+    });
+    assert!(alive(shim), "the shim left its container");
+    assert_eq!(ctd.task_status("term-live").as_deref(), Some("RUNNING"));
+    let out = ctd.run(&Run::rootfs("term-run", r.path(), &["/probe.wasm"]));
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+
+    // Idle (its last task deleted, so its 30 s idle grace runs): it exits at once, with its
+    // runner, its run directory and its socket.
+    ctd.remove("term-live");
+    let socket = std::fs::read_to_string(run_dir.join("address")).unwrap();
+    let socket = socket.trim().trim_start_matches("unix://").to_string();
+    let signalled = Instant::now();
+    term();
+    wait_until("the idle shim exits", Duration::from_secs(5), || {
+        !alive(shim)
+    });
+    let took = signalled.elapsed();
+    wait_until("its runner exits", Duration::from_secs(5), || {
+        !alive(runner)
+    });
+    // (Its log line is lost: an idle node shim has no task whose log pipe it could write.)
+    assert!(!run_dir.exists(), "the shim left {}", run_dir.display());
+    assert!(
+        !Path::new(&socket).exists(),
+        "the shim left its socket {socket}"
+    );
+    eprintln!("idle shim gone {took:?} after SIGTERM");
+
+    // The next container gets a new shim.
+    let out = ctd.run(&Run::rootfs("term-after", r.path(), &["/probe.wasm"]));
+    assert_eq!(out.stdout, "hello from wasm\n", "{out:?}");
+}
+
 /// The `node-shims` line of `wasmedge-shimctl check` about shim `pid`.
 fn check_line(pid: i32, installed: &Identity) -> String {
     let c = check_node_shims(Path::new(STATE_ROOT), Some(installed));
