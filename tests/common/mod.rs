@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod cgroup;
+pub mod docker;
 pub mod images;
 
 use std::io::Write;
@@ -783,7 +784,7 @@ impl Containerd {
 
 /// Spawns `cmd` from a thread that lives as long as the process, with `PR_SET_PDEATHSIG`,
 /// so that the child is killed when the test process ends (statics are never dropped).
-fn spawn_with_parent_death_signal(mut cmd: Command) -> Child {
+pub fn spawn_with_parent_death_signal(mut cmd: Command) -> Child {
     use std::os::unix::process::CommandExt;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
