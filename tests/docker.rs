@@ -120,7 +120,44 @@ fn a_wasm_hello_runs_on_an_internal_bridge_network() {
     let network = format!("wt-int-{}", std::process::id());
     d.docker_ok(&["network", "create", "--internal", &network]);
     // Removed before any assertion can fail (the exit handler prunes networks too).
-    let result = std::panic::catch_unwind(|| hello(d, &network));
+    let mut listener = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        hello(d, &network);
+        // Docker's hook put the Wasm container on the network: it reaches a runc
+        // container there by the address Docker gave it.
+        let id = detached(
+            d,
+            false,
+            &["--network", &network],
+            &["listen", "8080", "any"],
+        );
+        listener = Some(id.clone());
+        let ip = d.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &id,
+        ]);
+        let ip = ip.trim();
+        assert!(!ip.is_empty(), "the listener has no address on {network}");
+        let mut out = wasm(d, &["--network", &network], &["connect", ip, "8080"]);
+        // The listener may not be listening yet.
+        for _ in 0..50 {
+            if out.code == Some(0) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            out = wasm(d, &["--network", &network], &["connect", ip, "8080"]);
+        }
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (Some(0), "connected\n"),
+            "wasm on {network} to {ip}:8080: {out:?}"
+        );
+    }));
+    if let Some(id) = listener {
+        d.docker_ok(&["rm", "-f", &id]);
+    }
     d.docker_ok(&["network", "rm", &network]);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
