@@ -26,6 +26,7 @@ use wasmedge_aot_cache::{Failure, FailureCause, Key, Lane};
 use crate::code::{fd_path, Runner};
 
 mod confine;
+mod library;
 mod sandbox;
 
 /// A compile process.

@@ -131,7 +131,13 @@ impl wasmedge_aot_cache::Compiler for Sandboxed<'_> {
         let bytes = std::fs::read(module).map_err(prepare)?;
         let result = self.run_worker(module, &bytes, &dir, stage);
         drop(bytes);
-        let copied = result.and_then(|()| copy_output(&work, out));
+        // Published only in the shape WasmEdge writes: what `dlopen` would run as root is
+        // refused (`library`).
+        let copied = result
+            .and_then(|()| copy_output(&work, out))
+            .and_then(|()| {
+                super::library::check(out).map_err(|e| SandboxError::Compiler(e.to_string()).into())
+            });
         // Whatever the worker left: the entry holds nothing its uid owns.
         let removed = std::fs::remove_dir_all(&work);
         copied?;
