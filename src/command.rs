@@ -5,7 +5,8 @@
 //! reaper already took could take a new process's exit. So a command is spawned as a plain
 //! `std` child, which nothing else waits for, and its exit comes from the reaper's stream,
 //! subscribed to before the spawn so that it cannot come first. A command that must end by a
-//! deadline is killed through a pidfd taken at its spawn, which no reused pid can redirect.
+//! deadline, or whose wait is dropped (a cancelled request), is killed through a pidfd
+//! taken at its spawn, which no reused pid can redirect.
 
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
@@ -88,19 +89,25 @@ pub async fn run(
     drop(cmd);
     let mut child = spawned.map_err(RunError::Spawn)?;
     let pid = child.id();
-    // Unreaped until its exit reaches us, so this is the child's: it stays so.
-    let pidfd = timeout.and_then(|_| pidfd(pid).ok());
+    // The reaper takes exits only while this task awaits, and nothing has awaited since the
+    // spawn (the shim's runtime is single-threaded): the pid is still the child's.
+    let guard = KillOnDrop {
+        pidfd: pidfd(pid).ok(),
+        pid,
+        armed: true,
+    };
     let stdin = child.stdin.take().map(OwnedFd::from);
-    let stdout = tokio::spawn(read_kept(child.stdout.take().map(OwnedFd::from)));
-    let stderr = tokio::spawn(read_kept(child.stderr.take().map(OwnedFd::from)));
-    if let (Some(fd), Some(input)) = (stdin, input) {
+    let stdout = Output::read(child.stdout.take().map(OwnedFd::from));
+    let stderr = Output::read(child.stderr.take().map(OwnedFd::from));
+    let writer = match (stdin, input) {
         // A command that does not read its stdin may exit first: EPIPE is no error of ours.
-        tokio::spawn(async move {
+        (Some(fd), Some(input)) => Some(AbortOnDrop(tokio::spawn(async move {
             if let Ok(mut w) = pipe::Sender::from_owned_fd(fd) {
                 let _ = w.write_all(&input).await;
             }
-        });
-    }
+        }))),
+        _ => None,
+    };
     let mut exited = Box::pin(async move {
         while let Some(ev) = exits.0.rx.recv().await {
             if matches!(ev.subject, Subject::Pid(p) if p == pid as i32) {
@@ -114,24 +121,16 @@ pub async fn run(
         Some(after) => match tokio::time::timeout(after, &mut exited).await {
             Ok(code) => (code, None),
             Err(_) => {
-                if let Some(fd) = &pidfd {
-                    let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
-                }
+                guard.kill();
                 (exited.await, Some(after))
             }
         },
     };
-    let collect = |h: tokio::task::JoinHandle<String>| async move {
-        let abort = h.abort_handle();
-        match tokio::time::timeout(OUTPUT_GRACE, h).await {
-            Ok(Ok(s)) => s,
-            _ => {
-                abort.abort();
-                String::new()
-            }
-        }
-    };
-    let (stdout, stderr) = tokio::join!(collect(stdout), collect(stderr));
+    // Exited: nothing left to kill, and its pid may be another's from now on.
+    let mut guard = guard;
+    guard.armed = false;
+    drop(writer);
+    let (stdout, stderr) = tokio::join!(stdout.collect(), stderr.collect());
     match timed_out {
         Some(after) => Err(RunError::TimedOut {
             after,
@@ -144,6 +143,76 @@ pub async fn run(
             stdout,
             stderr,
         }),
+    }
+}
+
+/// Kills the command when its wait is dropped before its exit (a cancelled request): it
+/// must not run on unseen, holding what it was given.
+struct KillOnDrop {
+    pidfd: Option<OwnedFd>,
+    pid: u32,
+    armed: bool,
+}
+
+impl KillOnDrop {
+    fn kill(&self) {
+        match &self.pidfd {
+            Some(fd) => {
+                let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+            }
+            // Without a pidfd (a kernel without them): the exit has not reached us, so the
+            // pid is not reaped, and still the child's.
+            None => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.kill();
+        }
+    }
+}
+
+/// A task aborted when its owner is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A command's stdout or stderr, read as it comes: what was read is kept even where a
+/// process the command left behind holds the pipe open past its exit.
+struct Output {
+    kept: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<AbortOnDrop<()>>,
+}
+
+impl Output {
+    fn read(fd: Option<OwnedFd>) -> Output {
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = fd.map(|fd| {
+            let kept = kept.clone();
+            AbortOnDrop(tokio::spawn(read_kept(fd, kept)))
+        });
+        Output { kept, reader }
+    }
+
+    /// What was read, once the pipe closed or [`OUTPUT_GRACE`] passed.
+    async fn collect(mut self) -> String {
+        if let Some(mut reader) = self.reader.take() {
+            let _ = tokio::time::timeout(OUTPUT_GRACE, &mut reader.0).await;
+        }
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&kept).into_owned()
     }
 }
 
@@ -183,12 +252,8 @@ impl Drop for Exits {
     }
 }
 
-/// Reads `fd` to its end, keeping the first [`OUTPUT_KEPT`] bytes.
-async fn read_kept(fd: Option<OwnedFd>) -> String {
-    let Some(fd) = fd else {
-        return String::new();
-    };
-    let mut kept = Vec::new();
+/// Reads `fd` to its end into `kept`, keeping the first [`OUTPUT_KEPT`] bytes.
+async fn read_kept(fd: OwnedFd, kept: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
     match pipe::Receiver::from_owned_fd(fd) {
         Ok(mut r) => {
             let mut buf = vec![0u8; 16 * 1024];
@@ -196,13 +261,13 @@ async fn read_kept(fd: Option<OwnedFd>) -> String {
                 if n == 0 {
                     break;
                 }
+                let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
                 let room = OUTPUT_KEPT.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
             }
         }
         Err(e) => debug!("read a command's output: {e}"),
     }
-    String::from_utf8_lossy(&kept).into_owned()
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use crate::cgroup::{CgroupPath, OomWatch};
 use crate::error::ShimError;
 use crate::image_layers::LayerError;
 use crate::linux::Linux;
-use crate::pod::{check_pod_namespace_path, names_process_namespace, PodNamespaces, Shared};
+use crate::pod::{names_process_namespace, pod_join, PodJoin, PodNamespaces};
 use crate::runner::{Control, Runner};
 use crate::spec::{self, ContainerSpec, HostSecurity, IdMaps, Ns};
 
@@ -157,7 +157,7 @@ pub struct CreateContext<'a> {
     /// The sandbox of the pod with this id, if this shim serves it.
     pub sandbox: &'a (dyn Fn(&str) -> Option<Arc<Container>> + Sync),
     /// Whether a pid is the process of a container of the pod with this sandbox id (the
-    /// namespaces a pod's container may join, see [`check_pod_namespace_path`]).
+    /// namespaces a pod's container may join, see [`pod_join`]).
     pub pod_process: &'a (dyn Fn(&str, u32) -> bool + Sync),
     /// Where a module that is not in the rootfs comes from: the image's Wasm layer.
     pub layers: &'a crate::image_layers::ImageLayers,
@@ -192,6 +192,11 @@ pub struct Container {
     /// A Wasm container's hooks still to run (`poststart`, `poststop`); runc runs a Linux
     /// container's.
     hooks: crate::hooks::Hooks,
+    /// Whether the `poststop` hooks ran (a retried or concurrent delete runs them once).
+    poststop_ran: std::sync::atomic::AtomicBool,
+    /// A pidfd of the container's process, taken when its pid was known: whether that
+    /// process is alive, whatever process has its pid later.
+    process: Option<OwnedFd>,
 }
 
 /// What a container's teardown cost (the delete's phase line).
@@ -279,6 +284,8 @@ impl Container {
             state: ProcessState::new(),
             cleaned: Mutex::new(false),
             hooks: Default::default(),
+            poststop_ran: Default::default(),
+            process: None,
         };
         if sandbox {
             let s = spec::sandbox(&spec).map_err(ShimError::create(&id, "spec"))?;
@@ -341,6 +348,8 @@ impl Container {
             }
             Err(e) => {
                 c.cleanup();
+                // As runc's failed create: what prestart hooks set up is undone.
+                c.poststop().await;
                 Err(e)
             }
         }
@@ -401,6 +410,8 @@ impl Container {
         .await
         .map_err(ShimError::create(&self.id, "linux container"))?;
         self.linux = Some(linux);
+        // runc's init waits for `start`: alive, its pid its own.
+        self.process = pidfd_of(pid).ok();
         let mut oom = None;
         if let Some(path) = cgroup {
             match OomWatch::new(&crate::cgroup::load(&path)) {
@@ -432,6 +443,7 @@ impl Container {
             ));
         }
         let cs = spec::container(spec, ctx.host).map_err(ShimError::create(&self.id, "spec"))?;
+        self.hooks = cs.hooks.clone();
         self.spawn(spec, cs, module, rootfs, ctx).await
     }
 
@@ -594,7 +606,14 @@ impl Container {
         self.pid = pid;
         // A handle on this very process for the id maps (see `map_ids`), taken before any
         // await in which the shim's reaper could collect it.
-        let process = cs.id_maps.as_ref().map(|_| pidfd_of(pid));
+        let pidfd = pidfd_of(pid);
+        let process = cs.id_maps.as_ref().map(|_| {
+            pidfd
+                .as_ref()
+                .map_err(|e| std::io::Error::from(e.kind()))
+                .and_then(|fd| fd.try_clone())
+        });
+        self.process = pidfd.ok();
         drop((stdin, stdout, stderr, ns_fds, module.file));
         let mut report = match sent {
             Ok(()) => control.report().await,
@@ -673,7 +692,6 @@ impl Container {
                 );
                 self.timings = t;
                 *self.control.get_mut() = Some(control);
-                self.hooks = std::mem::take(&mut cs.hooks);
                 Ok((pid, oom))
             }
             Ok(Report::Failed { error }) => Err(ShimError::create(
@@ -724,6 +742,25 @@ impl Container {
         self.state.status()
     }
 
+    /// Whether the container's process is alive: not reported exited, and its pidfd (taken
+    /// while its pid was its own) not readable. A container without one counts as gone.
+    pub fn is_alive(&self) -> bool {
+        if matches!(self.status(), Status::Stopped { .. }) {
+            return false;
+        }
+        let Some(fd) = &self.process else {
+            return false;
+        };
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        matches!(
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+            Ok(0)
+        )
+    }
+
     /// Lets the module (or the Linux container's process) run.
     pub async fn start(&self) -> Result<(), ShimError> {
         if self.sandbox {
@@ -748,14 +785,24 @@ impl Container {
         })?;
         *control = None;
         self.state.set_running();
-        drop(control);
-        self.hooks.poststart(&self.id, &self.bundle, self.pid).await;
         Ok(())
     }
 
-    /// Runs the spec's `poststop` hooks, once the container is gone (at delete).
+    /// Runs the spec's `poststart` hooks; after `start`, and after its `TaskStart` is out
+    /// (a module may exit before they end).
+    pub async fn poststart(&self) {
+        self.hooks.poststart(&self.id, &self.bundle, self.pid).await;
+    }
+
+    /// Runs the spec's `poststop` hooks once the container is gone (at delete, or when its
+    /// create failed): once, whatever deletes are retried or run at the same time.
     pub async fn poststop(&self) {
-        self.hooks.poststop(&self.id, &self.bundle).await;
+        if !self
+            .poststop_ran
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.hooks.poststop(&self.id, &self.bundle).await;
+        }
     }
 
     /// How long the module has run (until now, or until it exited if called on exit).
@@ -1013,31 +1060,45 @@ enum PidNs {
 }
 
 /// Opens the namespaces `cs` joins: a path that names the shim's own namespaces is CRI
-/// naming the pod's, which the pod's sandbox holds; anything else is opened as named.
-/// Returns the descriptors in plan order and the pid namespace.
+/// naming the pod's, which the pod's sandbox holds; a pod's container joins nothing else
+/// but another live container of its pod's ([`pod_join`]); a container of no pod (`ctr`'s)
+/// opens what it names. Returns the descriptors in plan order and the pid namespace.
 fn namespaces(
     cs: &mut ContainerSpec,
     pod: Option<&PodNamespaces>,
     in_pod: &(dyn Fn(u32) -> bool + Sync),
 ) -> Result<(Vec<OwnedFd>, PidNs), String> {
     let shim = std::process::id();
-    let pod_ns = |path: &Path, what: Shared| -> Result<Option<OwnedFd>, String> {
+    let sandbox_id = cs.sandbox_id.clone();
+    // `Ok(None)`: the pod shares the host's namespace, nothing to join (the runner's is
+    // the host's).
+    let join = |path: &Path| -> Result<Option<OwnedFd>, String> {
+        let what = if sandbox_id.is_some() {
+            match pod_join(path, shim, in_pod)? {
+                PodJoin::Pod(what) => what,
+                PodJoin::Member(fd) => return Ok(Some(fd)),
+            }
+        } else {
+            match names_process_namespace(path, shim) {
+                Some(what) => what,
+                None => {
+                    return File::open(path)
+                        .map(|f| Some(OwnedFd::from(f)))
+                        .map_err(|e| format!("open namespace {}: {e}", path.display()))
+                }
+            }
+        };
         let pod = pod.ok_or_else(|| {
             format!(
                 "{} names the pod sandbox's namespace, and this shim holds no sandbox {}",
                 path.display(),
-                cs.sandbox_id
+                sandbox_id
                     .as_deref()
                     .unwrap_or("(no sandbox-id annotation)")
             )
         })?;
         pod.get(what)
             .map_err(|e| format!("{}: {e}", path.display()))
-    };
-    let open = |path: &Path| -> Result<OwnedFd, String> {
-        File::open(path)
-            .map(OwnedFd::from)
-            .map_err(|e| format!("open namespace {}: {e}", path.display()))
     };
     let mut fds = Vec::new();
     let mut joins = std::mem::take(&mut cs.joins).into_iter();
@@ -1048,9 +1109,6 @@ fn namespaces(
             continue;
         }
         let path = joins.next().ok_or("a namespace to join without its path")?;
-        if cs.sandbox_id.is_some() {
-            check_pod_namespace_path(&path, shim, in_pod)?;
-        }
         if ns.kind == NamespaceKind::User && path.starts_with(format!("/proc/{shim}")) {
             // CRI naming the pod's user namespace: the sandbox holds none (see spec::sandbox).
             return Err(format!(
@@ -1058,29 +1116,19 @@ fn namespaces(
                 path.display()
             ));
         }
-        match names_process_namespace(&path, shim) {
-            Some(what) => match pod_ns(&path, what)? {
-                Some(fd) => fds.push(fd),
-                // The pod shares the host's: nothing to join, the runner's is the host's.
-                None => continue,
-            },
-            None => fds.push(open(&path)?),
+        match join(&path)? {
+            Some(fd) => fds.push(fd),
+            None => continue,
         }
         kept.push(ns);
     }
     cs.plan.namespaces = kept;
-    if let (Ns::Join(path), Some(_)) = (&cs.pid, &cs.sandbox_id) {
-        check_pod_namespace_path(path, shim, in_pod)?;
-    }
     let pid = match &cs.pid {
         Ns::Host => PidNs::Inherit,
         Ns::New => PidNs::New,
-        Ns::Join(path) => match names_process_namespace(path, shim) {
-            Some(what) => match pod_ns(path, what)? {
-                Some(fd) => PidNs::Join(fd),
-                None => PidNs::Inherit,
-            },
-            None => PidNs::Join(open(path)?),
+        Ns::Join(path) => match join(path)? {
+            Some(fd) => PidNs::Join(fd),
+            None => PidNs::Inherit,
         },
     };
     Ok((fds, pid))

@@ -6,20 +6,25 @@
 //! the shim, for the containers it runs itself (runc still runs a Linux container's):
 //!
 //! - **`prestart`, then `createRuntime`**: once the container process has made its
-//!   namespaces, before its root, its credentials or any guest code. The process waits
-//!   (`Report::Created`) until they have run; one that fails (or runs past its timeout)
-//!   fails the create, with the container process and everything else of it gone.
-//! - **`poststart`**: after `start` let the module run; a failure is logged and the
-//!   container runs on (the runtime spec's rule).
-//! - **`poststop`**: at delete, after the container's processes, root and cgroup are gone; a
-//!   failure is logged.
+//!   namespaces and its root's mounts, before `pivot_root`, its credentials or any guest
+//!   code, as in runc. The process waits (`Report::Created`) until they have run; one that
+//!   fails (or runs past its timeout) fails the create, with the container process and
+//!   everything else of it gone, and the `poststop` hooks run (runc's failed create runs
+//!   them too, to undo what the first ones did). Unlike runc's, a hook sees no user
+//!   namespace of the container yet: the process makes it after its root.
+//! - **`poststart`**: after `start` let the module run and its `TaskStart` is out; a
+//!   failure is logged and the container runs on (the runtime spec's rule; runc kills the
+//!   container instead).
+//! - **`poststop`**: at delete, after the container's processes, root and cgroup are gone,
+//!   once however many deletes come; a failure is logged.
 //!
 //! Each hook runs as runc runs it: in the runtime's namespaces and as its user (the shim's:
 //! the host's, root), never with the container's credentials or in its view; its `path`
-//! exec'd with exactly its `args` (`args[0]` as argv\[0\]) and `env`; the container's
-//! state (the runtime spec's `state` JSON) on its stdin; killed at its `timeout`; the
-//! bundle as its working directory. Its exit is taken from the shim's reaper
-//! ([`crate::command`]).
+//! exec'd with exactly its `args` (`args[0]` as argv\[0\]); the container's state (the
+//! runtime spec's `state` JSON) on its stdin; killed at its `timeout`, or when the request
+//! that runs it is cancelled; the bundle as its working directory. Its environment is its
+//! `env` only: runc gives a hook without one runc's own, which here would be containerd's
+//! and the shim's. Its exit is taken from the shim's reaper ([`crate::command`]).
 //!
 //! `createContainer` and `startContainer` hooks run inside the container in runc (its mount
 //! namespace, before and after `pivot_root`), as the runtime: a host program in the
@@ -179,7 +184,7 @@ async fn run(h: &Named, bundle: &Path, state: &[u8]) -> Result<(), String> {
     }
     cmd.env_clear();
     for pair in hook.env().iter().flatten() {
-        // `NAME=VALUE`; a pair without `=` is a name with an empty value, as exec sees it.
+        // `NAME=VALUE`; a pair without `=` is passed as `NAME=`.
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         cmd.env(k, v);
     }
@@ -203,10 +208,13 @@ fn display(p: &Path) -> String {
     format!("{:?}", PathBuf::from(p))
 }
 
-/// How the reaper's code reads: an exit status, or the signal that ended the hook.
+/// How the reaper's code reads: an exit status, where above 128 possibly 128 and the signal
+/// that ended the hook (the reaper reports both alike).
 fn exit(code: i32) -> String {
     match code {
-        c if c > 128 => format!("killed by signal {}", c - 128),
+        c if c > 128 && c - 128 < 65 => {
+            format!("exit status {c} (or killed by signal {})", c - 128)
+        }
         c => format!("exit status {c}"),
     }
 }

@@ -52,7 +52,7 @@ use tokio::net::unix::pipe;
 
 use crate::container::{ProcessState, Status, StdioPaths};
 use crate::error::ShimError;
-use crate::pod::{check_pod_namespace_path, names_process_namespace, PodNamespaces};
+use crate::pod::{names_process_namespace, pod_join, PodJoin, PodNamespaces};
 
 /// Where runc keeps the state of the shim's Linux containers, one directory per containerd
 /// namespace (`runc --root`).
@@ -97,7 +97,7 @@ pub struct CreateArgs<'a> {
     /// The pod's namespaces, if this shim holds the container's sandbox.
     pub pod: Option<&'a PodNamespaces>,
     /// Whether a pid is the process of a container of the pod (see
-    /// [`check_pod_namespace_path`]).
+    /// [`pod_join`]).
     pub in_pod: &'a (dyn Fn(u32) -> bool + Sync),
     /// The spec's cgroup is a systemd scope (`slice:prefix:name`): runc makes it through
     /// systemd (`--systemd-cgroup`). runc keeps the driver in its state, so only `create`
@@ -611,9 +611,11 @@ fn has_own_pid_namespace(spec: &Spec) -> bool {
 
 /// Rewrites each namespace path of the bundle's `config.json` that names the shim's own
 /// namespaces (CRI naming the pod's, see the module docs) to a descriptor of the pod's
-/// namespace, or drops it where the pod shares the host's. Returns the descriptors, which
-/// must stay open until runc has joined them. Nothing is written for a spec without such
-/// a path.
+/// namespace, or drops it where the pod shares the host's; for a pod's container, a path
+/// naming another container of the pod is checked ([`pod_join`]) and rewritten to the
+/// descriptor opened then, and any other is refused. Returns the descriptors, which must
+/// stay open until runc has joined them. Nothing is written for a spec without such a
+/// path.
 fn join_pod_namespaces(
     bundle: &Path,
     spec: &Spec,
@@ -621,21 +623,38 @@ fn join_pod_namespaces(
     in_pod: &(dyn Fn(u32) -> bool + Sync),
 ) -> Result<Vec<OwnedFd>, String> {
     let shim = std::process::id();
-    let names_pod = |p: &Path| names_process_namespace(p, shim).is_some();
     let of_a_pod = spec
         .annotations()
         .as_ref()
         .is_some_and(|a| a.contains_key(crate::spec::SANDBOX_ID_ANNOTATION));
-    if of_a_pod {
-        for ns in crate::spec::linux_namespaces(spec) {
-            if let Some(p) = ns.path() {
-                check_pod_namespace_path(p, shim, in_pod)?;
+    // What a path becomes: `None` stays as written; `Some(None)` is the host's namespace
+    // (the entry is dropped and runc leaves the container in it); `Some(Some(fd))` a
+    // descriptor held until runc has joined it, which no pid reuse can change.
+    let resolve = |p: &Path| -> Result<Option<Option<OwnedFd>>, String> {
+        let what = if of_a_pod {
+            match pod_join(p, shim, in_pod)? {
+                PodJoin::Pod(what) => what,
+                PodJoin::Member(fd) => return Ok(Some(Some(fd))),
             }
-        }
-    }
-    let any =
-        crate::spec::linux_namespaces(spec).any(|ns| ns.path().as_deref().is_some_and(names_pod));
-    if !any {
+        } else {
+            match names_process_namespace(p, shim) {
+                Some(what) => what,
+                None => return Ok(None),
+            }
+        };
+        let pod = pod.ok_or_else(|| {
+            format!(
+                "{} names the pod sandbox's namespace, and this shim holds no sandbox of the \
+                 container's pod",
+                p.display()
+            )
+        })?;
+        pod.get(what)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let named = |p: &Path| of_a_pod || names_process_namespace(p, shim).is_some();
+    if !crate::spec::linux_namespaces(spec).any(|ns| ns.path().as_deref().is_some_and(named)) {
         return Ok(Vec::new());
     }
     let path = bundle.join("config.json");
@@ -651,31 +670,18 @@ fn join_pod_namespaces(
     let mut held = Vec::new();
     let mut kept = Vec::new();
     for mut ns in std::mem::take(namespaces) {
-        let named = ns["path"].as_str().map(PathBuf::from);
-        let Some(what) = named
-            .as_deref()
-            .and_then(|p| names_process_namespace(p, shim))
-        else {
-            kept.push(ns);
-            continue;
+        let resolved = match ns["path"].as_str() {
+            Some(p) => resolve(Path::new(p))?,
+            None => None,
         };
-        let named = named.unwrap_or_default();
-        let pod = pod.ok_or_else(|| {
-            format!(
-                "{} names the pod sandbox's namespace, and this shim holds no sandbox of the \
-                 container's pod",
-                named.display()
-            )
-        })?;
-        // Without a descriptor the pod shares the host's namespace, and so does the
-        // container: the entry is dropped and runc leaves it in the host's.
-        if let Some(fd) = pod
-            .get(what)
-            .map_err(|e| format!("{}: {e}", named.display()))?
-        {
-            ns["path"] = format!("/proc/{shim}/fd/{}", fd.as_raw_fd()).into();
-            held.push(fd);
-            kept.push(ns);
+        match resolved {
+            None => kept.push(ns),
+            Some(None) => {}
+            Some(Some(fd)) => {
+                ns["path"] = format!("/proc/{shim}/fd/{}", fd.as_raw_fd()).into();
+                held.push(fd);
+                kept.push(ns);
+            }
         }
     }
     *namespaces = kept;

@@ -144,22 +144,40 @@ impl Shared {
     }
 }
 
-/// Refuses, for a container of a pod, a `/proc/<pid>/ns/...` path of a process that is
-/// neither this shim nor a container of the same pod (`in_pod`): CRI names a pod's
-/// namespaces by its sandbox's pid, which is this shim's when this shim serves the sandbox
-/// (a pod's containers follow their sandbox's shim), and a target container's (`kubectl
-/// debug --target`, which CRI allows only within the pod) by that container's process. A
-/// node shim serves many pods: another of its children is another pod's container, whose
-/// namespaces are not this pod's to join. Any other pid is a sandbox whose shim is gone, and
-/// that pid may be anyone's by now (the host's namespaces, another pod's).
-pub fn check_pod_namespace_path(
+/// What a pod's container joins for a namespace path of its spec.
+#[derive(Debug)]
+pub enum PodJoin {
+    /// The pod's own namespace: CRI names it by its sandbox's pid, which is this shim's
+    /// (a pod's containers follow their sandbox's shim).
+    Pod(Shared),
+    /// The namespace of another container of the pod (`kubectl debug --target`, which CRI
+    /// allows only within the pod), opened while that container was alive.
+    Member(OwnedFd),
+}
+
+/// Resolves a pod's container's namespace path, which CRI writes only as
+/// `/proc/<pid>/ns/<type>` of the sandbox (this shim) or of a container of the same pod.
+/// Any other path is refused: a node shim serves many pods, and its other children are
+/// other pods' containers; a pid that is neither is a sandbox whose shim is gone, and may be
+/// anyone's by now; any other form (through `..`, `self`, a task, a process's root, a
+/// symlink, a namespace file bound elsewhere) could name anyone's namespace.
+///
+/// `live_member` says whether a pid is the process of a live container of the pod; the
+/// namespace is opened between two such checks, so that a member that exited, and whose
+/// pid went to another process, is never what is joined.
+pub fn pod_join(
     path: &Path,
     shim: u32,
-    in_pod: &dyn Fn(u32) -> bool,
-) -> Result<(), String> {
-    let Ok(rest) = path.strip_prefix("/proc") else {
-        return Ok(());
+    live_member: &dyn Fn(u32) -> bool,
+) -> Result<PodJoin, String> {
+    let other_form = || {
+        format!(
+            "{}: a pod's container joins a namespace only as /proc/<pid>/ns/<type> of this \
+             shim or of a container of the pod",
+            path.display()
+        )
     };
+    let rest = path.strip_prefix("/proc").map_err(|_| other_form())?;
     let parts: Vec<&str> = rest
         .components()
         .map(|c| match c {
@@ -167,23 +185,38 @@ pub fn check_pod_namespace_path(
             _ => "..",
         })
         .collect();
-    let pid = parts.first().and_then(|p| p.parse::<u32>().ok());
-    match (pid, parts.as_slice()) {
-        (Some(pid), [_, "ns", _]) if pid == shim || in_pod(pid) => Ok(()),
-        (Some(pid), [_, "ns", _]) => Err(format!(
+    let (pid, file) = match parts.as_slice() {
+        [pid, "ns", file] => (pid.parse::<u32>().map_err(|_| other_form())?, *file),
+        _ => return Err(other_form()),
+    };
+    if pid == shim {
+        return names_process_namespace(path, shim)
+            .map(PodJoin::Pod)
+            .ok_or_else(|| {
+                format!(
+                    "{}: the pod shares no {file} namespace (only network, IPC, UTS and pid)",
+                    path.display()
+                )
+            });
+    }
+    let refused = || {
+        format!(
             "{} names the namespaces of process {pid}, neither this shim ({shim}), which \
-             serves the pod's sandbox, nor a container of the pod: another pod's \
+             serves the pod's sandbox, nor a live container of the pod: another pod's \
              container, or a sandbox served by no live shim",
             path.display()
-        )),
-        // CRI writes no other form; any other path into /proc (`self`, a task's, through a
-        // process's root) could name anyone's namespaces.
-        _ => Err(format!(
-            "{}: a pod's container joins a namespace under /proc only as \
-             /proc/<pid>/ns/<type> of this shim or a container of the pod",
-            path.display()
-        )),
+        )
+    };
+    if !live_member(pid) {
+        return Err(refused());
     }
+    let fd = File::open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| format!("open namespace {}: {e}", path.display()))?;
+    if !live_member(pid) {
+        return Err(refused());
+    }
+    Ok(PodJoin::Member(fd))
 }
 
 /// Whether `path` names one of process `pid`'s namespaces (CRI's way to name a
@@ -365,32 +398,53 @@ mod tests {
     }
 
     #[test]
-    fn a_pods_container_joins_no_other_process_namespaces() {
+    fn a_pods_container_joins_only_its_pods_namespaces() {
         let none = |_: u32| false;
-        assert!(check_pod_namespace_path(Path::new("/proc/42/ns/net"), 42, &none).is_ok());
-        assert!(check_pod_namespace_path(Path::new("/var/run/netns/cni-1"), 42, &none).is_ok());
-        let e = check_pod_namespace_path(Path::new("/proc/43/ns/net"), 42, &none).unwrap_err();
+        let me = std::process::id();
+        let pod = |p: &str, member: &dyn Fn(u32) -> bool| pod_join(Path::new(p), me, member);
+        assert!(matches!(
+            pod(&format!("/proc/{me}/ns/net"), &none),
+            Ok(PodJoin::Pod(Shared::Network))
+        ));
+        // The pod shares no mount or cgroup namespace: the shim's are the host's.
+        let e = pod(&format!("/proc/{me}/ns/mnt"), &none).unwrap_err();
+        assert!(e.contains("the pod shares no mnt namespace"), "{e}");
+        let e = pod("/proc/43/ns/net", &none).unwrap_err();
         assert!(
-            e.starts_with("/proc/43/ns/net names the namespaces of process 43"),
+            e.starts_with("/proc/43/ns/net names the namespaces of process 43")
+                && e.contains("nor a live container of the pod"),
             "{e}"
         );
-        assert!(check_pod_namespace_path(Path::new("/proc/1/ns/pid"), 42, &none).is_err());
-        // Even the process of a container of the pod, under any other form.
+        // Any other form, even of a member's, and any path outside /proc.
         let any = |_: u32| true;
         for other in [
             "/proc/self/ns/net",
-            "/proc/42/task/42/ns/net",
+            "/proc/43/task/43/ns/net",
             "/proc/43/root/proc/1/ns/net",
             "/proc/43/ns/../../1/ns/net",
+            "/run/../proc/43/ns/net",
+            "/dev/fd/../../43/ns/net",
+            "/var/run/netns/cni-1",
         ] {
-            let e = check_pod_namespace_path(Path::new(other), 42, &any).unwrap_err();
+            let e = pod(other, &any).unwrap_err();
             assert!(e.contains("only as /proc/<pid>/ns/<type>"), "{other}: {e}");
         }
-        // A container of the pod: `kubectl debug --target`; another pod's container (the
-        // node shim's child too) is refused.
-        let in_pod = |pid: u32| pid == 43;
-        assert!(check_pod_namespace_path(Path::new("/proc/43/ns/pid"), 42, &in_pod).is_ok());
-        let e = check_pod_namespace_path(Path::new("/proc/44/ns/net"), 42, &in_pod).unwrap_err();
-        assert!(e.contains("nor a container of the pod"), "{e}");
+        // A live member's: opened, and checked alive again after the open.
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let path = format!("/proc/{pid}/ns/net");
+        let joined = pod(&path, &|p| p == pid);
+        let checks = std::cell::Cell::new(0);
+        let dies_during_the_open = pod(&path, &|p| {
+            checks.set(checks.get() + 1);
+            p == pid && checks.get() == 1
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(matches!(joined, Ok(PodJoin::Member(_))), "{joined:?}");
+        assert!(dies_during_the_open.is_err());
     }
 }

@@ -784,7 +784,10 @@ impl Task for TaskService {
         };
         let pod_process = |sandbox_id: &str, pid: u32| {
             inner.containers().values().any(|c| {
-                !c.sandbox && c.pid as u32 == pid && c.sandbox_id.as_deref() == Some(sandbox_id)
+                !c.sandbox
+                    && c.pid as u32 == pid
+                    && c.sandbox_id.as_deref() == Some(sandbox_id)
+                    && c.is_alive()
             })
         };
         let ctx = CreateContext {
@@ -921,6 +924,7 @@ impl Task for TaskService {
         self.inner
             .publish(TASK_START_EVENT_TOPIC, Box::new(ev))
             .await;
+        c.poststart().await;
         Ok(api::StartResponse {
             pid: c.pid as u32,
             ..Default::default()
@@ -1042,13 +1046,14 @@ impl Task for TaskService {
         c.discard().await?;
         let discard_us = deleting.elapsed().as_micros();
         let teardown = c.cleanup();
-        c.poststop().await;
         let recording = std::time::Instant::now();
         let (code, at) = match c.status() {
             Status::Stopped { code, at } => (code, at),
             _ => (128 + libc::SIGKILL, OffsetDateTime::now_utc()),
         };
         self.inner.containers().remove(&req.id);
+        // Out of the table first: a delete cancelled while they run leaves nothing behind.
+        c.poststop().await;
         // After the writes of its create, in turn (`records.rs`).
         let (pid_file, dir, id) = (
             c.bundle.join(PID_FILE),

@@ -303,11 +303,20 @@ fn ns_of(all: &HashMap<LinuxNamespaceType, Ns>, t: LinuxNamespaceType) -> Ns {
 pub fn sandbox(spec: &Spec) -> Result<SandboxSpec, SpecError> {
     // A hook is given the sandbox's pid to act on (its network namespace, its root), and
     // this runtime's sandbox runs no process: the pid would be the shim's, the host's.
-    if spec
-        .hooks()
-        .as_ref()
-        .is_some_and(|h| *h != oci_spec::runtime::Hooks::default())
-    {
+    #[allow(deprecated)] // `prestart`, which Docker still writes
+    let any_hook = spec.hooks().as_ref().is_some_and(|h| {
+        [
+            h.prestart(),
+            h.create_runtime(),
+            h.create_container(),
+            h.start_container(),
+            h.poststart(),
+            h.poststop(),
+        ]
+        .iter()
+        .any(|l| l.as_ref().is_some_and(|l| !l.is_empty()))
+    });
+    if any_hook {
         return Err(unsupported(
             "hooks",
             "a pod sandbox of this runtime runs no process for hooks to act on",

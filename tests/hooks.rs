@@ -23,10 +23,16 @@ printf '%s\n' "$0" "$@" > "$dir/$phase.args"
 env > "$dir/$phase.env"
 pid=$(sed -n 's/.*"pid":\([0-9]*\).*/\1/p' "$dir/$phase.state")
 if [ -n "$pid" ]; then readlink "/proc/$pid/ns/net" > "$dir/$phase.netns"; fi
+# The container's root and its /proc mounted in its mount namespace (not yet pivoted).
+if [ -n "$pid" ] && grep -q " $ROOTFS/proc " "/proc/$pid/mountinfo"; then
+  echo mounted > "$dir/$phase.root"
+fi
 echo "$phase" >> "$dir/order"
 if [ -f config.json ]; then pwd > "$dir/$phase.cwd"; fi
 if [ "$phase" = prestart ]; then echo "written by the prestart hook" > "$ROOTFS/from-hook"; fi
 [ -n "$HOOK_STDERR" ] && echo "$HOOK_STDERR" >&2
+# A process left behind, holding the hook's stdout and stderr open past its exit.
+[ -n "$HOOK_DAEMON" ] && (sleep 20 &)
 [ -n "$HOOK_SLEEP" ] && sleep "$HOOK_SLEEP"
 exit "${HOOK_EXIT:-0}"
 "#;
@@ -145,6 +151,8 @@ fn hooks_run_in_the_runtimes_view_before_any_guest_code() {
     let netns = h.read("prestart.netns");
     assert!(netns.starts_with("net:["), "{netns:?}");
     assert_ne!(netns.trim(), host_net.to_str().unwrap());
+    // After the root's mounts, as in runc (before its pivot_root).
+    assert_eq!(h.read("prestart.root"), "mounted\n");
     assert_eq!(state(&h.read("poststart.state"))["status"], "running");
     assert_eq!(state(&h.read("poststart.state"))["pid"], pid);
     let stopped = state(&h.read("poststop.state"));
@@ -168,15 +176,20 @@ fn hooks_run_in_the_runtimes_view_before_any_guest_code() {
 }
 
 #[test]
-fn a_failing_createruntime_hook_fails_the_create_and_leaves_nothing() {
+fn a_failing_createruntime_hook_fails_the_create_runs_poststop_and_leaves_nothing() {
     if !common::can_run("hooks") {
         return;
     }
     let ctd = containerd();
     let h = Hooked::new();
     let hooks = json!({
-        "createRuntime": [h.hook("createRuntime", &["HOOK_EXIT=3", "HOOK_STDERR=no network for you"], None)],
+        "createRuntime": [h.hook(
+            "createRuntime",
+            &["HOOK_EXIT=3", "HOOK_STDERR=no network for you", "HOOK_DAEMON=1"],
+            None
+        )],
         "poststart": [h.hook("poststart", &[], None)],
+        "poststop": [h.hook("poststop", &[], None)],
     });
     let out = h.run(
         ctd,
@@ -193,7 +206,8 @@ fn a_failing_createruntime_hook_fails_the_create_and_leaves_nothing() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty(), "the module ran: {out:?}");
-    assert_eq!(h.read("order"), "createRuntime\n");
+    // As runc's failed create, the poststop hooks undo what the first ones did.
+    assert_eq!(h.read("order"), "createRuntime\npoststop\n");
     let pid = state(&h.read("createRuntime.state"))["pid"]
         .as_i64()
         .unwrap();

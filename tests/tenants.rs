@@ -302,10 +302,40 @@ fn a_pods_container_joins_no_namespace_of_another_pods_container() {
     };
     let other_pod = join("pod-b-app", "pod-b");
     let same_pod = join("pod-a-debug", "pod-a");
+    // Only as CRI writes it: `..` on the way to /proc is no way around the check.
+    let mut detour = Run::rootfs("pod-b-detour", r.path(), &["/probe.wasm"]);
+    detour.annotations.push(pod("pod-b"));
+    detour.flags = vec![
+        "--with-ns".into(),
+        format!("network:/run/../proc/{victim_pid}/ns/net"),
+    ];
+    let detour = ctd.run(&detour);
+    // A container of the pod that has exited is no member: its pid may be anyone's now.
+    let mut done = Run::rootfs("pod-a-done", r.path(), &["/probe.wasm"]);
+    done.annotations.push(pod("pod-a"));
+    ctd.run_detached(&done);
+    ctd.wait_status("pod-a-done", "STOPPED", Duration::from_secs(60));
+    let done_pid = ctd.task_pid("pod-a-done").unwrap();
+    let mut late = Run::rootfs("pod-a-late", r.path(), &["/probe.wasm"]);
+    late.annotations.push(pod("pod-a"));
+    late.flags = vec![
+        "--with-ns".into(),
+        format!("network:/proc/{done_pid}/ns/net"),
+    ];
+    let late = ctd.run(&late);
     ctd.remove("pod-a-app");
+    ctd.remove("pod-a-done");
     assert!(
-        other_pod.stderr.contains("nor a container of the pod"),
+        other_pod.stderr.contains("nor a live container of the pod"),
         "another pod's container joined pod-a's network namespace: {other_pod:?}"
     );
     assert_eq!(same_pod.stdout, "hello from wasm\n", "{same_pod:?}");
+    assert!(
+        detour.stderr.contains("only as /proc/<pid>/ns/<type>"),
+        "a path through .. joined pod-a's network namespace: {detour:?}"
+    );
+    assert!(
+        late.stderr.contains("nor a live container of the pod"),
+        "the pid of a stopped container was taken for a member: {late:?}"
+    );
 }

@@ -4,7 +4,7 @@
 //! ```text
 //! shim → container   ContainerPlan + fds: stdin, stdout, stderr, then one namespace
 //!                    descriptor for each NamespaceAction::Join, in plan order
-//! [container → shim  Report::Created (namespaces made, where the plan has hooks)
+//! [container → shim  Report::Created (namespaces and mounts made, where the plan has hooks)
 //!  shim → container  HooksRan (the spec's prestart and createRuntime hooks succeeded)]
 //! [container → shim  Report::MapIds (in a new user namespace)
 //!  shim → container  IdsMapped (its uid_map and gid_map written)]
@@ -84,9 +84,9 @@ pub struct ContainerPlan {
     pub seccomp: Option<Seccomp>,
     /// `process.apparmorProfile`, on a host whose kernel has AppArmor enabled.
     pub apparmor_profile: Option<String>,
-    /// The spec has hooks to run once the process's namespaces exist (`prestart`,
-    /// `createRuntime`): it reports [`Report::Created`] after making them, and waits for
-    /// [`HooksRan`] before its root, its credentials and any guest code.
+    /// The spec has hooks to run once the process's namespaces and mounts exist
+    /// (`prestart`, `createRuntime`): it reports [`Report::Created`] then, and waits for
+    /// [`HooksRan`] before its `pivot_root`, its credentials and any guest code.
     pub hooks: bool,
 }
 
@@ -267,9 +267,9 @@ pub struct Seccomp {
 /// namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Report {
-    /// Its namespaces are made, nothing else (its root is still the host's, its
-    /// credentials the runner's, no guest code has run): the shim runs the spec's hooks on
-    /// it. It waits for [`HooksRan`].
+    /// Its namespaces and its root's mounts are made, nothing else (no `pivot_root` yet, no
+    /// user namespace, its credentials the runner's, no guest code has run): the shim runs
+    /// the spec's hooks on it. It waits for [`HooksRan`].
     Created,
     /// In a new user namespace of its own: its uid and gid maps must be written by a process
     /// privileged outside it (the shim, its parent, which has the spec's mappings) before it

@@ -14,10 +14,10 @@
 //!    waiting for its compile, under the synchronous policy), or the module's bytes for the
 //!    interpreter, which step 9 parses, as the container.
 //! 5. **namespaces**: join the pod's (or named) namespaces, create the container's own;
-//!    hostname; loopback up in a new network namespace. Where the spec has hooks, the
-//!    process reports and waits while the shim runs them (`prestart`, `createRuntime`).
-//! 6. **root**: the rootfs as its own mount, the spec's mounts inside it, devices,
-//!    `pivot_root` (no host path exists for the process afterwards), sysctls, masked and
+//!    hostname; loopback up in a new network namespace.
+//! 6. **root**: the rootfs as its own mount, the spec's mounts inside it, devices; where
+//!    the spec has hooks, the process reports and waits while the shim runs them
+//!    (`prestart`, `createRuntime`); `pivot_root` (no host path exists for the process afterwards), sysctls, masked and
 //!    read-only paths, a read-only root; `chdir` to the working directory.
 //! 7. **user namespace** (where the plan has one): join it, or make it and have the shim
 //!    write its id maps (`namespaces::enter_user` says why this comes so late).
@@ -173,21 +173,24 @@ fn prepare(
     timings.load_us += micros(t.elapsed());
     drop(module);
 
-    // 5. Namespaces; then the spec's hooks, which the shim runs on them (`prestart`,
-    // `createRuntime`: after the namespaces, before `pivot_root`), while this process waits
-    // still as the runner's, before any guest code.
+    // 5. Namespaces.
     let t = Instant::now();
     namespaces::enter(&plan, &mut fds)?;
     timings.namespaces_us = micros(t.elapsed());
-    if plan.hooks {
-        send(control, &Report::Created).map_err(at("hooks"))?;
-        if !receive::<HooksRan>(control, "hooks ran") {
-            return Err(at("hooks")("the shim did not run the spec's hooks"));
-        }
-    }
 
-    // 6. Root.
-    let (mounts, pivot) = rootfs::enter(&plan, &runner.cgroups)?;
+    // 6. Root; where the spec has hooks (`prestart`, `createRuntime`), the shim runs them
+    // between the mounts and the pivot, as runc does, while this process waits, still as
+    // the runner's, before any guest code.
+    let hooks = || {
+        if plan.hooks {
+            send(control, &Report::Created).map_err(at("hooks"))?;
+            if !receive::<HooksRan>(control, "hooks ran") {
+                return Err(at("hooks")("the shim did not run the spec's hooks"));
+            }
+        }
+        Ok(())
+    };
+    let (mounts, pivot) = rootfs::enter(&plan, &runner.cgroups, hooks)?;
     timings.mounts_us = micros(mounts);
     timings.pivot_us = micros(pivot);
 

@@ -42,14 +42,17 @@ const DEV_SYMLINKS: &[(&str, &str)] = &[
     ("stderr", "/proc/self/fd/2"),
 ];
 
-/// Sets up the root and enters it. Returns the time of the mounts and of the pivot.
+/// Sets up the root and enters it, calling `before_pivot` once the mounts are in place.
+/// Returns the time of the mounts and of the pivot.
 pub fn enter(
     plan: &ContainerPlan,
     cgroups: &Hierarchies,
+    before_pivot: impl FnOnce() -> Result<(), StepError>,
 ) -> Result<(Duration, Duration), StepError> {
     let t = Instant::now();
     let root = prepare_root(plan, cgroups)?;
     let mounts = t.elapsed();
+    before_pivot()?;
     let t = Instant::now();
     pivot(&root).map_err(at("pivot_root"))?;
     if let Some(p) = plan
@@ -655,7 +658,7 @@ mod tests {
             ..ContainerPlan::default()
         };
         let got = in_child(|| {
-            enter(&plan, &Hierarchies::default()).map_err(|e| e.to_string())?;
+            enter(&plan, &Hierarchies::default(), || Ok(())).map_err(|e| e.to_string())?;
             let inside = std::fs::read_to_string("/inside").map_err(|e| e.to_string())?;
             let host = std::path::Path::new("/etc/hostname").exists();
             Ok(format!("{inside} host={host}"))
