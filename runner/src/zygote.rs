@@ -16,8 +16,15 @@
 //! ([`LOAD_BUDGET`] to load, then [`INSTANCE_BUDGET`] to instantiate): a module whose template would take more
 //! (a 105-byte module can declare a table of 4 billion entries) makes its zygote fail or
 //! die, not the runner, and its containers then load their code themselves, charged to their
-//! own cgroups. A refused module is remembered, so it costs one failed zygote, not one per
-//! start. The zygote ends when the runner closes its socket (evicted, or the runner gone).
+//! own cgroups. A refused module is remembered for [`REFUSED_FOR`], so it costs one failed
+//! zygote then, not one per start. The zygote ends when the runner closes its socket
+//! (evicted, or the runner gone).
+//!
+//! The runner never waits for a zygote's birth: it serves every node's start, one at a
+//! time, and a module whose template takes long to make must not stall the others. The
+//! start that finds no zygote starts one and loads its own code (as a container without a
+//! template does); later starts look, without blocking, whether the zygote has its template
+//! yet, and fork from it once it has.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -35,6 +42,9 @@ use crate::code::{Resolution, Runner};
 const MAX_ZYGOTES: usize = 16;
 /// Most modules remembered as refused.
 const MAX_REFUSED: usize = 256;
+/// How long a refusal is remembered: a zygote may have failed for a passing reason (the
+/// node short of memory), and a module's later starts then get their template after all.
+const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 /// What a zygote may allocate to load its module's native code (the loader's copy of the
 /// module, the library), above the runner's own data: a module's size bounds it.
 pub const LOAD_BUDGET: u64 = 512 << 20;
@@ -51,6 +61,9 @@ struct Zygote {
     file: (u64, u64),
     sock: OwnedFd,
     pid: i32,
+    /// Whether it has reported its template.
+    born: bool,
+    since: std::time::Instant,
 }
 
 impl Drop for Zygote {
@@ -65,9 +78,9 @@ impl Drop for Zygote {
     }
 }
 
-/// How long the runner waits for a zygote to make its template: the loader's parse of the
-/// largest module takes seconds; a zygote that takes longer is killed, and its containers
-/// load their code themselves.
+/// How long a zygote may take to make its template: the loader's parse of the largest
+/// module takes seconds; a zygote that takes longer is killed, and its containers load their
+/// code themselves.
 const BIRTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long it waits for a zygote to fork a container (a fork takes well under a second).
 const FORK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -83,7 +96,17 @@ fn recv_timeout(sock: &OwnedFd, t: std::time::Duration) -> Result<(), String> {
 #[derive(Default)]
 pub struct Zygotes {
     live: RefCell<Vec<Zygote>>,
-    refused: RefCell<Vec<(Key, (u64, u64))>>,
+    refused: RefCell<Vec<Refusal>>,
+}
+
+/// A module's entry and artifact whose zygote failed, and when.
+type Refusal = (Key, (u64, u64), std::time::Instant);
+
+/// What a look at a zygote's birth found.
+enum Birth {
+    Born,
+    NotYet,
+    Failed(String),
 }
 
 /// The zygote's first message: `Ok` with its template, or why not.
@@ -105,14 +128,24 @@ impl Zygotes {
         else {
             return Err("no native code to make a template of".into());
         };
-        if self.refused.borrow().contains(&(key, *file)) {
-            return Err("its template was refused before".into());
+        let refuse = |why: String| {
+            let mut refused = self.refused.borrow_mut();
+            if refused.len() >= MAX_REFUSED {
+                refused.remove(0);
+            }
+            refused.push((key, *file, std::time::Instant::now()));
+            Err(why)
+        };
+        {
+            let mut refused = self.refused.borrow_mut();
+            refused.retain(|(.., at)| at.elapsed() < REFUSED_FOR);
+            if refused.iter().any(|(k, f, _)| *k == key && f == file) {
+                return Err("its template was refused before".into());
+            }
         }
         let mut live = self.live.borrow_mut();
-        // Making the zygote is the template's load, paid by the start that makes it.
-        let mut load = std::time::Duration::ZERO;
         let found = live.iter().position(|z| z.key == key);
-        let zygote = match found.map(|i| live.remove(i)) {
+        let mut zygote = match found.map(|i| live.remove(i)) {
             Some(z) if z.file == *file => z,
             // None, or one of an entry since re-published (dropping it ends it).
             _ => {
@@ -134,25 +167,36 @@ impl Zygotes {
                 .map(|fd| fd.as_raw_fd())
                 .chain(live.iter().map(|z| z.sock.as_raw_fd()))
                 .collect();
-                let started = std::time::Instant::now();
                 // SAFETY: the runner is single-threaded (see `serve`).
                 match unsafe { start(runner, key, level, so, *file, module, &request_fds) } {
                     Ok(z) => {
-                        load = started.elapsed();
-                        z
+                        live.push(z);
+                        return Err("its template is being made".into());
                     }
-                    Err(e) => {
-                        let mut refused = self.refused.borrow_mut();
-                        if refused.len() >= MAX_REFUSED {
-                            refused.remove(0);
-                        }
-                        refused.push((key, *file));
-                        return Err(e);
-                    }
+                    Err(e) => return refuse(e),
                 }
             }
         };
-        let pid = ask(&zygote, req, res, load, fds);
+        if !zygote.born {
+            match birth(&zygote) {
+                Birth::Born => {
+                    zygote.born = true;
+                    recv_timeout(&zygote.sock, FORK_TIMEOUT)?;
+                }
+                Birth::NotYet if zygote.since.elapsed() < BIRTH_TIMEOUT => {
+                    live.push(zygote);
+                    return Err("its template is still being made".into());
+                }
+                // Dropping it kills it.
+                Birth::NotYet => {
+                    return refuse(format!(
+                        "its zygote did not make its template within {BIRTH_TIMEOUT:?}"
+                    ))
+                }
+                Birth::Failed(why) => return refuse(why),
+            }
+        }
+        let pid = ask(&zygote, req, res, fds);
         // A zygote that did not answer is gone; the next start makes another.
         if pid.is_ok() {
             live.push(zygote);
@@ -161,19 +205,45 @@ impl Zygotes {
     }
 }
 
+/// Whether zygote `z` has reported its birth, without waiting.
+fn birth(z: &Zygote) -> Birth {
+    let mut fds = [nix::poll::PollFd::new(
+        z.sock.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    if !matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0) {
+        return Birth::NotYet;
+    }
+    let mut buf = vec![0u8; 4096];
+    let born = match wire::recv_datagram(z.sock.as_fd(), &mut buf) {
+        Err(e) => return Birth::Failed(format!("the module's zygote: {e}")),
+        Ok(None) => {
+            return Birth::Failed(
+                "the module's zygote died making its template (its memory limit, or a crash)"
+                    .into(),
+            )
+        }
+        Ok(Some((bytes, _))) => wire::decode::<Born>("zygote birth", bytes),
+    };
+    match born {
+        Ok(Ok(())) => Birth::Born,
+        Ok(Err(why)) => Birth::Failed(why),
+        Err(e) => Birth::Failed(format!("the module's zygote: {e}")),
+    }
+}
+
 /// Sends one container's request to `z` and waits for the forked pid.
 fn ask(
     z: &Zygote,
     req: &SpawnRequest,
     res: &Resolution,
-    load: std::time::Duration,
     fds: SpawnFds<BorrowedFd<'_>>,
 ) -> Result<i32, String> {
     let failed = |e: wire::WireError| format!("the module's zygote: {e}");
     let (bytes, fds) = req.encode(fds).map_err(failed)?;
     wire::send_datagram(z.sock.as_fd(), &bytes, &fds).map_err(failed)?;
     let nanos = |d: std::time::Duration| d.as_nanos() as u64;
-    let timings = (nanos(res.hash), nanos(res.lookup), nanos(load));
+    let timings = (nanos(res.hash), nanos(res.lookup));
     let bytes = wire::encode("zygote timings", &timings).map_err(failed)?;
     wire::send_datagram(z.sock.as_fd(), &bytes, &[]).map_err(failed)?;
     let mut buf = vec![0u8; 4096];
@@ -186,8 +256,8 @@ fn ask(
     }
 }
 
-/// Forks the zygote of entry `key` (level `level`, artifact `so` whose identity is `file`)
-/// and waits until it has its template.
+/// Forks the zygote of entry `key` (level `level`, artifact `so` whose identity is `file`),
+/// which makes its template and reports it on its socket.
 ///
 /// # Safety
 /// As for `fork`: the caller must be single-threaded.
@@ -217,30 +287,15 @@ unsafe fn start(
         }
         Ok(Some(pid)) => {
             drop(theirs);
-            // Killed on any failure below (dropped), so no zygote outlives its error.
-            let zygote = Zygote {
+            // Its birth is looked at by later starts (`birth`), never waited for.
+            Ok(Zygote {
                 key,
                 file,
                 sock: ours,
                 pid,
-            };
-            let ours = &zygote.sock;
-            recv_timeout(ours, BIRTH_TIMEOUT)?;
-            let mut buf = vec![0u8; 4096];
-            let born = wire::recv_datagram(ours.as_fd(), &mut buf)
-                .map_err(|e| format!("the module's zygote: {e}"))?
-                .ok_or(
-                    "the module's zygote died making its template (its memory limit, or a crash)",
-                )?;
-            match wire::decode::<Born>("zygote birth", born.0)
-                .map_err(|e| format!("the module's zygote: {e}"))?
-            {
-                Ok(()) => {
-                    recv_timeout(&zygote.sock, FORK_TIMEOUT)?;
-                    Ok(zygote)
-                }
-                Err(why) => Err(why),
-            }
+                born: false,
+                since: std::time::Instant::now(),
+            })
         }
     }
 }
@@ -292,8 +347,8 @@ unsafe fn serve(
             // The runner is gone, or dropped us.
             Ok(None) | Err(_) => crate::serve::exit_now(0),
         };
-        let timings: (u64, u64, u64) = match wire::recv_datagram(sock.as_fd(), &mut buf) {
-            Ok(Some((bytes, _))) => wire::decode("zygote timings", bytes).unwrap_or((0, 0, 0)),
+        let timings: (u64, u64) = match wire::recv_datagram(sock.as_fd(), &mut buf) {
+            Ok(Some((bytes, _))) => wire::decode("zygote timings", bytes).unwrap_or((0, 0)),
             _ => crate::serve::exit_now(0),
         };
         let SpawnFds {
@@ -311,8 +366,6 @@ unsafe fn serve(
             outcome: CacheOutcome::Hit,
             hash: std::time::Duration::from_nanos(timings.0),
             lookup: std::time::Duration::from_nanos(timings.1),
-            // Making the zygote, for the start that made it (the template's load).
-            load: std::time::Duration::from_nanos(timings.2),
             ..Resolution::default()
         };
         // SAFETY: the zygote is single-threaded.
