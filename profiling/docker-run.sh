@@ -4,7 +4,8 @@
 # private containerd, the containerd image store, no iptables, no default bridge), with
 # `--network none` (Docker's setkey prestart hook in each spec) and `--network host` (no hook).
 # Usage: profiling/docker-run.sh   (as root, after cargo build --release --workspace --bins)
-#   N=15   runs of each, per network
+#   N=15          runs of each, per network
+#   KEEP_LOG=FILE  keep containerd's log (the shim's phase lines: grep 'µs') in FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${N:-15}
@@ -19,6 +20,7 @@ pcd_init "$work" bench "$bin"
 dpid=
 cleanup() {
   set +e
+  [ -z "${KEEP_LOG:-}" ] || cp "$pcd_work/containerd.log" "$KEEP_LOG"
   if [ -n "$dpid" ]; then
     "${D[@]}" ps -aq | xargs -r "${D[@]}" rm -f >/dev/null 2>&1
     kill "$dpid" 2>/dev/null && wait "$dpid" 2>/dev/null

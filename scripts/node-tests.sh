@@ -7,7 +7,10 @@
 # OOM, scopes gone after delete) and of tests/devices.rs (the device filter as a v2 program,
 # born in a cgroupfs cgroup or put on a scope), CRI pods whose containers get scopes and are resized in
 # place, and the lifecycle tests that prove a Wasm container starts, fails, is OOM-killed and
-# leaves nothing on cgroup v2, and containerd 2 reading the runtime's info. In the guest WASMEDGE_SHIM_NODE_TESTS=1 turns every "needs
+# leaves nothing on cgroup v2, and containerd 2 reading the runtime's info; OCI hooks (the
+# container process's pause between its mounts and its pivot), a pod's container's namespace
+# joins, and the compile worker's confinement (mount_setattr, namespaces, seccomp) on the
+# guest's kernel. In the guest WASMEDGE_SHIM_NODE_TESTS=1 turns every "needs
 # systemd" skip into a failure.
 #
 # Usage: node-tests.sh [CONTAINERD...]   guest paths of the containerds to test against
@@ -22,6 +25,9 @@ SUITE=(
   "lifecycle hello_prints exit_codes a_module_that_traps delete_leaves containerd_2_reads"
   "devices"
   "isolation a_shared_root_propagation"
+  "hooks hooks_run a_failing"
+  "tenants a_pods_container"
+  "compiles llvm_runs_unprivileged"
 )
 containerds=("$@")
 [ "${#containerds[@]}" != 0 ] || containerds=(containerd /opt/containerd-2.1.9/usr/bin/containerd)
