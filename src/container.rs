@@ -621,8 +621,9 @@ impl Container {
         };
         let mut hooks_ran = false;
         if let Ok(Report::Created) = report {
-            // The process has its namespaces and waits, as the runner's, before its root
-            // and any guest code: the spec's prestart and createRuntime hooks run now.
+            // The process has its namespaces and its root's mounts, and waits, as the
+            // runner's, before its pivot_root and any guest code: the spec's prestart and
+            // createRuntime hooks run now.
             let hooking = Instant::now();
             cs.hooks
                 .create_runtime(&id, &self.bundle, pid)
