@@ -29,6 +29,11 @@ mod confine;
 mod library;
 mod sandbox;
 
+/// How recent a failure the cache recorded must be to explain a compile that just ended
+/// without an artifact: the compile's own record, written as it failed. Not the retry window
+/// (`compile_retry_secs`, which may be zero): that says when to compile again.
+pub(crate) const RECORD_EXPLAINS: Duration = Duration::from_secs(60);
+
 /// A compile process.
 #[derive(Debug)]
 pub struct Job {
@@ -183,7 +188,7 @@ impl Compiles {
                 .cache
                 .as_ref()
                 .ok()
-                .and_then(|c| c.recent_failure(&key, Duration::from_secs(60)));
+                .and_then(|c| c.recent_failure(&key, RECORD_EXPLAINS));
             let failure = match recorded {
                 Some(f) => f,
                 None => {

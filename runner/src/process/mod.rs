@@ -333,7 +333,7 @@ fn load_code(
                     .full_key
                     .and_then(|full| {
                         let c = runner.cache.as_ref().ok()?;
-                        c.recent_failure(&full, std::time::Duration::from_secs(60))
+                        c.recent_failure(&full, crate::compile::RECORD_EXPLAINS)
                     })
                     .map(|f| (f.cause, f.message))
                     .unwrap_or_else(|| {
