@@ -29,6 +29,16 @@ pub enum ShimError {
     Shim(#[from] containerd_shim::Error),
 }
 
+/// The steps of a create whose failure is the request's: what it asks is wrong or refused.
+const REQUEST_STEPS: &[&str] = &[
+    "spec",
+    "runtime options",
+    "entrypoint",
+    "cwd",
+    "seccomp",
+    "namespaces",
+];
+
 impl ShimError {
     /// A `map_err` for a step of container `id`'s create that failed: the error names the
     /// container and the step (`context`).
@@ -54,9 +64,15 @@ impl ShimError {
             ShimError::NotFound(_) => ttrpc::Code::NOT_FOUND,
             ShimError::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
             ShimError::FailedPrecondition { .. } => ttrpc::Code::FAILED_PRECONDITION,
-            ShimError::InvalidArgument(_) | ShimError::Create { .. } => {
+            ShimError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
+            // The request's own fault: its spec, options, entrypoint; anything else (the
+            // kernel, the runner, runc, a hook, the rootfs) is not the caller's to fix by
+            // asking differently, and says nothing more certain than that (runc's errors
+            // reach containerd as UNKNOWN too).
+            ShimError::Create { context, .. } if REQUEST_STEPS.contains(context) => {
                 ttrpc::Code::INVALID_ARGUMENT
             }
+            ShimError::Create { .. } => ttrpc::Code::UNKNOWN,
             ShimError::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
             ShimError::Io { .. } | ShimError::Shim(_) => ttrpc::Code::INTERNAL,
         }
@@ -101,6 +117,20 @@ mod tests {
             }),
             ttrpc::Code::FAILED_PRECONDITION
         );
+    }
+
+    #[test]
+    fn a_create_fails_as_invalid_only_for_the_requests_own_fault() {
+        let create = |context| ShimError::Create {
+            id: "c1".into(),
+            context,
+            message: "m".into(),
+        };
+        assert_eq!(code_of(create("spec")), ttrpc::Code::INVALID_ARGUMENT);
+        assert_eq!(code_of(create("entrypoint")), ttrpc::Code::INVALID_ARGUMENT);
+        for runtime in ["cgroup", "hooks", "start container process", "linux container"] {
+            assert_eq!(code_of(create(runtime)), ttrpc::Code::UNKNOWN, "{runtime}");
+        }
     }
 
     #[test]
