@@ -222,6 +222,12 @@ fn llvm_runs_unprivileged_in_a_pid_namespace_of_its_own_with_a_memory_limit() {
         })
         .collect();
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    // The processes its /proc shows.
+    let visible: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root/proc"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.parse::<u32>().is_ok())
+        .collect();
     kill_compiles(&ctd);
     assert_eq!(status_field(&status, "Uid"), "64999\t64999\t64999\t64999");
     assert_eq!(status_field(&status, "Gid"), "64998\t64998\t64998\t64998");
@@ -239,11 +245,21 @@ fn llvm_runs_unprivileged_in_a_pid_namespace_of_its_own_with_a_memory_limit() {
         assert!(own, "the worker shares its parent's {t} namespace");
     }
     for line in mountinfo.lines() {
-        let options = line.split_whitespace().nth(5).unwrap();
-        assert!(options.split(',').any(|o| o == "ro"), "writable: {line}");
+        let options: Vec<&str> = line.split_whitespace().nth(5).unwrap().split(',').collect();
+        for want in ["ro", "nosuid", "nodev"] {
+            assert!(options.contains(&want), "not {want}: {line}");
+        }
     }
+    // Its own /proc: no other process's environment or maps.
+    assert_eq!(visible, ["1"], "the worker's /proc shows other processes");
     assert_eq!(status_field(&status, "Seccomp"), "2");
-    assert_eq!(status_field(&status, "Seccomp_filters"), "2");
+    // The deny list, clone3's ENOSYS and, on x86-64, the x32 calls.
+    let filters = if cfg!(target_arch = "x86_64") {
+        "3"
+    } else {
+        "2"
+    };
+    assert_eq!(status_field(&status, "Seccomp_filters"), filters);
     let data = limits
         .lines()
         .find(|l| l.starts_with("Max data size"))

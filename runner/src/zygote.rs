@@ -60,7 +60,10 @@ struct Zygote {
     /// (device, inode) of the artifact it loaded: a re-published entry is another file.
     file: (u64, u64),
     sock: OwnedFd,
-    pid: i32,
+    /// A pidfd of it, taken at its fork: it is the shim's child (`CLONE_PARENT`), which
+    /// the shim reaps the moment it dies, so its pid may be another process's by the time
+    /// the runner kills it.
+    pidfd: Option<OwnedFd>,
     /// Whether it has reported its template.
     born: bool,
     since: std::time::Instant,
@@ -71,10 +74,11 @@ impl Drop for Zygote {
     /// anyone needs (its containers are the shim's children), and one that hangs must not
     /// stay.
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        // Without a pidfd (a kernel without them, or the zygote already gone when it was
+        // asked for) it is not killed by pid: that pid may be anyone's.
+        if let Some(fd) = &self.pidfd {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -287,12 +291,17 @@ unsafe fn start(
         }
         Ok(Some(pid)) => {
             drop(theirs);
-            // Its birth is looked at by later starts (`birth`), never waited for.
+            // Its birth is looked at by later starts (`birth`), never waited for. Nothing
+            // has waited since the fork: the shim cannot have reaped it yet, short of its
+            // death within these microseconds.
+            let pidfd = rustix::process::Pid::from_raw(pid).and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+            });
             Ok(Zygote {
                 key,
                 file,
                 sock: ours,
-                pid,
+                pidfd,
                 born: false,
                 since: std::time::Instant::now(),
             })
@@ -315,6 +324,24 @@ unsafe fn serve(
     request_fds: &[i32],
     sock: OwnedFd,
 ) -> ! {
+    // Nothing of the runner's request stays open here (nor the other zygotes' runner ends),
+    // nor the runner's end of the shim's socket (fd 0): the shim must see it close when the
+    // runner goes, and this zygote serves none of that request (the start that made it
+    // loads its own code). Each becomes /dev/null, so that the numbers stay valid for the
+    // (never dropped) owners. The module goes once it is loaded.
+    let to_null = |fds: &mut dyn Iterator<Item = i32>| {
+        if let Ok(null) = File::open("/dev/null") {
+            for fd in fds {
+                // SAFETY: dup2 onto an open descriptor replaces what it refers to; nothing
+                // is closed that an owner would close again.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+    };
+    let module_fd = module.as_raw_fd();
+    to_null(
+        &mut std::iter::once(0).chain(request_fds.iter().copied().filter(|&fd| fd != module_fd)),
+    );
     let inherited = limit_data(LOAD_BUDGET);
     let born: Born = if runner.load_template(&key, so, file, module, || {
         limit_data(INSTANCE_BUDGET);
@@ -323,16 +350,7 @@ unsafe fn serve(
     } else {
         Err("its native code does not load as a template".into())
     };
-    // Nothing of the runner's request stays open here (nor the other zygotes' runner ends),
-    // nor the runner's end of the shim's socket (fd 0): the shim must see it close when the
-    // runner goes. Each becomes /dev/null, so that the numbers stay valid for the (never dropped) owners.
-    if let Ok(null) = File::open("/dev/null") {
-        for fd in std::iter::once(0).chain(request_fds.iter().copied()) {
-            // SAFETY: dup2 onto an open descriptor replaces what it refers to; nothing is
-            // closed that an owner would close again.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
+    to_null(&mut std::iter::once(module_fd));
     let refused = born.is_err();
     if let Ok(bytes) = wire::encode("zygote birth", &born) {
         let _ = wire::send_datagram(sock.as_fd(), &bytes, &[]);

@@ -34,8 +34,8 @@ use wasmedge_aot_protocol::container::PropagationKind;
 
 use crate::process::rootfs::setattr;
 
-/// `MOUNT_ATTR_RDONLY` and `MOUNT_ATTR_NOSUID` (linux/mount.h).
-const RDONLY_NOSUID: u64 = 0x1 | 0x2;
+/// `MOUNT_ATTR_RDONLY`, `MOUNT_ATTR_NOSUID` and `MOUNT_ATTR_NODEV` (linux/mount.h).
+const RDONLY_NOSUID_NODEV: u64 = 0x1 | 0x2 | 0x4;
 
 /// The namespaces and the read-only view. Runs as root in the worker, its working
 /// directory the work directory; returns the writable clone of that directory, to enter.
@@ -54,6 +54,17 @@ pub fn isolate() -> std::io::Result<OwnedFd> {
         0,
         Some(PropagationKind::Slave),
     )?;
+    // A /proc of the worker's own pid namespace: the host's shows every process, and the
+    // environment and maps of any other process of the worker's uid.
+    nix::mount::mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )?;
     // The working directory moved into the new namespace with it; its clone is detached,
     // so the read-only pass below does not reach it.
     let work = open_tree(
@@ -61,7 +72,14 @@ pub fn isolate() -> std::io::Result<OwnedFd> {
         c".",
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
     )?;
-    setattr(CWD, c"/", libc::AT_RECURSIVE as u32, RDONLY_NOSUID, 0, None)?;
+    setattr(
+        CWD,
+        c"/",
+        libc::AT_RECURSIVE as u32,
+        RDONLY_NOSUID_NODEV,
+        0,
+        None,
+    )?;
     nix::unistd::fchdir(work.as_fd())?;
     Ok(work)
 }
@@ -115,21 +133,44 @@ const DENIED: &[i64] = &[
     libc::SYS_execveat,
 ];
 
-/// x86-64's x32 calls are the same numbers with this bit set: a filter that names only the
-/// 64-bit numbers would let them through where the kernel enables x32.
+/// x86-64's x32 calls carry this bit in their number (and some have numbers of their own,
+/// `execve` 520 among them): a filter that names only the 64-bit numbers would let them
+/// through where the kernel enables x32. The worker makes none, so all of them are refused.
 #[cfg(target_arch = "x86_64")]
-const X32_BIT: i64 = 0x4000_0000;
+const X32_BIT: u32 = 0x4000_0000;
 
-/// The filters, built before the fork's credentials change (building allocates; nothing is
-/// installed): the deny list, and `clone3`'s `ENOSYS`.
-pub fn filters() -> Result<[BpfProgram; 2], seccompiler::BackendError> {
+/// The filter that refuses every x32 call: load the number, test the bit.
+#[cfg(target_arch = "x86_64")]
+fn no_x32() -> BpfProgram {
+    use seccompiler::sock_filter;
+    let insn = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    vec![
+        // seccomp_data.nr, at offset 0.
+        insn(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
+        insn(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, 0, 1, X32_BIT),
+        insn(
+            libc::BPF_RET | libc::BPF_K,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        insn(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// The filters, built before the worker's credentials change (nothing is installed): the
+/// deny list, `clone3`'s `ENOSYS`, and on x86-64 the x32 calls.
+pub fn filters() -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)?;
     let always = Vec::new;
     let mut denied: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for &nr in DENIED {
         denied.insert(nr, always());
-        #[cfg(target_arch = "x86_64")]
-        denied.insert(nr | X32_BIT, always());
     }
     // clone with a namespace flag (the new-namespace flags share one mask with
     // CLONE_NEWUSER's and CLONE_NEWCGROUP's bits).
@@ -162,11 +203,15 @@ pub fn filters() -> Result<[BpfProgram; 2], seccompiler::BackendError> {
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,
     )?;
-    Ok([deny.try_into()?, clone3.try_into()?])
+    #[allow(unused_mut)]
+    let mut all = vec![deny.try_into()?, clone3.try_into()?];
+    #[cfg(target_arch = "x86_64")]
+    all.push(no_x32());
+    Ok(all)
 }
 
 /// Installs the filters; the process has `no_new_privs`.
-pub fn install(filters: &[BpfProgram; 2]) -> seccompiler::Result<()> {
+pub fn install(filters: &[BpfProgram]) -> seccompiler::Result<()> {
     for f in filters {
         seccompiler::apply_filter(f)?;
     }
@@ -187,7 +232,7 @@ mod tests {
         // SAFETY: the child makes raw system calls only, writes to a pipe and _exits.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
-                let mut out = [0i32; 8];
+                let mut out = [0i32; 16];
                 // SAFETY: prctl with integer arguments only.
                 let nnp = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
                 let ok = nnp == 0 && install(&filters).is_ok();
@@ -237,12 +282,15 @@ mod tests {
             (libc::SYS_getpid, [0, 0, 0]),
             (libc::SYS_getuid, [0, 0, 0]),
             #[cfg(target_arch = "x86_64")]
-            (libc::SYS_socket | X32_BIT, inet),
+            (libc::SYS_socket | X32_BIT as i64, inet),
+            // x32's own execve.
+            #[cfg(target_arch = "x86_64")]
+            (520 | X32_BIT as i64, [0, 0, 0]),
         ];
         let got = errnos_under_filters(&calls);
         let mut want = vec![libc::EPERM, libc::EPERM, libc::ENOSYS, libc::EPERM, 0, 0];
         #[cfg(target_arch = "x86_64")]
-        want.push(libc::EPERM);
+        want.extend([libc::EPERM, libc::EPERM]);
         assert_eq!(got, want);
     }
 }
