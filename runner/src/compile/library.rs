@@ -50,13 +50,13 @@ const DYNAMIC_TAGS: &[u32] = &[
     elf::DT_GNU_HASH,
 ];
 
-/// Checks the library at `path`.
-pub fn check(path: &Path) -> Result<(), ShapeError> {
+/// Checks the library at `path`, compiled from `module`.
+pub fn check(path: &Path, module: &[u8]) -> Result<(), ShapeError> {
     let data = std::fs::read(path).map_err(|e| ShapeError {
         path: path.display().to_string(),
         reason: format!("read: {e}"),
     })?;
-    shape(&data).map_err(|reason| ShapeError {
+    shape(&data, module).map_err(|reason| ShapeError {
         path: path.display().to_string(),
         reason,
     })
@@ -76,7 +76,7 @@ const PAGE: u64 = 4096;
 /// `e_phnum`'s escape to a count in section 0, which glibc does not read.
 const PN_XNUM: u16 = 0xffff;
 
-fn shape(data: &[u8]) -> Result<(), String> {
+fn shape(data: &[u8], module: &[u8]) -> Result<(), String> {
     let header = Header::parse(data).map_err(|e| format!("not an ELF64 object: {e}"))?;
     let endian = header.endian().map_err(|e| e.to_string())?;
     if header.e_type(endian) != elf::ET_DYN {
@@ -193,6 +193,9 @@ fn shape(data: &[u8]) -> Result<(), String> {
     let symtab = symtab.ok_or("no symbol table")?;
     let strtab = strtab.ok_or("no string table")?;
     let sym_size = std::mem::size_of::<Sym64<Endianness>>() as u64;
+    // Where the library embeds its module (`wasm.code`) and that module's size
+    // (`wasm.size`): WasmEdge parses and validates those bytes when it loads the library.
+    let embedded = std::cell::Cell::new((None, None));
     let symbol = |index: u64| -> Result<(), String> {
         // The null symbol, which every table starts with.
         if index == 0 {
@@ -223,6 +226,12 @@ fn shape(data: &[u8]) -> Result<(), String> {
         let name = map.name(strtab, sym.st_name.get(endian))?;
         if name == b"intrinsics" && (seg.flags & elf::PF_W == 0 || size < 8) {
             return Err("`intrinsics` is not 8 writable bytes of the library".into());
+        }
+        let (code, size_at) = embedded.get();
+        match name {
+            b"wasm.code" => embedded.set((Some((value, size)), size_at)),
+            b"wasm.size" => embedded.set((code, Some(value))),
+            _ => {}
         }
         Ok(())
     };
@@ -256,6 +265,16 @@ fn shape(data: &[u8]) -> Result<(), String> {
                 index += 1;
             }
         }
+    }
+    // The module the loader will parse is the one that was compiled, byte for byte: a
+    // worker that was taken over cannot hand the root that loads the library other Wasm.
+    let (Some((code, _)), Some(size_at)) = embedded.get() else {
+        return Err("no embedded module (wasm.code, wasm.size)".into());
+    };
+    let size = u64::from(map.u32(endian, size_at)?);
+    let at = map.offset(code, size)? as usize;
+    if data.get(at..at + size as usize) != Some(module) {
+        return Err("the embedded module is not the module compiled".into());
     }
     Ok(())
 }
@@ -345,14 +364,22 @@ mod tests {
         (dir, out)
     }
 
-    /// What WasmEdge writes: functions and constant data, no library, no relocation.
-    const PLAIN: &str = "int f(int x) { return x + 1; }\nconst int table[4] = {1, 2, 3, 4};\n";
+    /// What WasmEdge writes: functions and constant data, the module embedded, no library,
+    /// no relocation.
+    const PLAIN: &str = "int f(int x) { return x + 1; }\nconst int table[4] = {1, 2, 3, 4};\n\
+        const unsigned char code[] __asm__(\"wasm.code\") = {0, 'a', 's', 'm', 1, 0, 0, 0};\n\
+        const unsigned int size __asm__(\"wasm.size\") = 8;\n";
+    /// The module [`PLAIN`] embeds.
+    const MODULE: &[u8] = b"\0asm\x01\0\0\0";
     const BARE: &[&str] = &["-nostdlib", "-Wl,--hash-style=both", "-Wl,-z,norelro"];
 
     #[test]
     fn a_library_of_wasmedges_shape_passes() {
         let (_d, lib) = build(PLAIN, BARE);
-        check(&lib).unwrap();
+        check(&lib, MODULE).unwrap();
+        // Other Wasm than the module compiled is refused.
+        let e = check(&lib, b"\0asm\x01\0\0\x01").unwrap_err().to_string();
+        assert!(e.contains("not the module compiled"), "{e}");
     }
 
     #[test]
@@ -382,7 +409,7 @@ mod tests {
         ];
         for (c, why, flags) in cases {
             let (_d, lib) = build(c, flags);
-            let e = check(&lib).expect_err(c).to_string();
+            let e = check(&lib, MODULE).expect_err(c).to_string();
             assert!(e.contains(why), "{c}: {e}");
         }
     }
@@ -407,7 +434,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("lib.so");
         std::fs::write(&f, data).unwrap();
-        check(&f).map_err(|e| e.reason)
+        check(&f, MODULE).map_err(|e| e.reason)
     }
 
     /// The loader reads a library through the memory it maps, not the file's offsets: every
@@ -446,7 +473,7 @@ mod tests {
         let abs = "__asm__(\".globl intrinsics\\n.set intrinsics, 0x7f00deadbee0\");\n\
                    int f(int x) { return x + 1; }\n";
         let (_d, lib) = build(abs, BARE);
-        let e = check(&lib).unwrap_err().to_string();
+        let e = check(&lib, MODULE).unwrap_err().to_string();
         assert!(e.contains("absolute"), "{e}");
     }
 
@@ -455,8 +482,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("x.so");
         std::fs::write(&f, b"\x7fELF not really").unwrap();
-        assert!(check(&f).unwrap_err().to_string().contains("not an ELF64"));
+        assert!(check(&f, MODULE)
+            .unwrap_err()
+            .to_string()
+            .contains("not an ELF64"));
         std::fs::write(&f, []).unwrap();
-        assert!(check(&f).is_err());
+        assert!(check(&f, MODULE).is_err());
     }
 }

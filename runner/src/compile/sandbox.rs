@@ -130,14 +130,16 @@ impl wasmedge_aot_cache::Compiler for Sandboxed<'_> {
             .map_err(prepare)?;
         let bytes = std::fs::read(module).map_err(prepare)?;
         let result = self.run_worker(module, &bytes, &dir, stage);
-        drop(bytes);
-        // Published only in the shape WasmEdge writes: what `dlopen` would run as root is
-        // refused (`library`).
+        // Published only in the shape WasmEdge writes, embedding this very module: what
+        // `dlopen` would run as root is refused, and so are other Wasm bytes for the loader
+        // to parse (`library`).
         let copied = result
             .and_then(|()| copy_output(&work, out))
             .and_then(|()| {
-                super::library::check(out).map_err(|e| SandboxError::Compiler(e.to_string()).into())
+                super::library::check(out, &bytes)
+                    .map_err(|e| SandboxError::Compiler(e.to_string()).into())
             });
+        drop(bytes);
         // Whatever the worker left: the entry holds nothing its uid owns.
         let removed = std::fs::remove_dir_all(&work);
         copied?;
