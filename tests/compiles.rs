@@ -239,17 +239,42 @@ fn llvm_runs_unprivileged_in_a_pid_namespace_of_its_own_with_a_memory_limit() {
     // pid 1 of its namespace: it can name no process outside, and takes its own with it.
     assert!(status_field(&status, "NSpid").ends_with("\t1"), "{status}");
     assert_ne!(Some(own_ns), parent_ns.ok());
-    // No network, no host IPC, its own mounts: all of them read-only but its work directory
-    // (a detached clone, in no mount table); and its system-call filters.
+    // No network, no host IPC, its own mounts; and its system-call filters.
     for (t, own) in own_other_ns {
         assert!(own, "the worker shares its parent's {t} namespace");
     }
-    for line in mountinfo.lines() {
-        let options: Vec<&str> = line.split_whitespace().nth(5).unwrap().split(',').collect();
-        for want in ["ro", "nosuid", "nodev"] {
-            assert!(options.contains(&want), "not {want}: {line}");
-        }
-    }
+    // A root of its own: an empty read-only tmpfs with the work directory, its /proc and
+    // four device nodes; nothing of the host's tree.
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .map(|l| l.split_whitespace().nth(4).unwrap())
+        .collect();
+    points.sort_unstable();
+    assert_eq!(
+        points,
+        [
+            "/",
+            "/dev/null",
+            "/dev/random",
+            "/dev/urandom",
+            "/dev/zero",
+            "/proc",
+            "/work"
+        ],
+        "{mountinfo}"
+    );
+    let root = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .unwrap();
+    assert!(
+        root.split_whitespace()
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "{root}"
+    );
     // Its own /proc: no other process's environment or maps.
     assert_eq!(visible, ["1"], "the worker's /proc shows other processes");
     assert_eq!(status_field(&status, "Seccomp"), "2");
@@ -260,6 +285,11 @@ fn llvm_runs_unprivileged_in_a_pid_namespace_of_its_own_with_a_memory_limit() {
         "2"
     };
     assert_eq!(status_field(&status, "Seccomp_filters"), filters);
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max file size"))
+        .unwrap();
+    assert!(!files.contains("unlimited"), "{files}");
     let data = limits
         .lines()
         .find(|l| l.starts_with("Max data size"))

@@ -10,10 +10,10 @@
 //! - **network, IPC and mount namespaces of its own**: no interface (not even loopback),
 //!   so no metadata service, no node port, no abstract socket of the host; no System V
 //!   object of the host's;
-//! - **a read-only host**: every mount of the worker's copy of the tree is made read-only
-//!   and nosuid (world-writable `/tmp`, `/var/tmp` and `/dev/shm` included); the work
-//!   directory is a detached clone of itself, writable, and the worker's working
-//!   directory: nothing else of the host is writable to it, whatever its uid;
+//! - **a root of its own** ([`isolate`]): an empty read-only tmpfs with the work directory
+//!   (writable), its own `/proc` and four device nodes; none of the host's tree, so nothing
+//!   of the host is readable or writable to it whatever its uid, and no mount the host
+//!   makes later reaches it;
 //! - **a system-call filter**: calls a compiler has no use for and that are the kernel's
 //!   wider surfaces (sockets, other processes' memory, namespaces and mounts, BPF, io_uring,
 //!   userfaultfd, keyrings, perf, modules, exec) fail with `EPERM`; `clone3`, whose flags a
@@ -22,7 +22,7 @@
 //!   files work as they do outside.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 
 use rustix::fs::CWD;
 use rustix::mount::{open_tree, OpenTreeFlags};
@@ -35,11 +35,27 @@ use wasmedge_aot_protocol::container::PropagationKind;
 use crate::process::rootfs::setattr;
 
 /// `MOUNT_ATTR_RDONLY`, `MOUNT_ATTR_NOSUID` and `MOUNT_ATTR_NODEV` (linux/mount.h).
-const RDONLY_NOSUID_NODEV: u64 = 0x1 | 0x2 | 0x4;
+const RDONLY: u64 = 0x1;
 
-/// The namespaces and the read-only view. Runs as root in the worker, its working
-/// directory the work directory; returns the writable clone of that directory, to enter.
-pub fn isolate() -> std::io::Result<OwnedFd> {
+/// The device nodes a program may open (the C library's and LLVM's fallbacks for
+/// randomness, and the sinks), bound from the host's.
+const DEVICES: &[&str] = &["null", "zero", "random", "urandom"];
+
+/// The namespaces and the worker's root. Runs as root in the worker, its working directory
+/// the work directory; leaves it in `/work` of a root of its own.
+///
+/// The root is an empty tmpfs, read-only once made, holding only the work directory (a
+/// clone of its mount, writable), a `/proc` of the worker's own pid namespace (the host's
+/// would show the environment and maps of any process of the worker's uid), and the few
+/// device nodes in [`DEVICES`]. The host's tree is detached after the pivot: nothing of it
+/// is readable, and nothing the host mounts later (a container's root, a volume) reaches
+/// the worker, as it would through a copy of the host's tree.
+pub fn isolate() -> std::io::Result<()> {
+    use rustix::fs::{mkdirat, openat, Mode, OFlags};
+    use rustix::mount::{
+        fsconfig_create, fsmount, fsopen, move_mount, FsMountFlags, FsOpenFlags, MountAttrFlags,
+        MoveMountFlags,
+    };
     nix::sched::unshare(
         nix::sched::CloneFlags::CLONE_NEWNS
             | nix::sched::CloneFlags::CLONE_NEWNET
@@ -54,34 +70,78 @@ pub fn isolate() -> std::io::Result<OwnedFd> {
         0,
         Some(PropagationKind::Slave),
     )?;
-    // A /proc of the worker's own pid namespace: the host's shows every process, and the
-    // environment and maps of any other process of the worker's uid.
+    // The working directory moved into the new namespace with it.
+    let work = open_tree(
+        CWD,
+        c".",
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )?;
+    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_create(&fs)?;
+    let root = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?;
+    let dir = Mode::from_raw_mode(0o755);
+    for d in ["work", "proc", "dev"] {
+        mkdirat(&root, d, dir)?;
+    }
+    for d in DEVICES {
+        drop(openat(
+            &root,
+            format!("dev/{d}"),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?);
+    }
+    // Attached over the work directory's path, to be built on with paths, then entered.
+    move_mount(
+        root.as_fd(),
+        c"",
+        CWD,
+        c".",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?;
+    nix::unistd::fchdir(root.as_fd())?;
+    move_mount(
+        work.as_fd(),
+        c"",
+        CWD,
+        c"work",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?;
+    for d in DEVICES {
+        let node = open_tree(
+            CWD,
+            format!("/dev/{d}").as_str(),
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )?;
+        move_mount(
+            node.as_fd(),
+            c"",
+            CWD,
+            format!("dev/{d}").as_str(),
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )?;
+    }
     nix::mount::mount(
         Some("proc"),
-        "/proc",
+        "proc",
         Some("proc"),
         nix::mount::MsFlags::MS_NOSUID
             | nix::mount::MsFlags::MS_NODEV
             | nix::mount::MsFlags::MS_NOEXEC,
         None::<&str>,
     )?;
-    // The working directory moved into the new namespace with it; its clone is detached,
-    // so the read-only pass below does not reach it.
-    let work = open_tree(
-        CWD,
-        c".",
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-    )?;
-    setattr(
-        CWD,
-        c"/",
-        libc::AT_RECURSIVE as u32,
-        RDONLY_NOSUID_NODEV,
-        0,
-        None,
-    )?;
-    nix::unistd::fchdir(work.as_fd())?;
-    Ok(work)
+    // Into it, and the host's tree gone (pivot_root(".", ".") stacks the old root on the
+    // new one; detaching it leaves the new).
+    rustix::process::pivot_root(".", ".")?;
+    rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH)?;
+    rustix::process::chdir("/")?;
+    setattr(CWD, c"/", 0, RDONLY, 0, None)?;
+    rustix::process::chdir("/work")?;
+    Ok(())
 }
 
 /// The calls the worker may not make.

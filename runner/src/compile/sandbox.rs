@@ -45,6 +45,8 @@ const OUTPUT: &str = "module.so";
 const REPORT_MAX: u64 = 4096;
 /// The worker's exit status when the compiler refused the module (its error is on the pipe).
 const COMPILER_FAILED: i32 = 3;
+/// The least `RLIMIT_FSIZE` a worker gets, whatever its module's size.
+const FILE_MIN: u64 = 1 << 30;
 /// Less free space than this in the cache after a failed worker: the disk was full.
 const FULL_BELOW: u64 = 16 << 20;
 
@@ -319,18 +321,25 @@ fn worker(
     if let Err(e) = nix::unistd::fchdir(dir) {
         return fail(&report, "enter the work directory", &e);
     }
-    // Its own namespaces and a read-only host, the work directory its one writable place.
-    let _work = match confine::isolate() {
-        Ok(work) => work,
-        Err(e) => return fail(&report, "confine the worker", &e),
-    };
+    // Its own namespaces and root, the work directory its one writable place.
+    if let Err(e) = confine::isolate() {
+        return fail(&report, "confine the worker", &e);
+    }
+    // The work directory's descriptor on the host's mount is of no more use.
+    // SAFETY: closes this forked process's copy of `dir`, which it never uses again and
+    // never drops (it leaves through `exit_now`).
+    unsafe { libc::close(dir.as_raw_fd()) };
     let filters = match confine::filters() {
         Ok(f) => f,
         Err(e) => return fail(&report, "build the worker's system-call filter", &e),
     };
+    // The files it writes: a library is about 1.5 times its module; a worker that writes
+    // far more (a sparse file the compile process would then read whole) is killed.
+    let file_max = (bytes.len() as u64).saturating_mul(16).max(FILE_MIN);
     let limits = [
         (libc::RLIMIT_CORE, Some(0)),
         (libc::RLIMIT_DATA, s.limits.memory_max),
+        (libc::RLIMIT_FSIZE, Some(file_max)),
     ];
     for (resource, limit) in limits {
         let Some(limit) = limit else { continue };
