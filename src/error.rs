@@ -128,7 +128,12 @@ mod tests {
         };
         assert_eq!(code_of(create("spec")), ttrpc::Code::INVALID_ARGUMENT);
         assert_eq!(code_of(create("entrypoint")), ttrpc::Code::INVALID_ARGUMENT);
-        for runtime in ["cgroup", "hooks", "start container process", "linux container"] {
+        for runtime in [
+            "cgroup",
+            "hooks",
+            "start container process",
+            "linux container",
+        ] {
             assert_eq!(code_of(create(runtime)), ttrpc::Code::UNKNOWN, "{runtime}");
         }
     }
