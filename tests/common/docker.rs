@@ -175,12 +175,7 @@ impl Dockerd {
                 self.log_tail()
             )
         });
-        RunResult {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            code: out.status.code(),
-            elapsed: started.elapsed(),
-        }
+        RunResult::of(&out, started)
     }
 
     /// The client's command line against our dockerd, for tests that time or drive it
@@ -263,16 +258,7 @@ impl Dockerd {
                 }
             }
         }
-        let mut mounts = super::mounts_under(&self.dir);
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        if std::env::var_os("WASMEDGE_TESTS_KEEP").is_some_and(|v| v == "1") {
-            eprintln!("kept {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        super::unmount_and_remove(&self.dir);
         // Docker's cgroup parent of its containers (cgroupfs driver), once empty.
         for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()

@@ -231,17 +231,7 @@ impl Containerd {
         {
             let _ = std::fs::remove_dir(hierarchy.path().join(namespace()));
         }
-        // Deepest first, so that nested mounts come off before their parents.
-        let mut mounts = super::mounts_under(&self.dir);
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        if std::env::var_os("WASMEDGE_TESTS_KEEP").is_some_and(|v| v == "1") {
-            eprintln!("kept {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+        super::unmount_and_remove(&self.dir);
     }
 }
 

@@ -228,6 +228,19 @@ pub struct RunResult {
     pub elapsed: Duration,
 }
 
+impl RunResult {
+    /// What a finished client command (`ctr`, `docker`) printed and returned, started at
+    /// `started`.
+    pub fn of(out: &Output, started: Instant) -> RunResult {
+        RunResult {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: out.status.code(),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
 /// The containerd under test. `WASMEDGE_SHIM_CONTAINERD` names its binary (`scripts/test.sh`
 /// runs the tests that talk to containerd a second time with containerd 2.x); otherwise it
 /// is `containerd` on PATH. `ctr` is the one beside that binary, else the one on PATH: each
@@ -666,12 +679,7 @@ impl Containerd {
                 self.log_tail()
             )
         });
-        RunResult {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            code: out.status.code(),
-            elapsed: started.elapsed(),
-        }
+        RunResult::of(&out, started)
     }
 
     /// `ctr run -d`: starts the container and returns at once.
@@ -964,6 +972,21 @@ pub fn mounts_under(path: &Path) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
         .filter(|m| m.starts_with(&p))
         .collect()
+}
+
+/// Detaches every mount at or below `dir`, deepest first (nested mounts come off before
+/// their parents), then removes `dir`, unless `WASMEDGE_TESTS_KEEP=1` keeps it to look at.
+pub fn unmount_and_remove(dir: &Path) {
+    let mut mounts = mounts_under(dir);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    if std::env::var_os("WASMEDGE_TESTS_KEEP").is_some_and(|v| v == "1") {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// Writes `text` to a new file in a fresh temp dir and returns both.
