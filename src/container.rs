@@ -442,8 +442,9 @@ impl Container {
                 "a terminal (tty) for a wasm container",
             ));
         }
-        let cs = spec::container(spec, ctx.host).map_err(ShimError::create(&self.id, "spec"))?;
-        self.hooks = cs.hooks.clone();
+        let mut cs =
+            spec::container(spec, ctx.host).map_err(ShimError::create(&self.id, "spec"))?;
+        self.hooks = std::mem::take(&mut cs.hooks);
         self.spawn(spec, cs, module, rootfs, ctx).await
     }
 
@@ -625,7 +626,7 @@ impl Container {
             // runner's, before its pivot_root and any guest code: the spec's prestart and
             // createRuntime hooks run now.
             let hooking = Instant::now();
-            cs.hooks
+            self.hooks
                 .create_runtime(&id, &self.bundle, pid)
                 .await
                 .map_err(ShimError::create(&id, "hooks"))?;
