@@ -87,6 +87,9 @@ impl Hooked {
         let mut spec: Value = serde_json::from_str(&ctd.ctr_ok(&["oci", "spec"])).unwrap();
         spec["process"]["args"] = json!(args);
         spec["root"] = json!({ "path": self.rootfs.path() });
+        // `ctr oci spec`'s cgroup is the namespace's, one for every container: each gets
+        // its own, as `ctr run` gives it, so that tests running side by side do not share.
+        spec["linux"]["cgroupsPath"] = json!(format!("/{}/{id}", common::namespace()));
         spec["hooks"] = hooks;
         let config = self.dir.path().join(format!("{id}.json"));
         std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
