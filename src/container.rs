@@ -355,6 +355,16 @@ impl Container {
         }
     }
 
+    /// Whether a pid is the process of a live container of this container's pod: the
+    /// namespaces it may join besides its pod's own ([`pod_join`]).
+    fn pod_member<'a>(&'a self, ctx: &'a CreateContext<'_>) -> impl Fn(u32) -> bool + Sync + 'a {
+        move |pid| {
+            self.sandbox_id
+                .as_deref()
+                .is_some_and(|s| (ctx.pod_process)(s, pid))
+        }
+    }
+
     /// The module of a container whose entrypoint `argv0` is no file in its rootfs: its
     /// image's Wasm layer. `None` when the image has no Wasm layer (or the container no
     /// image): the container is then a Linux one, and runc's error names what is missing.
@@ -391,11 +401,7 @@ impl Container {
         ctx: &CreateContext<'_>,
     ) -> Result<(i32, Option<OomWatch>), ShimError> {
         let sandbox = self.sandbox_id.as_deref().and_then(|s| (ctx.sandbox)(s));
-        let in_pod = |pid: u32| {
-            self.sandbox_id
-                .as_deref()
-                .is_some_and(|s| (ctx.pod_process)(s, pid))
-        };
+        let in_pod = self.pod_member(ctx);
         let (linux, pid) = Linux::create(crate::linux::CreateArgs {
             id: &self.id,
             namespace: ctx.namespace,
@@ -409,6 +415,7 @@ impl Container {
         })
         .await
         .map_err(ShimError::create(&self.id, "linux container"))?;
+        drop(in_pod);
         self.linux = Some(linux);
         // runc's init waits for `start`: alive, its pid its own.
         self.process = pidfd_of(pid).ok();
@@ -470,18 +477,16 @@ impl Container {
                 .map_err(ShimError::create(&id, "seccomp"))?;
             cs.plan.seccomp = Some((*program).clone());
         }
-        let pod = cs.sandbox_id.as_deref().and_then(|s| (ctx.sandbox)(s));
-        let in_pod = |pid: u32| {
-            self.sandbox_id
-                .as_deref()
-                .is_some_and(|s| (ctx.pod_process)(s, pid))
-        };
+        let pod = self.sandbox_id.as_deref().and_then(|s| (ctx.sandbox)(s));
+        let in_pod = self.pod_member(ctx);
         let (ns_fds, pid_ns) = namespaces(
             &mut cs,
+            self.sandbox_id.as_deref(),
             pod.as_deref().and_then(|p| p.pod.as_ref()),
             &in_pod,
         )
         .map_err(ShimError::create(&id, "namespaces"))?;
+        drop(in_pod);
 
         let cgroup_started = Instant::now();
         let mut oom = None;
@@ -1067,11 +1072,11 @@ enum PidNs {
 /// opens what it names. Returns the descriptors in plan order and the pid namespace.
 fn namespaces(
     cs: &mut ContainerSpec,
+    sandbox_id: Option<&str>,
     pod: Option<&PodNamespaces>,
     in_pod: &(dyn Fn(u32) -> bool + Sync),
 ) -> Result<(Vec<OwnedFd>, PidNs), String> {
     let shim = std::process::id();
-    let sandbox_id = cs.sandbox_id.clone();
     // `Ok(None)`: the pod shares the host's namespace, nothing to join (the runner's is
     // the host's).
     let join = |path: &Path| -> Result<Option<OwnedFd>, String> {
@@ -1094,9 +1099,7 @@ fn namespaces(
             format!(
                 "{} names the pod sandbox's namespace, and this shim holds no sandbox {}",
                 path.display(),
-                sandbox_id
-                    .as_deref()
-                    .unwrap_or("(no sandbox-id annotation)")
+                sandbox_id.unwrap_or("(no sandbox-id annotation)")
             )
         })?;
         pod.get(what)

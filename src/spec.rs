@@ -138,8 +138,6 @@ pub struct ContainerSpec {
     pub seccomp: Option<LinuxSeccomp>,
     /// The compile policy the pod's annotation asks for.
     pub policy: Option<Policy>,
-    /// The pod this container belongs to (CRI's sandbox id).
-    pub sandbox_id: Option<String>,
     /// The spec's hooks, which the shim runs.
     pub hooks: crate::hooks::Hooks,
 }
@@ -628,7 +626,6 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
         id_maps,
         seccomp,
         policy,
-        sandbox_id: annotation(spec, SANDBOX_ID_ANNOTATION).map(str::to_string),
         hooks,
     })
 }
