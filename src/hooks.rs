@@ -134,18 +134,37 @@ impl Hooks {
 
     /// `poststart`: each runs; failures are logged.
     pub async fn poststart(&self, id: &str, bundle: &Path, pid: i32) {
-        let state = self.state(id, bundle, ContainerState::Running, Some(pid));
-        for h in &self.poststart {
-            if let Err(e) = run(h, bundle, &state).await {
-                warn!("container {id}: {e}");
-            }
-        }
+        self.run_logged(
+            &self.poststart,
+            id,
+            bundle,
+            ContainerState::Running,
+            Some(pid),
+        )
+        .await;
     }
 
     /// `poststop`: each runs; failures are logged.
     pub async fn poststop(&self, id: &str, bundle: &Path) {
-        let state = self.state(id, bundle, ContainerState::Stopped, None);
-        for h in &self.poststop {
+        self.run_logged(&self.poststop, id, bundle, ContainerState::Stopped, None)
+            .await;
+    }
+
+    /// Runs `hooks`, logging failures; nothing (not even the state) for a container without
+    /// any, which is every start and delete of most containers.
+    async fn run_logged(
+        &self,
+        hooks: &[Named],
+        id: &str,
+        bundle: &Path,
+        status: ContainerState,
+        pid: Option<i32>,
+    ) {
+        if hooks.is_empty() {
+            return;
+        }
+        let state = self.state(id, bundle, status, pid);
+        for h in hooks {
             if let Err(e) = run(h, bundle, &state).await {
                 warn!("container {id}: {e}");
             }
