@@ -428,12 +428,17 @@ impl Inner {
 
     /// Ends the shim, which serves no container: its state file goes first, so that
     /// `wasmedge-shimctl check` no longer lists it; the run directory and the socket go in
-    /// [`Shim::wait`] once the framework sees the signal.
-    fn exit_idle(&self) {
-        if let Some((dir, _)) = &self.state {
-            let _ = std::fs::remove_file(dir.join(crate::identity::STATE_FILE));
-        }
-        self.exit.signal();
+    /// [`Shim::wait`] once the framework sees the signal. Both in turn with the records:
+    /// a write asked before (the state and the record of the last delete) done after the
+    /// directory was emptied would leave the directory, with a state file, behind.
+    fn exit_idle(self: &Arc<Self>) {
+        let inner = self.clone();
+        self.records.write(move || {
+            if let Some((dir, _)) = &inner.state {
+                let _ = std::fs::remove_file(dir.join(crate::identity::STATE_FILE));
+            }
+            inner.exit.signal();
+        });
     }
 
     /// Writes the node shim's state with the number of tasks it serves now. Off the request
