@@ -17,8 +17,9 @@ RULES=(
   # Linux containers, the runner forks Wasm ones.
   "wasmedge-shim-runner: wasmedge-aot-shim wasmedge-shimctl containerd-shim containerd-client ttrpc tonic prost tokio clap toml_edit tar sha2 anyhow libseccomp oci-spec cgroups-rs runc"
   # The admin tool links nothing of the shim daemon; it reads images through ctr, not
-  # containerd's GRPC client.
-  "wasmedge-shimctl: wasmedge-aot-shim containerd-shim containerd-client ttrpc tonic tokio libseccomp cgroups-rs runc"
+  # containerd's GRPC client; and no WasmEdge: the runner compiles for its precompile, in
+  # the sandbox a start's compile has.
+  "wasmedge-shimctl: wasmedge-aot-shim wasmedge-sys wasmedge-aot-engine containerd-shim containerd-client ttrpc tonic tokio libseccomp cgroups-rs runc"
   # The pure layers: the cache knows no engine and no protocol; the protocol and the engine
   # know neither each other nor containerd.
   "wasmedge-aot-cache: wasmedge-sys wasmedge-aot-engine wasmedge-aot-protocol tokio containerd-shim containerd-client"

@@ -1,7 +1,7 @@
 //! Compiles against a real containerd, as one tenant among others sees them (issue 26): a
 //! small module's first start never waits behind another module's long compile; a compile
 //! past its deadline is killed and its start runs the interpreter, leaving no lock held and
-//! nothing staged; LLVM runs with no privilege.
+//! nothing staged; LLVM runs with no privilege, for `wasmedge-shimctl precompile` too.
 //!
 //! The long compile is `code-2mb.wasm` (2 MB of code, tens of seconds at O0 here); each test
 //! has a containerd and a cache of its own, so it is new to the cache, and kills its
@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use common::images::Owned;
@@ -304,5 +305,83 @@ fn llvm_runs_unprivileged_in_a_pid_namespace_of_its_own_with_a_memory_limit() {
     assert!(
         work.is_some(),
         "the worker works elsewhere than its entry's work directory"
+    );
+}
+
+/// The processes whose parent is `pid`, and theirs.
+fn descendants(pid: i32) -> Vec<i32> {
+    let all: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(all.iter().filter(|&&p| common::ppid(p) == Some(parent)));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+#[test]
+fn precompile_hands_the_module_to_the_runners_sandbox_and_runs_no_compiler_itself() {
+    if !common::can_run("precompile_sandbox") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shim config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "cache_dir = {:?}\ncompile_uid = 64997\ncompile_gid = 64996\n",
+            dir.path().join("cache é")
+        ),
+    )
+    .unwrap();
+    let mut precompile = std::process::Command::new(common::shimctl_bin())
+        .arg("precompile")
+        .arg("--config")
+        .arg(&config)
+        .arg(fixture("code-2mb.wasm"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let tool = precompile.id() as i32;
+    let uid = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .ok()
+            .map(|s| status_field(&s, "Uid"))
+    };
+    let mut worker = None;
+    wait_until(Duration::from_secs(60), "a compile worker runs", || {
+        worker = descendants(tool)
+            .into_iter()
+            .find(|&p| uid(p).as_deref() == Some("64997\t64997\t64997\t64997"));
+        worker.is_some()
+    });
+    let tool_maps = std::fs::read_to_string(format!("/proc/{tool}/maps")).unwrap();
+    let tree = descendants(tool);
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(tool),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = precompile.wait();
+    // LLVM runs in the runner's worker, unprivileged; the tool itself links no WasmEdge.
+    assert!(
+        !tool_maps.contains("libwasmedge") && !tool_maps.contains("libLLVM"),
+        "{tool_maps}"
+    );
+    let runner = common::ppid(worker.unwrap()).unwrap();
+    assert!(tree.contains(&runner));
+    let exe = std::fs::read_link(format!("/proc/{runner}/exe"));
+    assert!(
+        exe.as_ref()
+            .is_ok_and(|e| e.ends_with("wasmedge-shim-runner")),
+        "{exe:?}"
     );
 }

@@ -18,8 +18,8 @@
 //!
 //! The cache commands open the node cache of the shim config (`WASMEDGE_AOT_SHIM_CONFIG`, else
 //! `/etc/wasmedge-aot-shim/config.toml`; `--config`, `--cache-dir` override). `precompile`
-//! compiles with the options the runner uses ([`Options::for_node`]), so its entries are
-//! the ones containers hit.
+//! has the runner compile (`wasmedge_aot_protocol::precompile`): its entries are the ones
+//! containers hit, and a tenant's module meets LLVM only in the runner's sandboxed worker.
 
 // A command-line tool: its results are meant for stdout.
 #![allow(clippy::print_stdout)]
@@ -35,10 +35,10 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use wasmedge_aot_cache::{Cache, HashThreads, Outcome};
-use wasmedge_aot_engine::{fingerprint, Engine, Options};
+use wasmedge_aot_cache::{Cache, HashThreads};
 use wasmedge_aot_protocol::config::Config;
 use wasmedge_aot_protocol::phases;
+use wasmedge_aot_protocol::precompile;
 use wasmedge_shimctl::check::{self, CheckOptions};
 use wasmedge_shimctl::image::{Archive, ImageBuilder, Platform};
 use wasmedge_shimctl::install::{self, ConfigVersion, InstallOptions, NodeTarget};
@@ -430,7 +430,6 @@ fn open_cache(config: &Config) -> Result<Cache> {
 
 fn precompile(args: PrecompileArgs) -> Result<()> {
     let config = load_config(&args.cache)?;
-    let cache = open_cache(&config)?;
     // Keep the exported module alive until the compile is done.
     let _tmp;
     let (module, label) = match (&args.module, &args.image) {
@@ -446,39 +445,82 @@ fn precompile(args: PrecompileArgs) -> Result<()> {
         }
         (None, None) => bail!("give FILE.wasm or --image REF"),
     };
-    let engine = Engine::new(Options::for_node(config.opt_level)).context("create engine")?;
-    let fp = fingerprint(&engine);
+    let module = std::fs::File::open(&module)
+        .with_context(|| format!("open {}", module.display()))?;
     let started = Instant::now();
-    let fetched = with_progress(&label, || {
-        cache
-            .get_or_compile(&module, &fp, &engine)
-            .with_context(|| format!("precompile {label}"))
-    })?;
+    let report = with_progress(&label, || run_precompile(&config, module, &label))
+        .with_context(|| format!("precompile {label}"))?;
     let elapsed = started.elapsed();
-    cache.flush_stats().context("flush cache stats")?;
-    let outcome = match fetched.outcome {
-        Outcome::Hit | Outcome::WaitedHit => "hit",
-        Outcome::Compiled => "compiled",
+    let outcome = match report.outcome {
+        precompile::Outcome::Hit | precompile::Outcome::WaitedHit => "hit",
+        precompile::Outcome::Compiled => "compiled",
     };
-    let a = &fetched.artifact;
     if args.cache.json {
         print_json(&json!({
             "module": label,
-            "key": a.key.to_hex(),
-            "size": a.size,
+            "key": report.key,
+            "size": report.size,
             "outcome": outcome,
             "seconds": elapsed.as_secs_f64(),
-            "path": a.path,
+            "path": report.path,
         }))
     } else {
         println!(
             "{outcome} {} {} {:.2}s {label}",
-            a.key.to_hex(),
-            human_size(a.size),
+            report.key,
+            human_size(report.size),
             elapsed.as_secs_f64()
         );
         Ok(())
     }
+}
+
+/// The runner binary: `WASMEDGE_SHIM_RUNNER`, else the one installed beside this tool.
+fn runner_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WASMEDGE_SHIM_RUNNER") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("find this tool's own binary")?;
+    let runner = exe.with_file_name(install::BINARIES[1]);
+    if !runner.is_file() {
+        bail!(
+            "no {} beside {} (set WASMEDGE_SHIM_RUNNER to its path)",
+            install::BINARIES[1],
+            exe.display()
+        );
+    }
+    Ok(runner)
+}
+
+/// Has the runner compile `module` into the cache of `config`, as a start's compile does: in
+/// its sandboxed worker, publishing the library only after its check
+/// ([`wasmedge_aot_protocol::precompile`]). This tool never runs a compiler itself.
+fn run_precompile(
+    config: &Config,
+    module: std::fs::File,
+    label: &str,
+) -> Result<precompile::Report> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "precompile needs root: the runner compiles in a worker that takes the compile \
+             user ({}:{}) and namespaces of its own, and writes the node cache",
+            config.compile_uid,
+            config.compile_gid
+        );
+    }
+    let runner = runner_binary()?;
+    let out = std::process::Command::new(&runner)
+        .arg(precompile::FLAG)
+        .arg(label)
+        .env(precompile::CONFIG_ENV, precompile::config_env(config))
+        .stdin(module)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("run {}", runner.display()))?;
+    if !out.status.success() {
+        bail!("{} {}; its error is above", runner.display(), out.status);
+    }
+    precompile::Report::from_output(&out.stdout).map_err(anyhow::Error::msg)
 }
 
 /// Runs `f`, showing the elapsed seconds on stderr every second while it lasts.

@@ -20,6 +20,7 @@
 //!
 //! - [`identity`]: which binaries and configuration a node shim runs, and its state file.
 //! - [`phases`]: the node-wide sums of each container's start phases, in the cache's layout.
+//! - [`precompile`]: how the admin tool has the runner compile a module into the cache.
 //!
 //! And one rule the shim and the admin tool must apply alike: [`wasm_layer`], which layer of
 //! an image whose module is a layer of its own a container runs (and `precompile --image`
@@ -29,6 +30,7 @@ pub mod config;
 pub mod container;
 pub mod identity;
 pub mod phases;
+pub mod precompile;
 pub mod spawn;
 pub mod wasm_layer;
 pub mod wire;

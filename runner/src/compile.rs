@@ -21,9 +21,9 @@ use std::rc::Rc;
 
 use std::time::Duration;
 
-use wasmedge_aot_cache::{Failure, FailureCause, Key, Lane};
+use wasmedge_aot_cache::{Cache, Failure, FailureCause, Fetched, Key, Lane};
 
-use crate::code::{fd_path, Runner};
+use crate::code::{fd_path, CodeTier, Runner};
 
 mod confine;
 mod library;
@@ -243,47 +243,135 @@ fn compile_main(runner: &Runner, key: &Key, module: &File, name: &str, from: usi
     }
     crate::process::close_fds_except(&[module.as_raw_fd(), runner.own_pid_ns.as_raw_fd()]);
     let Ok(cache) = &runner.cache else { return 1 };
-    let config = &runner.config;
-    let limits = sandbox::Limits {
-        uid: config.compile_uid,
-        gid: config.compile_gid,
-        deadline: (config.compile_deadline_secs > 0)
-            .then(|| Duration::from_secs(config.compile_deadline_secs)),
-        memory_max: (config.compile_memory_max_bytes > 0)
-            .then_some(config.compile_memory_max_bytes),
-    };
     let small = module
         .metadata()
-        .is_ok_and(|m| m.len() <= config.sync_max_module_bytes);
+        .is_ok_and(|m| m.len() <= runner.config.sync_max_module_bytes);
     let mut code = 0;
     for (i, tier) in runner.tiers.iter().enumerate().skip(from) {
-        let hint = format!("{name} O{}", tier.level);
         // The compile a small module's first start waits for: in the quick lane.
         let lane = if i == 0 && small {
             Lane::Quick
         } else {
             Lane::Node
         };
-        let compiler = sandbox::Sandboxed {
-            engine: &tier.engine,
-            limits,
-            own_pid_ns: runner.own_pid_ns.as_fd(),
-        };
-        if let Err(e) =
-            cache.get_or_compile_in(&fd_path(module), &hint, &tier.fingerprint, &compiler, lane)
-        {
-            let cause = match &e {
-                wasmedge_aot_cache::Error::Compile { source, .. } => source
-                    .downcast_ref::<sandbox::SandboxError>()
-                    .map_or(FailureCause::Compiler, sandbox::SandboxError::cause),
-                other => other.failure_cause(),
-            };
-            eprintln!("aot compile of {name} at O{}: {e}", tier.level);
-            cache.record_failure(key, cause, &format!("{hint}: {e}"));
+        if let Err((cause, message)) = compile_tier(runner, cache, tier, module, name, lane) {
+            eprintln!("aot compile of {message}");
+            cache.record_failure(key, cause, &message);
             code = exit_code(cause);
             break;
         }
     }
     let _ = cache.flush_stats();
     code
+}
+
+/// Compiles `module` at `tier` into `cache` (or finds it there) in a sandboxed worker; on
+/// failure, its cause and what failed (`<name> O<level>: <error>`).
+fn compile_tier(
+    runner: &Runner,
+    cache: &Cache,
+    tier: &CodeTier,
+    module: &File,
+    name: &str,
+    lane: Lane,
+) -> Result<Fetched, (FailureCause, String)> {
+    let config = &runner.config;
+    let compiler = sandbox::Sandboxed {
+        engine: &tier.engine,
+        limits: sandbox::Limits {
+            uid: config.compile_uid,
+            gid: config.compile_gid,
+            deadline: (config.compile_deadline_secs > 0)
+                .then(|| Duration::from_secs(config.compile_deadline_secs)),
+            memory_max: (config.compile_memory_max_bytes > 0)
+                .then_some(config.compile_memory_max_bytes),
+        },
+        own_pid_ns: runner.own_pid_ns.as_fd(),
+    };
+    let hint = format!("{name} O{}", tier.level);
+    cache
+        .get_or_compile_in(&fd_path(module), &hint, &tier.fingerprint, &compiler, lane)
+        .map_err(|e| {
+            let cause = match &e {
+                wasmedge_aot_cache::Error::Compile { source, .. } => source
+                    .downcast_ref::<sandbox::SandboxError>()
+                    .map_or(FailureCause::Compiler, sandbox::SandboxError::cause),
+                other => other.failure_cause(),
+            };
+            (cause, format!("{hint}: {e}"))
+        })
+}
+
+/// `wasmedge-shim-runner --precompile NAME` (`wasmedge_aot_protocol::precompile`): compiles
+/// the module on stdin at the node's full tier, as a start's compile process does but in
+/// this process, which `wasmedge-shimctl precompile` started and waits for; `name` is what
+/// the cache's listing shows for it. Its exit status.
+pub fn precompile_main(name: &str) -> i32 {
+    use wasmedge_aot_protocol::precompile::{self, Outcome, Report};
+    let config = match precompile::config_from_env() {
+        Some(config) => config,
+        None => wasmedge_aot_protocol::config::Config::load().map_err(|e| e.to_string()),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("wasmedge-shim-runner: {e}");
+            return 1;
+        }
+    };
+    let runner = match Runner::new(config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wasmedge-shim-runner: {e}");
+            return 1;
+        }
+    };
+    let cache = match &runner.cache {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wasmedge-shim-runner: the aot cache: {e}");
+            return exit_code(FailureCause::Cache);
+        }
+    };
+    // The module, opened by the admin tool; our own descriptor of it, so that nothing
+    // else in this process reads or closes fd 0 under the compile.
+    let module = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            eprintln!("wasmedge-shim-runner: the module on stdin: {e}");
+            return 1;
+        }
+    };
+    let tier = runner.tiers.last().expect("at least the full tier");
+    let result = compile_tier(&runner, cache, tier, &module, name, Lane::Node);
+    let _ = cache.flush_stats();
+    match result {
+        Ok(fetched) => {
+            let a = &fetched.artifact;
+            let report = Report {
+                key: a.key.to_hex(),
+                outcome: match fetched.outcome {
+                    wasmedge_aot_cache::Outcome::Hit => Outcome::Hit,
+                    wasmedge_aot_cache::Outcome::WaitedHit => Outcome::WaitedHit,
+                    wasmedge_aot_cache::Outcome::Compiled => Outcome::Compiled,
+                },
+                size: a.size,
+                path: a.path.clone(),
+            };
+            match report.to_line() {
+                Ok(line) => {
+                    println!("{line}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("wasmedge-shim-runner: {e}");
+                    1
+                }
+            }
+        }
+        Err((cause, message)) => {
+            eprintln!("{message}");
+            exit_code(cause)
+        }
+    }
 }

@@ -5,7 +5,8 @@
 //! module's code ([`code`]), forks one process for the container ([`serve`]), and that
 //! process isolates itself as the container's spec asks, instantiates the module and runs
 //! it ([`process`]). Modules that miss the cache are compiled by processes of their own
-//! ([`compile`]), outside every container.
+//! ([`compile`]), outside every container. `--precompile` compiles one module into the
+//! cache for `wasmedge-shimctl precompile` instead.
 //!
 //! The runner forks, so it never starts a thread: a child inherits a thread pool, a lock or
 //! a thread's state without the threads behind them (a test checks the thread count).
@@ -27,6 +28,11 @@ use wasmedge_aot_protocol::config::Config;
 const WARM_UP_MODULE: &[u8] = wasmedge_aot_engine::EMPTY_COMMAND;
 
 fn main() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(wasmedge_aot_protocol::precompile::FLAG.as_ref()) {
+        let name = args.next().unwrap_or_default();
+        std::process::exit(compile::precompile_main(&name.to_string_lossy()));
+    }
     let config = Config::load().unwrap_or_else(|e| {
         eprintln!("wasmedge-shim-runner: {e}; using the defaults");
         Config::default()
