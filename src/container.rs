@@ -4,9 +4,9 @@
 //! container that runc runs ([`crate::linux`]). A pod's sandbox is a container too: it runs
 //! nothing, and holds the pod's namespaces ([`crate::pod`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +16,6 @@ use containerd_shim::asynchronous::util::mount_rootfs;
 use log::{debug, warn};
 use rustix::fs::{Mode, OFlags};
 use time::OffsetDateTime;
-use tokio::sync::watch;
 use wasmedge_aot_protocol::container::{
     open_in_root, NamespaceAction, NamespaceKind, Report, Timings,
 };
@@ -29,123 +28,8 @@ use crate::linux::Linux;
 use crate::pod::{names_process_namespace, pod_join, PodJoin, PodNamespaces};
 use crate::runner::{Control, Runner};
 use crate::spec::{self, ContainerSpec, HostSecurity, IdMaps, Ns};
-
-/// The lifecycle states containerd distinguishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Created,
-    Running,
-    /// Frozen (`runc pause`); Linux containers only.
-    Paused,
-    Stopped {
-        code: i32,
-        at: OffsetDateTime,
-    },
-}
-
-/// A process's life as containerd sees it: its status (which `Wait` watches) and when it
-/// started. A container's, and each exec'd process's.
-#[derive(Debug)]
-pub struct ProcessState {
-    status: watch::Sender<Status>,
-    started_at: Mutex<Option<Instant>>,
-}
-
-impl Default for ProcessState {
-    fn default() -> Self {
-        ProcessState::new()
-    }
-}
-
-impl ProcessState {
-    pub fn new() -> ProcessState {
-        ProcessState {
-            status: watch::channel(Status::Created).0,
-            started_at: Mutex::new(None),
-        }
-    }
-
-    pub fn status(&self) -> Status {
-        *self.status.borrow()
-    }
-
-    /// Created → running, from now.
-    pub fn set_running(&self) {
-        *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        self.status.send_if_modified(|s| {
-            if *s == Status::Created {
-                *s = Status::Running;
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    /// Running → paused, or paused → running.
-    pub fn set_paused(&self, paused: bool) {
-        let (from, to) = if paused {
-            (Status::Running, Status::Paused)
-        } else {
-            (Status::Paused, Status::Running)
-        };
-        self.status.send_if_modified(|s| {
-            let change = *s == from;
-            if change {
-                *s = to;
-            }
-            change
-        });
-    }
-
-    /// Records the exit the reaper saw; returns false if the process had already exited.
-    pub fn set_exited(&self, code: i32) -> bool {
-        self.status.send_if_modified(|s| {
-            if matches!(s, Status::Stopped { .. }) {
-                return false;
-            }
-            *s = Status::Stopped {
-                code,
-                at: OffsetDateTime::now_utc(),
-            };
-            true
-        })
-    }
-
-    /// Waits until the process has exited; returns its code and time.
-    pub async fn wait(&self) -> (i32, OffsetDateTime) {
-        let mut rx = self.status.subscribe();
-        let status = rx
-            .wait_for(|s| matches!(s, Status::Stopped { .. }))
-            .await
-            .map(|s| *s)
-            .unwrap_or(Status::Stopped {
-                code: 255,
-                at: OffsetDateTime::now_utc(),
-            });
-        match status {
-            Status::Stopped { code, at } => (code, at),
-            _ => unreachable!("wait_for returned a non-stopped status"),
-        }
-    }
-
-    /// How long the process has run (until now, or until it exited if called on exit).
-    pub fn run_time(&self) -> std::time::Duration {
-        self.started_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed())
-            .unwrap_or_default()
-    }
-}
-
-/// Stdio as containerd passed it (FIFO paths, possibly empty).
-#[derive(Debug, Clone, Default)]
-pub struct StdioPaths {
-    pub stdin: String,
-    pub stdout: String,
-    pub stderr: String,
-}
+use crate::status::{ProcessState, Status};
+use crate::stdio::{open_output, open_stdin, StdioPaths};
 
 /// What a create needs from the shim beyond the request.
 pub struct CreateContext<'a> {
@@ -1273,78 +1157,5 @@ fn check_wasm(module: &File, name: &str) -> Result<(), String> {
             &head[4..8]
         ));
     }
-    Ok(())
-}
-
-fn dev_null(write: bool) -> std::io::Result<OwnedFd> {
-    Ok(OpenOptions::new()
-        .read(!write)
-        .write(write)
-        .open("/dev/null")?
-        .into())
-}
-
-pub(crate) fn fifo_path(uri: &str) -> Result<&str, std::io::Error> {
-    if let Some(p) = uri.strip_prefix("file://") {
-        return Ok(p);
-    }
-    if uri.contains("://") {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            format!("stdio uri {uri:?} is not supported (only fifo and file paths)"),
-        ));
-    }
-    Ok(uri)
-}
-
-/// Opens an output FIFO without blocking when containerd's reader is not there yet.
-pub(crate) fn open_output(uri: &str) -> std::io::Result<OwnedFd> {
-    if uri.is_empty() {
-        return dev_null(true);
-    }
-    let path = fifo_path(uri)?;
-    let is_fifo = std::fs::metadata(path).map(|m| {
-        use std::os::unix::fs::FileTypeExt;
-        m.file_type().is_fifo()
-    });
-    if !matches!(is_fifo, Ok(true)) {
-        return Ok(OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)?
-            .into());
-    }
-    let file = match OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        // No reader yet: read-write never blocks and the reader finds the data later.
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            OpenOptions::new().read(true).write(true).open(path)?
-        }
-        Err(e) => return Err(e),
-    };
-    set_blocking(&file)?;
-    Ok(file.into())
-}
-
-pub(crate) fn open_stdin(uri: &str) -> std::io::Result<OwnedFd> {
-    if uri.is_empty() {
-        return dev_null(false);
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(fifo_path(uri)?)?;
-    set_blocking(&file)?;
-    Ok(file.into())
-}
-
-fn set_blocking(f: &std::fs::File) -> std::io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_truncate(fcntl(f, FcntlArg::F_GETFL)?);
-    fcntl(f, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
     Ok(())
 }

@@ -1,4 +1,6 @@
-//! The shim's errors, and their one mapping to the ttrpc codes containerd understands.
+//! The shim's errors, and their one mapping to the ttrpc codes containerd understands; and
+//! why a spec is refused ([`SpecError`]), by the reading of the spec (`spec.rs`) and by the
+//! parts of it other modules read themselves (the hooks).
 
 use containerd_shim::protos::ttrpc;
 
@@ -149,5 +151,32 @@ mod tests {
             e.to_string(),
             "container c1: load module: magic header not detected"
         );
+    }
+}
+
+/// A spec this runtime cannot run as asked; each names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("spec has no process")]
+    NoProcess,
+    #[error("spec process has no args: the first arg names the wasm module")]
+    NoArgs,
+    #[error("{field}: {message}")]
+    Unsupported { field: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+pub(crate) fn unsupported(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError::Unsupported {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        message: message.into(),
     }
 }

@@ -40,7 +40,7 @@ use log::warn;
 use oci_spec::runtime::{ContainerState, Hook, Spec, State, StateBuilder};
 use std::os::unix::process::CommandExt;
 
-use crate::spec::SpecError;
+use crate::error::{invalid, unsupported, SpecError};
 
 /// A container's hooks, checked when its spec is read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,12 +73,11 @@ impl Hooks {
             ("hooks.startContainer", h.start_container()),
         ] {
             if hooks.as_ref().is_some_and(|v| !v.is_empty()) {
-                return Err(SpecError::Unsupported {
-                    field: field.into(),
-                    message: "hooks that run inside the container (its mount namespace, as the \
-                              runtime) are not supported by this runtime for a wasm container"
-                        .into(),
-                });
+                return Err(unsupported(
+                    field,
+                    "hooks that run inside the container (its mount namespace, as the runtime) \
+                     are not supported by this runtime for a wasm container",
+                ));
             }
         }
         #[allow(deprecated)] // `prestart`: what Docker uses, and runc runs.
@@ -88,16 +87,16 @@ impl Hooks {
             for (i, hook) in hooks.iter().flatten().enumerate() {
                 let field = format!("{field}[{i}]");
                 if !hook.path().is_absolute() {
-                    return Err(SpecError::Invalid {
-                        field: format!("{field}.path"),
-                        message: format!("{:?} is not absolute", hook.path()),
-                    });
+                    return Err(invalid(
+                        format!("{field}.path"),
+                        format!("{:?} is not absolute", hook.path()),
+                    ));
                 }
                 if hook.timeout().is_some_and(|t| t <= 0) {
-                    return Err(SpecError::Invalid {
-                        field: format!("{field}.timeout"),
-                        message: "must be greater than zero".into(),
-                    });
+                    return Err(invalid(
+                        format!("{field}.timeout"),
+                        "must be greater than zero",
+                    ));
                 }
                 out.push(Named {
                     field,

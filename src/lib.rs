@@ -16,7 +16,16 @@ pub mod runner;
 pub mod seccomp;
 pub mod service;
 pub mod spec;
+pub mod status;
+pub mod stdio;
 pub mod sweep;
+
+/// The name containerd knows this runtime by.
+pub const RUNTIME_ID: &str = "io.containerd.wasmedge.v1";
+/// The shim's own binary name.
+pub const SHIM_BINARY: &str = "containerd-shim-wasmedge-v1";
+/// Binary the shim forks containers from; found next to the shim binary.
+pub const RUNNER_BINARY: &str = "wasmedge-shim-runner";
 
 /// The node's configuration file, shared with the runner and the admin tool.
 pub use wasmedge_aot_protocol::config;

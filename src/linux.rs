@@ -50,9 +50,10 @@ use runc::Runc;
 use tokio::io::Interest;
 use tokio::net::unix::pipe;
 
-use crate::container::{ProcessState, Status, StdioPaths};
 use crate::error::ShimError;
 use crate::pod::{names_process_namespace, pod_join, PodJoin, PodNamespaces};
+use crate::status::{ProcessState, Status};
+use crate::stdio::StdioPaths;
 
 /// Where runc keeps the state of the shim's Linux containers, one directory per containerd
 /// namespace (`runc --root`).
@@ -733,11 +734,11 @@ struct Fifos {
 
 impl Fifos {
     fn open(stdio: &StdioPaths) -> Result<Fifos, String> {
-        let stdin = crate::container::open_stdin(&stdio.stdin)
+        let stdin = crate::stdio::open_stdin(&stdio.stdin)
             .map_err(|e| format!("open stdin {}: {e}", stdio.stdin))?;
-        let stdout = crate::container::open_output(&stdio.stdout)
+        let stdout = crate::stdio::open_output(&stdio.stdout)
             .map_err(|e| format!("open stdout {}: {e}", stdio.stdout))?;
-        let stderr = crate::container::open_output(&stdio.stderr)
+        let stderr = crate::stdio::open_output(&stdio.stderr)
             .map_err(|e| format!("open stderr {}: {e}", stdio.stderr))?;
         Ok(Fifos {
             fds: Mutex::new(Some([stdin, stdout, stderr])),
@@ -851,8 +852,7 @@ impl Console {
         }
         let mut held = None;
         if !stdio.stdin.is_empty() {
-            let path =
-                crate::container::fifo_path(&stdio.stdin).map_err(|e| fail(&stdio.stdin, e))?;
+            let path = crate::stdio::fifo_path(&stdio.stdin).map_err(|e| fail(&stdio.stdin, e))?;
             let from = pipe::OpenOptions::new()
                 .open_receiver(path)
                 .map_err(|e| fail(path, e))?;
@@ -899,9 +899,9 @@ fn open_stdin_writer(path: &str) -> std::io::Result<OwnedFd> {
 }
 
 /// The stdout FIFO for writing; with no reader yet, opened read-write so the open does not
-/// fail and the reader finds the output later (as [`crate::container::open_output`]).
+/// fail and the reader finds the output later (as [`crate::stdio::open_output`]).
 fn open_sender(uri: &str) -> std::io::Result<pipe::Sender> {
-    let path = crate::container::fifo_path(uri)?;
+    let path = crate::stdio::fifo_path(uri)?;
     match pipe::OpenOptions::new().open_sender(path) {
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
             pipe::OpenOptions::new().read_write(true).open_sender(path)

@@ -37,18 +37,15 @@ use wasmedge_aot_protocol::config::{Config, Grouping};
 
 use crate::identity::{Identity, ShimState};
 
-use crate::container::{Container, CreateContext, ProcessState, Status};
+use crate::container::{Container, CreateContext};
 use crate::error::ShimError;
 use crate::image_layers::ImageLayers;
 use crate::runner::Runner;
 use crate::spec::{HostSecurity, SANDBOX_ID_ANNOTATION};
+use crate::status::{ProcessState, Status};
+use crate::sweep::socket_in_use;
 
-/// The name containerd knows this runtime by.
-pub const RUNTIME_ID: &str = "io.containerd.wasmedge.v1";
-/// The shim's own binary name.
-pub const SHIM_BINARY: &str = "containerd-shim-wasmedge-v1";
-/// Binary the shim forks containers from; found next to the shim binary.
-pub const RUNNER_BINARY: &str = "wasmedge-shim-runner";
+use crate::RUNNER_BINARY;
 
 /// Grouping key of the node-wide shim, followed by the key of its [`Identity`] (binaries and
 /// configuration); the socket address also hashes containerd's address and the namespace,
@@ -715,12 +712,6 @@ async fn sandbox_shim_address(id: &str) -> Option<String> {
     socket_in_use(&address).then_some(address)
 }
 
-/// Whether a shim already answers on `socket` (`unix:///path` or a path).
-pub(crate) fn socket_in_use(socket: &str) -> bool {
-    let path = socket.strip_prefix("unix://").unwrap_or(socket);
-    std::os::unix::net::UnixStream::connect(path).is_ok()
-}
-
 fn runner_path() -> PathBuf {
     if let Some(p) = std::env::var_os("WASMEDGE_SHIM_RUNNER") {
         return PathBuf::from(p);
@@ -1172,7 +1163,7 @@ impl Task for TaskService {
             &req.exec_id,
             spec,
             req.terminal,
-            crate::container::StdioPaths {
+            crate::stdio::StdioPaths {
                 stdin: req.stdin.clone(),
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),

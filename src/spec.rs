@@ -31,32 +31,8 @@ pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 /// The annotation CRI puts on every container of a pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
-/// A spec this runtime cannot run as asked; each names the field.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SpecError {
-    #[error("spec has no process")]
-    NoProcess,
-    #[error("spec process has no args: the first arg names the wasm module")]
-    NoArgs,
-    #[error("{field}: {message}")]
-    Unsupported { field: String, message: String },
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
-}
-
-fn unsupported(field: impl Into<String>, message: impl Into<String>) -> SpecError {
-    SpecError::Unsupported {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
-    SpecError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
+pub use crate::error::SpecError;
+use crate::error::{invalid, unsupported};
 
 /// Security modules the host kernel runs; a spec's label for one that is off means
 /// nothing to the kernel (runc ignores it too), a label for one that is on must be applied.

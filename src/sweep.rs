@@ -336,12 +336,18 @@ fn records(dir: &Path) -> Vec<Found> {
         .collect()
 }
 
+/// Whether a shim already answers on `socket` (`unix:///path` or a path).
+pub(crate) fn socket_in_use(socket: &str) -> bool {
+    let path = socket.strip_prefix("unix://").unwrap_or(socket);
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
 /// Whether `dir` is the run directory of a dead shim of the containerd at `containerd`. Only
 /// a run directory with a state file is one a shim finished setting up; one without may
 /// belong to a shim that is starting now.
 fn is_dead(dir: &Path, containerd: &str) -> bool {
     crate::identity::state_in(dir).is_some_and(|state| state.containerd == containerd)
-        && live_shim(dir, crate::service::SHIM_BINARY).is_none()
+        && live_shim(dir, crate::SHIM_BINARY).is_none()
 }
 
 /// Whether `dir` is a run directory without a state file or records whose shim is gone: it
@@ -353,7 +359,7 @@ fn is_empty_and_gone(dir: &Path) -> bool {
         return false;
     }
     match std::fs::read_to_string(dir.join("address")) {
-        Ok(socket) => !crate::service::socket_in_use(socket.trim()),
+        Ok(socket) => !socket_in_use(socket.trim()),
         Err(_) => false,
     }
 }

@@ -445,8 +445,8 @@ fn precompile(args: PrecompileArgs) -> Result<()> {
         }
         (None, None) => bail!("give FILE.wasm or --image REF"),
     };
-    let module = std::fs::File::open(&module)
-        .with_context(|| format!("open {}", module.display()))?;
+    let module =
+        std::fs::File::open(&module).with_context(|| format!("open {}", module.display()))?;
     let started = Instant::now();
     let report = with_progress(&label, || run_precompile(&config, module, &label))
         .with_context(|| format!("precompile {label}"))?;

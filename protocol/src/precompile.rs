@@ -93,7 +93,10 @@ mod tests {
         };
         let line = r.to_line().unwrap();
         assert!(line.contains("\"waited-hit\""), "{line}");
-        assert_eq!(Report::from_output(format!("{line}\n").as_bytes()).unwrap(), r);
+        assert_eq!(
+            Report::from_output(format!("{line}\n").as_bytes()).unwrap(),
+            r
+        );
         assert!(Report::from_output(b"compiled").is_err());
     }
 

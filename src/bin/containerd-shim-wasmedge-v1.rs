@@ -2,7 +2,8 @@
 //! `runtime_type = "io.containerd.wasmedge.v1"`. It never links WasmEdge (see ARCHITECTURE.md).
 
 use wasmedge_aot_shim::pod::{pod_init_main, POD_INIT};
-use wasmedge_aot_shim::service::{WasmEdgeShim, RUNTIME_ID};
+use wasmedge_aot_shim::service::WasmEdgeShim;
+use wasmedge_aot_shim::RUNTIME_ID;
 
 fn main() {
     // The shim runs as a pod's init under another name (see `pod::PodInit`).
