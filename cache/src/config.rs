@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::key::HashThreads;
+use crate::lock::WaitHook;
 
 /// Where "now" comes from for created/last-used stamps and age-based clean-up. Tests inject a fake
 /// one to check LRU order without sleeping.
@@ -38,26 +39,6 @@ impl Default for Clock {
 impl fmt::Debug for Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Clock")
-    }
-}
-
-/// A callback that sees each wait for a lock (who holds it, for how long).
-#[derive(Clone)]
-pub struct WaitHook(Arc<dyn Fn(&crate::lock::Waiting) + Send + Sync>);
-
-impl WaitHook {
-    pub fn new(f: impl Fn(&crate::lock::Waiting) + Send + Sync + 'static) -> Self {
-        WaitHook(Arc::new(f))
-    }
-
-    pub(crate) fn call(&self, w: &crate::lock::Waiting) {
-        (self.0)(w)
-    }
-}
-
-impl fmt::Debug for WaitHook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("WaitHook")
     }
 }
 

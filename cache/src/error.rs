@@ -111,8 +111,8 @@ pub enum Error {
     },
 
     /// A key or key prefix is not lower/upper-case hex, or is too short or too long.
-    #[error("invalid key {input:?}: {reason}")]
-    InvalidKey { input: String, reason: &'static str },
+    #[error(transparent)]
+    InvalidKey(#[from] crate::key::InvalidKey),
 }
 
 impl Error {

@@ -25,8 +25,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::error::Error;
-
 /// Domain-separation context of key derivation. Changing it (or the encoding) is a new key
 /// format: bump [`KEY_FORMAT_VERSION`] and the golden test together.
 pub const KEY_CONTEXT: &str = "wasmedge-aot-cache 2026-11-28 artifact key v1";
@@ -128,11 +126,29 @@ impl ModuleHash {
     }
 }
 
+/// A key (or key prefix) that is not one: not hex, or too short or too long.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid key {input:?}: {reason}")]
+pub struct InvalidKey {
+    /// The input, cut at 80 characters.
+    pub input: String,
+    pub reason: &'static str,
+}
+
+impl InvalidKey {
+    pub(crate) fn new(input: &str, reason: &'static str) -> InvalidKey {
+        InvalidKey {
+            input: input.chars().take(80).collect(),
+            reason,
+        }
+    }
+}
+
 impl FromStr for ModuleHash {
-    type Err = Error;
+    type Err = InvalidKey;
 
     /// 64 hex digits, as [`ModuleHash::to_hex`] writes them.
-    fn from_str(s: &str) -> Result<ModuleHash, Error> {
+    fn from_str(s: &str) -> Result<ModuleHash, InvalidKey> {
         s.parse::<Key>().map(|k| ModuleHash(k.0))
     }
 }
@@ -227,13 +243,10 @@ impl fmt::Debug for Key {
 }
 
 impl FromStr for Key {
-    type Err = Error;
+    type Err = InvalidKey;
 
-    fn from_str(s: &str) -> Result<Key, Error> {
-        let invalid = |reason| Error::InvalidKey {
-            input: s.chars().take(80).collect(),
-            reason,
-        };
+    fn from_str(s: &str) -> Result<Key, InvalidKey> {
+        let invalid = |reason| InvalidKey::new(s, reason);
         if s.len() != 64 {
             return Err(invalid("a key is 64 hex digits"));
         }

@@ -201,7 +201,7 @@ pub(crate) fn lock_following(
     what: &'static str,
     key: Option<Key>,
     stall: Duration,
-    on_wait: Option<(&crate::config::WaitHook, Duration)>,
+    on_wait: Option<(&WaitHook, Duration)>,
 ) -> Result<KeyLock> {
     let start = Instant::now();
     let mut backoff = Duration::from_millis(1);
@@ -249,5 +249,25 @@ pub(crate) fn lock_following(
         }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// A callback that sees each wait for a lock (who holds it, for how long).
+#[derive(Clone)]
+pub struct WaitHook(std::sync::Arc<dyn Fn(&Waiting) + Send + Sync>);
+
+impl WaitHook {
+    pub fn new(f: impl Fn(&Waiting) + Send + Sync + 'static) -> Self {
+        WaitHook(std::sync::Arc::new(f))
+    }
+
+    pub(crate) fn call(&self, w: &Waiting) {
+        (self.0)(w)
+    }
+}
+
+impl std::fmt::Debug for WaitHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WaitHook")
     }
 }

@@ -181,10 +181,9 @@ impl Cache {
     pub fn remove(&self, prefix: &str) -> Result<Key> {
         if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|c| c.is_ascii_hexdigit())
         {
-            return Err(Error::InvalidKey {
-                input: prefix.chars().take(80).collect(),
-                reason: "a key prefix is 1 to 64 hex digits",
-            });
+            return Err(
+                crate::key::InvalidKey::new(prefix, "a key prefix is 1 to 64 hex digits").into(),
+            );
         }
         let p = prefix.to_ascii_lowercase();
         let matches: Vec<Key> = self

@@ -13,55 +13,35 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use wasmedge_aot_cache::{Cache, Fingerprint, HashThreads, Key, ModuleHash};
-use wasmedge_aot_engine::{fingerprint, Engine, Loaded, Options, Prepared};
+use wasmedge_aot_cache::{Key, ModuleHash};
+use wasmedge_aot_engine::{Loaded, Prepared};
 use wasmedge_aot_protocol::config::{Config, Policy};
 use wasmedge_aot_protocol::container::CacheOutcome;
 use wasmedge_aot_protocol::spawn::SpawnRequest;
 
 use crate::compile::{Compiles, Job};
-use crate::process::cgroup::Hierarchies;
+use crate::node::Node;
+use crate::sys::fd_path;
 
 /// Most native modules kept loaded in the runner.
 const MAX_TEMPLATES: usize = 16;
 
-/// One tier of native code: what compiles it and the cache's view of it.
-pub struct CodeTier {
-    /// Its LLVM optimisation level.
-    pub level: u8,
-    pub engine: Engine,
-    pub fingerprint: Fingerprint,
-}
-
-/// Everything a container process inherits from the runner, set up once before any fork.
+/// The runner: what it knows of the node, and what it keeps between requests.
 pub struct Runner {
-    /// The tiers, quickest first; the last is the full tier.
-    pub tiers: Vec<CodeTier>,
-    pub config: Config,
-    pub cache: Result<Cache, String>,
+    pub node: Node,
     /// Native modules loaded (parsed, validated, `dlopen`ed) and instantiated for earlier
     /// containers, most recently used last. A container of the same module is forked with
     /// its instance ready: it only sets its WASI environment, and shares the module's pages
     /// (its AST, the relocated library, the instance's memory until it writes there) with
     /// the runner instead of building its own copy.
     templates: RefCell<Vec<Template>>,
-    /// Where native modules are opened from, by names unique to each artifact file (see
-    /// `Engine::load_native`): inside the cache root, which the cache checks is ours alone.
-    pub link_dir: PathBuf,
     pub compiles: Compiles,
-    /// The zygotes of the modules with native code: the runner itself loads none.
-    pub zygotes: crate::zygote::Zygotes,
-    /// The node's cgroup hierarchies, read once: every container process joins its cgroup
-    /// through them.
-    pub cgroups: Hierarchies,
-    /// The runner's own pid namespace, to return to after forking into a pod's.
-    pub own_pid_ns: OwnedFd,
 }
 
 struct Template {
@@ -104,55 +84,12 @@ pub struct Resolution {
     pub load: Duration,
 }
 
-/// A path for the open file `f` that the kernel resolves to that very file.
-pub fn fd_path(f: &impl AsRawFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
-}
-
 impl Runner {
-    /// The engine of the full tier (any tier's engine loads and runs any tier's code).
-    pub fn engine(&self) -> &Engine {
-        &self.tiers.last().expect("at least the full tier").engine
-    }
-
     pub fn new(config: Config) -> Result<Runner, String> {
-        // Container starts check an artifact's identity against its record; full digests are
-        // for `wasmedge-shimctl verify` (see ARCHITECTURE.md, "Integrity"). The runner forks,
-        // so it hashes on its one thread.
-        let cache_config = config.cache_config(false, HashThreads::One);
-        let cache = Cache::open(cache_config).map_err(|e| e.to_string());
-        if let Err(e) = &cache {
-            eprintln!(
-                "wasmedge-shim-runner: aot cache unusable, modules run in the interpreter: {e}"
-            );
-        }
-        // Where the engine names the libraries it loads; unused without a cache.
-        let link_dir = match &cache {
-            Ok(c) => c.link_dir(),
-            Err(_) => PathBuf::new(),
-        };
-        let own_pid_ns = File::open("/proc/self/ns/pid")
-            .map_err(|e| format!("open /proc/self/ns/pid: {e}"))?
-            .into();
-        let mut tiers = Vec::new();
-        for level in config.tiers() {
-            let engine = Engine::new(Options::for_node(level)).map_err(|e| e.to_string())?;
-            tiers.push(CodeTier {
-                level,
-                fingerprint: fingerprint(&engine),
-                engine,
-            });
-        }
         Ok(Runner {
-            tiers,
-            config,
-            cache,
+            node: Node::new(config)?,
             templates: RefCell::new(Vec::new()),
-            link_dir,
             compiles: Compiles::default(),
-            zygotes: Default::default(),
-            cgroups: Hierarchies::of_self(),
-            own_pid_ns,
         })
     }
 
@@ -161,7 +98,7 @@ impl Runner {
     /// module too.
     pub fn resolve(&self, req: &SpawnRequest, module: &File) -> Resolution {
         let size = module.metadata().map(|m| m.len()).unwrap_or(0);
-        let policy = self.config.effective_policy(req.policy, size);
+        let policy = self.node.config.effective_policy(req.policy, size);
         let mut res = Resolution {
             policy,
             ..Resolution::default()
@@ -170,7 +107,7 @@ impl Runner {
             res.outcome = CacheOutcome::Off;
             return res;
         }
-        let cache = match &self.cache {
+        let cache = match &self.node.cache {
             Ok(c) => c,
             Err(e) => {
                 return res.fallback(format!(
@@ -197,6 +134,7 @@ impl Runner {
             Err(e) => return res.fallback(cannot("hash", &req.module_name, e)),
         };
         let keys: Vec<(Key, u8)> = self
+            .node
             .tiers
             .iter()
             .map(|t| (Key::derive(&hash, &t.fingerprint), t.level))
@@ -220,13 +158,13 @@ impl Runner {
         let first_missing = found.as_ref().map_or(0, |(i, _)| i + 1);
         let full = keys.last().expect("at least the full tier").0;
         res.full_key = Some(full);
-        let retry = Duration::from_secs(self.config.compile_retry_secs);
-        let failure = self.compiles.recent_failure(self, &full, retry);
+        let retry = Duration::from_secs(self.node.config.compile_retry_secs);
+        let failure = self.compiles.recent_failure(&self.node, &full, retry);
         if first_missing < keys.len() && failure.is_none() {
             // A process of its own compiles them (one per module on the node).
             match self
                 .compiles
-                .start(self, &full, module, &req.module_name, first_missing)
+                .start(&self.node, &full, module, &req.module_name, first_missing)
             {
                 Ok((job, started)) if found.is_none() => {
                     if policy == Policy::Sync {
@@ -291,14 +229,14 @@ impl Runner {
         if templates.iter().any(|t| t.key == *key && t.file == file) {
             return true;
         }
-        let Ok(loaded) = self.engine().load_native(so, &self.link_dir) else {
+        let Ok(loaded) = self.node.engine().load_native(so, &self.node.link_dir) else {
             return false;
         };
         before_instance();
         // A start function would run guest code here, in the process the module's
         // containers are forked from; such modules instantiate in their own process.
         let prepared = match wasmedge_aot_engine::has_start_section(&fd_path(module)) {
-            Ok(false) => self.engine().prepare(&loaded).ok(),
+            Ok(false) => self.node.engine().prepare(&loaded).ok(),
             _ => None,
         };
         if templates.len() >= MAX_TEMPLATES {

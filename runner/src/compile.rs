@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use wasmedge_aot_cache::{Cache, Failure, FailureCause, Fetched, Key, Lane};
 
-use crate::code::{fd_path, CodeTier, Runner};
+use crate::node::{CodeTier, Node};
+use crate::sys::fd_path;
 
 mod confine;
 mod library;
@@ -92,8 +93,8 @@ impl Job {
 impl Compiles {
     /// Why `key`'s last compile failed, if it did less than `within` ago: a start then runs
     /// the interpreter instead of paying for the same failure again.
-    pub fn recent_failure(&self, runner: &Runner, key: &Key, within: Duration) -> Option<Failure> {
-        self.reap_all(runner);
+    pub fn recent_failure(&self, node: &Node, key: &Key, within: Duration) -> Option<Failure> {
+        self.reap_all(node);
         let now = std::time::SystemTime::now();
         if let Some(f) = self
             .failed
@@ -103,28 +104,28 @@ impl Compiles {
         {
             return Some(f.clone());
         }
-        runner.cache.as_ref().ok()?.recent_failure(key, within)
+        node.cache.as_ref().ok()?.recent_failure(key, within)
     }
 
     /// The running compile of the module whose full tier is `key` (`false`), or a new one
     /// (`true`) that compiles `module` at the tiers from `from` on, quickest first.
     pub fn start(
         &self,
-        runner: &Runner,
+        node: &Node,
         key: &Key,
         module: &File,
         name: &str,
         from: usize,
     ) -> std::io::Result<(Rc<Job>, bool)> {
-        self.reap_all(runner);
+        self.reap_all(node);
         if let Some(job) = self.jobs.borrow().get(key) {
             return Ok((job.clone(), false));
         }
         // SAFETY: the runner is single-threaded, so the child may run arbitrary code.
         match unsafe { nix::unistd::fork() }? {
             nix::unistd::ForkResult::Child => {
-                let code = compile_main(runner, key, module, name, from);
-                crate::serve::exit_now(code)
+                let code = compile_main(node, key, module, name, from);
+                crate::sys::exit_now(code)
             }
             nix::unistd::ForkResult::Parent { child } => {
                 let pidfd = rustix::process::pidfd_open(
@@ -144,7 +145,7 @@ impl Compiles {
     }
 
     /// Reaps the compile processes that have ended, remembering the failures.
-    pub fn reap_all(&self, runner: &Runner) {
+    pub fn reap_all(&self, node: &Node) {
         let mut ended = Vec::new();
         self.jobs.borrow_mut().retain(|key, job| {
             if !job.has_ended() {
@@ -174,7 +175,7 @@ impl Compiles {
                         FailureCause::Cache,
                         "the cache failed (the shim log says why)".into(),
                     ),
-                    code => unexplained(runner, &format!("the compile exited with status {code}")),
+                    code => unexplained(node, &format!("the compile exited with status {code}")),
                 },
                 Ok(WaitStatus::Signaled(_, sig, _)) => (
                     FailureCause::Killed,
@@ -184,7 +185,7 @@ impl Compiles {
             };
             // The compile process's own record says more than its exit status (a deadline,
             // the compiler's error); one that died without writing one gets this.
-            let recorded = runner
+            let recorded = node
                 .cache
                 .as_ref()
                 .ok()
@@ -192,7 +193,7 @@ impl Compiles {
             let failure = match recorded {
                 Some(f) => f,
                 None => {
-                    if let Ok(cache) = &runner.cache {
+                    if let Ok(cache) = &node.cache {
                         cache.record_failure(&key, cause, &message);
                     }
                     Failure::new(cause, message, std::time::SystemTime::now())
@@ -210,8 +211,8 @@ impl Compiles {
 /// The cause of a compile that ended without an artifact and without saying why (the
 /// compiler's linker leaves the process on errors such as a truncated object): on a cache
 /// whose file system is full (less than 16 MiB left), that is what it was.
-pub fn unexplained(runner: &Runner, what: &str) -> (FailureCause, String) {
-    let full = nix::sys::statvfs::statvfs(&runner.config.cache_dir)
+pub fn unexplained(node: &Node, what: &str) -> (FailureCause, String) {
+    let full = nix::sys::statvfs::statvfs(&node.config.cache_dir)
         .is_ok_and(|s| s.blocks_available() * s.fragment_size() < 16 << 20);
     if full {
         (
@@ -226,12 +227,12 @@ pub fn unexplained(runner: &Runner, what: &str) -> (FailureCause, String) {
 /// The compile process: compiles `module` into the cache at each tier from `from` on,
 /// publishing each as it is done, and exits. A failure is recorded under the full tier's
 /// `key` (what a start checks before compiling again).
-fn compile_main(runner: &Runner, key: &Key, module: &File, name: &str, from: usize) -> i32 {
+fn compile_main(node: &Node, key: &Key, module: &File, name: &str, from: usize) -> i32 {
     // Its own session: a signal to a container's process group never reaches it.
     let _ = nix::unistd::setsid();
     // SAFETY: setpriority on ourselves; no memory is involved.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, runner.config.compile_nice);
+        libc::setpriority(libc::PRIO_PROCESS, 0, node.config.compile_nice);
     }
     // Nothing of any container: stdin and stdout are /dev/null, stderr stays the runner's
     // (the shim's log), and every other descriptor but the module is closed.
@@ -241,20 +242,20 @@ fn compile_main(runner: &Runner, key: &Key, module: &File, name: &str, from: usi
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
     }
-    crate::process::close_fds_except(&[module.as_raw_fd(), runner.own_pid_ns.as_raw_fd()]);
-    let Ok(cache) = &runner.cache else { return 1 };
+    crate::sys::close_fds_except(&[module.as_raw_fd(), node.own_pid_ns.as_raw_fd()]);
+    let Ok(cache) = &node.cache else { return 1 };
     let small = module
         .metadata()
-        .is_ok_and(|m| m.len() <= runner.config.sync_max_module_bytes);
+        .is_ok_and(|m| m.len() <= node.config.sync_max_module_bytes);
     let mut code = 0;
-    for (i, tier) in runner.tiers.iter().enumerate().skip(from) {
+    for (i, tier) in node.tiers.iter().enumerate().skip(from) {
         // The compile a small module's first start waits for: in the quick lane.
         let lane = if i == 0 && small {
             Lane::Quick
         } else {
             Lane::Node
         };
-        if let Err((cause, message)) = compile_tier(runner, cache, tier, module, name, lane) {
+        if let Err((cause, message)) = compile_tier(node, cache, tier, module, name, lane) {
             eprintln!("aot compile of {message}");
             cache.record_failure(key, cause, &message);
             code = exit_code(cause);
@@ -268,14 +269,14 @@ fn compile_main(runner: &Runner, key: &Key, module: &File, name: &str, from: usi
 /// Compiles `module` at `tier` into `cache` (or finds it there) in a sandboxed worker; on
 /// failure, its cause and what failed (`<name> O<level>: <error>`).
 fn compile_tier(
-    runner: &Runner,
+    node: &Node,
     cache: &Cache,
     tier: &CodeTier,
     module: &File,
     name: &str,
     lane: Lane,
 ) -> Result<Fetched, (FailureCause, String)> {
-    let config = &runner.config;
+    let config = &node.config;
     let compiler = sandbox::Sandboxed {
         engine: &tier.engine,
         limits: sandbox::Limits {
@@ -286,7 +287,7 @@ fn compile_tier(
             memory_max: (config.compile_memory_max_bytes > 0)
                 .then_some(config.compile_memory_max_bytes),
         },
-        own_pid_ns: runner.own_pid_ns.as_fd(),
+        own_pid_ns: node.own_pid_ns.as_fd(),
     };
     let hint = format!("{name} O{}", tier.level);
     cache
@@ -319,14 +320,14 @@ pub fn precompile_main(name: &str) -> i32 {
             return 1;
         }
     };
-    let runner = match Runner::new(config) {
-        Ok(r) => r,
+    let node = match Node::new(config) {
+        Ok(n) => n,
         Err(e) => {
             eprintln!("wasmedge-shim-runner: {e}");
             return 1;
         }
     };
-    let cache = match &runner.cache {
+    let cache = match &node.cache {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wasmedge-shim-runner: the aot cache: {e}");
@@ -342,8 +343,8 @@ pub fn precompile_main(name: &str) -> i32 {
             return 1;
         }
     };
-    let tier = runner.tiers.last().expect("at least the full tier");
-    let result = compile_tier(&runner, cache, tier, &module, name, Lane::Node);
+    let tier = node.tiers.last().expect("at least the full tier");
+    let result = compile_tier(&node, cache, tier, &module, name, Lane::Node);
     let _ = cache.flush_stats();
     match result {
         Ok(fetched) => {

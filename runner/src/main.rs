@@ -13,8 +13,10 @@
 
 mod code;
 mod compile;
+mod node;
 mod process;
 mod serve;
+mod sys;
 mod zygote;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -44,7 +46,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    warm_up(runner.engine());
+    warm_up(runner.node.engine());
     release_compiler_pages();
     // SAFETY: the shim starts us with our end of the runner socket as fd 0, and nothing
     // else in this process owns fd 0.

@@ -8,24 +8,22 @@
 //! can be entered later by the process itself.
 
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
-use nix::sched::CloneFlags;
-use wasmedge_aot_protocol::spawn::{self, PidNamespace, SpawnFds, SpawnReply};
+use wasmedge_aot_protocol::spawn::{self, SpawnFds, SpawnReply};
 
 use crate::code::Runner;
-
-/// `clone3`'s flag to be born in the cgroup `clone_args.cgroup` names (libc's constant is an
-/// `i32` that cannot hold it).
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+use crate::sys::{exit_now, fork_container};
+use crate::zygote::Zygotes;
 
 /// Serves requests on `sock` until the shim closes it. Must be called while the process is
 /// single-threaded: forking is only safe then.
 pub fn serve(sock: OwnedFd, runner: &Runner) -> ! {
     let mut buf = vec![0u8; spawn::MAX_MESSAGE];
+    // The zygotes of the modules with native code: the runner itself loads none.
+    let zygotes = Zygotes::default();
     loop {
-        runner.compiles.reap_all(runner);
+        runner.compiles.reap_all(&runner.node);
         let (req, fds) = match spawn::recv_request(sock.as_fd(), &mut buf) {
             Ok(Some(r)) => r,
             Ok(None) => std::process::exit(0),
@@ -58,10 +56,7 @@ pub fn serve(sock: OwnedFd, runner: &Runner) -> ! {
                 pid_ns: pid_ns.as_ref().map(|f| f.as_fd()),
                 cgroup: cgroup.as_ref().map(|f| f.as_fd()),
             };
-            match runner
-                .zygotes
-                .fork_container(runner, &req, &res, &module, borrowed)
-            {
+            match zygotes.fork_container(runner, &req, &res, &module, borrowed) {
                 Ok(pid) => {
                     reply(&sock, &SpawnReply::Spawned { pid });
                     continue;
@@ -77,8 +72,14 @@ pub fn serve(sock: OwnedFd, runner: &Runner) -> ! {
         }
         // SAFETY: the runner is single-threaded (it starts no thread), so the child may run
         // arbitrary code after the fork.
-        match unsafe { fork_container(runner, req.pid_namespace, pid_ns.as_ref(), cgroup.as_ref()) }
-        {
+        match unsafe {
+            fork_container(
+                &runner.node.own_pid_ns,
+                req.pid_namespace,
+                pid_ns.as_ref(),
+                cgroup.as_ref(),
+            )
+        } {
             Ok(None) => {
                 let code = crate::process::run(runner, &req, control, module, res);
                 exit_now(code)
@@ -97,223 +98,5 @@ pub fn serve(sock: OwnedFd, runner: &Runner) -> ! {
 fn reply(sock: &OwnedFd, reply: &SpawnReply) {
     if let Err(e) = spawn::send_reply(sock.as_fd(), reply) {
         eprintln!("wasmedge-shim-runner: reply to the shim: {e}");
-    }
-}
-
-/// Forks the container process, born in its pid namespace (and on cgroup v2 in its
-/// cgroup). Returns `None` in the child and the child's pid in the parent.
-///
-/// # Safety
-/// As for `fork`: the caller must be single-threaded.
-pub(crate) unsafe fn fork_container(
-    runner: &Runner,
-    pid_namespace: PidNamespace,
-    pid_ns: Option<&OwnedFd>,
-    cgroup: Option<&OwnedFd>,
-) -> std::io::Result<Option<i32>> {
-    let mut flags = libc::CLONE_PARENT as u64;
-    match (pid_namespace, pid_ns) {
-        (PidNamespace::New, _) => flags |= libc::CLONE_NEWPID as u64,
-        // `setns` on a pid namespace sets where our next child is born; we go back to our
-        // own right after the fork.
-        (PidNamespace::Join, Some(ns)) => nix::sched::setns(ns, CloneFlags::CLONE_NEWPID)?,
-        (PidNamespace::Join, None) => {
-            return Err(std::io::Error::other("no pid namespace to join"));
-        }
-        (PidNamespace::Inherit, _) => {}
-    }
-    // SAFETY: the caller guarantees we are single-threaded.
-    let forked = unsafe { fork_sibling(flags, cgroup.map(|c| c.as_fd())) };
-    if pid_namespace == PidNamespace::Join && !matches!(forked, Ok(None)) {
-        nix::sched::setns(&runner.own_pid_ns, CloneFlags::CLONE_NEWPID)?;
-    }
-    forked
-}
-
-/// `fork`, except that the child is our parent's child, not ours (`CLONE_PARENT`) and may
-/// be born in a new pid namespace or a cgroup. Returns `None` in the child and the child's
-/// pid in the parent.
-///
-/// # Safety
-/// As for `fork`: the caller must be single-threaded. Unlike glibc's `fork`, this skips
-/// glibc's fork bookkeeping, so the child's thread descriptor keeps the runner's thread
-/// id. glibc consults it only for pthread calls that name the calling thread by handle
-/// (scheduling, affinity, priority-inheritance mutexes under contention), which neither the
-/// runner nor WasmEdge makes; `raise` and `abort` ask the kernel. runc starts its
-/// container init the same way.
-pub(crate) unsafe fn fork_sibling(
-    flags: u64,
-    cgroup: Option<BorrowedFd<'_>>,
-) -> std::io::Result<Option<i32>> {
-    let ret = match cgroup {
-        Some(cg) => {
-            // SAFETY: clone_args is plain data; all-zero is its "nothing asked" value.
-            let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-            args.flags = flags | CLONE_INTO_CGROUP;
-            // A sibling's exit is signalled to our parent as ours would be: the kernel
-            // takes the signal from us and refuses (EINVAL) any other with CLONE_PARENT in
-            // clone3, where the old clone ignores it.
-            args.exit_signal = if flags & libc::CLONE_PARENT as u64 != 0 {
-                0
-            } else {
-                libc::SIGCHLD as u64
-            };
-            args.cgroup = cg.as_raw_fd() as u64;
-            // SAFETY: clone3 without CLONE_VM and without a stack behaves as fork: the child
-            // returns here on its copy of our stack. `args` lives across the call.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_clone3,
-                    &args as *const libc::clone_args,
-                    std::mem::size_of::<libc::clone_args>(),
-                )
-            }
-        }
-        // SAFETY: clone without CLONE_VM and without a new stack behaves as fork: the child
-        // returns here on its copy of our stack. The null pointers are the unused tid/tls.
-        None => unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                flags | libc::SIGCHLD as u64,
-                std::ptr::null_mut::<libc::c_void>(),
-                std::ptr::null_mut::<libc::c_int>(),
-                std::ptr::null_mut::<libc::c_int>(),
-                0 as libc::c_ulong,
-            )
-        },
-    };
-    match ret {
-        -1 => Err(std::io::Error::last_os_error()),
-        0 => Ok(None),
-        pid => Ok(Some(pid as i32)),
-    }
-}
-
-/// Ends a container process with `code`, skipping exit-time work that belongs to the
-/// runner: `exit` would run the atexit handlers, i.e. the C++ static destructors of
-/// libwasmedge and libLLVM (1.7 ms per container measured, for nothing). What the process
-/// wrote through Rust's stdio is flushed first; WASI writes are unbuffered syscalls.
-pub fn exit_now(code: i32) -> ! {
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    // SAFETY: _exit ends the process; nothing in it is left half-written (flushed above).
-    unsafe { libc::_exit(code) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::process::cgroup::Hierarchies;
-
-    /// The cgroup v2 hierarchy: the host's if it runs v2 alone, else the hybrid one.
-    fn v2_root() -> Option<std::path::PathBuf> {
-        ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(std::path::PathBuf::from)
-            .find(|p| p.join("cgroup.controllers").exists())
-    }
-
-    fn cgroup_of(pid: i32) -> String {
-        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("0::"))
-            .unwrap_or("")
-            .to_string()
-    }
-
-    #[test]
-    fn a_process_is_born_in_its_v2_cgroup_or_joins_it_and_cgroup_kill_ends_it() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root (cgroups)");
-            return;
-        }
-        let Some(root) = v2_root() else {
-            eprintln!("skipped: no cgroup v2 hierarchy mounted");
-            return;
-        };
-        let name = format!("wasmedge-aot-unit-clone3-{}", std::process::id());
-        let dir = root.join(&name);
-        std::fs::create_dir(&dir).unwrap();
-        let fd: OwnedFd = File::open(&dir).unwrap().into();
-
-        // Born there as the runner forks: clone3(CLONE_PARENT | CLONE_INTO_CGROUP) from a
-        // child of ours, so the container process is our child, as it is the shim's.
-        let (rx, tx) = nix::unistd::pipe().unwrap();
-        // SAFETY: the test thread forks; the child only forks again, writes a pid and leaves
-        // with _exit.
-        let middle = match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                // SAFETY: single-threaded child of a fork.
-                let code =
-                    match unsafe { fork_sibling(libc::CLONE_PARENT as u64, Some(fd.as_fd())) } {
-                        Ok(None) => {
-                            std::thread::sleep(std::time::Duration::from_secs(60));
-                            0
-                        }
-                        Ok(Some(pid)) => {
-                            let _ = nix::unistd::write(&tx, &pid.to_ne_bytes());
-                            0
-                        }
-                        Err(e) => {
-                            let _ = nix::unistd::write(&tx, format!("{e}").as_bytes());
-                            1
-                        }
-                    };
-                // SAFETY: a forked test child leaves without the parent's exit work.
-                unsafe { libc::_exit(code) }
-            }
-            nix::unistd::ForkResult::Parent { child } => child,
-        };
-        drop(tx);
-        let mut buf = [0u8; 256];
-        let n = nix::unistd::read(&rx, &mut buf).unwrap();
-        nix::sys::wait::waitpid(middle, None).unwrap();
-        assert_eq!(
-            n,
-            4,
-            "clone3 failed: {}",
-            String::from_utf8_lossy(&buf[..n])
-        );
-        let born = i32::from_ne_bytes(buf[..4].try_into().unwrap());
-        assert_eq!(cgroup_of(born), format!("0::/{name}"));
-
-        // Joined: a single-threaded child writes itself into cgroup.procs.
-        let v2_only = Hierarchies(
-            Hierarchies::of_self()
-                .0
-                .into_iter()
-                .filter(|h| h.v2)
-                .collect(),
-        );
-        let sub = format!("/{name}");
-        // SAFETY: as above.
-        let joined = match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let code = i32::from(v2_only.join_self(&sub).is_err());
-                std::thread::sleep(std::time::Duration::from_secs(60));
-                // SAFETY: as above.
-                unsafe { libc::_exit(code) }
-            }
-            nix::unistd::ForkResult::Parent { child } => child.as_raw(),
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while cgroup_of(joined) != format!("0::/{name}") && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(cgroup_of(joined), format!("0::/{name}"));
-
-        std::fs::write(dir.join("cgroup.kill"), "1").unwrap();
-        for pid in [born, joined] {
-            let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
-            assert!(
-                matches!(
-                    status,
-                    nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)
-                ),
-                "{status:?}"
-            );
-        }
-        std::fs::remove_dir(&dir).unwrap();
     }
 }

@@ -282,7 +282,7 @@ unsafe fn start(
     )
     .map_err(|e| format!("zygote socket: {e}"))?;
     // SAFETY: the caller guarantees we are single-threaded.
-    match unsafe { crate::serve::fork_sibling(libc::CLONE_PARENT as u64, None) } {
+    match unsafe { crate::sys::fork_sibling(libc::CLONE_PARENT as u64, None) } {
         Err(e) => Err(format!("fork the module's zygote: {e}")),
         Ok(None) => {
             drop(ours);
@@ -356,18 +356,18 @@ unsafe fn serve(
         let _ = wire::send_datagram(sock.as_fd(), &bytes, &[]);
     }
     if refused {
-        crate::serve::exit_now(0);
+        crate::sys::exit_now(0);
     }
     let mut buf = vec![0u8; spawn::MAX_MESSAGE];
     loop {
         let (req, fds) = match spawn::recv_request(sock.as_fd(), &mut buf) {
             Ok(Some(r)) => r,
             // The runner is gone, or dropped us.
-            Ok(None) | Err(_) => crate::serve::exit_now(0),
+            Ok(None) | Err(_) => crate::sys::exit_now(0),
         };
         let timings: (u64, u64) = match wire::recv_datagram(sock.as_fd(), &mut buf) {
             Ok(Some((bytes, _))) => wire::decode("zygote timings", bytes).unwrap_or((0, 0)),
-            _ => crate::serve::exit_now(0),
+            _ => crate::sys::exit_now(0),
         };
         let SpawnFds {
             control,
@@ -378,7 +378,7 @@ unsafe fn serve(
         let module = File::from(module);
         let size = module.metadata().map(|m| m.len()).unwrap_or(0);
         let res = Resolution {
-            policy: runner.config.effective_policy(req.policy, size),
+            policy: runner.node.config.effective_policy(req.policy, size),
             template: Some((key, level)),
             artifact: Some((so.to_owned(), file, level)),
             outcome: CacheOutcome::Hit,
@@ -388,8 +388,8 @@ unsafe fn serve(
         };
         // SAFETY: the zygote is single-threaded.
         let forked = unsafe {
-            crate::serve::fork_container(
-                runner,
+            crate::sys::fork_container(
+                &runner.node.own_pid_ns,
                 req.pid_namespace,
                 pid_ns.as_ref(),
                 cgroup.as_ref(),
@@ -400,7 +400,7 @@ unsafe fn serve(
                 // The container is not bound by the zygote's limit: its cgroup is its bound.
                 restore_data(inherited);
                 let code = crate::process::run(runner, &req, control, module, res);
-                crate::serve::exit_now(code)
+                crate::sys::exit_now(code)
             }
             Ok(Some(pid)) => SpawnReply::Spawned { pid },
             Err(e) => SpawnReply::Failed {
@@ -409,7 +409,7 @@ unsafe fn serve(
         };
         if let Ok(bytes) = wire::encode("zygote reply", &reply) {
             if wire::send_datagram(sock.as_fd(), &bytes, &[]).is_err() {
-                crate::serve::exit_now(0);
+                crate::sys::exit_now(0);
             }
         }
     }

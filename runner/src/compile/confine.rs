@@ -32,7 +32,7 @@ use seccompiler::{
 };
 use wasmedge_aot_protocol::container::PropagationKind;
 
-use crate::process::rootfs::setattr;
+use crate::sys::setattr;
 
 /// `MOUNT_ATTR_RDONLY`, `MOUNT_ATTR_NOSUID` and `MOUNT_ATTR_NODEV` (linux/mount.h).
 const RDONLY: u64 = 0x1;

@@ -180,7 +180,7 @@ impl Sandboxed<'_> {
             nix::unistd::ForkResult::Child => {
                 drop(report_r);
                 let code = worker(self, module, bytes, dir, report_w, &parent);
-                crate::serve::exit_now(code)
+                crate::sys::exit_now(code)
             }
             nix::unistd::ForkResult::Parent { child } => child,
         };
@@ -317,7 +317,7 @@ fn worker(
         // SAFETY: dup2 onto stderr, which nothing else in this process writes.
         unsafe { libc::dup2(null.as_raw_fd(), 2) };
     }
-    crate::process::close_fds_except(&[dir.as_raw_fd(), report.as_raw_fd()]);
+    crate::sys::close_fds_except(&[dir.as_raw_fd(), report.as_raw_fd()]);
     if let Err(e) = nix::unistd::fchdir(dir) {
         return fail(&report, "enter the work directory", &e);
     }

@@ -55,6 +55,7 @@ use wasmedge_aot_protocol::spawn::SpawnRequest;
 use wasmedge_aot_protocol::wire;
 
 use crate::code::{Resolution, Runner};
+use crate::sys::close_fds_except;
 
 /// A step of a container process's set-up that failed; the create fails with it.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +159,7 @@ fn prepare(
     if let Some(path) = &plan.cgroup {
         if !req.into_cgroup {
             runner
+                .node
                 .cgroups
                 .join_self(path)
                 .map_err(|e| at("cgroup")(format!("join {path}: {e}")))?;
@@ -190,7 +192,7 @@ fn prepare(
         }
         Ok(())
     };
-    let (mounts, pivot) = rootfs::enter(&plan, &runner.cgroups, hooks)?;
+    let (mounts, pivot) = rootfs::enter(&plan, &runner.node.cgroups, hooks)?;
     timings.mounts_us = micros(mounts);
     timings.pivot_us = micros(pivot);
 
@@ -225,6 +227,7 @@ fn prepare(
         Module::Loaded(l) => l,
         Module::Bytes(bytes) => {
             let l = runner
+                .node
                 .engine()
                 .load_bytes(std::path::Path::new(&req.module_name), &bytes)
                 .map_err(at("load"))?;
@@ -235,7 +238,7 @@ fn prepare(
     let t = Instant::now();
     let instance = match code.prepared {
         Some(p) => p.with_wasi(&wasi),
-        None => runner.engine().instantiate(&loaded, &wasi),
+        None => runner.node.engine().instantiate(&loaded, &wasi),
     }
     .map_err(|e| at("instantiate")(e.in_module(std::path::Path::new(&req.module_name))))?;
     timings.instantiate_us = micros(t.elapsed());
@@ -332,12 +335,12 @@ fn load_code(
                 let why = res
                     .full_key
                     .and_then(|full| {
-                        let c = runner.cache.as_ref().ok()?;
+                        let c = runner.node.cache.as_ref().ok()?;
                         c.recent_failure(&full, crate::compile::RECORD_EXPLAINS)
                     })
                     .map(|f| (f.cause, f.message))
                     .unwrap_or_else(|| {
-                        crate::compile::unexplained(runner, "it ended without an artifact")
+                        crate::compile::unexplained(&runner.node, "it ended without an artifact")
                     });
                 warning = Some(format!(
                     "the aot compile of {} failed: {}: {}; running it in the interpreter",
@@ -374,8 +377,9 @@ fn native(
     timings: &mut Timings,
 ) -> Result<Loaded, String> {
     let loaded = runner
+        .node
         .engine()
-        .load_native(so, &runner.link_dir)
+        .load_native(so, &runner.node.link_dir)
         .map_err(|e| format!("{e}; running it in the interpreter"))?;
     timings.opt_level = Some(level);
     Ok(loaded)
@@ -390,7 +394,7 @@ fn wait_for_entry(
     job: &crate::compile::Job,
     keys: &[(wasmedge_aot_cache::Key, u8)],
 ) -> Option<(wasmedge_aot_cache::Artifact, u8)> {
-    let cache = runner.cache.as_ref().ok()?;
+    let cache = runner.node.cache.as_ref().ok()?;
     loop {
         let ended = job.wait_for(Duration::from_millis(20));
         for (key, level) in keys.iter().rev() {
@@ -442,25 +446,6 @@ fn receive<T: wire::DeserializeOwned>(mut control: &UnixStream, what: &'static s
     }
     let mut body = vec![0u8; len];
     control.read_exact(&mut body).is_ok() && wire::decode::<T>(what, &body).is_ok()
-}
-
-/// Closes every descriptor from 3 up except `keep`.
-pub fn close_fds_except(keep: &[RawFd]) {
-    let mut keep: Vec<u32> = keep
-        .iter()
-        .filter(|&&fd| fd > 2)
-        .map(|&fd| fd as u32)
-        .collect();
-    keep.sort_unstable();
-    let mut first = 3u32;
-    for fd in keep.into_iter().chain(std::iter::once(u32::MAX)) {
-        if fd > first {
-            // SAFETY: closes descriptors nothing in this process uses any more; the ones it
-            // keeps are outside the range.
-            unsafe { libc::close_range(first, fd - 1, 0) };
-        }
-        first = fd.saturating_add(1);
-    }
 }
 
 /// As pid 1 of its pid namespace the process would ignore every signal it has no handler

@@ -14,9 +14,8 @@
 //! cloned (`open_tree`) or created (`fsopen`/`fsmount`), given its attributes
 //! (`mount_setattr`), and attached on the destination's descriptor (`move_mount`).
 
-use std::ffi::CStr;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -33,6 +32,7 @@ use wasmedge_aot_protocol::container::{
 
 use super::cgroup::{mount_name, Hierarchies};
 use super::{at, StepError};
+use crate::sys::setattr;
 
 /// Symlinks every fresh `/dev` gets, as runc makes them.
 const DEV_SYMLINKS: &[(&str, &str)] = &[
@@ -321,52 +321,6 @@ fn empty_path(recursive: bool) -> u32 {
         flags |= libc::AT_RECURSIVE as u32;
     }
     flags
-}
-
-/// `mount_setattr(2)`, which rustix does not wrap.
-pub(crate) fn setattr(
-    dir: BorrowedFd<'_>,
-    path: &CStr,
-    flags: u32,
-    set: u64,
-    clear: u64,
-    propagation: Option<PropagationKind>,
-) -> std::io::Result<()> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: clear,
-        propagation: match propagation {
-            None => 0,
-            Some(PropagationKind::Shared) => libc::MS_SHARED,
-            Some(PropagationKind::Slave) => libc::MS_SLAVE,
-            Some(PropagationKind::Private) => libc::MS_PRIVATE,
-            Some(PropagationKind::Unbindable) => libc::MS_UNBINDABLE,
-        },
-        userns_fd: 0,
-    };
-    // SAFETY: `path` is a NUL-terminated string and `attr` a mount_attr (MOUNT_ATTR_SIZE_VER0
-    // bytes), both alive for the call; the kernel only reads them.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The process's own `/` (which [`in_root`] with the working directory would not be).
