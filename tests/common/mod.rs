@@ -309,7 +309,10 @@ pub const SYSTEMD_CGROUP_HANDLERS: [(&str, bool); 2] =
     [("wasmedge-systemd", true), ("wasmedge-cgroupfs", false)];
 
 /// The config of a private containerd in `dir`: its own root, state and sockets, debug logs,
-/// the runtime registered (also as [`SYSTEMD_CGROUP_HANDLERS`]), and with `cri` the CRI plugin
+/// a minute (not 5 s) for the clean-up of a dead shim's task (the node VM is emulated in
+/// software: there `containerd-shim-wasmedge-v1 delete` of a killed shim's two tasks, each a
+/// fresh process that asks systemd or runc, took over 5 s and containerd killed it), the
+/// runtime registered (also as [`SYSTEMD_CGROUP_HANDLERS`]), and with `cri` the CRI plugin
 /// with CNI in `dir/cni`. Layout
 /// `version = 2` for containerd 1.x, `version = 3` for 2.x (whose CRI plugin is split into
 /// `io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime`).
@@ -324,6 +327,8 @@ state = "{d}/state"
   address = "{a}.ttrpc"
 [debug]
   level = "debug"
+[timeouts]
+  "io.containerd.timeout.shim.cleanup" = "60s"
 "#,
         a = address.display(),
     );
