@@ -366,6 +366,8 @@ fn precompile_hands_the_module_to_the_runners_sandbox_and_runs_no_compiler_itsel
     });
     let tool_maps = std::fs::read_to_string(format!("/proc/{tool}/maps")).unwrap();
     let tree = descendants(tool);
+    let runner = common::ppid(worker.unwrap()).unwrap();
+    let exe = std::fs::read_link(format!("/proc/{runner}/exe"));
     let _ = nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(tool),
         nix::sys::signal::Signal::SIGKILL,
@@ -376,9 +378,7 @@ fn precompile_hands_the_module_to_the_runners_sandbox_and_runs_no_compiler_itsel
         !tool_maps.contains("libwasmedge") && !tool_maps.contains("libLLVM"),
         "{tool_maps}"
     );
-    let runner = common::ppid(worker.unwrap()).unwrap();
     assert!(tree.contains(&runner));
-    let exe = std::fs::read_link(format!("/proc/{runner}/exe"));
     assert!(
         exe.as_ref()
             .is_ok_and(|e| e.ends_with("wasmedge-shim-runner")),

@@ -327,8 +327,6 @@ state = "{d}/state"
   address = "{a}.ttrpc"
 [debug]
   level = "debug"
-[timeouts]
-  "io.containerd.timeout.shim.cleanup" = "60s"
 "#,
         a = address.display(),
     );
@@ -377,7 +375,7 @@ state = "{d}/state"
 "#
             )
         };
-        return format!("version = 2\n{common}{cri_config}");
+        return format!("version = 2\n{common}{cri_config}{TIMEOUTS}");
     }
     // 2.x: NRI is on by default and listens on one system-wide socket; every test containerd
     // would fight for it, and none uses it. The `opt` plugin's directory is ours too.
@@ -415,9 +413,14 @@ state = "{d}/state"
 disabled_plugins = {disabled}
 {common}[plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
-{cri_config}"#
+{cri_config}{TIMEOUTS}"#
     )
 }
+
+/// containerd's timeouts in a private containerd's config (a table, so last).
+const TIMEOUTS: &str = r#"[timeouts]
+  "io.containerd.timeout.shim.cleanup" = "60s"
+"#;
 
 /// A directory to give [`Containerd::start_with_bin`]: the shim binaries of this build
 /// (links) and a `runc` of the test's own, a shell script whose `$RUNC` is the real runc and
