@@ -6,7 +6,6 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,8 +108,9 @@ async fn read_bundle_spec(bundle: &Path) -> Result<oci_spec::runtime::Spec, Shim
 
 /// What runs a container's entrypoint.
 enum Entrypoint {
-    /// A file that starts with Wasm's magic: our path, with the module opened.
-    Wasm(File),
+    /// A file that starts with Wasm's magic: our path, with the module opened and its
+    /// first bytes.
+    Wasm(File, crate::wasm::Header),
     /// No such file in the rootfs: the module of an image whose layer is the module itself
     /// if its image has one ([`crate::image_layers`]), runc otherwise.
     Missing(String),
@@ -121,6 +121,8 @@ enum Entrypoint {
 /// The module a Wasm container runs, and its hash if the shim already knows it.
 struct Module {
     file: File,
+    /// Its first bytes, read once, when its kind was decided.
+    header: crate::wasm::Header,
     /// blake3 of a module read from an image's Wasm layer (the runner then does not hash).
     hash: Option<String>,
 }
@@ -209,7 +211,11 @@ impl Container {
         let mount_us = mounting.elapsed().as_micros();
         let probing = Instant::now();
         let module = match probe_entrypoint(&spec, &rootfs).await {
-            Entrypoint::Wasm(file) => Ok(Some(Module { file, hash: None })),
+            Entrypoint::Wasm(file, header) => Ok(Some(Module {
+                file,
+                header,
+                hash: None,
+            })),
             Entrypoint::Missing(argv0) => c.layer_module(&argv0, ctx).await,
             Entrypoint::Linux => Ok(None),
         };
@@ -265,6 +271,7 @@ impl Container {
                     .map_err(|e| entry_err(format!("open the module of {}: {e}", m.digest)))?;
                 Ok(Some(Module {
                     file,
+                    header: m.header,
                     hash: Some(m.hash.to_hex()),
                 }))
             }
@@ -351,7 +358,7 @@ impl Container {
         let root = open_dir(rootfs)
             .map_err(|e| ShimError::create(&id, "rootfs")(format!("{}: {e}", rootfs.display())))?;
         check_cwd(&root, &cs.plan.cwd).map_err(ShimError::create(&id, "cwd"))?;
-        check_wasm(&module.file, &cs.module).map_err(ShimError::create(&id, "entrypoint"))?;
+        (module.header.check(&cs.module)).map_err(ShimError::create(&id, "entrypoint"))?;
         drop(root);
         cs.plan.root.path = rootfs.to_owned();
         if let Some(profile) = &cs.seccomp {
@@ -1131,31 +1138,11 @@ fn entrypoint(rootfs: &Path, cwd: &str, entry: String) -> Entrypoint {
         return Entrypoint::Linux;
     };
     match open_module(&root, cwd, &entry) {
-        Ok(Some(module)) if has_wasm_magic(&module) => Entrypoint::Wasm(module),
+        Ok(Some(module)) => match crate::wasm::Header::of(&module) {
+            header if header.is_wasm() => Entrypoint::Wasm(module, header),
+            _ => Entrypoint::Linux,
+        },
         Ok(None) => Entrypoint::Missing(entry),
-        _ => Entrypoint::Linux,
+        Err(_) => Entrypoint::Linux,
     }
-}
-
-fn has_wasm_magic(file: &File) -> bool {
-    let mut magic = [0u8; 4];
-    file.read_at(&mut magic, 0).is_ok_and(|n| n == 4) && magic == *b"\0asm"
-}
-
-/// Refuses anything that is not a core Wasm module before a process is forked for it.
-fn check_wasm(module: &File, name: &str) -> Result<(), String> {
-    let mut head = [0u8; 8];
-    let n = module
-        .read_at(&mut head, 0)
-        .map_err(|e| format!("read {name}: {e}"))?;
-    if n < 8 || head[..4] != *b"\0asm" {
-        return Err(format!("{name} is not a wasm module (no \\0asm magic)"));
-    }
-    if head[4..8] != [1, 0, 0, 0] {
-        return Err(format!(
-            "{name} is a wasm component or unknown version ({:02x?}); only core modules run",
-            &head[4..8]
-        ));
-    }
-    Ok(())
 }

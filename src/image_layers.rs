@@ -153,6 +153,8 @@ pub struct LayerModule {
     /// blake3 of the bytes, computed as they were copied in: the cache's module hash.
     pub hash: ModuleHash,
     pub size: u64,
+    /// Its first bytes, read once, as the module was kept.
+    pub header: crate::wasm::Header,
     file: File,
 }
 
@@ -160,12 +162,6 @@ impl LayerModule {
     /// A read-only descriptor of the module, with an offset of its own.
     pub fn open(&self) -> std::io::Result<File> {
         File::open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-    }
-
-    fn has_wasm_magic(&self) -> bool {
-        use std::os::unix::fs::FileExt;
-        let mut magic = [0u8; 4];
-        self.file.read_at(&mut magic, 0).is_ok_and(|n| n == 4) && magic == *b"\0asm"
     }
 }
 
@@ -348,7 +344,7 @@ impl ImageLayers {
         );
         // Bytes that are no module fail the create (its Wasm check) and are not kept; their
         // digest is, so that the next container of the image costs no read.
-        if m.has_wasm_magic() {
+        if m.header.is_wasm() {
             self.keep(m.clone());
         } else {
             let mut bad = self.not_modules.lock().unwrap_or_else(|p| p.into_inner());
@@ -642,6 +638,7 @@ impl ImageLayers {
             digest: layer.digest.clone(),
             hash: hasher.finalize(),
             size: layer.size,
+            header: crate::wasm::Header::of(&file),
             file,
         })
     }

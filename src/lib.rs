@@ -19,6 +19,7 @@ pub mod spec;
 pub mod status;
 pub mod stdio;
 pub mod sweep;
+pub mod wasm;
 
 /// The name containerd knows this runtime by.
 pub const RUNTIME_ID: &str = "io.containerd.wasmedge.v1";
