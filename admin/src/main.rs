@@ -509,10 +509,18 @@ fn run_precompile(
         );
     }
     let runner = runner_binary()?;
-    let out = std::process::Command::new(&runner)
+    let config = precompile::config_env(config).map_err(anyhow::Error::msg)?;
+    // Nothing of the operator's environment (tokens, proxies) reaches the process that
+    // parses the module: its worker's environment is a copy of it.
+    let mut cmd = std::process::Command::new(&runner);
+    cmd.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    let out = cmd
         .arg(precompile::FLAG)
         .arg(label)
-        .env(precompile::CONFIG_ENV, precompile::config_env(config))
+        .env(precompile::CONFIG_ENV, config)
         .stdin(module)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -520,7 +528,12 @@ fn run_precompile(
     if !out.status.success() {
         bail!("{} {}; its error is above", runner.display(), out.status);
     }
-    precompile::Report::from_output(&out.stdout).map_err(anyhow::Error::msg)
+    let report = precompile::Report::from_output(&out.stdout).map_err(anyhow::Error::msg)?;
+    report
+        .key
+        .parse::<wasmedge_aot_cache::Key>()
+        .context("the runner's report")?;
+    Ok(report)
 }
 
 /// Runs `f`, showing the elapsed seconds on stderr every second while it lasts.

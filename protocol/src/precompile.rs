@@ -37,6 +37,7 @@ pub enum Outcome {
 
 /// What a precompile did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Report {
     /// The cache key of the module's full-tier code, in hex.
     pub key: String,
@@ -64,9 +65,9 @@ impl Report {
     }
 }
 
-/// The value of [`CONFIG_ENV`] that carries `config`.
-pub fn config_env(config: &Config) -> String {
-    serde_json::to_string(config).expect("a config is plain data")
+/// The value of [`CONFIG_ENV`] that carries `config` (JSON: its paths must be UTF-8).
+pub fn config_env(config: &Config) -> Result<String, String> {
+    serde_json::to_string(config).map_err(|e| format!("the config as JSON: {e}"))
 }
 
 /// The config [`CONFIG_ENV`] carries, if it is set.
@@ -98,6 +99,9 @@ mod tests {
             r
         );
         assert!(Report::from_output(b"compiled").is_err());
+        // A second object glued to the first is refused, not read as an unknown field.
+        let glued = line.replace('}', r#","z":{}}"#);
+        assert!(Report::from_output(glued.as_bytes()).is_err(), "{glued}");
     }
 
     #[test]
@@ -107,7 +111,7 @@ mod tests {
             compile_uid: 4242,
             ..Config::default()
         };
-        let json = config_env(&config);
+        let json = config_env(&config).unwrap();
         assert_eq!(serde_json::from_str::<Config>(&json).unwrap(), config);
     }
 }

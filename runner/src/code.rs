@@ -87,7 +87,7 @@ pub struct Resolution {
 impl Runner {
     pub fn new(config: Config) -> Result<Runner, String> {
         Ok(Runner {
-            node: Node::new(config)?,
+            node: Node::new(config, false)?,
             templates: RefCell::new(Vec::new()),
             compiles: Compiles::default(),
         })

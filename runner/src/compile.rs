@@ -307,8 +307,22 @@ fn compile_tier(
 /// the module on stdin at the node's full tier, as a start's compile process does but in
 /// this process, which `wasmedge-shimctl precompile` started and waits for; `name` is what
 /// the cache's listing shows for it. Its exit status.
+///
+/// What a start's compile process has, this has too before the worker is forked: the
+/// module as bytes that cannot change (a start's are a sealed memory file or a read-only
+/// snapshot; here a sealed copy of stdin, so that the key and the worker see the same
+/// bytes), stdin and stdout on `/dev/null` (the worker keeps fds 0 to 2: it must hold
+/// neither the operator's file nor the admin tool's pipe, where it could write a report of
+/// its own), `compile_nice`, and no life beyond the admin tool's. A hit is checked in full.
 pub fn precompile_main(name: &str) -> i32 {
+    use std::io::Write;
     use wasmedge_aot_protocol::precompile::{self, Outcome, Report};
+    let parent = nix::unistd::getppid();
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if nix::unistd::getppid() != parent {
+        return 1;
+    }
     let config = match precompile::config_from_env() {
         Some(config) => config,
         None => wasmedge_aot_protocol::config::Config::load().map_err(|e| e.to_string()),
@@ -320,7 +334,38 @@ pub fn precompile_main(name: &str) -> i32 {
             return 1;
         }
     };
-    let node = match Node::new(config) {
+    // SAFETY: setpriority on ourselves; no memory is involved.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, config.compile_nice);
+    }
+    let module = match sealed_copy(std::io::stdin().lock()) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("wasmedge-shim-runner: copy the module on stdin: {e}");
+            return 1;
+        }
+    };
+    let mut report_out = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            eprintln!("wasmedge-shim-runner: stdout: {e}");
+            return 1;
+        }
+    };
+    match File::options().read(true).write(true).open("/dev/null") {
+        Ok(null) => {
+            for fd in [0, 1] {
+                // SAFETY: dup2 onto stdin and stdout, which this process no longer reads or
+                // writes (the report goes out on `report_out`).
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+        Err(e) => {
+            eprintln!("wasmedge-shim-runner: open /dev/null: {e}");
+            return 1;
+        }
+    }
+    let node = match Node::new(config, true) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("wasmedge-shim-runner: {e}");
@@ -332,15 +377,6 @@ pub fn precompile_main(name: &str) -> i32 {
         Err(e) => {
             eprintln!("wasmedge-shim-runner: the aot cache: {e}");
             return exit_code(FailureCause::Cache);
-        }
-    };
-    // The module, opened by the admin tool; our own descriptor of it, so that nothing
-    // else in this process reads or closes fd 0 under the compile.
-    let module = match std::io::stdin().as_fd().try_clone_to_owned() {
-        Ok(fd) => File::from(fd),
-        Err(e) => {
-            eprintln!("wasmedge-shim-runner: the module on stdin: {e}");
-            return 1;
         }
     };
     let tier = node.tiers.last().expect("at least the full tier");
@@ -359,22 +395,49 @@ pub fn precompile_main(name: &str) -> i32 {
                 size: a.size,
                 path: a.path.clone(),
             };
-            match report.to_line() {
-                // The report is this mode's output, for the admin tool that started us.
-                #[allow(clippy::print_stdout)]
-                Ok(line) => {
-                    println!("{line}");
-                    0
-                }
+            let written = report
+                .to_line()
+                .and_then(|line| writeln!(report_out, "{line}").map_err(|e| e.to_string()));
+            match written {
+                Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("wasmedge-shim-runner: {e}");
+                    eprintln!("wasmedge-shim-runner: the report: {e}");
                     1
                 }
             }
         }
         Err((cause, message)) => {
-            eprintln!("{message}");
+            // The compiler's error quotes the module's bytes, for an operator's terminal.
+            eprintln!("{}", printable(&message));
             exit_code(cause)
         }
     }
+}
+
+/// The bytes `from` gives, in a memory file sealed against every change.
+fn sealed_copy(mut from: impl std::io::Read) -> std::io::Result<File> {
+    use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+    let mut file = File::from(memfd_create(
+        "precompile-module",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?);
+    std::io::copy(&mut from, &mut file)?;
+    fcntl_add_seals(
+        &file,
+        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+    )?;
+    Ok(file)
+}
+
+/// `text` with its control characters but newlines escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }

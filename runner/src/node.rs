@@ -42,11 +42,12 @@ impl Node {
         &self.tiers.last().expect("at least the full tier").engine
     }
 
-    pub fn new(config: Config) -> Result<Node, String> {
-        // Container starts check an artifact's identity against its record; full digests are
-        // for `wasmedge-shimctl verify` (see ARCHITECTURE.md, "Integrity"). The runner forks,
-        // so it hashes on its one thread.
-        let cache_config = config.cache_config(false, HashThreads::One);
+    /// The node of `config`. Container starts check an artifact's identity against its
+    /// record (`verify_on_first_use` false); full digests are for `wasmedge-shimctl verify`
+    /// and `precompile` (see ARCHITECTURE.md, "Integrity").
+    pub fn new(config: Config, verify_on_first_use: bool) -> Result<Node, String> {
+        // The runner forks, so it hashes on its one thread.
+        let cache_config = config.cache_config(verify_on_first_use, HashThreads::One);
         let cache = Cache::open(cache_config).map_err(|e| e.to_string());
         if let Err(e) = &cache {
             eprintln!(
