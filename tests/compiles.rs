@@ -346,7 +346,8 @@ fn precompile_hands_the_module_to_the_runners_sandbox_and_runs_no_compiler_itsel
         .arg("--config")
         .arg(&config)
         .arg(fixture("code-2mb.wasm"))
-        .stdout(std::process::Stdio::null())
+        .env("OPERATOR_TOKEN", "s3cret-of-the-operator")
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .spawn()
@@ -366,8 +367,20 @@ fn precompile_hands_the_module_to_the_runners_sandbox_and_runs_no_compiler_itsel
     });
     let tool_maps = std::fs::read_to_string(format!("/proc/{tool}/maps")).unwrap();
     let tree = descendants(tool);
-    let runner = common::ppid(worker.unwrap()).unwrap();
+    let worker = worker.unwrap();
+    let runner = common::ppid(worker).unwrap();
     let exe = std::fs::read_link(format!("/proc/{runner}/exe"));
+    // What the worker holds of the operator's: no environment, neither the module's file
+    // nor the pipe the tool reads the report from.
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    let fds: Vec<String> = [0, 1]
+        .iter()
+        .map(|fd| {
+            std::fs::read_link(format!("/proc/{worker}/fd/{fd}"))
+                .map(|l| l.display().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
     let _ = nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(tool),
         nix::sys::signal::Signal::SIGKILL,
@@ -379,6 +392,16 @@ fn precompile_hands_the_module_to_the_runners_sandbox_and_runs_no_compiler_itsel
         "{tool_maps}"
     );
     assert!(tree.contains(&runner));
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("s3cret-of-the-operator"),
+        "the worker has the operator's environment"
+    );
+    for (fd, link) in fds.iter().enumerate() {
+        assert!(
+            !link.starts_with("pipe:") && !link.contains("code-2mb"),
+            "the worker's fd {fd} is {link}"
+        );
+    }
     assert!(
         exe.as_ref()
             .is_ok_and(|e| e.ends_with("wasmedge-shim-runner")),
