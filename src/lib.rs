@@ -2,12 +2,10 @@
 
 pub mod cgroup;
 pub mod command;
-pub mod container;
 pub mod error;
 pub mod hooks;
 pub mod image_layers;
 pub mod info;
-pub mod linux;
 pub mod logger;
 pub mod options;
 pub mod pod;
@@ -15,10 +13,13 @@ pub mod records;
 pub mod runner;
 pub mod seccomp;
 pub mod service;
+pub mod shim;
 pub mod spec;
 pub mod status;
 pub mod stdio;
 pub mod sweep;
+pub mod task;
+pub mod tasks;
 pub mod wasm;
 
 /// The name containerd knows this runtime by.
@@ -34,3 +35,14 @@ pub use wasmedge_aot_protocol::config;
 /// node's phase totals. The shim owns them; their formats live in the protocol crate, which
 /// the admin tool reads them through.
 pub(crate) use wasmedge_aot_protocol::{identity, phases};
+
+/// Whether `name` can name a file of ours: containerd's ids and namespaces are
+/// `[A-Za-z0-9_.-]+`, and anything else (a `/`, `..`) is refused rather than joined to a path.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}

@@ -13,8 +13,23 @@
 //! created a millisecond before); containerd's `delete` in the container's bundle still
 //! cleans up after that one.
 
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// What a node shim records of one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub cgroup: Option<String>,
+    pub rootfs: Option<PathBuf>,
+    /// runc's state root, for a Linux container (records written before there were any
+    /// have none).
+    #[serde(default)]
+    pub runc_root: Option<PathBuf>,
+}
 
 type Job = Box<dyn FnOnce() + Send>;
 

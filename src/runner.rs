@@ -32,6 +32,17 @@ pub enum RunnerError {
     Io(#[from] std::io::Error),
 }
 
+/// The runner binary: `WASMEDGE_SHIM_RUNNER`, else the one installed beside the shim.
+pub fn installed_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("WASMEDGE_SHIM_RUNNER") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(crate::RUNNER_BINARY)))
+        .unwrap_or_else(|| PathBuf::from(crate::RUNNER_BINARY))
+}
+
 /// A handle on the runner process.
 #[derive(Debug)]
 pub struct Runner {

@@ -58,10 +58,10 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::identity::{live_shim, STATE_FILE};
+pub use crate::records::Record;
 
 /// The directory of container records in a run directory.
 pub const CONTAINERS_DIR: &str = "containers";
@@ -174,21 +174,9 @@ impl RunDir {
     }
 }
 
-/// What a node shim records of one container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub id: String,
-    pub cgroup: Option<String>,
-    pub rootfs: Option<PathBuf>,
-    /// runc's state root, for a Linux container (records written before there were any
-    /// have none).
-    #[serde(default)]
-    pub runc_root: Option<PathBuf>,
-}
-
 fn record_path(run_dir: &Path, id: &str) -> Option<PathBuf> {
     // containerd ids are `[A-Za-z0-9_.-]+`; anything else is never a file name of ours.
-    crate::linux::is_plain_name(id).then(|| run_dir.join(CONTAINERS_DIR).join(id))
+    crate::is_plain_name(id).then(|| run_dir.join(CONTAINERS_DIR).join(id))
 }
 
 /// Records a container the shim of `run_dir` serves.
@@ -456,7 +444,7 @@ fn clean_up(r: &Record, dir: &Path) -> bool {
         // runc is driven through the shim's async client: from this blocking thread, on
         // the shim's runtime (whose own thread drives its I/O).
         let deleted = match tokio::runtime::Handle::try_current() {
-            Ok(rt) => rt.block_on(crate::linux::force_delete(root, &r.id)),
+            Ok(rt) => rt.block_on(crate::task::linux::force_delete(root, &r.id)),
             Err(_) => Err("no runtime to run runc delete on".into()),
         };
         if let Err(e) = deleted {

@@ -2,7 +2,7 @@
 //! `runtime_type = "io.containerd.wasmedge.v1"`. It never links WasmEdge (see ARCHITECTURE.md).
 
 use wasmedge_aot_shim::pod::{pod_init_main, POD_INIT};
-use wasmedge_aot_shim::service::WasmEdgeShim;
+use wasmedge_aot_shim::shim::WasmEdgeShim;
 use wasmedge_aot_shim::RUNTIME_ID;
 
 fn main() {
@@ -21,7 +21,10 @@ fn main() {
     // runc's client writes its temporary files (exec process specs) to XDG_RUNTIME_DIR, else
     // to /tmp: the shim writes as root only under directories it owns. Set while the
     // process has one thread, before anything reads the environment.
-    std::env::set_var("XDG_RUNTIME_DIR", wasmedge_aot_shim::linux::SCRATCH_DIR);
+    std::env::set_var(
+        "XDG_RUNTIME_DIR",
+        wasmedge_aot_shim::task::linux::SCRATCH_DIR,
+    );
     shim();
 }
 

@@ -2,7 +2,7 @@
 //! proxies, log shippers, secret agents, init containers that prepare volumes), run by runc
 //! from the same bundle and spec, with what containerd's own runc shim gives them.
 //!
-//! The shim decides per container (`container.rs`): an entrypoint that starts with Wasm's
+//! The shim decides per container ([`super::entrypoint`]): an entrypoint that starts with Wasm's
 //! magic runs on our path, anything else is handed to runc, the runtime every containerd
 //! node has, through containerd's client of it (the `runc` crate of rust-extensions). runc
 //! draws the container's boundary; the shim keeps what a shim keeps:
@@ -44,13 +44,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use log::debug;
+use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use runc::options::{CreateOpts, DeleteOpts, ExecOpts, GlobalOpts, KillOpts};
 use runc::Runc;
 use tokio::io::Interest;
 use tokio::net::unix::pipe;
 
+use super::{CreateContext, Created, Execs, Kind, New, Signalled, Task};
+use crate::cgroup::{CgroupPath, OomWatch};
 use crate::error::ShimError;
+use crate::is_plain_name;
 use crate::pod::{names_process_namespace, pod_join, PodJoin, PodNamespaces};
 use crate::status::{ProcessState, Status};
 use crate::stdio::StdioPaths;
@@ -76,6 +80,7 @@ const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// it (the terminal, the exec'd processes).
 #[derive(Debug)]
 pub struct Linux {
+    id: String,
     runc: Runc,
     /// runc's state root of the container's namespace.
     pub root: PathBuf,
@@ -85,25 +90,6 @@ pub struct Linux {
     pub own_pid_namespace: bool,
     console: Option<Console>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
-}
-
-/// What creating a Linux container needs.
-pub struct CreateArgs<'a> {
-    pub id: &'a str,
-    pub namespace: &'a str,
-    pub bundle: &'a Path,
-    pub spec: &'a Spec,
-    pub stdio: &'a StdioPaths,
-    pub terminal: bool,
-    /// The pod's namespaces, if this shim holds the container's sandbox.
-    pub pod: Option<&'a PodNamespaces>,
-    /// Whether a pid is the process of a container of the pod (see
-    /// [`pod_join`]).
-    pub in_pod: &'a (dyn Fn(u32) -> bool + Sync),
-    /// The spec's cgroup is a systemd scope (`slice:prefix:name`): runc makes it through
-    /// systemd (`--systemd-cgroup`). runc keeps the driver in its state, so only `create`
-    /// is told.
-    pub systemd_cgroup: bool,
 }
 
 /// A process exec'd into a Linux container (`kubectl exec`, exec probes, `ctr task exec`).
@@ -122,17 +108,6 @@ impl Exec {
     pub fn pid(&self) -> i32 {
         self.pid.load(Ordering::SeqCst)
     }
-}
-
-/// Whether `name` can name a file of ours: containerd's ids and namespaces are
-/// `[A-Za-z0-9_.-]+`, and anything else (a `/`, `..`) is refused rather than joined to a path.
-pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Creates `dir` (0700) and every missing directory above it, checked from `/` down: the
@@ -260,73 +235,161 @@ fn is_not_running(e: &runc::error::Error) -> bool {
 }
 
 impl Linux {
-    /// `runc create`: the container's init, set up and waiting for `start`. Rewrites the
-    /// pod's namespace paths first (see the module docs). Returns the container and its
-    /// init's pid; on error nothing of runc's is left.
-    pub async fn create(a: CreateArgs<'_>) -> Result<(Linux, i32), String> {
-        let root = state_root(a.namespace)?;
+    /// `runc create`: the container's init, set up and waiting for `start`, and its
+    /// cgroup, which the shim then only watches for OOM kills. Rewrites the pod's namespace
+    /// paths first (see the module docs). On error nothing of runc's is left.
+    pub async fn create(
+        new: &New<'_>,
+        spec: &Spec,
+        cgroup: Option<CgroupPath>,
+        ctx: &CreateContext<'_>,
+    ) -> Result<Created<Linux>, ShimError> {
+        let id = new.id;
+        let pod = new.pod(ctx);
+        let in_pod = new.pod_member(ctx);
+        let (linux, pid) = Linux::run_create(
+            new,
+            ctx.namespace,
+            spec,
+            pod.as_deref().and_then(Task::pod),
+            &in_pod,
+            cgroup.as_ref().is_some_and(CgroupPath::is_systemd),
+        )
+        .await
+        .map_err(ShimError::create(id, "linux container"))?;
+        // runc's init waits for `start`: alive, its pid its own.
+        let process = super::pidfd_of(pid).ok();
+        let mut oom = None;
+        if let Some(path) = cgroup {
+            match OomWatch::new(&crate::cgroup::load(&path)) {
+                Ok(watch) => oom = watch,
+                Err(e) => log::warn!(
+                    "container {id}: cgroup {}: {e}; its OOM kills go unreported",
+                    path.as_spec()
+                ),
+            }
+        }
+        debug!("container {id}: a Linux container, pid {pid}");
+        Ok(Created {
+            kind: linux,
+            pid,
+            process,
+            oom,
+        })
+    }
+
+    /// `runc create` itself, with the pod's namespaces held until runc has joined them; on
+    /// error nothing of runc's is left.
+    async fn run_create(
+        new: &New<'_>,
+        namespace: &str,
+        spec: &Spec,
+        pod: Option<&PodNamespaces>,
+        in_pod: &(dyn Fn(u32) -> bool + Sync),
+        systemd_cgroup: bool,
+    ) -> Result<(Linux, i32), String> {
+        let root = state_root(namespace)?;
         ensure_dir(&root)?;
         // Held until runc has joined them.
-        let held = join_pod_namespaces(a.bundle, a.spec, a.pod, a.in_pod)?;
-        let log = a.bundle.join(RUNC_LOG);
-        let runc = client(&root, &log, a.systemd_cgroup)?;
-        let pid_file = a.bundle.join(INIT_PID);
+        let held = join_pod_namespaces(new.bundle, new.sandbox_id.is_some(), spec, pod, in_pod)?;
+        let log = new.bundle.join(RUNC_LOG);
+        // runc keeps the driver in its state, so only `create` is told.
+        let runc = client(&root, &log, systemd_cgroup)?;
+        let pid_file = new.bundle.join(INIT_PID);
         let mut opts = CreateOpts::new().pid_file(&pid_file);
-        let socket = if a.terminal {
+        let socket = if new.terminal {
             let s = ConsoleSocket::new()?;
             opts = opts.console_socket(&s.path);
             Some(s)
         } else {
-            opts = opts.io(Arc::new(Fifos::open(a.stdio)?));
+            opts = opts.io(Arc::new(Fifos::open(new.stdio)?));
             None
         };
         let mark = RuncLog::mark(&log);
-        runc.create(a.id, a.bundle, Some(&opts))
+        runc.create(new.id, new.bundle, Some(&opts))
             .await
             .map_err(|e| mark.explain("create", e))?;
         drop(held);
         let mut linux = Linux {
+            id: new.id.to_owned(),
             runc,
             root,
-            bundle: a.bundle.to_owned(),
-            own_pid_namespace: has_own_pid_namespace(a.spec),
+            bundle: new.bundle.to_owned(),
+            own_pid_namespace: has_own_pid_namespace(spec),
             console: None,
             execs: Mutex::new(HashMap::new()),
         };
         let set_up = async {
             if let Some(socket) = socket {
                 let master = socket.receive().await?;
-                linux.console = Some(Console::start(master, a.stdio)?);
+                linux.console = Some(Console::start(master, new.stdio)?);
             }
             read_pid(&pid_file)
         };
         let set_up = set_up.await;
         match set_up {
             Ok(pid) => Ok((linux, pid)),
-            Err(e) => match linux.delete(a.id).await {
+            Err(e) => match linux.delete().await {
                 Ok(()) => Err(e),
                 Err(d) => Err(format!("{e}; and then {d}")),
             },
         }
     }
 
-    /// `runc start`: the init execs the container's process.
-    pub async fn start(&self, id: &str) -> Result<(), ShimError> {
+    /// `runc delete --force`: kills what is left of the container and removes its state and
+    /// cgroup. A container runc no longer knows is already deleted. When runc fails, its
+    /// processes may still run: the error (runc's own) goes to the caller, who keeps the
+    /// container and its record, so that a retry or a later sweep finds them.
+    async fn delete(&self) -> Result<(), String> {
+        force_delete_with(&self.runc, &self.bundle.join(RUNC_LOG), &self.id).await?;
+        let _ = std::fs::remove_file(self.bundle.join(INIT_PID));
+        Ok(())
+    }
+
+    /// Runs runc command `op` (`runc <op> <id>`), with runc's logged reason when it fails.
+    async fn runc<T>(
+        &self,
+        op: &str,
+        command: impl std::future::Future<Output = runc::Result<T>>,
+    ) -> Result<T, ShimError> {
         let log = self.bundle.join(RUNC_LOG);
         let mark = RuncLog::mark(&log);
-        self.runc
-            .start(id)
+        command
+            .await
+            .map_err(|e| runtime_error(&self.id, mark.explain(op, e)))
+    }
+
+    fn exec(&self, exec_id: &str) -> Result<Arc<Exec>, ShimError> {
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(format!("{} exec {exec_id}", self.id)))
+    }
+}
+
+#[async_trait]
+impl Kind for Linux {
+    /// `runc start`: the init execs the container's process.
+    async fn start(&self, task: &Task) -> Result<(), ShimError> {
+        task.expect_created()?;
+        self.runc("start", self.runc.start(&self.id))
             .await
             .map(drop)
-            .map_err(|e| runtime_error(id, mark.explain("start", e)))
     }
 
     /// `runc kill [--all]`: `all` reaches every process of the container, not just its init.
-    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), ShimError> {
+    async fn kill(&self, _task: &Task, signal: Signal, all: bool) -> Result<Signalled, ShimError> {
+        let id = &self.id;
         let log = self.bundle.join(RUNC_LOG);
         let mark = RuncLog::mark(&log);
-        match self.runc.kill(id, signal, Some(&KillOpts { all })).await {
-            Ok(()) => Ok(()),
+        match self
+            .runc
+            .kill(id, signal as u32, Some(&KillOpts { all }))
+            .await
+        {
+            Ok(()) => Ok(Signalled::Sent),
             Err(e) if is_not_running(&e) || is_not_exist(&e, id) => Err(ShimError::NotFound(
                 format!("{id}: process already finished"),
             )),
@@ -335,21 +398,27 @@ impl Linux {
     }
 
     /// `runc pause` (`resume`): freezes (thaws) every process of the container.
-    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<(), ShimError> {
-        let log = self.bundle.join(RUNC_LOG);
-        let mark = RuncLog::mark(&log);
-        let (op, done) = if frozen {
-            ("pause", self.runc.pause(id).await)
+    async fn freeze(&self, task: &Task, frozen: bool) -> Result<(), ShimError> {
+        let (from, verb) = if frozen {
+            (Status::Running, "pause")
         } else {
-            ("resume", self.runc.resume(id).await)
+            (Status::Paused, "resume")
         };
-        done.map_err(|e| runtime_error(id, mark.explain(op, e)))
+        if task.status() != from {
+            return Err(task.precondition(&format!("cannot {verb} it: {:?}", task.status())));
+        }
+        if frozen {
+            self.runc("pause", self.runc.pause(&self.id)).await
+        } else {
+            self.runc("resume", self.runc.resume(&self.id)).await
+        }
     }
 
     /// `runc update`: the container's resources (`UpdateTaskRequest.resources`, the
     /// runtime spec's `LinuxResources` as JSON), through the driver runc made its cgroup
     /// with.
-    pub async fn update(&self, id: &str, resources: &[u8]) -> Result<(), ShimError> {
+    async fn update(&self, _task: &Task, resources: &[u8]) -> Result<(), ShimError> {
+        let id = &self.id;
         let resources: oci_spec_runc::runtime::LinuxResources =
             serde_json::from_slice(resources)
                 .map_err(|e| ShimError::InvalidArgument(format!("update {id}: resources: {e}")))?;
@@ -358,92 +427,56 @@ impl Linux {
             context: format!("update container {id}"),
             source: std::io::Error::other(e),
         })?;
-        let log = self.bundle.join(RUNC_LOG);
-        let mark = RuncLog::mark(&log);
-        self.runc
-            .update(id, &resources)
-            .await
-            .map_err(|e| runtime_error(id, mark.explain("update", e)))
+        self.runc("update", self.runc.update(id, &resources)).await
     }
 
     /// The pids of the container's processes (`runc ps`).
-    pub async fn pids(&self, id: &str) -> Result<Vec<u32>, ShimError> {
-        let log = self.bundle.join(RUNC_LOG);
-        let mark = RuncLog::mark(&log);
-        let pids = self
-            .runc
-            .ps(id)
-            .await
-            .map_err(|e| runtime_error(id, mark.explain("ps", e)))?;
+    async fn pids(&self, _task: &Task) -> Result<Vec<u32>, ShimError> {
+        let pids = self.runc("ps", self.runc.ps(&self.id)).await?;
         Ok(pids.into_iter().map(|p| p as u32).collect())
     }
 
-    /// `runc delete --force`: kills what is left of the container and removes its state and
-    /// cgroup. A container runc no longer knows is already deleted. When runc fails, its
-    /// processes may still run: the error (runc's own) goes to the caller, who keeps the
-    /// container and its record, so that a retry or a later sweep finds them.
-    pub async fn delete(&self, id: &str) -> Result<(), String> {
-        force_delete_with(&self.runc, &self.bundle.join(RUNC_LOG), id).await?;
-        let _ = std::fs::remove_file(self.bundle.join(INIT_PID));
-        Ok(())
-    }
-
-    /// Sets the window size of the container's terminal, or of exec `exec_id`'s.
-    pub fn resize(
-        &self,
-        id: &str,
-        exec_id: &str,
-        width: u32,
-        height: u32,
-    ) -> Result<(), ShimError> {
-        let resize = |console: Option<&Console>| {
-            console
-                .ok_or_else(|| ShimError::FailedPrecondition {
-                    id: id.to_string(),
-                    message: "the process has no terminal".into(),
-                })?
-                .resize(width, height)
-                .map_err(ShimError::io(format!("resize the terminal of {id}")))
-        };
-        if exec_id.is_empty() {
-            return resize(self.console.as_ref());
-        }
-        let exec = self.exec(id, exec_id)?;
-        let console = exec.console.lock().unwrap_or_else(|p| p.into_inner());
-        resize(console.as_ref())
-    }
-
-    /// `CloseIO` of the container's terminal, or exec `exec_id`'s: its input ends once
-    /// containerd has closed its end of the FIFO too. Without a terminal the process holds
-    /// its stdin FIFO itself, and containerd's close reaches it as EOF: nothing to do.
-    pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ShimError> {
-        if exec_id.is_empty() {
-            if let Some(console) = &self.console {
-                console.close_stdin();
-            }
-            return Ok(());
-        }
-        let exec = self.exec(id, exec_id)?;
-        if let Some(console) = exec
-            .console
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            console.close_stdin();
+    /// Deletes the container from runc (`delete --force`: what still runs, its state and
+    /// its cgroup). Fails with runc's reason when runc could not.
+    async fn discard(&self, task: &Task) -> Result<(), ShimError> {
+        let running = !task.is_stopped();
+        self.delete().await.map_err(|message| ShimError::Io {
+            context: format!("delete container {}", self.id),
+            source: std::io::Error::other(message),
+        })?;
+        if running {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task.wait()).await;
         }
         Ok(())
     }
 
-    /// Registers a process to exec (`Exec`); it runs at `Start` with its exec id.
-    pub fn add_exec(
+    /// Without a pid namespace of its own nothing ends the container's other processes
+    /// with its init: the shim does, as containerd's runc shim.
+    async fn exited(&self, task: &Task) {
+        if !self.own_pid_namespace {
+            let _ = self.kill(task, Signal::SIGKILL, true).await;
+        }
+    }
+
+    fn execs(&self) -> Option<&dyn Execs> {
+        Some(self)
+    }
+
+    fn record(&self, record: &mut crate::records::Record) {
+        record.runc_root = Some(self.root.clone());
+    }
+}
+
+#[async_trait]
+impl Execs for Linux {
+    fn add(
         &self,
-        id: &str,
         exec_id: &str,
         spec: &[u8],
         terminal: bool,
         stdio: StdioPaths,
     ) -> Result<(), ShimError> {
+        let id = &self.id;
         if !is_plain_name(exec_id) {
             return Err(ShimError::InvalidArgument(format!(
                 "exec id {exec_id:?}: only letters, digits, '_', '.' and '-'"
@@ -473,45 +506,13 @@ impl Linux {
         Ok(())
     }
 
-    pub fn exec(&self, id: &str, exec_id: &str) -> Result<Arc<Exec>, ShimError> {
-        self.execs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(exec_id)
-            .cloned()
-            .ok_or_else(|| ShimError::NotFound(format!("{id} exec {exec_id}")))
+    fn get(&self, exec_id: &str) -> Result<Arc<Exec>, ShimError> {
+        self.exec(exec_id)
     }
 
-    /// The exec'd process with pid `pid`, if one is.
-    pub fn exec_of_pid(&self, pid: i32) -> Option<Arc<Exec>> {
-        self.execs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .find(|e| e.pid() == pid)
-            .cloned()
-    }
-
-    /// Forgets an exec'd process that is not running.
-    pub fn remove_exec(&self, id: &str, exec_id: &str) -> Result<Arc<Exec>, ShimError> {
-        let exec = self.exec(id, exec_id)?;
-        if exec.state.status() == Status::Running {
-            return Err(ShimError::FailedPrecondition {
-                id: id.to_string(),
-                message: format!("exec {exec_id} is running: kill it first"),
-            });
-        }
-        self.execs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(exec_id);
-        let _ = std::fs::remove_file(self.bundle.join(format!("exec-{exec_id}.pid")));
-        Ok(exec)
-    }
-
-    /// `runc exec --detach`: runs exec `exec_id` in the container; returns its pid.
-    pub async fn start_exec(&self, id: &str, exec: &Exec) -> Result<i32, ShimError> {
-        let exec_id = exec.id.as_str();
+    /// `runc exec --detach`: runs the exec in the container; returns its pid.
+    async fn start(&self, exec: &Exec) -> Result<i32, ShimError> {
+        let (id, exec_id) = (&self.id, exec.id.as_str());
         if exec.state.status() != Status::Created {
             return Err(ShimError::FailedPrecondition {
                 id: id.to_string(),
@@ -549,6 +550,72 @@ impl Linux {
         exec.pid.store(pid, Ordering::SeqCst);
         exec.state.set_running();
         Ok(pid)
+    }
+
+    fn remove(&self, exec_id: &str) -> Result<Arc<Exec>, ShimError> {
+        let exec = self.exec(exec_id)?;
+        if exec.state.status() == Status::Running {
+            return Err(ShimError::FailedPrecondition {
+                id: self.id.clone(),
+                message: format!("exec {exec_id} is running: kill it first"),
+            });
+        }
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(exec_id);
+        let _ = std::fs::remove_file(self.bundle.join(format!("exec-{exec_id}.pid")));
+        Ok(exec)
+    }
+
+    fn of_pid(&self, pid: i32) -> Option<Arc<Exec>> {
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|e| e.pid() == pid)
+            .cloned()
+    }
+
+    fn resize(&self, exec_id: &str, width: u32, height: u32) -> Result<(), ShimError> {
+        let id = &self.id;
+        let resize = |console: Option<&Console>| {
+            console
+                .ok_or_else(|| ShimError::FailedPrecondition {
+                    id: id.to_string(),
+                    message: "the process has no terminal".into(),
+                })?
+                .resize(width, height)
+                .map_err(ShimError::io(format!("resize the terminal of {id}")))
+        };
+        if exec_id.is_empty() {
+            return resize(self.console.as_ref());
+        }
+        let exec = self.exec(exec_id)?;
+        let console = exec.console.lock().unwrap_or_else(|p| p.into_inner());
+        resize(console.as_ref())
+    }
+
+    /// The terminal's input ends once containerd has closed its end of the FIFO too.
+    /// Without a terminal the process holds its stdin FIFO itself, and containerd's close
+    /// reaches it as EOF: nothing to do.
+    fn close_stdin(&self, exec_id: &str) -> Result<(), ShimError> {
+        if exec_id.is_empty() {
+            if let Some(console) = &self.console {
+                console.close_stdin();
+            }
+            return Ok(());
+        }
+        let exec = self.exec(exec_id)?;
+        if let Some(console) = exec
+            .console
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            console.close_stdin();
+        }
+        Ok(())
     }
 }
 
@@ -614,20 +681,18 @@ fn has_own_pid_namespace(spec: &Spec) -> bool {
 /// namespaces (CRI naming the pod's, see the module docs) to a descriptor of the pod's
 /// namespace, or drops it where the pod shares the host's; for a pod's container, a path
 /// naming another container of the pod is checked ([`pod_join`]) and rewritten to the
-/// descriptor opened then, and any other is refused. Returns the descriptors, which must
+/// descriptor opened then, and any other is refused (`of_a_pod`: the container is a pod's,
+/// by CRI's annotation). Returns the descriptors, which must
 /// stay open until runc has joined them. Nothing is written for a spec without such a
 /// path.
 fn join_pod_namespaces(
     bundle: &Path,
+    of_a_pod: bool,
     spec: &Spec,
     pod: Option<&PodNamespaces>,
     in_pod: &(dyn Fn(u32) -> bool + Sync),
 ) -> Result<Vec<OwnedFd>, String> {
     let shim = std::process::id();
-    let of_a_pod = spec
-        .annotations()
-        .as_ref()
-        .is_some_and(|a| a.contains_key(crate::spec::SANDBOX_ID_ANNOTATION));
     // What a path becomes: `None` stays as written; `Some(None)` is the host's namespace
     // (the entry is dropped and runc leaves the container in it); `Some(Some(fd))` a
     // descriptor held until runc has joined it, which no pid reuse can change.
@@ -1161,7 +1226,8 @@ mod tests {
         );
         std::fs::write(bundle.path().join("config.json"), &config).unwrap();
         let spec: Spec = serde_json::from_str(&config).unwrap();
-        let held = join_pod_namespaces(bundle.path(), &spec, Some(&pod), &|_| false).unwrap();
+        let held =
+            join_pod_namespaces(bundle.path(), false, &spec, Some(&pod), &|_| false).unwrap();
         assert_eq!(
             held.len(),
             2,
@@ -1191,7 +1257,7 @@ mod tests {
 
         // Without the pod's sandbox, the path is refused, naming it.
         std::fs::write(bundle.path().join("config.json"), &config).unwrap();
-        let err = join_pod_namespaces(bundle.path(), &spec, None, &|_| false).unwrap_err();
+        let err = join_pod_namespaces(bundle.path(), false, &spec, None, &|_| false).unwrap_err();
         assert!(err.contains(&format!("/proc/{shim}/ns/net")), "{err}");
     }
 }
