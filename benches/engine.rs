@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use wasmedge_aot_engine::{Engine, Options, Outcome, WasiPlan};
+use wasmedge_aot_engine::{Engine, Options, RunOutcome, WasiPlan};
 
 fn fixtures() -> PathBuf {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures");
@@ -44,21 +44,21 @@ fn start(c: &mut Criterion) {
         b.iter(|| {
             let loaded = engine.load_native(&so, dir.path()).unwrap();
             let mut inst = engine.instantiate(&loaded, &exit0).unwrap();
-            assert_eq!(inst.run(), Outcome::Exited(0));
+            assert_eq!(inst.run(), RunOutcome::Exited(0));
         })
     });
     g.bench_function("interpreter: load bytes + instantiate + run", |b| {
         b.iter(|| {
             let loaded = engine.load_bytes(&wasm, &bytes).unwrap();
             let mut inst = engine.instantiate(&loaded, &exit0).unwrap();
-            assert_eq!(inst.run(), Outcome::Exited(0));
+            assert_eq!(inst.run(), RunOutcome::Exited(0));
         })
     });
     let loaded = engine.load_native(&so, dir.path()).unwrap();
     g.bench_function("native: instantiate + run (module kept loaded)", |b| {
         b.iter(|| {
             let mut inst = engine.instantiate(&loaded, &exit0).unwrap();
-            assert_eq!(inst.run(), Outcome::Exited(0));
+            assert_eq!(inst.run(), RunOutcome::Exited(0));
         })
     });
     g.finish();

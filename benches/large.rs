@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use wasmedge_aot_cache::{Cache, CacheConfig};
-use wasmedge_aot_engine::{fingerprint, Engine, Options, Outcome, WasiPlan};
+use wasmedge_aot_engine::{fingerprint, Engine, Options, RunOutcome, WasiPlan};
 use wasmedge_aot_protocol::spawn::{BlockingClient, PidNamespace};
 use wasmedge_aot_shim::config::Config;
 
@@ -100,10 +100,7 @@ fn large_module(engine: &Engine, node: &Path) -> (PathBuf, PathBuf) {
 fn runner_start(
     runner: &BlockingClient,
     module: &File,
-    plan: &(
-        wasmedge_aot_protocol::container::ContainerPlan,
-        PidNamespace,
-    ),
+    plan: &(wasmedge_aot_protocol::control::ContainerPlan, PidNamespace),
     n: usize,
     cgroup: bool,
 ) -> Duration {
@@ -186,8 +183,8 @@ fn warm_start(c: &mut Criterion) {
             }
         }
     };
-    let exit_code = |outcome: Result<Outcome, _>| match outcome {
-        Ok(Outcome::Exited(0)) => 0,
+    let exit_code = |outcome: Result<RunOutcome, _>| match outcome {
+        Ok(RunOutcome::Exited(0)) => 0,
         _ => 1,
     };
     g.bench_function("runner model: fork + WASI environment + run", |b| {
@@ -206,7 +203,7 @@ fn warm_start(c: &mut Criterion) {
         b.iter(|| {
             assert_eq!(
                 engine.instantiate(&loaded, &plan).unwrap().run(),
-                Outcome::Exited(0)
+                RunOutcome::Exited(0)
             );
         })
     });
@@ -216,7 +213,7 @@ fn warm_start(c: &mut Criterion) {
             let l = engine.load_bytes(&wasm, &bytes).unwrap();
             assert_eq!(
                 engine.instantiate(&l, &plan).unwrap().run(),
-                Outcome::Exited(0)
+                RunOutcome::Exited(0)
             );
         })
     });
@@ -226,7 +223,7 @@ fn warm_start(c: &mut Criterion) {
             let l = engine.load_native(&so, fresh.path()).unwrap();
             assert_eq!(
                 engine.instantiate(&l, &plan).unwrap().run(),
-                Outcome::Exited(0)
+                RunOutcome::Exited(0)
             );
         })
     });

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
-use wasmedge_aot_protocol::container::{
+use wasmedge_aot_protocol::control::{
     ContainerPlan, HooksRan, IdsMapped, Report, Start, MAX_MESSAGE,
 };
 use wasmedge_aot_protocol::spawn::{self, SpawnFds, SpawnReply, SpawnRequest};

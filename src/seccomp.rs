@@ -25,7 +25,7 @@ use libseccomp::{
 use oci_spec::runtime::{
     LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
 };
-use wasmedge_aot_protocol::container::Seccomp;
+use wasmedge_aot_protocol::control::Seccomp;
 
 /// Most distinct profiles kept compiled.
 const MAX_PROFILES: usize = 32;

@@ -21,7 +21,7 @@ use oci_spec::runtime::{
 use wasmedge_aot_protocol::config::{Policy, POLICY_ANNOTATION};
 
 use crate::cgroup::CgroupPath;
-use wasmedge_aot_protocol::container::{
+use wasmedge_aot_protocol::control::{
     mount_attr, Capabilities, ContainerPlan, Device, Mount, MountSource, Namespace,
     NamespaceAction, NamespaceKind, Propagation, PropagationKind, Rlimit, Root, User,
 };
@@ -108,7 +108,7 @@ pub struct ContainerSpec {
     pub joins: Vec<PathBuf>,
     pub pid: Ns,
     /// For a new user namespace, its `uid_map` and `gid_map`, which the shim writes when the
-    /// process asks ([`Report::MapIds`](wasmedge_aot_protocol::container::Report)).
+    /// process asks ([`Report::MapIds`](wasmedge_aot_protocol::control::Report)).
     pub id_maps: Option<IdMaps>,
     /// `linux.seccomp`, to compile.
     pub seccomp: Option<LinuxSeccomp>,

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use wasmedge_aot_protocol::config::CONFIG_ENV;
-use wasmedge_aot_protocol::container::{ContainerPlan, Report, Start, MAX_MESSAGE};
+use wasmedge_aot_protocol::control::{ContainerPlan, Report, Start, MAX_MESSAGE};
 use wasmedge_aot_protocol::spawn::{
     BlockingClient, PidNamespace, SpawnFds, SpawnReply, SpawnRequest,
 };

@@ -115,7 +115,8 @@ pub struct Artifact {
 }
 
 /// How [`Cache::get_or_compile`] obtained the artifact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// The entry was there.
     Hit,
@@ -141,7 +142,7 @@ pub enum Lane {
 
 /// Wall time spent per phase of [`Cache::get_or_compile`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Timings {
+pub struct EntryTimings {
     /// Hashing the module (near zero on a memo hit).
     pub hash: Duration,
     /// Looking the entry up and checking it.
@@ -159,7 +160,7 @@ pub struct Timings {
 pub struct Fetched {
     pub artifact: Artifact,
     pub outcome: Outcome,
-    pub timings: Timings,
+    pub timings: EntryTimings,
     /// The module's hash came from the hash memo (the module was not read).
     pub from_memo: bool,
 }
@@ -548,7 +549,7 @@ impl Cache {
         compiler: &dyn Compiler,
         lane: Lane,
     ) -> Result<Fetched> {
-        let mut t = Timings::default();
+        let mut t = EntryTimings::default();
         let start = Instant::now();
         let (mh, from_memo) = self.hash_module_memo(module)?;
         let key = Key::derive(&mh, fp);

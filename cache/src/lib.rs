@@ -16,8 +16,8 @@ mod stats;
 pub mod trust;
 
 pub use cache::{
-    Artifact, ArtifactKind, Cache, Compiler, Fetched, Lane, Outcome, Timings, MEMO_RACY_WINDOW,
-    TOUCH_INTERVAL,
+    Artifact, ArtifactKind, Cache, Compiler, EntryTimings, Fetched, Lane, Outcome,
+    MEMO_RACY_WINDOW, TOUCH_INTERVAL,
 };
 pub use config::{CacheConfig, Clock};
 pub use error::{BoxError, Error, ForKey, Result};

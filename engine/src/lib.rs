@@ -7,7 +7,7 @@
 //! and run its `_start`.
 //!
 //! The seam is deliberately narrow ([`Engine`], [`Loaded`], [`Prepared`], [`WasiPlan`],
-//! [`Outcome`]) so the process model around it can change without touching WasmEdge code.
+//! [`RunOutcome`]) so the process model around it can change without touching WasmEdge code.
 
 mod library;
 
@@ -171,9 +171,10 @@ impl Options {
     }
 }
 
-/// How a module gets its code.
+/// How the engine runs a module: from its Wasm bytes, or its native code (what a
+/// container reports as its tier).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
+pub enum Execution {
     /// WasmEdge's interpreter, from the Wasm bytes.
     Interpreter,
     /// Native code from an AOT-compiled shared library.
@@ -194,7 +195,7 @@ pub struct Engine {
 pub struct Loaded {
     module: std::sync::Arc<Module>,
     path: PathBuf,
-    tier: Tier,
+    execution: Execution,
 }
 
 /// What a WASI command gets from its container.
@@ -210,18 +211,18 @@ pub struct WasiPlan {
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum RunOutcome {
     /// `_start` returned, or the module called `proc_exit`.
     Exited(i32),
     /// The module trapped; the message says why.
     Trapped(String),
 }
 
-impl Outcome {
+impl RunOutcome {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Outcome::Exited(code) => *code,
-            Outcome::Trapped(_) => TRAP_EXIT_CODE,
+            RunOutcome::Exited(code) => *code,
+            RunOutcome::Trapped(_) => TRAP_EXIT_CODE,
         }
     }
 }
@@ -299,7 +300,7 @@ impl Engine {
                 path: path.to_owned(),
                 source,
             })?;
-        self.validated(module, path, Tier::Interpreter)
+        self.validated(module, path, Execution::Interpreter)
     }
 
     /// Loads an AOT-compiled shared library; WasmEdge maps it with `dlopen`, so its code
@@ -334,7 +335,7 @@ impl Engine {
                 path: so.to_owned(),
                 source,
             })?;
-        self.validated(module, so, Tier::Native)
+        self.validated(module, so, Execution::Native)
     }
 
     fn loader(&self) -> Result<Loader, EngineError> {
@@ -344,10 +345,10 @@ impl Engine {
         })
     }
 
-    fn config_for(&self, tier: Tier) -> &Config {
-        match tier {
-            Tier::Interpreter => &self.interp_config,
-            Tier::Native => &self.config,
+    fn config_for(&self, execution: Execution) -> &Config {
+        match execution {
+            Execution::Interpreter => &self.interp_config,
+            Execution::Native => &self.config,
         }
     }
 
@@ -355,9 +356,9 @@ impl Engine {
         &self,
         module: std::sync::Arc<Module>,
         path: &Path,
-        tier: Tier,
+        execution: Execution,
     ) -> Result<Loaded, EngineError> {
-        let validator = Validator::create(Some(self.config_for(tier))).map_err(|source| {
+        let validator = Validator::create(Some(self.config_for(execution))).map_err(|source| {
             EngineError::Create {
                 what: "validator",
                 source,
@@ -372,7 +373,7 @@ impl Engine {
         Ok(Loaded {
             module,
             path: path.to_owned(),
-            tier,
+            execution,
         })
     }
 
@@ -393,7 +394,7 @@ impl Engine {
         .map_err(inst_err)?;
         let mut store = Store::create().map_err(inst_err)?;
         let mut executor =
-            Executor::create(Some(self.config_for(loaded.tier)), None).map_err(inst_err)?;
+            Executor::create(Some(self.config_for(loaded.execution)), None).map_err(inst_err)?;
         executor
             .register_import_module(&mut store, wasi.as_ref())
             .map_err(inst_err)?;
@@ -484,28 +485,31 @@ impl Prepared {
 }
 
 impl Loaded {
-    pub fn tier(&self) -> Tier {
-        self.tier
+    pub fn execution(&self) -> Execution {
+        self.execution
     }
 }
 
 impl Instance {
     /// Runs `_start` to the end. The instance stays alive afterwards, so that a process
     /// that is about to exit can leave its teardown to the kernel.
-    pub fn run(&mut self) -> Outcome {
+    pub fn run(&mut self) -> RunOutcome {
         let mut start = match self.instance.get_func_mut("_start") {
             Ok(f) => f,
             Err(_) => {
-                return Outcome::Trapped(format!("module {} has no `_start`", self.path.display()))
+                return RunOutcome::Trapped(format!(
+                    "module {} has no `_start`",
+                    self.path.display()
+                ))
             }
         };
         match self.executor.call_func(&mut start, []) {
-            Ok(_) => Outcome::Exited(self.wasi.exit_code() as i32),
+            Ok(_) => RunOutcome::Exited(self.wasi.exit_code() as i32),
             Err(e) => match *e {
                 WasmEdgeError::Core(CoreError::Common(CoreCommonError::Terminated)) => {
-                    Outcome::Exited(self.wasi.exit_code() as i32)
+                    RunOutcome::Exited(self.wasi.exit_code() as i32)
                 }
-                other => Outcome::Trapped(other.to_string()),
+                other => RunOutcome::Trapped(other.to_string()),
             },
         }
     }
@@ -635,7 +639,7 @@ mod tests {
             .instantiate(&loaded, &plan(dir.path()))
             .unwrap()
             .run();
-        assert_eq!(direct, Outcome::Exited(321));
+        assert_eq!(direct, RunOutcome::Exited(321));
 
         let prepared = engine.prepare(&loaded).unwrap();
         let run = prepared.with_wasi(&plan(dir.path())).unwrap().run();
@@ -658,7 +662,7 @@ mod tests {
             })
             .unwrap()
             .run();
-        assert_eq!(run, Outcome::Exited(100));
+        assert_eq!(run, RunOutcome::Exited(100));
     }
 
     #[test]
@@ -712,7 +716,7 @@ mod tests {
         ));
         std::fs::create_dir(&planted).unwrap();
         let loaded = engine.load_native(&so, &links).unwrap();
-        assert_eq!(loaded.tier(), Tier::Native);
+        assert_eq!(loaded.execution(), Execution::Native);
         let names: Vec<_> = std::fs::read_dir(&links)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

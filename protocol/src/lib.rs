@@ -27,7 +27,7 @@
 //! compiles).
 
 pub mod config;
-pub mod container;
+pub mod control;
 pub mod identity;
 pub mod phases;
 pub mod precompile;

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::container::{Tier, Timings};
+use crate::control::{Tier, Timings};
 
 pub const VERSION: u32 = 1;
 
@@ -137,7 +137,7 @@ mod tests {
             instantiate_us: 5,
             tier,
             opt_level: (tier == Tier::Native).then_some(2),
-            cache: crate::container::CacheOutcome::Hit,
+            cache: crate::control::CacheOutcome::Hit,
         }
     }
 

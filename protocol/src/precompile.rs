@@ -23,17 +23,8 @@ pub const FLAG: &str = "--precompile";
 /// The environment variable that carries the config, as JSON.
 pub const CONFIG_ENV: &str = "WASMEDGE_SHIM_PRECOMPILE_CONFIG";
 
-/// Where the module's full-tier code came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    /// It was in the cache.
-    Hit,
-    /// Another process compiled it while this one waited.
-    WaitedHit,
-    /// This precompile compiled it.
-    Compiled,
-}
+/// Where the module's full-tier code came from (the cache's own outcome).
+pub use wasmedge_aot_cache::Outcome;
 
 /// What a precompile did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@
 //! The runner answers requests in the order it gets them. The request carries nothing of
 //! the container beyond what the process's birth needs: the runner never sees argv, env or
 //! anything else a container is configured with (those go on the control stream,
-//! [`crate::container`]), so no container's secrets are in the memory every later
+//! [`crate::control`]), so no container's secrets are in the memory every later
 //! container process is forked from.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -65,7 +65,7 @@ pub enum PidNamespace {
 /// ([`SpawnRequest::encode`]), owned by the receiver ([`SpawnRequest::decode`]).
 #[derive(Debug)]
 pub struct SpawnFds<Fd = OwnedFd> {
-    /// The container's control stream ([`crate::container`]).
+    /// The container's control stream ([`crate::control`]).
     pub control: Fd,
     /// The module file, read-only.
     pub module: Fd,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use wasmedge_aot_cache::{Key, ModuleHash};
 use wasmedge_aot_engine::{Loaded, Prepared};
 use wasmedge_aot_protocol::config::{Config, Policy};
-use wasmedge_aot_protocol::container::CacheOutcome;
+use wasmedge_aot_protocol::control::CacheOutcome;
 use wasmedge_aot_protocol::spawn::SpawnRequest;
 
 use crate::compile::{Compiles, Job};
@@ -32,8 +32,9 @@ use crate::sys::fd_path;
 /// Most native modules kept loaded in the runner.
 const MAX_TEMPLATES: usize = 16;
 
-/// The runner: what it knows of the node, and what it keeps between requests.
-pub struct Runner {
+/// What finds a container's code in the runner: what it knows of the node, and what it
+/// keeps between requests (templates, compiles).
+pub struct CodeFinder {
     pub node: Node,
     /// Native modules loaded (parsed, validated, `dlopen`ed) and instantiated for earlier
     /// containers, most recently used last. A container of the same module is forked with
@@ -84,9 +85,9 @@ pub struct Resolution {
     pub load: Duration,
 }
 
-impl Runner {
-    pub fn new(config: Config) -> Result<Runner, String> {
-        Ok(Runner {
+impl CodeFinder {
+    pub fn new(config: Config) -> Result<CodeFinder, String> {
+        Ok(CodeFinder {
             node: Node::new(config, false)?,
             templates: RefCell::new(Vec::new()),
             compiles: Compiles::default(),

@@ -316,7 +316,7 @@ fn compile_tier(
 /// its own), `compile_nice`, and no life beyond the admin tool's. A hit is checked in full.
 pub fn precompile_main(name: &str) -> i32 {
     use std::io::Write;
-    use wasmedge_aot_protocol::precompile::{self, Outcome, Report};
+    use wasmedge_aot_protocol::precompile::{self, Report};
     let parent = nix::unistd::getppid();
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -387,11 +387,7 @@ pub fn precompile_main(name: &str) -> i32 {
             let a = &fetched.artifact;
             let report = Report {
                 key: a.key.to_hex(),
-                outcome: match fetched.outcome {
-                    wasmedge_aot_cache::Outcome::Hit => Outcome::Hit,
-                    wasmedge_aot_cache::Outcome::WaitedHit => Outcome::WaitedHit,
-                    wasmedge_aot_cache::Outcome::Compiled => Outcome::Compiled,
-                },
+                outcome: fetched.outcome,
                 size: a.size,
                 path: a.path.clone(),
             };

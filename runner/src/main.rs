@@ -13,6 +13,7 @@
 
 mod code;
 mod compile;
+mod hierarchies;
 mod node;
 mod process;
 mod serve;
@@ -22,7 +23,7 @@ mod zygote;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 
-use wasmedge_aot_engine::{Engine, Outcome, WasiPlan};
+use wasmedge_aot_engine::{Engine, RunOutcome, WasiPlan};
 use wasmedge_aot_protocol::config::Config;
 
 /// An empty `_start`. Running it once before serving makes the runner touch WasmEdge's
@@ -39,7 +40,7 @@ fn main() {
         eprintln!("wasmedge-shim-runner: {e}; using the defaults");
         Config::default()
     });
-    let runner = match code::Runner::new(config) {
+    let runner = match code::CodeFinder::new(config) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("wasmedge-shim-runner: {e}");
@@ -63,9 +64,9 @@ fn warm_up(engine: &Engine) {
             .instantiate(&loaded, &WasiPlan::default())
             .map_err(|e| e.to_string())?;
         match inst.run() {
-            Outcome::Exited(0) => Ok(()),
-            Outcome::Exited(code) => Err(format!("exited with {code}")),
-            Outcome::Trapped(trap) => Err(format!("trapped: {trap}")),
+            RunOutcome::Exited(0) => Ok(()),
+            RunOutcome::Exited(code) => Err(format!("exited with {code}")),
+            RunOutcome::Trapped(trap) => Err(format!("trapped: {trap}")),
         }
     };
     if let Err(e) = run() {

@@ -10,7 +10,7 @@ use wasmedge_aot_cache::{Cache, Fingerprint, HashThreads};
 use wasmedge_aot_engine::{fingerprint, Engine, Options};
 use wasmedge_aot_protocol::config::Config;
 
-use crate::process::cgroup::Hierarchies;
+use crate::hierarchies::Hierarchies;
 
 /// One tier of native code: what compiles it and the cache's view of it.
 pub struct CodeTier {

@@ -12,13 +12,13 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use wasmedge_aot_protocol::spawn::{self, SpawnFds, SpawnReply};
 
-use crate::code::Runner;
+use crate::code::CodeFinder;
 use crate::sys::{exit_now, fork_container};
 use crate::zygote::Zygotes;
 
 /// Serves requests on `sock` until the shim closes it. Must be called while the process is
 /// single-threaded: forking is only safe then.
-pub fn serve(sock: OwnedFd, runner: &Runner) -> ! {
+pub fn serve(sock: OwnedFd, runner: &CodeFinder) -> ! {
     let mut buf = vec![0u8; spawn::MAX_MESSAGE];
     // The zygotes of the modules with native code: the runner itself loads none.
     let zygotes = Zygotes::default();

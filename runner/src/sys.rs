@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
-use wasmedge_aot_protocol::container::PropagationKind;
+use wasmedge_aot_protocol::control::PropagationKind;
 use wasmedge_aot_protocol::spawn::PidNamespace;
 
 /// `clone3`'s flag to be born in the cgroup `clone_args.cgroup` names (libc's constant is an
@@ -191,7 +191,7 @@ pub(crate) fn setattr(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::cgroup::Hierarchies;
+    use crate::hierarchies::Hierarchies;
     use std::fs::File;
 
     /// The cgroup v2 hierarchy: the host's if it runs v2 alone, else the hybrid one.

@@ -32,11 +32,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use wasmedge_aot_cache::Key;
-use wasmedge_aot_protocol::container::CacheOutcome;
+use wasmedge_aot_protocol::control::CacheOutcome;
 use wasmedge_aot_protocol::spawn::{self, SpawnFds, SpawnReply, SpawnRequest};
 use wasmedge_aot_protocol::wire;
 
-use crate::code::{Resolution, Runner};
+use crate::code::{CodeFinder, Resolution};
 
 /// Most zygotes alive at once (the least recently used goes first).
 const MAX_ZYGOTES: usize = 16;
@@ -122,7 +122,7 @@ impl Zygotes {
     /// itself, which then loads its code on its own.
     pub fn fork_container(
         &self,
-        runner: &Runner,
+        runner: &CodeFinder,
         req: &SpawnRequest,
         res: &Resolution,
         module: &File,
@@ -266,7 +266,7 @@ fn ask(
 /// # Safety
 /// As for `fork`: the caller must be single-threaded.
 unsafe fn start(
-    runner: &Runner,
+    runner: &CodeFinder,
     key: Key,
     level: u8,
     so: &std::path::Path,
@@ -315,7 +315,7 @@ unsafe fn start(
 /// Single-threaded, in the zygote just forked.
 #[allow(clippy::too_many_arguments)]
 unsafe fn serve(
-    runner: &Runner,
+    runner: &CodeFinder,
     key: Key,
     level: u8,
     so: &std::path::Path,

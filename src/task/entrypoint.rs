@@ -9,7 +9,7 @@ use std::path::Path;
 
 use log::warn;
 use rustix::fs::{Mode, OFlags};
-use wasmedge_aot_protocol::container::open_in_root;
+use wasmedge_aot_protocol::control::open_in_root;
 
 use super::{CreateContext, New};
 use crate::error::ShimError;

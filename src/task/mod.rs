@@ -27,7 +27,7 @@ use containerd_shim::asynchronous::util::mount_rootfs;
 use log::{debug, warn};
 use nix::sys::signal::Signal;
 use time::OffsetDateTime;
-use wasmedge_aot_protocol::container::Timings;
+use wasmedge_aot_protocol::control::Timings;
 
 use crate::cgroup::OomWatch;
 use crate::error::ShimError;

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use log::{debug, warn};
 use nix::sys::signal::Signal;
 use rustix::fs::{Mode, OFlags};
-use wasmedge_aot_protocol::container::{
+use wasmedge_aot_protocol::control::{
     open_in_root, NamespaceAction, NamespaceKind, Report, Timings,
 };
 use wasmedge_aot_protocol::spawn::{PidNamespace, SpawnFds, SpawnReply, SpawnRequest};

@@ -30,7 +30,7 @@ use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
-use wasmedge_aot_protocol::container::PropagationKind;
+use wasmedge_aot_protocol::control::PropagationKind;
 
 use crate::sys::setattr;
 

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use rustix::thread::{CapabilitySet, CapabilitySets};
-use wasmedge_aot_protocol::container::{Capabilities, ContainerPlan, Seccomp};
+use wasmedge_aot_protocol::control::{Capabilities, ContainerPlan, Seccomp};
 
 use super::{at, StepError};
 

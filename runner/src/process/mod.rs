@@ -32,7 +32,6 @@
 //! Any step that cannot do what the plan asks fails the create with an error that names
 //! the step and the field; nothing runs with less isolation than asked.
 
-pub mod cgroup;
 mod credentials;
 mod environ;
 mod namespaces;
@@ -46,15 +45,15 @@ use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use wasmedge_aot_engine::{Instance, Loaded, Outcome, Prepared, WasiPlan};
+use wasmedge_aot_engine::{Instance, Loaded, Prepared, RunOutcome, WasiPlan};
 use wasmedge_aot_protocol::config::Policy;
-use wasmedge_aot_protocol::container::{
+use wasmedge_aot_protocol::control::{
     CacheOutcome, ContainerPlan, HooksRan, IdsMapped, Report, Start, Tier, Timings, MAX_MESSAGE,
 };
 use wasmedge_aot_protocol::spawn::SpawnRequest;
 use wasmedge_aot_protocol::wire;
 
-use crate::code::{Resolution, Runner};
+use crate::code::{CodeFinder, Resolution};
 use crate::sys::close_fds_except;
 
 /// A step of a container process's set-up that failed; the create fails with it.
@@ -75,7 +74,7 @@ pub(crate) fn at<E: std::fmt::Display>(step: &'static str) -> impl Fn(E) -> Step
 
 /// Runs in the container process; returns its exit code.
 pub fn run(
-    runner: &Runner,
+    runner: &CodeFinder,
     req: &SpawnRequest,
     control: OwnedFd,
     module: File,
@@ -96,8 +95,8 @@ pub fn run(
             // space at once (1 ms for a 10 MB module, measured in benches/large.rs).
             std::mem::forget(instance);
             match outcome {
-                Outcome::Exited(code) => code,
-                Outcome::Trapped(msg) => {
+                RunOutcome::Exited(code) => code,
+                RunOutcome::Trapped(msg) => {
                     eprintln!("wasm trap in {}: {msg}", req.module_name);
                     wasmedge_aot_engine::TRAP_EXIT_CODE
                 }
@@ -118,7 +117,7 @@ pub fn run(
 type ReadyToRun = (Instance, Timings, Option<String>);
 
 fn prepare(
-    runner: &Runner,
+    runner: &CodeFinder,
     req: &SpawnRequest,
     control: &UnixStream,
     module: File,
@@ -242,9 +241,9 @@ fn prepare(
     }
     .map_err(|e| at("instantiate")(e.in_module(std::path::Path::new(&req.module_name))))?;
     timings.instantiate_us = micros(t.elapsed());
-    timings.tier = match loaded.tier() {
-        wasmedge_aot_engine::Tier::Native => Tier::Native,
-        wasmedge_aot_engine::Tier::Interpreter => Tier::Interpreter,
+    timings.tier = match loaded.execution() {
+        wasmedge_aot_engine::Execution::Native => Tier::Native,
+        wasmedge_aot_engine::Execution::Interpreter => Tier::Interpreter,
     };
     if std::process::id() == 1 {
         terminate_on_signals();
@@ -282,7 +281,7 @@ enum Module {
 
 /// Step 4: the module's code, loaded (not yet instantiated), or read to be parsed later.
 fn load_code(
-    runner: &Runner,
+    runner: &CodeFinder,
     req: &SpawnRequest,
     module: &File,
     res: Resolution,
@@ -371,7 +370,7 @@ impl Code {
 
 /// Loads the native artifact `so` of tier `level` in this process; the warning says why not.
 fn native(
-    runner: &Runner,
+    runner: &CodeFinder,
     so: &std::path::Path,
     level: u8,
     timings: &mut Timings,
@@ -390,7 +389,7 @@ fn native(
 /// ends with the full one, and a start that joined a compile of the full tier alone waits
 /// for that.
 fn wait_for_entry(
-    runner: &Runner,
+    runner: &CodeFinder,
     job: &crate::compile::Job,
     keys: &[(wasmedge_aot_cache::Key, u8)],
 ) -> Option<(wasmedge_aot_cache::Artifact, u8)> {

@@ -9,7 +9,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sched::CloneFlags;
-use wasmedge_aot_protocol::container::{ContainerPlan, NamespaceAction, NamespaceKind};
+use wasmedge_aot_protocol::control::{ContainerPlan, NamespaceAction, NamespaceKind};
 
 use super::{at, StepError};
 

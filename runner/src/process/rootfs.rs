@@ -25,12 +25,12 @@ use rustix::mount::{
     fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
     open_tree, FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags,
 };
-use wasmedge_aot_protocol::container::{
+use wasmedge_aot_protocol::control::{
     mount_attr, open_in_root, ContainerPlan, Device, Mount, MountSource, Propagation,
     PropagationKind,
 };
 
-use super::cgroup::{mount_name, Hierarchies};
+use crate::hierarchies::{mount_name, Hierarchies};
 use super::{at, StepError};
 use crate::sys::setattr;
 
@@ -142,7 +142,7 @@ fn prepare_root(plan: &ContainerPlan, cgroups: &Hierarchies) -> Result<OwnedFd, 
     let own_cgroupns = plan
         .namespaces
         .iter()
-        .any(|ns| ns.kind == wasmedge_aot_protocol::container::NamespaceKind::Cgroup);
+        .any(|ns| ns.kind == wasmedge_aot_protocol::control::NamespaceKind::Cgroup);
     for m in &plan.mounts {
         mount(&root, m, cgroups, own_cgroupns)
             .map_err(|e| at("mounts")(format!("{}: {e}", m.destination)))?;
@@ -555,7 +555,7 @@ fn with_context(e: impl Into<std::io::Error>, what: String) -> std::io::Error {
 mod tests {
     use super::*;
     use std::io::Read;
-    use wasmedge_aot_protocol::container::Root;
+    use wasmedge_aot_protocol::control::Root;
 
     /// Runs `f` in a forked child in a mount namespace of its own; returns what it wrote
     /// to the pipe, or its error.
