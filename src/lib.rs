@@ -46,3 +46,13 @@ pub fn is_plain_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
+
+/// Creates `dir` (0700, owned by the shim's user) and every missing directory above it,
+/// checked from `/` down: what the shim writes as root lives only under directories it
+/// owns and has checked (`wasmedge_aot_cache::trust`, the cache's own rule).
+pub fn ensure_own_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let euid = wasmedge_aot_cache::trust::effective_uid();
+    wasmedge_aot_cache::trust::ensure_dir(dir, euid, 0o700)
+        .map(drop)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))
+}

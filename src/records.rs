@@ -6,12 +6,12 @@
 //! shim's sweep) and for `wasmedge-shimctl check`, never read by the request that writes
 //! them. On a node whose `/run` is a disk file system (as on this project's machine), each
 //! write, rename or unlink cost a create or a delete 0.3 to 5 ms of waiting on the file
-//! system's journal, on the shim's one thread. So one thread of their own does them, in the
-//! order the shim asks: a container's record is written before it is forgotten, and a new
-//! container of the same id is recorded after the old one was forgotten. What a shim that
-//! dies leaves unwritten is what it asked in its last moments (a record of a container it
-//! created a millisecond before); containerd's `delete` in the container's bundle still
-//! cleans up after that one.
+//! system's journal, on the shim's runtime thread, which serves every request. So one
+//! thread of their own does them, in the order the shim asks: a container's record is
+//! written before it is forgotten, and a new container of the same id is recorded after
+//! the old one was forgotten. What a shim that dies leaves unwritten is what it asked in
+//! its last moments (a record of a container it created a millisecond before); containerd's
+//! `delete` in the container's bundle still cleans up after that one.
 
 use std::path::PathBuf;
 use std::sync::mpsc;

@@ -4,8 +4,9 @@
 //! Loading libwasmedge costs every process ~10 ms of dynamic linking and ~7.7 MB of private
 //! memory (libLLVM's relocations). So the shim itself never links WasmEdge: it starts one
 //! runner process, which links and warms WasmEdge once and forks a process for every
-//! container. Everything here is async on the shim's one thread: a request waits for the
-//! runner (which may be loading a module for the first time) without holding up the shim.
+//! container. Everything here is async on the shim's runtime thread: a request waits for
+//! the runner (which may be loading a module for the first time) without holding up the
+//! shim.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -54,14 +55,15 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Starts `binary` with the runner socket on its fd 0 and `stderr` (the shim's log) as
-    /// its stderr.
+    /// Starts `binary` with the runner socket on its fd 0, `stderr` (the shim's log) as its
+    /// stderr, and `config` (the shim's, as it loaded it).
     pub fn start(
         binary: &Path,
         stderr: impl Into<std::process::Stdio>,
+        config: &wasmedge_aot_protocol::config::Config,
     ) -> Result<Runner, RunnerError> {
         let (sock, child) =
-            spawn::start_runner(binary, stderr).map_err(|source| RunnerError::Start {
+            spawn::start_runner(binary, stderr, config).map_err(|source| RunnerError::Start {
                 path: binary.to_owned(),
                 source,
             })?;

@@ -189,8 +189,7 @@ impl Shim for WasmEdgeShim {
             layers: ImageLayers::new(&self.address, &self.namespace, self.config.wasm_layers),
             publisher,
             exit: self.exit.clone(),
-            phases: self.config.cache_dir.clone(),
-            grouping: self.config.grouping,
+            config: self.config.clone(),
             swept,
             state: state_dir.map(|dir| {
                 let state = ShimState {
@@ -225,12 +224,7 @@ impl WasmEdgeShim {
             .collect();
         let dir = Path::new(STATE_ROOT).join(format!("{}-{name}", self.namespace));
         // Checked from `/` down like the cache: we write here as root.
-        let euid = wasmedge_aot_cache::trust::effective_uid();
-        let make = move |dir: &Path| {
-            wasmedge_aot_cache::trust::ensure_dir(dir, euid, 0o700)
-                .map(drop)
-                .map_err(std::io::Error::other)
-        };
+        let make = crate::ensure_own_dir;
         // Held by another process: a sweep removing a dead shim's directory of this name
         // (for as long as it cleans up after it), or a daemon of this socket started at the
         // same time, which serves once it answers on it.

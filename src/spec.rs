@@ -231,6 +231,32 @@ pub fn cgroups_path(spec: &Spec) -> Result<Option<CgroupPath>, SpecError> {
         .map_err(|e| invalid("linux.cgroupsPath", format!("{path:?}: {e}")))
 }
 
+/// What a create reads of any task's spec before the task's kind is decided, read once.
+pub struct TaskSpec<'a> {
+    /// A CRI pod sandbox (which runs no process here).
+    pub sandbox: bool,
+    /// For a pod's container: its sandbox's id (CRI's annotation).
+    pub sandbox_id: Option<&'a str>,
+    /// `root.path` (default `rootfs`), relative to the bundle unless absolute.
+    pub root: PathBuf,
+    /// `linux.cgroupsPath` ([`cgroups_path`]), or why it is refused.
+    pub cgroup: Result<Option<CgroupPath>, SpecError>,
+}
+
+/// Reads [`TaskSpec`] of `spec`.
+pub fn task(spec: &Spec) -> TaskSpec<'_> {
+    TaskSpec {
+        sandbox: is_sandbox(spec),
+        sandbox_id: annotation(spec, SANDBOX_ID_ANNOTATION),
+        root: spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_else(|| "rootfs".into()),
+        cgroup: cgroups_path(spec),
+    }
+}
+
 /// Whether `spec` is a CRI pod sandbox (which runs no process here).
 pub fn is_sandbox(spec: &Spec) -> bool {
     annotation(spec, CONTAINER_TYPE_ANNOTATION) == Some("sandbox")
@@ -397,8 +423,13 @@ fn check_sysctls(
     Ok(())
 }
 
-/// Translates a container's spec.
-pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecError> {
+/// Translates a container's spec; `cgroup` is its `linux.cgroupsPath` as [`cgroups_path`]
+/// read it (once per create, before the container's kind was decided).
+pub fn container(
+    spec: &Spec,
+    cgroup: Option<CgroupPath>,
+    host: HostSecurity,
+) -> Result<ContainerSpec, SpecError> {
     let process = spec.process().as_ref().ok_or(SpecError::NoProcess)?;
     if process.terminal() == Some(true) {
         return Err(unsupported(
@@ -493,7 +524,6 @@ pub fn container(spec: &Spec, host: HostSecurity) -> Result<ContainerSpec, SpecE
     });
     let devices = devices(&linux, fresh_dev)?;
 
-    let cgroup = cgroups_path(spec)?;
     let node_paths: Vec<String> = linux
         .devices()
         .iter()

@@ -20,7 +20,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::convert_to_timestamp;
 use log::{debug, info, warn};
 use time::OffsetDateTime;
-use wasmedge_aot_protocol::config::Grouping;
+use wasmedge_aot_protocol::config::{Config, Grouping};
 
 use crate::error::ShimError;
 use crate::identity::ShimState;
@@ -48,9 +48,9 @@ pub struct Tasks {
     exit: Arc<ExitSignal>,
     /// Exits reaped before their task knew its pid (a process that dies during create).
     unclaimed_exits: Mutex<UnclaimedExits>,
-    /// The cache whose layout holds the node-wide per-phase totals, see [`crate::phases`].
-    phases: PathBuf,
-    grouping: Grouping,
+    /// The node config the shim loaded (its digest is in the shim's identity): every runner
+    /// it starts gets this one.
+    config: Config,
     /// Bumped by every create; an idle node shim exits only if none came during its grace.
     generation: AtomicU64,
     /// Creates in flight: a shim with one is not idle, though its table may still be empty
@@ -71,8 +71,7 @@ pub struct Settings {
     pub layers: ImageLayers,
     pub publisher: RemotePublisher,
     pub exit: Arc<ExitSignal>,
-    pub phases: PathBuf,
-    pub grouping: Grouping,
+    pub config: Config,
     pub swept: crate::sweep::Pending,
     /// A node shim's run directory and its first state.
     pub state: Option<(PathBuf, ShimState)>,
@@ -93,8 +92,7 @@ impl Tasks {
             publisher: s.publisher,
             exit: s.exit,
             unclaimed_exits: Mutex::new(UnclaimedExits::default()),
-            phases: s.phases,
-            grouping: s.grouping,
+            config: s.config,
             generation: AtomicU64::new(0),
             creating: AtomicU64::new(0),
             swept: s.swept,
@@ -123,7 +121,7 @@ impl Tasks {
         }
         let binary = crate::runner::installed_path();
         let (reader, writer) = std::io::pipe().map_err(ShimError::io("runner stderr pipe"))?;
-        let r = Runner::start(&binary, writer).map_err(|e| ShimError::Io {
+        let r = Runner::start(&binary, writer, &self.config).map_err(|e| ShimError::Io {
             context: "start the runner".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
@@ -241,7 +239,7 @@ impl Tasks {
         if !self.is_idle() {
             return;
         }
-        match self.grouping {
+        match self.config.grouping {
             Grouping::Pod => self.exit.signal(),
             Grouping::Node => {
                 let generation = self.generation.load(Ordering::SeqCst);
@@ -367,7 +365,7 @@ impl Tasks {
         tokio::spawn(async move { ended.exited().await });
         self.publish_exit(&t.id, &t.id, t.pid, t.status()).await;
         if let Some(timings) = t.timings() {
-            let (path, timings) = (self.phases.clone(), timings.clone());
+            let (path, timings) = (self.config.cache_dir.clone(), timings.clone());
             self.records.write(move || {
                 if let Err(e) = crate::phases::record(&path, &timings, run.as_micros() as u64) {
                     debug!("record phase timings in {}: {e}", path.display());

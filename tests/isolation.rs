@@ -173,12 +173,15 @@ fn nul_separated(text: &str) -> Vec<String> {
 }
 
 /// Variables of `env` that are neither in `spec` nor one the runner is started with
-/// (`spawn::RUNNER_ENV`, which the kernel shows where it refuses the process the spec's env
-/// for want of `CAP_SYS_RESOURCE`, as on this project's test machine).
+/// (`spawn::RUNNER_ENV` and the node config in `spawn::CONFIG_ENV`, which the kernel shows
+/// where it refuses the process the spec's env for want of `CAP_SYS_RESOURCE`, as on this
+/// project's test machine).
 fn foreign(env: &[String], spec: &[String]) -> Vec<String> {
+    use wasmedge_aot_protocol::spawn::{CONFIG_ENV, RUNNER_ENV};
     let runners = |v: &String| {
-        wasmedge_aot_protocol::spawn::RUNNER_ENV
+        RUNNER_ENV
             .iter()
+            .chain([&CONFIG_ENV])
             .any(|name| v.split_once('=').is_some_and(|(n, _)| n == *name))
     };
     env.iter()

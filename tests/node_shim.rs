@@ -233,6 +233,34 @@ fn an_upgrade_and_a_config_change_reach_new_containers_while_running_ones_stay()
     install(&common::shim_dir().join(SHIM), &shim_bin);
     install(&common::runner_bin(), &runner_bin);
 
+    // The old shim's runner dies, and a container that follows the old shim (as a pod's
+    // containers follow their sandbox's) makes it start another: that runner runs the
+    // config the old shim loaded, whose digest its identity holds, not the file as it is
+    // now (it once read the file again, and opened the new cache under the old identity).
+    let runner = common::runner_of(old).expect("the old shim's runner");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(
+        "the old shim's runner is gone",
+        Duration::from_secs(5),
+        || !alive(runner),
+    );
+    let follow = ctd.run(&Run {
+        annotations: vec![format!(
+            "{}=up-old",
+            wasmedge_aot_shim::spec::SANDBOX_ID_ANNOTATION
+        )],
+        ..Run::rootfs("up-follow", r.path(), &["/probe.wasm"])
+    });
+    assert_eq!(follow.stdout, "hello from wasm\n", "{follow:?}");
+    assert!(
+        !new_cache.exists(),
+        "the old shim's restarted runner opened the new config's cache"
+    );
+
     let new = start("up-new");
     assert_ne!(
         new, old,

@@ -734,8 +734,9 @@ fn cgroup_driver_on(kubelet_config: &Path, init: &str, option: &SystemdCgroupOpt
 }
 
 /// The cache directory exists (or can be created) and passes the cache's trust rule from `/`
-/// down (`wasmedge_aot_cache::trust`, the same function the runner's `Cache::open` applies):
-/// every pod on the node executes the native code it holds.
+/// down (`wasmedge_aot_cache::trust::check_dir`, which creates nothing; the runner's
+/// `Cache::open` applies the same rule through `trust::ensure_dir`): every pod on the node
+/// executes the native code it holds.
 pub fn check_cache_dir(dir: &Path, euid: u32) -> Check {
     const NAME: &str = "cache-dir";
     match trust::check_dir(dir, euid) {

@@ -509,7 +509,7 @@ fn run_precompile(
         );
     }
     let runner = runner_binary()?;
-    let config = precompile::config_env(config).map_err(anyhow::Error::msg)?;
+    let config = config.to_env().map_err(anyhow::Error::msg)?;
     // Nothing of the operator's environment (tokens, proxies) reaches the process that
     // parses the module: its worker's environment is a copy of it.
     let mut cmd = std::process::Command::new(&runner);

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use wasmedge_aot_protocol::config::CONFIG_ENV;
 use wasmedge_aot_protocol::control::{ContainerPlan, Report, Start, MAX_MESSAGE};
 use wasmedge_aot_protocol::spawn::{
     BlockingClient, PidNamespace, SpawnFds, SpawnReply, SpawnRequest,
@@ -21,17 +20,10 @@ use wasmedge_aot_protocol::wire;
 
 /// The runner the shim would start, with the node cache at `node/cache`.
 pub fn start_runner(node: &Path) -> BlockingClient {
-    let config = node.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "cache_dir = {:?}\n",
-            node.join("cache").display().to_string()
-        ),
-    )
-    .unwrap();
-    // Single-threaded here: nothing reads the environment concurrently.
-    std::env::set_var(CONFIG_ENV, &config);
+    let config = wasmedge_aot_protocol::config::Config {
+        cache_dir: node.join("cache"),
+        ..Default::default()
+    };
     let runner = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/wasmedge-shim-runner");
     assert!(
         runner.exists(),
@@ -39,7 +31,7 @@ pub fn start_runner(node: &Path) -> BlockingClient {
         runner.display()
     );
     let (sock, _child) =
-        wasmedge_aot_protocol::spawn::start_runner(&runner, Stdio::inherit()).unwrap();
+        wasmedge_aot_protocol::spawn::start_runner(&runner, Stdio::inherit(), &config).unwrap();
     BlockingClient::new(sock)
 }
 
@@ -58,7 +50,12 @@ pub fn isolated_plan(rootfs: &Path, args: &[&str]) -> (ContainerPlan, PidNamespa
     let mut linux = spec.linux().clone().unwrap_or_default();
     linux.set_cgroups_path(Some("/wasmedge-aot-bench/plan".into()));
     spec.set_linux(Some(linux));
-    let cs = wasmedge_aot_shim::spec::container(&spec, Default::default()).unwrap();
+    let cs = wasmedge_aot_shim::spec::container(
+        &spec,
+        wasmedge_aot_shim::spec::cgroups_path(&spec).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
     let mut plan = cs.plan;
     plan.root.path = rootfs.to_owned();
     plan.env = vec!["PATH=/".into()];

@@ -169,7 +169,8 @@ pub struct Fetched {
 pub(crate) enum Check {
     Missing,
     Invalid(String),
-    Valid(Box<Artifact>),
+    /// The entry, and its record's file, opened once: a hit's [`Cache::touch`] stamps it.
+    Valid(Box<Artifact>, File),
 }
 
 /// A node-wide, content-addressed cache of compiled artifacts. Cheap to share between threads.
@@ -333,8 +334,8 @@ impl Cache {
 
     fn lookup_inner(&self, key: &Key) -> Result<Option<Artifact>> {
         match self.check_entry(key, false) {
-            Check::Valid(a) => {
-                self.touch(key);
+            Check::Valid(a, meta) => {
+                self.touch(&meta);
                 Ok(Some(*a))
             }
             Check::Missing => Ok(None),
@@ -475,26 +476,25 @@ impl Cache {
                 .expect("verified lock")
                 .insert(*key, id);
         }
-        Check::Valid(Box::new(Artifact {
-            key: *key,
-            path,
-            file,
-            size: rec.size,
-            digest: rec.digest,
-            kind,
-            hint: rec.hint,
-        }))
+        Check::Valid(
+            Box::new(Artifact {
+                key: *key,
+                path,
+                file,
+                size: rec.size,
+                digest: rec.digest,
+                kind,
+                hint: rec.hint,
+            }),
+            meta_file,
+        )
     }
 
     /// Records a use: the mtime of `meta` is the entry's last-used time, refreshed at most once
     /// per [`TOUCH_INTERVAL`] so most hits write nothing. Best effort: a lost touch only makes
     /// the entry look older to eviction.
-    fn touch(&self, key: &Key) {
+    fn touch(&self, meta: &File) {
         let now = self.cfg.clock.now();
-        let Ok(meta) = open_nofollow(&self.layout.entry_dir(key).join(crate::layout::META_FILE))
-        else {
-            return;
-        };
         let Ok(m) = meta.metadata() else { return };
         let Ok(last) = m.modified() else { return };
         let stale = match now.duration_since(last) {
@@ -575,8 +575,8 @@ impl Cache {
         // Someone may have published while we waited; an invalid leftover is removed here.
         let start = Instant::now();
         self.remove_if_invalid_locked(&key)?;
-        if let Check::Valid(a) = self.check_entry(&key, false) {
-            self.touch(&key);
+        if let Check::Valid(a, meta) = self.check_entry(&key, false) {
+            self.touch(&meta);
             t.lookup += start.elapsed();
             self.deltas.add(stats::HITS, 1);
             self.maybe_flush();
@@ -673,7 +673,7 @@ impl Cache {
     ) -> Result<Artifact> {
         let key_lock = self.lock_key(key)?;
         self.remove_if_invalid_locked(key)?;
-        if let Check::Valid(a) = self.check_entry(key, false) {
+        if let Check::Valid(a, _) = self.check_entry(key, false) {
             return Ok(*a);
         }
         let (stage, guard) = self.new_staging(key)?;

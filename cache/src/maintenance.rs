@@ -163,7 +163,7 @@ impl Cache {
                 continue;
             };
             match self.check_entry(&s.key, true) {
-                Check::Valid(_) => report.ok.push(s.key),
+                Check::Valid(..) => report.ok.push(s.key),
                 Check::Missing => {}
                 Check::Invalid(reason) => {
                     log::warn!("removing invalid cache entry {}: {reason}", s.key);

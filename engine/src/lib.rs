@@ -568,7 +568,9 @@ pub fn looks_like_wasm(bytes: &[u8]) -> bool {
 }
 
 /// Whether the Wasm module at `path` has a start section: a function that instantiation
-/// itself runs. Reads the section headers up to the code section, which comes after it.
+/// itself runs. Reads the whole file, then parses its sections up to the start section or
+/// the code section, which comes after it; a file that is not a core Wasm module (version
+/// 1), or ends inside a section it parses, is an error.
 pub fn has_start_section(path: &Path) -> std::io::Result<bool> {
     use wasmparser::{Parser, Payload};
     let bytes = std::fs::read(path)?;

@@ -205,6 +205,24 @@ impl Config {
         }
     }
 
+    /// This config as one environment variable's value (JSON; its paths must be UTF-8):
+    /// how the shim hands its runner the config it loaded, and the admin tool a
+    /// precompile the config it resolved, so that neither reads the file again.
+    pub fn to_env(&self) -> Result<String, String> {
+        serde_json::to_string(self).map_err(|e| format!("the config as JSON: {e}"))
+    }
+
+    /// The config that environment variable `name` carries (see [`Config::to_env`]), if it
+    /// is set.
+    pub fn from_env(name: &str) -> Option<Result<Config, String>> {
+        let json = std::env::var_os(name)?;
+        Some(
+            json.to_str()
+                .ok_or_else(|| format!("{name} is not UTF-8"))
+                .and_then(|json| serde_json::from_str(json).map_err(|e| format!("{name}: {e}"))),
+        )
+    }
+
     pub fn parse(text: &str) -> Result<Config, String> {
         let c: Config = toml::from_str(text).map_err(|e| e.message().to_string())?;
         if c.opt_level > 3 {

@@ -8,14 +8,12 @@
 //!
 //! The admin tool passes the module open read-only as the runner's stdin (a descriptor,
 //! not a path the runner would open as root) and the node config it resolved (its file
-//! and `--cache-dir`) as JSON in [`CONFIG_ENV`]. The runner prints one [`Report`] as a line
+//! and `--cache-dir`) as JSON in [`CONFIG_ENV`] (`Config::to_env`). The runner prints one [`Report`] as a line
 //! of JSON on stdout and exits 0; or its error on stderr and exits non-zero.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-
-use crate::config::Config;
 
 /// The runner's first argument that asks for a precompile.
 pub const FLAG: &str = "--precompile";
@@ -56,24 +54,10 @@ impl Report {
     }
 }
 
-/// The value of [`CONFIG_ENV`] that carries `config` (JSON: its paths must be UTF-8).
-pub fn config_env(config: &Config) -> Result<String, String> {
-    serde_json::to_string(config).map_err(|e| format!("the config as JSON: {e}"))
-}
-
-/// The config [`CONFIG_ENV`] carries, if it is set.
-pub fn config_from_env() -> Option<Result<Config, String>> {
-    let json = std::env::var_os(CONFIG_ENV)?;
-    Some(
-        json.to_str()
-            .ok_or_else(|| format!("{CONFIG_ENV} is not UTF-8"))
-            .and_then(|json| serde_json::from_str(json).map_err(|e| format!("{CONFIG_ENV}: {e}"))),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn a_report_reads_back_as_written() {
@@ -102,7 +86,7 @@ mod tests {
             compile_uid: 4242,
             ..Config::default()
         };
-        let json = config_env(&config).unwrap();
+        let json = config.to_env().unwrap();
         assert_eq!(serde_json::from_str::<Config>(&json).unwrap(), config);
     }
 }

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! The runner answers requests in the order it gets them. The request carries nothing of
-//! the container beyond what the process's birth needs: the runner never sees argv, env or
+//! the container beyond what the process's birth needs and, for the runner's messages, its
+//! id and `process.args[0]`: the runner never sees env, any argument after `args[0]`, or
 //! anything else a container is configured with (those go on the control stream,
 //! [`crate::control`]), so no container's secrets are in the memory every later
 //! container process is forked from.
@@ -19,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Policy;
+use crate::config::{Config, Policy};
 use crate::wire::{self, WireError};
 
 /// Upper bound of one request or reply datagram.
@@ -166,14 +167,24 @@ pub fn send_reply(sock: BorrowedFd<'_>, reply: &SpawnReply) -> Result<(), WireEr
 /// Every container process is a fork of the runner, and its memory (the stack's environment
 /// strings included) is the runner's: an environment inherited from containerd and the
 /// shim (`GRPC_ADDRESS`, `TTRPC_ADDRESS`, proxy credentials, whatever containerd's unit
-/// sets) would be in every container. The runner reads only its config path; `TMPDIR` is
-/// where LLVM writes the temporary files of a compile.
-pub const RUNNER_ENV: &[&str] = &[crate::config::CONFIG_ENV, "TMPDIR"];
+/// sets) would be in every container. `TMPDIR` is where LLVM writes the temporary files of
+/// a compile.
+pub const RUNNER_ENV: &[&str] = &["TMPDIR"];
+
+/// The variable that carries the node config to the runner, as JSON ([`Config::to_env`]):
+/// the config the shim loaded, whose digest is in the shim's identity. A runner the shim
+/// starts again (after its runner died) gets the same, not the file as it is by then.
+pub const CONFIG_ENV: &str = "WASMEDGE_SHIM_RUNNER_CONFIG";
 
 /// Starts the runner binary with its end of a new runner socket as fd 0, `stderr` as its
-/// stderr, and of this process's environment only [`RUNNER_ENV`]. Returns the shim's end
-/// of the socket (close-on-exec) and the child.
-pub fn start_runner(binary: &Path, stderr: impl Into<Stdio>) -> std::io::Result<(OwnedFd, Child)> {
+/// stderr, `config` in [`CONFIG_ENV`], and of this process's environment only
+/// [`RUNNER_ENV`]. Returns the shim's end of the socket (close-on-exec) and the child.
+pub fn start_runner(
+    binary: &Path,
+    stderr: impl Into<Stdio>,
+    config: &Config,
+) -> std::io::Result<(OwnedFd, Child)> {
+    let config = config.to_env().map_err(std::io::Error::other)?;
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -187,6 +198,7 @@ pub fn start_runner(binary: &Path, stderr: impl Into<Stdio>) -> std::io::Result<
             command.env(name, value);
         }
     }
+    command.env(CONFIG_ENV, config);
     // `Stdio::from(OwnedFd)` dup2s it onto fd 0 in the child; the dup has no close-on-exec.
     let child = command
         .stdin(Stdio::from(theirs))

@@ -94,7 +94,6 @@ impl Compiles {
     /// Why `key`'s last compile failed, if it did less than `within` ago: a start then runs
     /// the interpreter instead of paying for the same failure again.
     pub fn recent_failure(&self, node: &Node, key: &Key, within: Duration) -> Option<Failure> {
-        self.reap_all(node);
         let now = std::time::SystemTime::now();
         if let Some(f) = self
             .failed
@@ -117,7 +116,6 @@ impl Compiles {
         name: &str,
         from: usize,
     ) -> std::io::Result<(Rc<Job>, bool)> {
-        self.reap_all(node);
         if let Some(job) = self.jobs.borrow().get(key) {
             return Ok((job.clone(), false));
         }
@@ -144,7 +142,9 @@ impl Compiles {
         }
     }
 
-    /// Reaps the compile processes that have ended, remembering the failures.
+    /// Reaps the compile processes that have ended, remembering the failures: once per
+    /// request, before the request's code is looked for (`serve.rs`), so that what a start
+    /// finds of its module's compiles (a failure, a running job) is as of its request.
     pub fn reap_all(&self, node: &Node) {
         let mut ended = Vec::new();
         self.jobs.borrow_mut().retain(|key, job| {
@@ -323,7 +323,7 @@ pub fn precompile_main(name: &str) -> i32 {
     if nix::unistd::getppid() != parent {
         return 1;
     }
-    let config = match precompile::config_from_env() {
+    let config = match wasmedge_aot_protocol::config::Config::from_env(precompile::CONFIG_ENV) {
         Some(config) => config,
         None => wasmedge_aot_protocol::config::Config::load().map_err(|e| e.to_string()),
     };

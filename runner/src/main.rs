@@ -36,7 +36,12 @@ fn main() {
         let name = args.next().unwrap_or_default();
         std::process::exit(compile::precompile_main(&name.to_string_lossy()));
     }
-    let config = Config::load().unwrap_or_else(|e| {
+    // The shim's config, as it loaded it; the file only for a runner started by hand.
+    let config = match Config::from_env(wasmedge_aot_protocol::spawn::CONFIG_ENV) {
+        Some(config) => config,
+        None => Config::load().map_err(|e| e.to_string()),
+    }
+    .unwrap_or_else(|e| {
         eprintln!("wasmedge-shim-runner: {e}; using the defaults");
         Config::default()
     });

@@ -55,8 +55,12 @@ fn info_main() -> ! {
     std::process::exit(0)
 }
 
-// One thread: the shim only moves requests and fds around; the work happens in the
-// container processes, and every extra thread would cost memory on a dense node.
+// One runtime thread (`current_thread`): the shim only moves requests and fds around; the
+// work happens in the container processes. Blocking work (files, systemd, the sweep, the
+// look at an entrypoint) runs on tokio's blocking threads, and the records' writer
+// (`records.rs`) and the copy of the runner's stderr into the log (`tasks.rs`) each have a
+// thread of their own; a pod's namespaces are made, and a scope is stopped, on short-lived
+// threads.
 #[tokio::main(flavor = "current_thread")]
 async fn shim() {
     // The shim keeps its own logger: it writes to the log pipe of every live task, because

@@ -47,7 +47,7 @@ fn own_namespaces() -> Vec<oci_spec::runtime::LinuxNamespace> {
 }
 
 fn translate(spec: Spec) -> Result<ContainerSpec, SpecError> {
-    container(&spec, HostSecurity::default())
+    container(&spec, cgroups_path(&spec)?, HostSecurity::default())
 }
 
 #[test]
@@ -379,7 +379,11 @@ fn an_apparmor_profile_is_kept_only_where_the_kernel_runs_apparmor() {
         selinux: false,
     };
     assert_eq!(
-        container(&s, on).unwrap().plan.apparmor_profile.as_deref(),
+        container(&s, cgroups_path(&s).unwrap(), on)
+            .unwrap()
+            .plan
+            .apparmor_profile
+            .as_deref(),
         Some("cri-containerd.apparmor.d")
     );
 }

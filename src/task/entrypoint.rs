@@ -25,6 +25,8 @@ pub enum Entrypoint {
 
 /// The module a Wasm container runs, and its hash if the shim already knows it.
 pub struct Module {
+    /// The container's root, opened (as a path) when the entrypoint was looked at.
+    pub root: OwnedFd,
     pub file: File,
     /// Its first bytes, read once, when its kind was decided.
     pub header: crate::wasm::Header,
@@ -34,10 +36,11 @@ pub struct Module {
 
 /// What a look in the rootfs found.
 enum Found {
-    /// A file that starts with Wasm's magic, opened, with its first bytes.
-    Wasm(File, crate::wasm::Header),
-    /// No such file in the rootfs.
-    Missing(String),
+    /// A file that starts with Wasm's magic, opened, with its first bytes, and the root
+    /// it was found in.
+    Wasm(OwnedFd, File, crate::wasm::Header),
+    /// No such file in the root.
+    Missing(OwnedFd, String),
     /// Anything else.
     Other,
 }
@@ -56,12 +59,13 @@ pub async fn probe(
     ctx: &CreateContext<'_>,
 ) -> Result<Entrypoint, ShimError> {
     Ok(match look(spec, rootfs).await {
-        Found::Wasm(file, header) => Entrypoint::Wasm(Module {
+        Found::Wasm(root, file, header) => Entrypoint::Wasm(Module {
+            root,
             file,
             header,
             hash: None,
         }),
-        Found::Missing(argv0) => match layer_module(new.id, &argv0, ctx).await? {
+        Found::Missing(root, argv0) => match layer_module(new.id, root, &argv0, ctx).await? {
             Some(module) => Entrypoint::Wasm(module),
             None => Entrypoint::Linux,
         },
@@ -74,6 +78,7 @@ pub async fn probe(
 /// image): the container is then a Linux one, and runc's error names what is missing.
 async fn layer_module(
     id: &str,
+    root: OwnedFd,
     argv0: &str,
     ctx: &CreateContext<'_>,
 ) -> Result<Option<Module>, ShimError> {
@@ -84,6 +89,7 @@ async fn layer_module(
                 .open()
                 .map_err(|e| entry_err(format!("open the module of {}: {e}", m.digest)))?;
             Ok(Some(Module {
+                root,
                 file,
                 header: m.header,
                 hash: Some(m.hash.to_hex()),
@@ -98,7 +104,7 @@ async fn layer_module(
 
 /// [`found`], on a thread of its own: the rootfs may be a lazily pulled snapshot (a FUSE
 /// file system that fetches a file's bytes from a registry when it is first read), and the
-/// shim's one thread serves every container of the node. An entrypoint that cannot be
+/// shim's runtime thread serves every container of the node. An entrypoint that cannot be
 /// looked at in [`PROBE_TIMEOUT`] is runc's to run (runc's error then says why).
 async fn look(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Found {
     let Some(process) = spec.process() else {
@@ -155,10 +161,10 @@ fn found(rootfs: &Path, cwd: &str, entry: String) -> Found {
     };
     match open_module(&root, cwd, &entry) {
         Ok(Some(module)) => match crate::wasm::Header::of(&module) {
-            header if header.is_wasm() => Found::Wasm(module, header),
+            header if header.is_wasm() => Found::Wasm(root, module, header),
             _ => Found::Other,
         },
-        Ok(None) => Found::Missing(entry),
+        Ok(None) => Found::Missing(root, entry),
         Err(_) => Found::Other,
     }
 }
@@ -180,8 +186,9 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<Option<File>, S
     } else {
         format!("{}/{entry}", cwd.trim_end_matches('/'))
     };
-    // O_PATH first: opening a FIFO for reading would block this (single-threaded) shim until
-    // a writer came, and opening a device node runs its driver's open as the host's root.
+    // O_PATH first: opening a FIFO for reading would hold this look's thread and permit
+    // until a writer came (the container then goes to runc after PROBE_TIMEOUT), and
+    // opening a device node runs its driver's open as the host's root.
     // Only a regular file is opened for reading, through the descriptor just checked.
     let found = match open_in_root(root, &path, OFlags::PATH) {
         Ok(fd) => fd,

@@ -45,7 +45,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use log::debug;
 use nix::sys::signal::Signal;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
 use runc::options::{CreateOpts, DeleteOpts, ExecOpts, GlobalOpts, KillOpts};
 use runc::Runc;
 use tokio::io::Interest;
@@ -110,13 +110,9 @@ impl Exec {
     }
 }
 
-/// Creates `dir` (0700) and every missing directory above it, checked from `/` down: the
-/// shim writes there as root.
+/// [`crate::ensure_own_dir`], its error a message.
 fn ensure_dir(dir: &Path) -> Result<(), String> {
-    let euid = wasmedge_aot_cache::trust::effective_uid();
-    wasmedge_aot_cache::trust::ensure_dir(dir, euid, 0o700)
-        .map(drop)
-        .map_err(|e| format!("{}: {e}", dir.display()))
+    crate::ensure_own_dir(dir).map_err(|e| e.to_string())
 }
 
 /// runc's state root for the containers of containerd namespace `namespace` (not created).
@@ -255,8 +251,7 @@ impl Linux {
             &in_pod,
             cgroup.as_ref().is_some_and(CgroupPath::is_systemd),
         )
-        .await
-        .map_err(ShimError::create(id, "linux container"))?;
+        .await?;
         // runc's init waits for `start`: alive, its pid its own.
         let process = super::pidfd_of(pid).ok();
         let mut oom = None;
@@ -279,7 +274,9 @@ impl Linux {
     }
 
     /// `runc create` itself, with the pod's namespaces held until runc has joined them; on
-    /// error nothing of runc's is left.
+    /// error nothing of runc's is left. A namespace path the pod may not join is the
+    /// request's fault (the create's `namespaces` step); anything else is runc's or the
+    /// node's.
     async fn run_create(
         new: &New<'_>,
         namespace: &str,
@@ -287,53 +284,67 @@ impl Linux {
         pod: Option<&PodNamespaces>,
         in_pod: &(dyn Fn(u32) -> bool + Sync),
         systemd_cgroup: bool,
-    ) -> Result<(Linux, i32), String> {
-        let root = state_root(namespace)?;
-        ensure_dir(&root)?;
+    ) -> Result<(Linux, i32), ShimError> {
+        let failed = ShimError::create(new.id, "linux container");
+        let root = state_root(namespace).map_err(ShimError::create(new.id, "linux container"))?;
+        ensure_dir(&root).map_err(ShimError::create(new.id, "linux container"))?;
         // Held until runc has joined them.
-        let held = join_pod_namespaces(new.bundle, new.sandbox_id.is_some(), spec, pod, in_pod)?;
-        let log = new.bundle.join(RUNC_LOG);
-        // runc keeps the driver in its state, so only `create` is told.
-        let runc = client(&root, &log, systemd_cgroup)?;
-        let pid_file = new.bundle.join(INIT_PID);
-        let mut opts = CreateOpts::new().pid_file(&pid_file);
-        let socket = if new.terminal {
-            let s = ConsoleSocket::new()?;
-            opts = opts.console_socket(&s.path);
-            Some(s)
-        } else {
-            opts = opts.io(Arc::new(Fifos::open(new.stdio)?));
-            None
-        };
-        let mark = RuncLog::mark(&log);
-        runc.create(new.id, new.bundle, Some(&opts))
-            .await
-            .map_err(|e| mark.explain("create", e))?;
-        drop(held);
-        let mut linux = Linux {
-            id: new.id.to_owned(),
-            runc,
-            root,
-            bundle: new.bundle.to_owned(),
-            own_pid_namespace: has_own_pid_namespace(spec),
-            console: None,
-            execs: Mutex::new(HashMap::new()),
-        };
-        let set_up = async {
-            if let Some(socket) = socket {
-                let master = socket.receive().await?;
-                linux.console = Some(Console::start(master, new.stdio)?);
+        // The spec's namespaces, read once.
+        let namespaces: Vec<&LinuxNamespace> = crate::spec::linux_namespaces(spec).collect();
+        let own_pid_namespace = has_own_pid_namespace(&namespaces);
+        let held = join_pod_namespaces(
+            new.bundle,
+            new.sandbox_id.is_some(),
+            &namespaces,
+            pod,
+            in_pod,
+        )
+        .map_err(ShimError::create(new.id, "namespaces"))?;
+        let runc_create = async {
+            let log = new.bundle.join(RUNC_LOG);
+            // runc keeps the driver in its state, so only `create` is told.
+            let runc = client(&root, &log, systemd_cgroup)?;
+            let pid_file = new.bundle.join(INIT_PID);
+            let mut opts = CreateOpts::new().pid_file(&pid_file);
+            let socket = if new.terminal {
+                let s = ConsoleSocket::new()?;
+                opts = opts.console_socket(&s.path);
+                Some(s)
+            } else {
+                opts = opts.io(Arc::new(Fifos::open(new.stdio)?));
+                None
+            };
+            let mark = RuncLog::mark(&log);
+            runc.create(new.id, new.bundle, Some(&opts))
+                .await
+                .map_err(|e| mark.explain("create", e))?;
+            drop(held);
+            let mut linux = Linux {
+                id: new.id.to_owned(),
+                runc,
+                root,
+                bundle: new.bundle.to_owned(),
+                own_pid_namespace,
+                console: None,
+                execs: Mutex::new(HashMap::new()),
+            };
+            let set_up = async {
+                if let Some(socket) = socket {
+                    let master = socket.receive().await?;
+                    linux.console = Some(Console::start(master, new.stdio)?);
+                }
+                read_pid(&pid_file)
+            };
+            let set_up = set_up.await;
+            match set_up {
+                Ok(pid) => Ok((linux, pid)),
+                Err(e) => match linux.delete().await {
+                    Ok(()) => Err(e),
+                    Err(d) => Err(format!("{e}; and then {d}")),
+                },
             }
-            read_pid(&pid_file)
         };
-        let set_up = set_up.await;
-        match set_up {
-            Ok(pid) => Ok((linux, pid)),
-            Err(e) => match linux.delete().await {
-                Ok(()) => Err(e),
-                Err(d) => Err(format!("{e}; and then {d}")),
-            },
-        }
+        runc_create.await.map_err(failed)
     }
 
     /// `runc delete --force`: kills what is left of the container and removes its state and
@@ -668,10 +679,10 @@ fn read_pid(path: &Path) -> Result<i32, String> {
         .map_err(|_| format!("{}: {text:?} is not a pid", path.display()))
 }
 
-/// Whether the spec gives the container a pid namespace of its own (not the host's, nor
-/// the pod's).
-fn has_own_pid_namespace(spec: &Spec) -> bool {
-    crate::spec::linux_namespaces(spec).any(|ns| {
+/// Whether the spec's namespaces give the container a pid namespace of its own (not the
+/// host's, nor the pod's).
+fn has_own_pid_namespace(namespaces: &[&LinuxNamespace]) -> bool {
+    namespaces.iter().any(|ns| {
         ns.typ() == LinuxNamespaceType::Pid
             && ns.path().as_ref().is_none_or(|p| p.as_os_str().is_empty())
     })
@@ -679,16 +690,15 @@ fn has_own_pid_namespace(spec: &Spec) -> bool {
 
 /// Rewrites each namespace path of the bundle's `config.json` that names the shim's own
 /// namespaces (CRI naming the pod's, see the module docs) to a descriptor of the pod's
-/// namespace, or drops it where the pod shares the host's; for a pod's container, a path
-/// naming another container of the pod is checked ([`pod_join`]) and rewritten to the
-/// descriptor opened then, and any other is refused (`of_a_pod`: the container is a pod's,
-/// by CRI's annotation). Returns the descriptors, which must
-/// stay open until runc has joined them. Nothing is written for a spec without such a
-/// path.
+/// namespace, or drops it where the pod shares the host's; for a pod's container
+/// (`of_a_pod`, by CRI's annotation), a path naming another container of the pod is checked
+/// ([`pod_join`]) and rewritten to the descriptor opened then, and any other is refused.
+/// Returns the descriptors, which must stay open until runc has joined them. Nothing is
+/// written for a spec whose namespaces (`listed`) have no such path.
 fn join_pod_namespaces(
     bundle: &Path,
     of_a_pod: bool,
-    spec: &Spec,
+    listed: &[&LinuxNamespace],
     pod: Option<&PodNamespaces>,
     in_pod: &(dyn Fn(u32) -> bool + Sync),
 ) -> Result<Vec<OwnedFd>, String> {
@@ -720,7 +730,10 @@ fn join_pod_namespaces(
             .map_err(|e| format!("{}: {e}", p.display()))
     };
     let named = |p: &Path| of_a_pod || names_process_namespace(p, shim).is_some();
-    if !crate::spec::linux_namespaces(spec).any(|ns| ns.path().as_deref().is_some_and(named)) {
+    if !listed
+        .iter()
+        .any(|ns| ns.path().as_deref().is_some_and(named))
+    {
         return Ok(Vec::new());
     }
     let path = bundle.join("config.json");
@@ -1191,11 +1204,13 @@ mod tests {
             ))
             .unwrap()
         };
-        assert!(has_own_pid_namespace(&spec(r#"{"type":"pid"}"#)));
-        assert!(!has_own_pid_namespace(&spec(
-            r#"{"type":"pid","path":"/proc/1/ns/pid"}"#
-        )));
-        assert!(!has_own_pid_namespace(&spec(r#"{"type":"mount"}"#)));
+        let own = |ns: &str| {
+            let spec = spec(ns);
+            has_own_pid_namespace(&crate::spec::linux_namespaces(&spec).collect::<Vec<_>>())
+        };
+        assert!(own(r#"{"type":"pid"}"#));
+        assert!(!own(r#"{"type":"pid","path":"/proc/1/ns/pid"}"#));
+        assert!(!own(r#"{"type":"mount"}"#));
     }
 
     #[test]
@@ -1226,8 +1241,9 @@ mod tests {
         );
         std::fs::write(bundle.path().join("config.json"), &config).unwrap();
         let spec: Spec = serde_json::from_str(&config).unwrap();
+        let listed: Vec<_> = crate::spec::linux_namespaces(&spec).collect();
         let held =
-            join_pod_namespaces(bundle.path(), false, &spec, Some(&pod), &|_| false).unwrap();
+            join_pod_namespaces(bundle.path(), false, &listed, Some(&pod), &|_| false).unwrap();
         assert_eq!(
             held.len(),
             2,
@@ -1257,7 +1273,7 @@ mod tests {
 
         // Without the pod's sandbox, the path is refused, naming it.
         std::fs::write(bundle.path().join("config.json"), &config).unwrap();
-        let err = join_pod_namespaces(bundle.path(), false, &spec, None, &|_| false).unwrap_err();
+        let err = join_pod_namespaces(bundle.path(), false, &listed, None, &|_| false).unwrap_err();
         assert!(err.contains(&format!("/proc/{shim}/ns/net")), "{err}");
     }
 }

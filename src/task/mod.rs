@@ -339,6 +339,7 @@ impl Task {
         let bundle = PathBuf::from(&req.bundle);
         let reading = Instant::now();
         let spec = read_bundle_spec(&bundle).await?;
+        let read = spec::task(&spec);
         let spec_us = reading.elapsed().as_micros();
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -350,18 +351,13 @@ impl Task {
             bundle: &bundle,
             stdio: &stdio,
             terminal: req.terminal,
-            sandbox_id: spec::annotation(&spec, spec::SANDBOX_ID_ANNOTATION),
+            sandbox_id: read.sandbox_id,
         };
-        let (created, rootfs) = if spec::is_sandbox(&spec) {
+        let (created, rootfs) = if read.sandbox {
             (sandbox::Sandbox::create(&new, &spec)?.boxed(), None)
         } else {
             let mounting = Instant::now();
-            let rootfs_dir = bundle.join(
-                spec.root()
-                    .as_ref()
-                    .map(|r| r.path().clone())
-                    .unwrap_or_else(|| "rootfs".into()),
-            );
+            let rootfs_dir = bundle.join(&read.root);
             let rootfs = mount(req, &rootfs_dir).await?;
             let mount_us = mounting.elapsed().as_micros();
             let probing = Instant::now();
@@ -369,7 +365,7 @@ impl Task {
                 // Before either kind: a Linux container's cgroup is runc's to make, from
                 // the same field, and must not land outside the pod's either; and the
                 // runtime's options may name the driver too: they must agree with the path.
-                let cgroup = spec::cgroups_path(&spec).map_err(ShimError::create(id, "spec"))?;
+                let cgroup = read.cgroup.map_err(ShimError::create(id, "spec"))?;
                 crate::options::check_cgroup_driver(req.options.as_ref(), cgroup.as_ref())
                     .map_err(ShimError::create(id, "runtime options"))?;
                 let entry = entrypoint::probe(&new, &spec, &rootfs_dir, ctx).await?;
@@ -380,7 +376,7 @@ impl Task {
                 // The kind, decided: one line per kind.
                 Ok::<_, ShimError>(match entry {
                     Entrypoint::Wasm(module) => {
-                        wasm::Wasm::create(&new, &spec, module, &rootfs_dir, ctx)
+                        wasm::Wasm::create(&new, &spec, cgroup, module, &rootfs_dir, ctx)
                             .await?
                             .boxed()
                     }

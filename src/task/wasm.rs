@@ -19,7 +19,7 @@ use wasmedge_aot_protocol::control::{
 };
 use wasmedge_aot_protocol::spawn::{PidNamespace, SpawnFds, SpawnReply, SpawnRequest};
 
-use super::entrypoint::{open_dir, Module};
+use super::entrypoint::Module;
 use super::{pidfd_of, signal_pid, CreateContext, Created, Kind, New, Signalled, Task};
 use crate::cgroup::{CgroupPath, OomWatch};
 use crate::error::ShimError;
@@ -58,6 +58,7 @@ impl Wasm {
     pub async fn create(
         new: &New<'_>,
         spec: &oci_spec::runtime::Spec,
+        cgroup: Option<CgroupPath>,
         module: Module,
         rootfs: &Path,
         ctx: &CreateContext<'_>,
@@ -67,7 +68,8 @@ impl Wasm {
                 "a terminal (tty) for a wasm container",
             ));
         }
-        let mut cs = spec::container(spec, ctx.host).map_err(ShimError::create(new.id, "spec"))?;
+        let mut cs =
+            spec::container(spec, cgroup, ctx.host).map_err(ShimError::create(new.id, "spec"))?;
         let mut wasm = Wasm {
             hooks: std::mem::take(&mut cs.hooks),
             ..Default::default()
@@ -100,14 +102,11 @@ impl Wasm {
         ctx: &CreateContext<'_>,
     ) -> Result<(i32, Option<OwnedFd>, Option<OomWatch>), ShimError> {
         let id = new.id;
-        let root = open_dir(rootfs)
-            .map_err(|e| ShimError::create(id, "rootfs")(format!("{}: {e}", rootfs.display())))?;
-        check_cwd(&root, &cs.plan.cwd).map_err(ShimError::create(id, "cwd"))?;
+        check_cwd(&module.root, &cs.plan.cwd).map_err(ShimError::create(id, "cwd"))?;
         module
             .header
             .check(&cs.module)
             .map_err(ShimError::create(id, "entrypoint"))?;
-        drop(root);
         cs.plan.root.path = rootfs.to_owned();
         if let Some(profile) = &cs.seccomp {
             let program = ctx
@@ -258,7 +257,7 @@ impl Wasm {
                 .and_then(|fd| fd.try_clone())
         });
         let process = pidfd.ok();
-        drop((stdin, stdout, stderr, ns_fds, module.file));
+        drop((stdin, stdout, stderr, ns_fds, module.file, module.root));
         if sent.is_err() {
             return Err(ShimError::create(id, "start container process")(
                 "the container process died before reporting",

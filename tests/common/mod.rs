@@ -921,20 +921,30 @@ pub fn runner_of(shim: i32) -> Option<i32> {
         .map(|(_, pid)| pid)
 }
 
-/// Processes that run with this containerd's shim configuration: its shims, their runners,
-/// container processes and compiles (found by the environment they inherit).
+/// Processes that run with this containerd's shim configuration: its shims (by the config
+/// path containerd gives them), their runners, container processes and compiles (by the
+/// config the shim hands its runner, which names this containerd's cache).
 pub fn processes_of(ctd: &Containerd) -> Vec<i32> {
-    let needle = format!(
-        "WASMEDGE_AOT_SHIM_CONFIG={}\0",
-        ctd.dir.join("shim.toml").display()
-    );
+    let needles = [
+        format!(
+            "WASMEDGE_AOT_SHIM_CONFIG={}\0",
+            ctd.dir.join("shim.toml").display()
+        ),
+        format!(
+            "\"cache_dir\":{}",
+            serde_json::to_string(&ctd.cache_dir).unwrap()
+        ),
+    ];
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                needles
+                    .iter()
+                    .any(|n| env.windows(n.len()).any(|w| w == n.as_bytes()))
+            })
         })
         .collect()
 }

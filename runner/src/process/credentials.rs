@@ -1,9 +1,10 @@
-//! Step 8: what the process may do. The OOM score and rlimits, an AppArmor profile, groups,
-//! gid and uid, the five capability sets, the umask, `no_new_privs`, and the seccomp filter
-//! last, in runc's order: the bounding set is cut before the uid changes (which needs
-//! `CAP_SETUID` and keeps the permitted set through `PR_SET_KEEPCAPS`), the sets are applied
-//! after it; without `no_new_privs` the filter must go on while `CAP_SYS_ADMIN` is still
-//! held, with it the filter goes last.
+//! What the process may do: the OOM score (step 3), rlimits (step 7, before the user
+//! namespace), then in step 8 an AppArmor profile, groups, gid and uid, the five capability
+//! sets, the umask, `no_new_privs`, and the seccomp filter last, in runc's order: the
+//! bounding set is cut before the uid changes (which needs `CAP_SETUID` and keeps the
+//! permitted set through `PR_SET_KEEPCAPS`), the sets are applied after it; without
+//! `no_new_privs` the filter must go on while `CAP_SYS_ADMIN` is still held, with it the
+//! filter goes last.
 //!
 //! The process is single-threaded, so the per-thread system calls (`setresuid`, `capset`,
 //! `seccomp`) are the whole process's.

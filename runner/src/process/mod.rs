@@ -5,11 +5,12 @@
 //! 1. **birth**: close every descriptor inherited from the runner but this container's
 //!    own; a session of its own.
 //! 2. **plan**: read the container's plan and stdio from the shim on the control stream.
-//!    The runner never sees a plan: no container's argv or env is in the memory later
-//!    container processes are forked from. The kernel shows the plan's env as the
-//!    process's (`/proc/<pid>/environ`), not the runner's ([`environ`]).
+//!    The runner never sees a plan: no container's env, and of its argv only `args[0]`
+//!    (the request's `module_name`), is in the memory later container processes are forked
+//!    from. The kernel shows the plan's env as the process's (`/proc/<pid>/environ`), not
+//!    the runner's ([`environ`]).
 //! 3. **cgroup**: join the container's cgroup (unless born in it), so that everything it
-//!    allocates from here on is the container's.
+//!    allocates from here on is the container's; write the OOM score.
 //! 4. **code**: the module's code: its zygote's template, native code from the cache (after
 //!    waiting for its compile, under the synchronous policy), or the module's bytes for the
 //!    interpreter, which step 9 parses, as the container.
@@ -19,10 +20,11 @@
 //!    the spec has hooks, the process reports and waits while the shim runs them
 //!    (`prestart`, `createRuntime`); `pivot_root` (no host path exists for the process afterwards), sysctls, masked and
 //!    read-only paths, a read-only root; `chdir` to the working directory.
-//! 7. **user namespace** (where the plan has one): join it, or make it and have the shim
-//!    write its id maps (`namespaces::enter_user` says why this comes so late).
-//! 8. **credentials**: oom score, rlimits, AppArmor, groups, uid/gid, capabilities (all five
-//!    sets), umask, no_new_privs, and the seccomp filter last.
+//! 7. **user namespace**: rlimits first (raising a hard limit needs `CAP_SYS_RESOURCE`),
+//!    then, where the plan has one, join it, or make it and have the shim write its id maps
+//!    (`namespaces::enter_user` says why this comes so late).
+//! 8. **credentials**: AppArmor, groups, uid/gid, capabilities (all five sets), umask,
+//!    no_new_privs, and the seccomp filter last.
 //! 9. **instantiate**: an interpreted module's bytes parsed and validated (as the container,
 //!    under its filter), then the module with WASI preopens `/` and `.`, which are now the
 //!    container's root and working directory: no host path reaches the module. This is the

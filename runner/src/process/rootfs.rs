@@ -30,8 +30,8 @@ use wasmedge_aot_protocol::control::{
     PropagationKind,
 };
 
-use crate::hierarchies::{mount_name, Hierarchies};
 use super::{at, StepError};
+use crate::hierarchies::{mount_name, Hierarchies};
 use crate::sys::setattr;
 
 /// Symlinks every fresh `/dev` gets, as runc makes them.
