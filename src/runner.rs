@@ -179,15 +179,7 @@ impl Control {
             .read_exact(&mut len)
             .await
             .map_err(|_| WireError::Closed)?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_MESSAGE {
-            return Err(WireError::TooLarge {
-                len,
-                max: MAX_MESSAGE,
-            }
-            .into());
-        }
-        let mut body = vec![0u8; len];
+        let mut body = vec![0u8; wire::frame_len(len, MAX_MESSAGE)?];
         self.stream
             .read_exact(&mut body)
             .await

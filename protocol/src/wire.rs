@@ -172,6 +172,27 @@ pub fn frame(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The length a frame's header gives, if it is at most `max`: every reader of framed
+/// messages (this module's, the shim's async one, the container process's) checks it so.
+pub fn frame_len(header: [u8; 4], max: usize) -> Result<usize, WireError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Reads one framed message of at most `max` bytes from a blocking stream without
+/// descriptors (the container process's end of its control stream).
+pub fn read_framed(mut from: impl std::io::Read, max: usize) -> Result<Vec<u8>, WireError> {
+    let mut header = [0u8; 4];
+    from.read_exact(&mut header)
+        .map_err(|_| WireError::Closed)?;
+    let mut body = vec![0u8; frame_len(header, max)?];
+    from.read_exact(&mut body).map_err(|_| WireError::Closed)?;
+    Ok(body)
+}
+
 /// Writes one framed message on a blocking stream socket, `fds` on its first bytes.
 pub fn send_framed(
     sock: BorrowedFd<'_>,
@@ -195,11 +216,7 @@ pub fn recv_framed(sock: BorrowedFd<'_>, max: usize) -> Result<(Vec<u8>, Vec<Own
     let mut header = [0u8; 4];
     let mut fds = Vec::new();
     recv_exact(sock, &mut header, &mut fds)?;
-    let len = u32::from_le_bytes(header) as usize;
-    if len > max {
-        return Err(WireError::TooLarge { len, max });
-    }
-    let mut body = vec![0u8; len];
+    let mut body = vec![0u8; frame_len(header, max)?];
     recv_exact(sock, &mut body, &mut fds)?;
     Ok((body, fds))
 }

@@ -40,7 +40,7 @@ mod namespaces;
 pub(crate) mod rootfs;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
@@ -436,17 +436,8 @@ fn wait_for_start(control: &UnixStream) -> bool {
 
 /// Reads one of the shim's small messages (a unit struct); `false` for anything else or
 /// the end of the stream.
-fn receive<T: wire::DeserializeOwned>(mut control: &UnixStream, what: &'static str) -> bool {
-    let mut len = [0u8; 4];
-    if control.read_exact(&mut len).is_err() {
-        return false;
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > 64 {
-        return false;
-    }
-    let mut body = vec![0u8; len];
-    control.read_exact(&mut body).is_ok() && wire::decode::<T>(what, &body).is_ok()
+fn receive<T: wire::DeserializeOwned>(control: &UnixStream, what: &'static str) -> bool {
+    wire::read_framed(control, 64).is_ok_and(|body| wire::decode::<T>(what, &body).is_ok())
 }
 
 /// As pid 1 of its pid namespace the process would ignore every signal it has no handler
