@@ -207,3 +207,74 @@ fn open_module(root: &OwnedFd, cwd: &str, entry: &str) -> Result<Option<File>, S
     .map_err(|e| format!("entrypoint {entry:?}: {e}"))?;
     Ok(Some(File::from(reopened)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    const CORE: &[u8] = b"\0asm\x01\0\0\0";
+
+    fn kind(root: &Path, cwd: &str, entry: &str) -> &'static str {
+        match found(root, cwd, entry.to_string()) {
+            Found::Wasm(_, _, crate::wasm::Header::Core) => "wasm",
+            Found::Wasm(..) => "other wasm",
+            Found::Missing(_, name) if name == entry => "missing",
+            Found::Missing(..) => "missing, renamed",
+            Found::Other => "runc",
+        }
+    }
+
+    #[test]
+    fn the_entrypoint_decides_the_kind_as_the_container_resolves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("app/bin")).unwrap();
+        std::fs::write(root.join("app/bin/m.wasm"), CORE).unwrap();
+        std::fs::write(root.join("comp.wasm"), b"\0asm\x0d\0\x01\0").unwrap();
+        std::fs::write(root.join("short.wasm"), b"\0asm").unwrap();
+        std::fs::write(root.join("native"), b"\x7fELF\x02\x01\x01\0").unwrap();
+        std::fs::write(root.join("empty"), b"").unwrap();
+        std::fs::create_dir(root.join("dir")).unwrap();
+        // Inside the root, `..` and absolute links resolve as in the container: a link to
+        // `/app/bin/m.wasm` is the module, one that climbs out stays in the root.
+        symlink("/app/bin/m.wasm", root.join("link.wasm")).unwrap();
+        symlink("../../../../../../etc/passwd", root.join("climb")).unwrap();
+        nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+
+        assert_eq!(kind(root, "/", "/app/bin/m.wasm"), "wasm");
+        assert_eq!(kind(root, "/app", "bin/m.wasm"), "wasm", "relative to cwd");
+        assert_eq!(
+            kind(root, "", "app/bin/m.wasm"),
+            "wasm",
+            "an empty cwd is /"
+        );
+        assert_eq!(kind(root, "/", "/link.wasm"), "wasm");
+        assert_eq!(
+            kind(root, "/", "/comp.wasm"),
+            "other wasm",
+            "ours to refuse"
+        );
+        assert_eq!(
+            kind(root, "/", "/short.wasm"),
+            "other wasm",
+            "ours to refuse"
+        );
+        assert_eq!(kind(root, "/", "/native"), "runc");
+        assert_eq!(kind(root, "/", "/empty"), "runc");
+        assert_eq!(
+            kind(root, "/", "sh"),
+            "missing",
+            "a name runc looks up on PATH"
+        );
+        assert_eq!(
+            kind(root, "/", "/climb"),
+            "missing",
+            "the host's /etc/passwd"
+        );
+        // Neither opened for reading: a FIFO would hold the look, a directory is no module.
+        assert_eq!(kind(root, "/", "/fifo"), "runc");
+        assert_eq!(kind(root, "/", "/dir"), "runc");
+        assert_eq!(kind(&root.join("nowhere"), "/", "/app/bin/m.wasm"), "runc");
+    }
+}
