@@ -13,6 +13,7 @@
 
 pub mod entrypoint;
 pub mod linux;
+pub mod rootfs;
 pub mod sandbox;
 pub mod wasm;
 
@@ -23,8 +24,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use containerd_shim::api::CreateTaskRequest;
-use containerd_shim::asynchronous::util::mount_rootfs;
-use log::{debug, warn};
+use log::debug;
 use nix::sys::signal::Signal;
 use time::OffsetDateTime;
 use wasmedge_aot_protocol::control::Timings;
@@ -299,33 +299,6 @@ async fn read_bundle_spec(bundle: &Path) -> Result<oci_spec::runtime::Spec, Shim
     .map_err(ShimError::io(context))
 }
 
-/// Mounts the request's rootfs in the bundle; `None` when containerd gave no mounts (the
-/// spec's root is then ready as it is). On error nothing stays mounted.
-async fn mount(req: &CreateTaskRequest, rootfs: &Path) -> Result<Option<PathBuf>, ShimError> {
-    if req.rootfs.is_empty() {
-        return Ok(None);
-    }
-    std::fs::create_dir_all(rootfs).map_err(ShimError::io(format!(
-        "create rootfs dir {}",
-        rootfs.display()
-    )))?;
-    for m in &req.rootfs {
-        if let Err(e) = mount_rootfs(m, rootfs).await {
-            unmount(rootfs);
-            return Err(e.into());
-        }
-    }
-    Ok(Some(rootfs.to_owned()))
-}
-
-fn unmount(rootfs: &Path) {
-    // The last release of an overlay syncs its upper directory's whole file system
-    // (`ovl_sync_fs`): most of a delete's unmount time.
-    if let Err(e) = containerd_shim::mount::umount_recursive(rootfs.to_str(), libc::MNT_DETACH) {
-        warn!("unmount {}: {e}", rootfs.display());
-    }
-}
-
 impl Task {
     /// Everything containerd's Create asks: read the spec, decide the task's kind, mount the
     /// rootfs and have the kind create the task. On error nothing is left behind (mount,
@@ -358,7 +331,7 @@ impl Task {
         } else {
             let mounting = Instant::now();
             let rootfs_dir = bundle.join(&read.root);
-            let rootfs = mount(req, &rootfs_dir).await?;
+            let mounted = rootfs::Mounted::mount(req, &rootfs_dir).await?;
             let mount_us = mounting.elapsed().as_micros();
             let probing = Instant::now();
             let created = async {
@@ -385,15 +358,8 @@ impl Task {
                         .boxed(),
                 })
             };
-            match created.await {
-                Ok(created) => (created, rootfs),
-                Err(e) => {
-                    if let Some(rootfs) = &rootfs {
-                        unmount(rootfs);
-                    }
-                    return Err(e);
-                }
-            }
+            // On error, `mounted` goes with it (see `rootfs::Mounted`).
+            (created.await?, mounted.map(rootfs::Mounted::keep))
         };
         let task = Task {
             id: id.to_owned(),
@@ -576,7 +542,7 @@ impl Task {
         *cleaned = true;
         if let Some(rootfs) = &self.rootfs {
             let unmounting = Instant::now();
-            unmount(rootfs);
+            rootfs::unmount(rootfs);
             timed.unmount_us = unmounting.elapsed().as_micros();
         }
         timed.cgroup = self.kind.remove_cgroup();
