@@ -233,8 +233,9 @@ pub fn cgroups_path(spec: &Spec) -> Result<Option<CgroupPath>, SpecError> {
 
 /// What a create reads of any task's spec before the task's kind is decided, read once.
 pub struct TaskSpec<'a> {
-    /// A CRI pod sandbox (which runs no process here).
-    pub sandbox: bool,
+    /// For a CRI pod sandbox (which runs no process here): what it asks of the pod's
+    /// namespaces ([`sandbox`]), or why that is refused.
+    pub sandbox: Option<Result<SandboxSpec, SpecError>>,
     /// For a pod's container: its sandbox's id (CRI's annotation).
     pub sandbox_id: Option<&'a str>,
     /// `root.path` (default `rootfs`), relative to the bundle unless absolute.
@@ -246,7 +247,7 @@ pub struct TaskSpec<'a> {
 /// Reads [`TaskSpec`] of `spec`.
 pub fn task(spec: &Spec) -> TaskSpec<'_> {
     TaskSpec {
-        sandbox: is_sandbox(spec),
+        sandbox: is_sandbox(spec).then(|| sandbox(spec)),
         sandbox_id: annotation(spec, SANDBOX_ID_ANNOTATION),
         root: spec
             .root()

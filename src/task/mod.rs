@@ -326,8 +326,8 @@ impl Task {
             terminal: req.terminal,
             sandbox_id: read.sandbox_id,
         };
-        let (created, rootfs) = if read.sandbox {
-            (sandbox::Sandbox::create(&new, &spec)?.boxed(), None)
+        let (created, rootfs) = if let Some(pod) = read.sandbox {
+            (sandbox::Sandbox::create(&new, pod)?.boxed(), None)
         } else {
             let mounting = Instant::now();
             let rootfs_dir = bundle.join(&read.root);

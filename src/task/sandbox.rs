@@ -6,8 +6,9 @@ use async_trait::async_trait;
 use nix::sys::signal::Signal;
 
 use super::{Created, Kind, New, Signalled, Task};
-use crate::error::ShimError;
+use crate::error::{ShimError, SpecError};
 use crate::pod::PodNamespaces;
+use crate::spec::SandboxSpec;
 
 #[derive(Debug)]
 pub struct Sandbox {
@@ -15,12 +16,13 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Makes (or enters) the namespaces the sandbox's spec asks for.
+    /// Makes (or enters) the namespaces the sandbox's spec asks for (`pod`, as
+    /// [`crate::spec::task`] read it).
     pub fn create(
         new: &New<'_>,
-        spec: &oci_spec::runtime::Spec,
+        pod: Result<SandboxSpec, SpecError>,
     ) -> Result<Created<Sandbox>, ShimError> {
-        let s = crate::spec::sandbox(spec).map_err(ShimError::create(new.id, "spec"))?;
+        let s = pod.map_err(ShimError::create(new.id, "spec"))?;
         let pod = PodNamespaces::create(&s).map_err(ShimError::create(new.id, "pod namespaces"))?;
         Ok(Created {
             kind: Sandbox { pod },
