@@ -143,8 +143,9 @@ impl Compiles {
     }
 
     /// Reaps the compile processes that have ended, remembering the failures: once per
-    /// request, before the request's code is looked for (`serve.rs`), so that what a start
-    /// finds of its module's compiles (a failure, a running job) is as of its request.
+    /// request, when it has arrived and before its code is looked for (`serve.rs`), so that
+    /// what a start finds of its module's compiles (a failure, a running job) is as of its
+    /// request.
     pub fn reap_all(&self, node: &Node) {
         let mut ended = Vec::new();
         self.jobs.borrow_mut().retain(|key, job| {

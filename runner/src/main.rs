@@ -36,15 +36,21 @@ fn main() {
         let name = args.next().unwrap_or_default();
         std::process::exit(compile::precompile_main(&name.to_string_lossy()));
     }
-    // The shim's config, as it loaded it; the file only for a runner started by hand.
+    // The shim's config, as it loaded it; the file only for a runner started by hand. A
+    // config from the shim this runner cannot read (an older shim's, after an upgrade that
+    // changed its fields) is no reason to run another one: the defaults would be another
+    // cache and other limits than the shim's identity names.
     let config = match Config::from_env(wasmedge_aot_protocol::spawn::CONFIG_ENV) {
-        Some(config) => config,
-        None => Config::load().map_err(|e| e.to_string()),
-    }
-    .unwrap_or_else(|e| {
-        eprintln!("wasmedge-shim-runner: {e}; using the defaults");
-        Config::default()
-    });
+        Some(Ok(config)) => config,
+        Some(Err(e)) => {
+            eprintln!("wasmedge-shim-runner: the shim's config: {e}");
+            std::process::exit(1);
+        }
+        None => Config::load().unwrap_or_else(|e| {
+            eprintln!("wasmedge-shim-runner: {e}; using the defaults");
+            Config::default()
+        }),
+    };
     let runner = match code::CodeFinder::new(config) {
         Ok(r) => r,
         Err(e) => {

@@ -23,7 +23,6 @@ pub fn serve(sock: OwnedFd, runner: &CodeFinder) -> ! {
     // The zygotes of the modules with native code: the runner itself loads none.
     let zygotes = Zygotes::default();
     loop {
-        runner.compiles.reap_all(&runner.node);
         let (req, fds) = match spawn::recv_request(sock.as_fd(), &mut buf) {
             Ok(Some(r)) => r,
             Ok(None) => std::process::exit(0),
@@ -47,6 +46,9 @@ pub fn serve(sock: OwnedFd, runner: &CodeFinder) -> ! {
             cgroup,
         } = fds;
         let module = File::from(module);
+        // Once per request, as it arrives: what it finds of its module's compiles (a
+        // failure, a running job) is as of now, not of the last request.
+        runner.compiles.reap_all(&runner.node);
         let mut res = runner.resolve(&req, &module);
         // Native code: the module's zygote forks the container, from its template.
         if res.template.is_some() {

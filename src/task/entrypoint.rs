@@ -170,7 +170,7 @@ fn found(rootfs: &Path, cwd: &str, entry: String) -> Found {
 }
 
 /// A directory, opened as a path.
-pub(crate) fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
+fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
     Ok(rustix::fs::open(
         path,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,

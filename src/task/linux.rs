@@ -83,11 +83,11 @@ pub struct Linux {
     id: String,
     runc: Runc,
     /// runc's state root of the container's namespace.
-    pub root: PathBuf,
+    root: PathBuf,
     bundle: PathBuf,
     /// Whether the container has a pid namespace of its own. If not, its processes outlive
     /// its init, and the shim kills them when the init exits (as containerd's runc shim does).
-    pub own_pid_namespace: bool,
+    own_pid_namespace: bool,
     console: Option<Console>,
     execs: Mutex<HashMap<String, Arc<Exec>>>,
 }
@@ -299,7 +299,10 @@ impl Linux {
             pod,
             in_pod,
         )
-        .map_err(ShimError::create(new.id, "namespaces"))?;
+        .map_err(|e| match e {
+            JoinError::Refused(m) => ShimError::create(new.id, "namespaces")(m),
+            JoinError::Failed(m) => ShimError::create(new.id, "linux container")(m),
+        })?;
         let runc_create = async {
             let log = new.bundle.join(RUNC_LOG);
             // runc keeps the driver in its state, so only `create` is told.
@@ -355,6 +358,19 @@ impl Linux {
         force_delete_with(&self.runc, &self.bundle.join(RUNC_LOG), &self.id).await?;
         let _ = std::fs::remove_file(self.bundle.join(INIT_PID));
         Ok(())
+    }
+
+    /// `runc kill --all` of a container whose init has exited: not `Kind::kill`, which is for
+    /// a task that has not (and is refused for one that has).
+    async fn kill_what_outlives_its_init(&self) {
+        let signal = Signal::SIGKILL as u32;
+        if let Err(e) = self
+            .runc
+            .kill(&self.id, signal, Some(&KillOpts { all: true }))
+            .await
+        {
+            debug!("container {}: kill what outlived its init: {e}", self.id);
+        }
     }
 
     /// Runs runc command `op` (`runc <op> <id>`), with runc's logged reason when it fails.
@@ -463,9 +479,9 @@ impl Kind for Linux {
 
     /// Without a pid namespace of its own nothing ends the container's other processes
     /// with its init: the shim does, as containerd's runc shim.
-    async fn exited(&self, task: &Task) {
+    async fn exited(&self, _task: &Task) {
         if !self.own_pid_namespace {
-            let _ = self.kill(task, Signal::SIGKILL, true).await;
+            self.kill_what_outlives_its_init().await;
         }
     }
 
@@ -688,6 +704,15 @@ fn has_own_pid_namespace(namespaces: &[&LinuxNamespace]) -> bool {
     })
 }
 
+/// Why a Linux container's namespaces could not be set up for runc.
+#[derive(Debug)]
+enum JoinError {
+    /// A path the container may not join: the request's fault.
+    Refused(String),
+    /// The bundle's `config.json` could not be read or written.
+    Failed(String),
+}
+
 /// Rewrites each namespace path of the bundle's `config.json` that names the shim's own
 /// namespaces (CRI naming the pod's, see the module docs) to a descriptor of the pod's
 /// namespace, or drops it where the pod shares the host's; for a pod's container
@@ -701,7 +726,8 @@ fn join_pod_namespaces(
     listed: &[&LinuxNamespace],
     pod: Option<&PodNamespaces>,
     in_pod: &(dyn Fn(u32) -> bool + Sync),
-) -> Result<Vec<OwnedFd>, String> {
+) -> Result<Vec<OwnedFd>, JoinError> {
+    use JoinError::{Failed, Refused};
     let shim = std::process::id();
     // What a path becomes: `None` stays as written; `Some(None)` is the host's namespace
     // (the entry is dropped and runc leaves the container in it); `Some(Some(fd))` a
@@ -737,9 +763,10 @@ fn join_pod_namespaces(
         return Ok(Vec::new());
     }
     let path = bundle.join("config.json");
-    let bytes = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(&path).map_err(|e| Failed(format!("read {}: {e}", path.display())))?;
     let mut config: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| Failed(format!("{}: {e}", path.display())))?;
     let Some(namespaces) = config
         .pointer_mut("/linux/namespaces")
         .and_then(|n| n.as_array_mut())
@@ -750,7 +777,7 @@ fn join_pod_namespaces(
     let mut kept = Vec::new();
     for mut ns in std::mem::take(namespaces) {
         let resolved = match ns["path"].as_str() {
-            Some(p) => resolve(Path::new(p))?,
+            Some(p) => resolve(Path::new(p)).map_err(Refused)?,
             None => None,
         };
         match resolved {
@@ -767,14 +794,15 @@ fn join_pod_namespaces(
     let mode = std::fs::metadata(&path)
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
         .unwrap_or(0o644);
-    let bytes = serde_json::to_vec(&config).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes =
+        serde_json::to_vec(&config).map_err(|e| Failed(format!("{}: {e}", path.display())))?;
     wasmedge_aot_cache::atomic::write_atomic(
         &path,
         &bytes,
         mode,
         wasmedge_aot_cache::atomic::Durability::BestEffort,
     )
-    .map_err(|e| format!("write {}: {e}", path.display()))?;
+    .map_err(|e| Failed(format!("write {}: {e}", path.display())))?;
     Ok(held)
 }
 
@@ -1274,6 +1302,9 @@ mod tests {
         // Without the pod's sandbox, the path is refused, naming it.
         std::fs::write(bundle.path().join("config.json"), &config).unwrap();
         let err = join_pod_namespaces(bundle.path(), false, &listed, None, &|_| false).unwrap_err();
+        let JoinError::Refused(err) = err else {
+            panic!("not a refusal: {err:?}");
+        };
         assert!(err.contains(&format!("/proc/{shim}/ns/net")), "{err}");
     }
 }

@@ -157,7 +157,9 @@ pub trait Kind: Send + Sync + std::fmt::Debug {
     /// hooks, once.
     async fn poststop(&self, _task: &Task) {}
 
-    /// Removes the task's cgroup, if the shim made one: at delete, after the rootfs.
+    /// Removes the task's cgroup, if the shim made one: at delete, after the rootfs (a
+    /// failed create removes its own before it returns, and the rootfs goes after, as
+    /// containerd unmounts after runc's failed create).
     fn remove_cgroup(&self) -> crate::cgroup::Removal {
         Default::default()
     }

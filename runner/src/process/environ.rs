@@ -5,9 +5,10 @@
 //! A container process is a fork of the runner and is never exec'd, so the kernel's record
 //! of where its environment is (`env_start..env_end` of its memory map, what
 //! `/proc/<pid>/environ` reads) still names the runner's environment strings. The runner is
-//! started with almost nothing of the shim's environment ([`spawn::RUNNER_ENV`]: its config
-//! path, `TMPDIR`), so containerd's and the shim's variables are not in the process's memory
-//! at all; what remains is pointed away from here. A module reaches the file through the
+//! started with almost nothing of the shim's environment ([`spawn::RUNNER_ENV`]: `TMPDIR`)
+//! and the node config the shim loaded ([`spawn::CONFIG_ENV`]: paths and settings, no
+//! secret), so containerd's and the shim's variables are not in the process's memory at
+//! all; what remains is pointed away from here. A module reaches the file through the
 //! root preopen (`/proc/self/environ`), and the host's tools read it too.
 //!
 //! `PR_SET_MM` needs `CAP_SYS_RESOURCE` in the host's user namespace: the process holds it
@@ -15,10 +16,11 @@
 //! 7), so this runs right after the plan. Two `prctl`s and one small allocation, which the
 //! process keeps until it exits (the kernel reads the strings from its memory). Where the
 //! shim runs without `CAP_SYS_RESOURCE` (a shim inside a container that drops it), the
-//! kernel refuses, and the process shows the runner's environment, which is only
-//! [`spawn::RUNNER_ENV`]: nothing of containerd's or the shim's beyond those two paths.
+//! kernel refuses, and the process shows the runner's environment, which is only those two
+//! variables: nothing of containerd's or the shim's.
 //!
 //! [`spawn::RUNNER_ENV`]: wasmedge_aot_protocol::spawn::RUNNER_ENV
+//! [`spawn::CONFIG_ENV`]: wasmedge_aot_protocol::spawn::CONFIG_ENV
 
 use std::ffi::c_void;
 use std::ptr::NonNull;

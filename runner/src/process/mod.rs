@@ -146,7 +146,7 @@ fn prepare(
         }
     }
     // Refused (no CAP_SYS_RESOURCE): the runner's environment shows, which is only
-    // `spawn::RUNNER_ENV`.
+    // `spawn::RUNNER_ENV` and the node config (`spawn::CONFIG_ENV`).
     environ::show(&plan.env)?;
     let mut timings = Timings {
         hash_us: micros(res.hash),
