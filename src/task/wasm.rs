@@ -700,3 +700,167 @@ mod tests {
         child.wait().unwrap();
     }
 }
+
+#[cfg(test)]
+mod handshake_tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use wasmedge_aot_protocol::control::{HooksRan, IdsMapped, Start};
+    use wasmedge_aot_protocol::wire;
+
+    use super::*;
+    use crate::stdio::StdioPaths;
+
+    /// The spec of a container running `/m.wasm`; with a user namespace of its own and
+    /// its maps if `user_ns`.
+    fn container_spec(user_ns: bool) -> ContainerSpec {
+        let user = if user_ns {
+            r#",{"type":"user"}],
+               "uidMappings":[{"containerID":0,"hostID":100000,"size":65536}],
+               "gidMappings":[{"containerID":0,"hostID":100000,"size":65536}]"#
+        } else {
+            "]"
+        };
+        let json = format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+                "process":{{"args":["/m.wasm"],"cwd":"/","user":{{"uid":0,"gid":0}}}},
+                "linux":{{"namespaces":[{{"type":"mount"}},{{"type":"pid"}}{user}}}}}"#
+        );
+        let spec: oci_spec::runtime::Spec = serde_json::from_str(&json).unwrap();
+        let cgroup = CgroupPath::parse("/handshake-test/c1").unwrap();
+        spec::container(&spec, Some(cgroup), Default::default()).unwrap()
+    }
+
+    /// A container process that sends `reports` in turn, each after reading the shim's
+    /// answer to the one before (`HooksRan`, `IdsMapped`), and returns what it read.
+    fn process(
+        mut theirs: UnixStream,
+        reports: Vec<Report>,
+    ) -> std::thread::JoinHandle<Vec<String>> {
+        std::thread::spawn(move || {
+            let mut read = Vec::new();
+            for (i, r) in reports.iter().enumerate() {
+                if i > 0 {
+                    let Ok(body) = wire::read_framed(&theirs, 64) else {
+                        break;
+                    };
+                    if wire::decode::<HooksRan>("hooks ran", &body).is_ok() {
+                        read.push("hooks ran".to_string());
+                    } else if wire::decode::<IdsMapped>("ids mapped", &body).is_ok() {
+                        read.push("ids mapped".to_string());
+                    }
+                }
+                let body = wire::frame(&wire::encode("report", r).unwrap());
+                if theirs.write_all(&body).is_err() {
+                    break;
+                }
+            }
+            // A process with nothing to report dies (its end closes) instead of waiting.
+            if reports.is_empty() {
+                return read;
+            }
+            if let Ok(body) = wire::read_framed(&theirs, 64) {
+                if wire::decode::<Start>("start", &body).is_ok() {
+                    read.push("start".to_string());
+                }
+            }
+            read
+        })
+    }
+
+    async fn handshake(user_ns: bool, reports: Vec<Report>) -> (Result<(), String>, Vec<String>) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let fake = process(theirs, reports);
+        let cs = container_spec(user_ns);
+        let stdio = StdioPaths::default();
+        let bundle = tempfile::tempdir().unwrap();
+        let new = New {
+            id: "c1",
+            bundle: bundle.path(),
+            stdio: &stdio,
+            terminal: false,
+            sandbox_id: None,
+        };
+        let mut wasm = Wasm::default();
+        // No process to write maps for: a handle that failed, so that no test writes a
+        // `uid_map` (pid 1's, which the handshake is told is its process's).
+        let pidfd = Some(Err(std::io::Error::other("no process in this test")));
+        let control = Control::new(ours).unwrap();
+        let done = wasm
+            .handshake(&new, 1, control, &cs, pidfd, (Instant::now(), 0))
+            .await
+            .map_err(|e| e.to_string());
+        if done.is_ok() {
+            // The control stream is kept for `start`.
+            let mut control = wasm.control.lock().await;
+            control.as_mut().unwrap().start().await.unwrap();
+        }
+        drop(wasm);
+        (done, fake.join().unwrap())
+    }
+
+    fn ready() -> Report {
+        Report::Ready {
+            timings: Timings::default(),
+            warning: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_handshake_takes_each_step_in_turn_and_nothing_else() {
+        // Straight to ready: the stream is kept and `start` reaches the process.
+        let (done, read) = handshake(false, vec![ready()]).await;
+        assert_eq!(done, Ok(()));
+        assert_eq!(read, ["start"]);
+
+        // The spec's hooks: Created, the shim's HooksRan (no hook to run), then Ready.
+        let (done, read) = handshake(false, vec![Report::Created, ready()]).await;
+        assert_eq!(done, Ok(()));
+        assert_eq!(read, ["hooks ran", "start"]);
+
+        // A failure is the container process's, with its words.
+        let (done, _) = handshake(
+            false,
+            vec![Report::Failed {
+                error: "pivot_root: EINVAL".into(),
+            }],
+        )
+        .await;
+        let e = done.unwrap_err();
+        assert!(
+            e.contains("set up the container process") && e.contains("EINVAL"),
+            "{e}"
+        );
+
+        // A process that dies before reporting.
+        let (done, _) = handshake(false, vec![]).await;
+        assert!(done.unwrap_err().contains("died before reporting"));
+    }
+
+    #[tokio::test]
+    async fn a_step_skipped_or_out_of_turn_fails_the_create() {
+        // Ready without the user namespace the spec asks for: it would run in the host's.
+        let (done, _) = handshake(true, vec![ready()]).await;
+        let e = done.unwrap_err();
+        assert!(e.contains("without making its user namespace"), "{e}");
+
+        // A user namespace the spec did not ask for gets no maps.
+        let (done, read) = handshake(false, vec![Report::MapIds, ready()]).await;
+        let e = done.unwrap_err();
+        assert!(e.contains("did not ask for"), "{e}");
+        assert!(!read.contains(&"ids mapped".to_string()), "{read:?}");
+
+        // The maps asked for, but no handle on the process to write them through: refused,
+        // never written to whatever has its pid.
+        let (done, read) = handshake(true, vec![Report::MapIds, ready()]).await;
+        let e = done.unwrap_err();
+        assert!(e.contains("pidfd"), "{e}");
+        assert!(!read.contains(&"ids mapped".to_string()), "{read:?}");
+
+        // Namespaces reported after the maps: out of turn.
+        let (done, _) = handshake(false, vec![Report::Created, Report::Created]).await;
+        let e = done.unwrap_err();
+        assert!(e.contains("out of turn"), "{e}");
+    }
+}
