@@ -53,9 +53,31 @@ pub fn init(id: &str, first: &Path, debug: bool) -> std::io::Result<()> {
 
 /// Adds task `id`'s log FIFO; it becomes the sink records go to first. The task that
 /// spawned the shim is attached twice (at start and at create): one sink, the newer.
-pub fn attach_task(id: &str, bundle: &Path) {
+/// Detached again when the guard goes, unless the create it is for kept it
+/// ([`Attached::keep`]: the task's delete detaches it then).
+#[must_use]
+pub fn attach_task(id: &str, bundle: &Path) -> Attached {
     if let Some(l) = LOGGER.get() {
         let _ = l.attach(id, &bundle.join("log"));
+    }
+    Attached(Some(id.to_owned()))
+}
+
+/// A task's log sink during its create (see [`attach_task`]).
+pub struct Attached(Option<String>);
+
+impl Attached {
+    /// The create succeeded: the sink stays until the task's delete.
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Some(id) = self.0.take() {
+            detach_task(&id);
+        }
     }
 }
 

@@ -99,7 +99,8 @@ impl TaskApi for TaskService {
             }
             .into());
         }
-        crate::logger::attach_task(&req.id, Path::new(&req.bundle));
+        // Detached if the create fails, after its last line.
+        let log = crate::logger::attach_task(&req.id, Path::new(&req.bundle));
         let runner = tasks.runner().await?;
         let sandbox = |sandbox_id: &str| tasks.sandbox(sandbox_id);
         let pod_process = |sandbox_id: &str, pid: u32| tasks.is_pod_process(sandbox_id, pid);
@@ -119,10 +120,10 @@ impl TaskApi for TaskService {
             Ok((t, oom)) => (Arc::new(t), oom),
             Err(e) => {
                 warn!("create {}: {e}", req.id);
-                crate::logger::detach_task(&req.id);
                 return Err(e.into());
             }
         };
+        log.keep();
         let pid = task.pid;
         let create_us = creating.elapsed().as_micros();
         let recording = Instant::now();
