@@ -923,18 +923,24 @@ pub fn runner_of(shim: i32) -> Option<i32> {
 
 /// Processes that run with this containerd's shim configuration: its shims (by the config
 /// path containerd gives them), their runners, container processes and compiles (by the
-/// config the shim hands its runner, which names this containerd's cache).
+/// config the shim hands its runner, which names this containerd's cache: the private
+/// default, or the one its config names now, which a test may have changed).
 pub fn processes_of(ctd: &Containerd) -> Vec<i32> {
-    let needles = [
-        format!(
-            "WASMEDGE_AOT_SHIM_CONFIG={}\0",
-            ctd.dir.join("shim.toml").display()
-        ),
-        format!(
+    let config = ctd.dir.join("shim.toml");
+    let configured = std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|t| wasmedge_aot_protocol::config::Config::parse(&t).ok())
+        .map(|c| c.cache_dir);
+    let mut needles = vec![format!("WASMEDGE_AOT_SHIM_CONFIG={}\0", config.display())];
+    for dir in [Some(ctd.cache_dir.clone()), configured]
+        .into_iter()
+        .flatten()
+    {
+        needles.push(format!(
             "\"cache_dir\":{}",
-            serde_json::to_string(&ctd.cache_dir).unwrap()
-        ),
-    ];
+            serde_json::to_string(&dir).unwrap()
+        ));
+    }
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
