@@ -374,7 +374,7 @@ impl Linux {
     }
 
     /// Runs runc command `op` (`runc <op> <id>`), with runc's logged reason when it fails.
-    async fn runc<T>(
+    async fn command<T>(
         &self,
         op: &str,
         command: impl std::future::Future<Output = runc::Result<T>>,
@@ -401,7 +401,7 @@ impl Kind for Linux {
     /// `runc start`: the init execs the container's process.
     async fn start(&self, task: &Task) -> Result<(), ShimError> {
         task.expect_created()?;
-        self.runc("start", self.runc.start(&self.id))
+        self.command("start", self.runc.start(&self.id))
             .await
             .map(drop)
     }
@@ -435,9 +435,9 @@ impl Kind for Linux {
             return Err(task.precondition(&format!("cannot {verb} it: {:?}", task.status())));
         }
         if frozen {
-            self.runc("pause", self.runc.pause(&self.id)).await
+            self.command("pause", self.runc.pause(&self.id)).await
         } else {
-            self.runc("resume", self.runc.resume(&self.id)).await
+            self.command("resume", self.runc.resume(&self.id)).await
         }
     }
 
@@ -454,12 +454,13 @@ impl Kind for Linux {
             context: format!("update container {id}"),
             source: std::io::Error::other(e),
         })?;
-        self.runc("update", self.runc.update(id, &resources)).await
+        self.command("update", self.runc.update(id, &resources))
+            .await
     }
 
     /// The pids of the container's processes (`runc ps`).
     async fn pids(&self, _task: &Task) -> Result<Vec<u32>, ShimError> {
-        let pids = self.runc("ps", self.runc.ps(&self.id)).await?;
+        let pids = self.command("ps", self.runc.ps(&self.id)).await?;
         Ok(pids.into_iter().map(|p| p as u32).collect())
     }
 

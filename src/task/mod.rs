@@ -70,8 +70,8 @@ pub struct New<'a> {
 }
 
 impl New<'_> {
-    /// The pod's namespaces, if the task is a pod's container and this shim holds its
-    /// sandbox.
+    /// The sandbox of the task's pod (which holds the pod's namespaces), if the task is a
+    /// pod's container and this shim serves that sandbox.
     pub fn pod(&self, ctx: &CreateContext<'_>) -> Option<Arc<Task>> {
         self.sandbox_id.and_then(|s| (ctx.sandbox)(s))
     }
