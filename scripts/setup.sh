@@ -67,18 +67,25 @@ PIN
     want=("${DEMO_NEWER[@]/%//trixie}" "${BOOKWORM_BASE_FROM_TRIXIE[@]/%//trixie}" "${plain[@]}")
     # Debian 13's libc breaks what is tied to Debian 12's exact version (locales, libc6-dbg,
     # and through them dpkg-dev, build-essential, valgrind, postgresql: apt removed those on
-    # a fresh machine). Each installed package the install would remove is taken from Debian
-    # 13 too, where it has one; whatever would still be removed stops the set-up, naming it,
-    # instead of going (--no-remove).
-    for _ in 1 2 3 4; do
+    # a fresh machine). An installed package the install would remove is taken from Debian 13
+    # too, where its Debian 13 version installs beside the rest; one that does not (Debian
+    # 13's postgresql is another major version, whose dependencies Debian 12 lacks) is left
+    # to be kept by the others (postgresql-15 stays once locales is Debian 13's). Whatever
+    # would still be removed stops the set-up, naming it, instead of going (--no-remove).
+    installs() { apt-get -s install --no-install-recommends "$@" >/dev/null 2>&1; }
+    for _ in 1 2 3 4 5 6; do
       mapfile -t removed < <(apt-get -s install --no-install-recommends "${want[@]}" 2>/dev/null |
         awk '$1 == "Remv" { print $2 }')
       [ "${#removed[@]}" != 0 ] || break
+      added=0
       for p in "${removed[@]}"; do
-        if apt-cache madison "$p" 2>/dev/null | grep -q ' trixie/'; then
+        [[ $(apt-cache madison "$p" 2>/dev/null) == *" trixie/"* ]] || continue
+        if installs "${want[@]}" "$p/trixie"; then
           want+=("$p/trixie")
+          added=1
         fi
       done
+      [ "$added" = 1 ] || break
     done
     if ! apt-get install -y -q --no-install-recommends --no-remove "${want[@]}"; then
       echo "setup.sh: installing Debian 13's WasmEdge and libc would remove installed packages that have no Debian 13 version (above); nothing was removed" >&2
