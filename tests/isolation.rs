@@ -662,3 +662,228 @@ fn a_shared_root_propagation_runs_as_under_runc() {
         "the container's root is a peer of a host mount: {line}"
     );
 }
+
+/// The seccomp programs the kernel holds for process `pid` (`PTRACE_SECCOMP_GET_FILTER`,
+/// newest first), as `(code, jt, jf, k)` instructions. The process is stopped for the read.
+fn installed_filters(pid: i32) -> Vec<Vec<(u16, u8, u8, u32)>> {
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    let ptrace = |request: libc::c_uint| {
+        // SAFETY: seize, interrupt and detach take no buffer.
+        let r = unsafe { libc::ptrace(request, pid, 0, 0) };
+        assert_eq!(
+            r,
+            0,
+            "ptrace {request:#x} of {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    ptrace(libc::PTRACE_SEIZE);
+    ptrace(libc::PTRACE_INTERRUPT);
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::__WALL)).unwrap();
+    let mut filters = Vec::new();
+    for index in 0.. {
+        // SAFETY: with a null buffer the call only returns the program's length.
+        let len = unsafe {
+            libc::ptrace(
+                PTRACE_SECCOMP_GET_FILTER,
+                pid.as_raw(),
+                index,
+                std::ptr::null_mut::<u8>(),
+            )
+        };
+        if len <= 0 {
+            break;
+        }
+        let mut program = vec![
+            libc::sock_filter {
+                code: 0,
+                jt: 0,
+                jf: 0,
+                k: 0
+            };
+            len as usize
+        ];
+        // SAFETY: the buffer holds `len` instructions, which is what the call writes.
+        let got = unsafe {
+            libc::ptrace(
+                PTRACE_SECCOMP_GET_FILTER,
+                pid.as_raw(),
+                index,
+                program.as_mut_ptr(),
+            )
+        };
+        assert_eq!(got, len);
+        filters.push(program.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect());
+    }
+    ptrace(libc::PTRACE_DETACH);
+    filters
+}
+
+/// What the kernel decides for one x86_64 system call under `filters`: the strictest of
+/// their actions (`SECCOMP_RET_ACTION_FULL` ordering, lowest first), with its data.
+fn decide(filters: &[Vec<(u16, u8, u8, u32)>], nr: u32, args: [u64; 6]) -> u32 {
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let word = |off: u32| -> u32 {
+        match off {
+            0 => nr,
+            4 => AUDIT_ARCH_X86_64,
+            8 | 12 => 0, // the instruction pointer
+            16..=63 => {
+                let a = args[(off as usize - 16) / 8];
+                if off.is_multiple_of(8) {
+                    a as u32
+                } else {
+                    (a >> 32) as u32
+                }
+            }
+            _ => panic!("load at offset {off}"),
+        }
+    };
+    let run = |insns: &[(u16, u8, u8, u32)]| -> u32 {
+        let (mut a, mut x, mut mem, mut pc) = (0u32, 0u32, [0u32; 16], 0usize);
+        loop {
+            let (code, jt, jf, k) = insns[pc];
+            let jump = |taken: bool| pc + 1 + usize::from(if taken { jt } else { jf });
+            pc = match code {
+                0x20 => {
+                    a = word(k);
+                    pc + 1
+                } // ld [k]
+                0x00 => {
+                    a = k;
+                    pc + 1
+                } // ld #k
+                0x01 => {
+                    x = k;
+                    pc + 1
+                } // ldx #k
+                0x60 => {
+                    a = mem[k as usize];
+                    pc + 1
+                } // ld M[k]
+                0x61 => {
+                    x = mem[k as usize];
+                    pc + 1
+                } // ldx M[k]
+                0x02 => {
+                    mem[k as usize] = a;
+                    pc + 1
+                } // st M[k]
+                0x03 => {
+                    mem[k as usize] = x;
+                    pc + 1
+                } // stx M[k]
+                0x54 => {
+                    a &= k;
+                    pc + 1
+                } // and #k
+                0x44 => {
+                    a |= k;
+                    pc + 1
+                } // or #k
+                0x87 => {
+                    a = x;
+                    pc + 1
+                } // txa
+                0x07 => {
+                    x = a;
+                    pc + 1
+                } // tax
+                0x05 => pc + 1 + k as usize, // ja
+                0x15 => jump(a == k),
+                0x25 => jump(a > k),
+                0x35 => jump(a >= k),
+                0x45 => jump(a & k != 0),
+                0x1d => jump(a == x),
+                0x2d => jump(a > x),
+                0x3d => jump(a >= x),
+                0x06 => return k, // ret #k
+                0x16 => return a, // ret a
+                _ => panic!("opcode {code:#x} at {pc}"),
+            };
+        }
+    };
+    let rank = |ret: u32| (ret & 0xffff_0000) as i32; // SECCOMP_RET_ACTION_FULL, signed
+    filters
+        .iter()
+        .map(|f| run(f))
+        .min_by_key(|&r| rank(r))
+        .unwrap_or(0x7fff_0000)
+}
+
+/// The seccomp program a Wasm container's process runs under decides every system call as
+/// runc's does for the same profile (containerd's default, `ctr run --seccomp`), arguments
+/// included. Before, the shim read the OCI `SCMP_CMP_MASKED_EQ` condition backwards (the
+/// spec's `valueTwo` as the mask), so that `clone` with `CLONE_NEWUSER` and every other
+/// `CLONE_NEW*` flag was allowed where runc's program returns EPERM.
+#[test]
+fn the_seccomp_program_decides_every_system_call_as_runcs() {
+    if !common::can_run("seccomp_as_runc") {
+        return;
+    }
+    let r = rootfs();
+    let ctd = containerd();
+    let (wasm, runc) = start_pair("iso-seccomp-bpf", &r, &["--seccomp"]);
+    let (w, rc) = (installed_filters(wasm), installed_filters(runc));
+    ctd.remove("iso-seccomp-bpf-wasm");
+    ctd.remove("iso-seccomp-bpf-runc");
+    assert_eq!(w.len(), 1, "one filter in the Wasm container");
+    const CLONE_NEW: [u64; 7] = [
+        libc::CLONE_NEWNS as u64,
+        libc::CLONE_NEWUTS as u64,
+        libc::CLONE_NEWIPC as u64,
+        libc::CLONE_NEWUSER as u64,
+        libc::CLONE_NEWPID as u64,
+        libc::CLONE_NEWNET as u64,
+        libc::CLONE_NEWCGROUP as u64,
+    ];
+    const EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+    const ALLOW: u32 = 0x7fff_0000;
+    let thread = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD) as u64;
+    assert_eq!(
+        decide(&w, libc::SYS_clone as u32, [thread, 0, 0, 0, 0, 0]),
+        ALLOW
+    );
+    for flag in CLONE_NEW {
+        let args = [flag | libc::SIGCHLD as u64, 0, 0, 0, 0, 0];
+        assert_eq!(
+            (
+                decide(&w, libc::SYS_clone as u32, args),
+                decide(&rc, libc::SYS_clone as u32, args)
+            ),
+            (EPERM, EPERM),
+            "clone with {flag:#x}"
+        );
+    }
+    // Every system call of the x86_64 table, with arguments that each conditional rule of
+    // the profile tells apart. runc adds a stub that answers ENOSYS, not the default
+    // action, for a system call newer than every one the profile names (so that a libc
+    // falls back): that is the one difference allowed.
+    const ENOSYS: u32 = 0x0005_0000 | libc::ENOSYS as u32;
+    let mut differ = Vec::new();
+    for nr in 0..460u32 {
+        for arg0 in [
+            0u64,
+            8,
+            0x20000,
+            0xffff_ffff,
+            libc::CLONE_NEWUSER as u64,
+            libc::AF_NETLINK as u64,
+            libc::AF_INET as u64,
+        ] {
+            let args = [arg0, 0, 0, 0, 0, 0];
+            let (ours, theirs) = (decide(&w, nr, args), decide(&rc, nr, args));
+            if ours != theirs && !(ours == EPERM && theirs == ENOSYS) {
+                differ.push(format!(
+                    "syscall {nr} arg0 {arg0:#x}: ours {ours:#x}, runc's {theirs:#x}"
+                ));
+            }
+        }
+    }
+    assert!(differ.is_empty(), "{differ:#?}");
+}
