@@ -17,7 +17,9 @@
 //! argument conditions (conditions on one argument index AND together in one rule;
 //! several conditions on the same index become one rule each). A syscall name this
 //! libseccomp does not know is skipped, as runc does; a rule whose action is the default
-//! adds nothing. Seccomp notification is refused by the spec translation.
+//! adds nothing. Seccomp notification is refused by the spec translation. Where the default
+//! action denies, a system call newer than every one the profile names gets ENOSYS, as
+//! under runc ([`enosys_stub`]).
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -141,6 +143,7 @@ fn compile_as(profile: &LinuxSeccomp, layout: u32) -> Result<Seccomp, SeccompErr
     // it holds CAP_SYS_ADMIN; libseccomp must not set no_new_privs on its own.
     ctx.set_ctl_nnp(false).map_err(err)?;
     ctx.set_ctl_optimize(layout).map_err(err)?;
+    let mut arches = vec![ScmpArch::native()];
     for arch in profile.architectures().iter().flatten() {
         let name = serde_json::to_value(arch)
             .ok()
@@ -151,6 +154,9 @@ fn compile_as(profile: &LinuxSeccomp, layout: u32) -> Result<Seccomp, SeccompErr
         if !ctx.is_arch_present(arch).map_err(err)? {
             ctx.add_arch(arch)
                 .map_err(|e| err(format!("architecture {name}: {e}")))?;
+        }
+        if !arches.contains(&arch) {
+            arches.push(arch);
         }
     }
     let mut flags = 0u32;
@@ -217,10 +223,138 @@ fn compile_as(profile: &LinuxSeccomp, layout: u32) -> Result<Seccomp, SeccompErr
             }
         }
     }
-    Ok(Seccomp {
-        program: export(&ctx)?,
-        flags,
-    })
+    let mut program = export(&ctx)?;
+    if !matches!(
+        default,
+        ScmpAction::Allow | ScmpAction::Log | ScmpAction::Trace(_)
+    ) {
+        let names = profile
+            .syscalls()
+            .iter()
+            .flatten()
+            .flat_map(|r| r.names().iter().map(String::as_str));
+        let mut stub = enosys_stub(&newest_syscalls(&arches, names));
+        stub.append(&mut program);
+        program = stub;
+    }
+    Ok(Seccomp { program, flags })
+}
+
+/// `AUDIT_ARCH_*` of the architectures whose newer system calls get ENOSYS (the ones this
+/// runtime's nodes run, and their compat ABIs); x32 shares x86_64's and sets bit 30 of the
+/// number.
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
+const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
+const X32_BIT: u32 = 1 << 30;
+
+/// For each architecture (by `AUDIT_ARCH_*`, x32 apart), the largest system call number the
+/// profile names, for any action.
+#[derive(Debug, Default, PartialEq)]
+struct Newest {
+    by_arch: Vec<(u32, u32)>,
+    x86_64: Option<u32>,
+    x32: Option<u32>,
+}
+
+fn newest_syscalls<'a>(
+    arches: &[ScmpArch],
+    names: impl Iterator<Item = &'a str> + Clone,
+) -> Newest {
+    let mut newest = Newest::default();
+    for &arch in arches {
+        let largest = names
+            .clone()
+            .filter_map(|n| ScmpSyscall::from_name_by_arch(n, arch).ok())
+            .map(|s| s.as_raw_syscall())
+            .filter(|&nr| nr >= 0)
+            .max()
+            .map(|nr| nr as u32);
+        let Some(largest) = largest else { continue };
+        match arch {
+            ScmpArch::X8664 => newest.x86_64 = Some(largest),
+            ScmpArch::X32 => newest.x32 = Some(largest),
+            ScmpArch::X86 => newest.by_arch.push((AUDIT_ARCH_I386, largest)),
+            ScmpArch::Aarch64 => newest.by_arch.push((AUDIT_ARCH_AARCH64, largest)),
+            ScmpArch::Arm => newest.by_arch.push((AUDIT_ARCH_ARM, largest)),
+            // Other architectures: the profile's default action, as before.
+            _ => {}
+        }
+    }
+    newest
+}
+
+/// runc's answer to a system call newer than every one the profile names: ENOSYS, not the
+/// default action, so that a libc tries the older call it falls back to (a profile written
+/// before `clone3` or `faccessat2` existed must not make them fail with EPERM). A program
+/// that runs before the profile's: per architecture, `nr > newest` returns ENOSYS, anything
+/// else goes on to the profile's program, which loads what it needs again.
+fn enosys_stub(newest: &Newest) -> Vec<u64> {
+    const LD_ABS: u16 = 0x20;
+    const JA: u16 = 0x05;
+    const JEQ: u16 = 0x15;
+    const JGT: u16 = 0x25;
+    const JSET: u16 = 0x45;
+    const RET: u16 = 0x06;
+    const ENOSYS: u32 = 0x0005_0000 | libc::ENOSYS as u32;
+    // Instructions as (code, jt, jf, k); a `None` k is a jump to the profile's program.
+    type Insn = (u16, u8, u8, Option<u32>);
+    let mut out: Vec<Insn> = vec![(LD_ABS, 0, 0, Some(4))];
+    // One section per architecture: `ld nr; [x32 test]; jgt newest; ret ENOSYS; ja profile`.
+    let mut sections: Vec<(u32, Vec<Insn>)> = Vec::new();
+    let limit = |newest: u32| -> [Insn; 3] {
+        [
+            (JGT, 0, 1, Some(newest)),
+            (RET, 0, 0, Some(ENOSYS)),
+            (JA, 0, 0, None),
+        ]
+    };
+    let x86 = match (newest.x86_64, newest.x32) {
+        (Some(native), Some(x32)) => {
+            let mut s = vec![(LD_ABS, 0, 0, Some(0)), (JSET, 3, 0, Some(X32_BIT))];
+            s.extend(limit(native));
+            s.extend(limit(x32));
+            Some(s)
+        }
+        (Some(native), None) => {
+            let mut s = vec![(LD_ABS, 0, 0, Some(0)), (JSET, 2, 0, Some(X32_BIT))];
+            s.extend(limit(native));
+            Some(s)
+        }
+        (None, Some(x32)) => {
+            let mut s = vec![(LD_ABS, 0, 0, Some(0)), (JSET, 0, 2, Some(X32_BIT))];
+            s.extend(limit(x32));
+            Some(s)
+        }
+        (None, None) => None,
+    };
+    sections.extend(x86.map(|s| (AUDIT_ARCH_X86_64, s)));
+    for &(arch, n) in &newest.by_arch {
+        let mut s = vec![(LD_ABS, 0, 0, Some(0))];
+        s.extend(limit(n));
+        sections.push((arch, s));
+    }
+    // The dispatch: `jeq arch, 0, 1; ja section` per architecture, then `ja profile`.
+    let dispatch_len = 1 + 2 * sections.len() + 1;
+    let mut at = dispatch_len;
+    for (arch, s) in &sections {
+        let from = out.len() + 2;
+        out.push((JEQ, 0, 1, Some(*arch)));
+        out.push((JA, 0, 0, Some((at - from) as u32)));
+        at += s.len();
+    }
+    out.push((JA, 0, 0, None));
+    for (_, s) in sections {
+        out.extend(s);
+    }
+    let len = out.len();
+    out.iter()
+        .enumerate()
+        .map(|(pc, &(code, jt, jf, k))| {
+            Seccomp::pack(code, jt, jf, k.unwrap_or((len - pc - 1) as u32))
+        })
+        .collect()
 }
 
 /// The filter's BPF program, one `struct sock_filter` (8 bytes) per instruction.
@@ -295,12 +429,15 @@ mod tests {
     /// Runs a program over one `seccomp_data` (x86_64, `nr`, `args`): the action it returns
     /// and the instructions it executed. Only the opcodes libseccomp emits are known.
     fn run(program: &Seccomp, nr: u32, args: [u64; 6]) -> (u32, usize) {
-        const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+        run_as(program, AUDIT_ARCH_X86_64, nr, args)
+    }
+
+    fn run_as(program: &Seccomp, arch: u32, nr: u32, args: [u64; 6]) -> (u32, usize) {
         let insns: Vec<_> = program.instructions().collect();
         let word = |off: u32| -> u32 {
             match off {
                 0 => nr,
-                4 => AUDIT_ARCH_X86_64,
+                4 => arch,
                 16..=63 => {
                     let a = args[(off as usize - 16) / 8];
                     if off.is_multiple_of(8) {
@@ -360,6 +497,8 @@ mod tests {
         let tree = compile(&p).unwrap();
         const ALLOW: u32 = 0x7fff_0000;
         const EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+        const ENOSYS: u32 = 0x0005_0000 | libc::ENOSYS as u32;
+        let newest = plain.iter().map(|(n, _)| *n as u32).max().unwrap().max(135);
         let (mut linear_worst, mut tree_worst) = (0, 0);
         for nr in 0..460u32 {
             for arg0 in [0u64, 8, 9, 0x1000_0000, 0x2_0000_0000] {
@@ -368,7 +507,11 @@ mod tests {
                     56 => arg0 & 2114060288 == 0,
                     _ => plain.iter().any(|(n, _)| *n as u32 == nr),
                 };
-                let want = if allowed { ALLOW } else { EPERM };
+                let want = match (allowed, nr > newest) {
+                    (true, _) => ALLOW,
+                    (false, false) => EPERM,
+                    (false, true) => ENOSYS,
+                };
                 let args = [arg0, 0, 0, 0, 0, 0];
                 let (l, l_steps) = run(&linear, nr, args);
                 let (t, t_steps) = run(&tree, nr, args);
@@ -381,6 +524,57 @@ mod tests {
             tree_worst * 5 < linear_worst,
             "tree {tree_worst} steps at worst, linear {linear_worst}"
         );
+    }
+
+    #[test]
+    fn newer_system_calls_get_enosys_on_each_architecture_as_under_runc() {
+        const ALLOW: u32 = 0x7fff_0000;
+        const EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+        const ENOSYS: u32 = 0x0005_0000 | libc::ENOSYS as u32;
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_X32"],
+                "syscalls":[{"names":["read","preadv2"],"action":"SCMP_ACT_ALLOW"},
+                            {"names":["openat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+        );
+        let program = compile(&p).unwrap();
+        // (architecture, number, decision): preadv2 is the newest the profile names, 327 on
+        // x86_64, 546 on x32 (with bit 30), 378 on i386.
+        for (arch, nr, want) in [
+            (AUDIT_ARCH_X86_64, 0, ALLOW),
+            (AUDIT_ARCH_X86_64, 257, 0x0005_0000 | 13),
+            (AUDIT_ARCH_X86_64, 300, EPERM),
+            (AUDIT_ARCH_X86_64, 327, ALLOW),
+            (AUDIT_ARCH_X86_64, 328, ENOSYS),
+            (AUDIT_ARCH_X86_64, 459, ENOSYS),
+            (AUDIT_ARCH_X86_64, X32_BIT, ALLOW),
+            (AUDIT_ARCH_X86_64, X32_BIT | 300, EPERM),
+            (AUDIT_ARCH_X86_64, X32_BIT | 546, ALLOW),
+            (AUDIT_ARCH_X86_64, X32_BIT | 547, ENOSYS),
+            (AUDIT_ARCH_I386, 3, ALLOW),
+            (AUDIT_ARCH_I386, 300, EPERM),
+            (AUDIT_ARCH_I386, 379, ENOSYS),
+        ] {
+            assert_eq!(
+                run_as(&program, arch, nr, [0; 6]).0,
+                want,
+                "arch {arch:#x}, syscall {nr:#x}"
+            );
+        }
+        // Without x32 in the profile, an x32 call is the profile's (libseccomp's) to decide.
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],
+                "syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#,
+        );
+        let program = compile(&p).unwrap();
+        assert_eq!(run(&program, 1, [0; 6]).0, ENOSYS);
+        assert_ne!(run(&program, X32_BIT | 1, [0; 6]).0, ENOSYS);
+        // An allowing default needs no stub: a newer call is allowed, as the profile says.
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        );
+        let program = compile(&p).unwrap();
+        assert_eq!(run(&program, 459, [0; 6]).0, ALLOW);
+        assert_eq!(run(&program, 83, [0; 6]).0, EPERM);
     }
 
     #[test]

@@ -720,14 +720,22 @@ fn installed_filters(pid: i32) -> Vec<Vec<(u16, u8, u8, u32)>> {
     filters
 }
 
-/// What the kernel decides for one x86_64 system call under `filters`: the strictest of
-/// their actions (`SECCOMP_RET_ACTION_FULL` ordering, lowest first), with its data.
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+
+/// What the kernel decides for one x86_64 system call under `filters`.
 fn decide(filters: &[Vec<(u16, u8, u8, u32)>], nr: u32, args: [u64; 6]) -> u32 {
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    decide_as(filters, AUDIT_ARCH_X86_64, nr, args)
+}
+
+/// What the kernel decides for one system call of architecture `arch` under `filters`: the
+/// strictest of their actions (`SECCOMP_RET_ACTION_FULL` ordering, lowest first), with its
+/// data.
+fn decide_as(filters: &[Vec<(u16, u8, u8, u32)>], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
     let word = |off: u32| -> u32 {
         match off {
             0 => nr,
-            4 => AUDIT_ARCH_X86_64,
+            4 => arch,
             8 | 12 => 0, // the instruction pointer
             16..=63 => {
                 let a = args[(off as usize - 16) / 8];
@@ -816,7 +824,8 @@ fn decide(filters: &[Vec<(u16, u8, u8, u32)>], nr: u32, args: [u64; 6]) -> u32 {
 /// runc's does for the same profile (containerd's default, `ctr run --seccomp`), arguments
 /// included. Before, the shim read the OCI `SCMP_CMP_MASKED_EQ` condition backwards (the
 /// spec's `valueTwo` as the mask), so that `clone` with `CLONE_NEWUSER` and every other
-/// `CLONE_NEW*` flag was allowed where runc's program returns EPERM.
+/// `CLONE_NEW*` flag was allowed where runc's program returns EPERM; and a system call
+/// newer than the profile got EPERM where runc's gets ENOSYS.
 #[test]
 fn the_seccomp_program_decides_every_system_call_as_runcs() {
     if !common::can_run("seccomp_as_runc") {
@@ -860,13 +869,15 @@ fn the_seccomp_program_decides_every_system_call_as_runcs() {
             "clone with {flag:#x}"
         );
     }
-    // Every system call of the x86_64 table, with arguments that each conditional rule of
-    // the profile tells apart. runc adds a stub that answers ENOSYS, not the default
-    // action, for a system call newer than every one the profile names (so that a libc
-    // falls back): that is the one difference allowed.
-    const ENOSYS: u32 = 0x0005_0000 | libc::ENOSYS as u32;
+    // Every system call of the x86_64, x32 (bit 30) and i386 tables, with arguments that
+    // each conditional rule of the profile tells apart, and numbers past the newest the
+    // profile names (runc answers those ENOSYS, so that a libc falls back).
+    let calls = (0..470u32)
+        .map(|nr| (AUDIT_ARCH_X86_64, nr))
+        .chain((0..560u32).map(|nr| (AUDIT_ARCH_X86_64, nr | 1 << 30)))
+        .chain((0..470u32).map(|nr| (AUDIT_ARCH_I386, nr)));
     let mut differ = Vec::new();
-    for nr in 0..460u32 {
+    for (arch, nr) in calls {
         for arg0 in [
             0u64,
             8,
@@ -877,10 +888,13 @@ fn the_seccomp_program_decides_every_system_call_as_runcs() {
             libc::AF_INET as u64,
         ] {
             let args = [arg0, 0, 0, 0, 0, 0];
-            let (ours, theirs) = (decide(&w, nr, args), decide(&rc, nr, args));
-            if ours != theirs && !(ours == EPERM && theirs == ENOSYS) {
+            let (ours, theirs) = (
+                decide_as(&w, arch, nr, args),
+                decide_as(&rc, arch, nr, args),
+            );
+            if ours != theirs {
                 differ.push(format!(
-                    "syscall {nr} arg0 {arg0:#x}: ours {ours:#x}, runc's {theirs:#x}"
+                    "arch {arch:#x} syscall {nr:#x} arg0 {arg0:#x}: ours {ours:#x}, runc's {theirs:#x}"
                 ));
             }
         }
