@@ -301,6 +301,13 @@ pub struct IdsMapped;
 /// Microseconds each step of a container's create took, measured in its process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timings {
+    /// From the fork (the runner's or the zygote's) to the container process's first step:
+    /// the kernel's copy of the parent and the scheduler.
+    #[serde(default)]
+    pub fork_us: u64,
+    /// Waiting for the shim's plan, which it sends once the runner has answered.
+    #[serde(default)]
+    pub plan_us: u64,
     pub hash_us: u64,
     pub lookup_us: u64,
     /// Compiling, or waiting for another process's compile.

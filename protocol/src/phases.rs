@@ -4,9 +4,10 @@
 //! File: `phases.json` inside the cache's own layout (`<cache_dir>/v1/phases.json`; the cache
 //! crate owns where it lives, its lock and how it is replaced: `wasmedge_aot_cache::side`), a
 //! JSON object `{"version": 1, "containers": N, "native": N, "interpreter": N, "hash_us": ..,
-//! "lookup_us": .., "compile_us": .., "cgroup_us": .., "namespaces_us": .., "mounts_us": ..,
-//! "pivot_us": .., "credentials_us": .., "seccomp_us": .., "load_us": .., "instantiate_us":
-//! .., "run_us": ..}` (the isolation steps may be absent in older files: zero).
+//! "lookup_us": .., "compile_us": .., "fork_us": .., "plan_us": .., "cgroup_us": ..,
+//! "namespaces_us": .., "mounts_us": .., "pivot_us": .., "credentials_us": .., "seccomp_us":
+//! .., "load_us": .., "instantiate_us": .., "run_us": ..}` (the isolation steps, the fork and
+//! the plan may be absent in older files: zero).
 //! Every shim adds one container's figures when the container exits ([`record`]);
 //! `wasmedge-shimctl stats` reads them ([`read`]). Nothing is recorded for a cache that does
 //! not exist or is not trusted. Reads are bounded; an unreadable or corrupt file counts from
@@ -35,6 +36,10 @@ pub struct PhaseTotals {
     pub lookup_us: u64,
     pub compile_us: u64,
     #[serde(default)]
+    pub fork_us: u64,
+    #[serde(default)]
+    pub plan_us: u64,
+    #[serde(default)]
     pub cgroup_us: u64,
     #[serde(default)]
     pub namespaces_us: u64,
@@ -53,11 +58,13 @@ pub struct PhaseTotals {
 
 impl PhaseTotals {
     /// Each phase's name and total, in the order `wasmedge-shimctl stats` lists them.
-    pub fn phases(&self) -> [(&'static str, u64); 12] {
+    pub fn phases(&self) -> [(&'static str, u64); 14] {
         [
             ("hash", self.hash_us),
             ("lookup", self.lookup_us),
             ("compile", self.compile_us),
+            ("fork", self.fork_us),
+            ("plan", self.plan_us),
             ("cgroup", self.cgroup_us),
             ("namespaces", self.namespaces_us),
             ("mounts", self.mounts_us),
@@ -84,6 +91,8 @@ impl PhaseTotals {
         self.hash_us += t.hash_us;
         self.lookup_us += t.lookup_us;
         self.compile_us += t.compile_us;
+        self.fork_us += t.fork_us;
+        self.plan_us += t.plan_us;
         self.cgroup_us += t.cgroup_us;
         self.namespaces_us += t.namespaces_us;
         self.mounts_us += t.mounts_us;
@@ -127,6 +136,8 @@ mod tests {
             hash_us: 1,
             lookup_us: 2,
             compile_us: 3,
+            fork_us: 12,
+            plan_us: 13,
             cgroup_us: 6,
             namespaces_us: 7,
             mounts_us: 8,
@@ -158,6 +169,7 @@ mod tests {
         assert_eq!((t.containers, t.native, t.interpreter), (2, 1, 1));
         assert_eq!((t.hash_us, t.load_us, t.run_us), (2, 8, 30));
         assert_eq!((t.cgroup_us, t.mounts_us, t.seccomp_us), (12, 16, 22));
+        assert_eq!((t.fork_us, t.plan_us), (24, 26));
 
         let file = root.join("v1/phases.json");
         std::fs::write(&file, b"{not json").unwrap();

@@ -83,6 +83,8 @@ pub struct Resolution {
     pub lookup: Duration,
     /// Loading and instantiating the template, the first time (one container pays it).
     pub load: Duration,
+    /// When the container process was forked (the fork's caller sets it just before).
+    pub forked: Option<std::time::Instant>,
 }
 
 impl CodeFinder {

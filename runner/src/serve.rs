@@ -72,6 +72,7 @@ pub fn serve(sock: OwnedFd, runner: &CodeFinder) -> ! {
                 }
             }
         }
+        res.forked = Some(std::time::Instant::now());
         // SAFETY: the runner is single-threaded (it starts no thread), so the child may run
         // arbitrary code after the fork.
         match unsafe {

@@ -384,6 +384,7 @@ unsafe fn serve(
             outcome: CacheOutcome::Hit,
             hash: std::time::Duration::from_nanos(timings.0),
             lookup: std::time::Duration::from_nanos(timings.1),
+            forked: Some(std::time::Instant::now()),
             ..Resolution::default()
         };
         // SAFETY: the zygote is single-threaded.

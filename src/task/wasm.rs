@@ -339,12 +339,14 @@ impl Wasm {
                 }
                 debug!(
                     "container {id}: cgroup {cgroup_us} µs, spawn to ready {} µs: hash {} µs, lookup {} µs, \
-                     compile {} µs, cgroup entry {} µs, namespaces {} µs, mounts {} µs, pivot {} µs, \
+                     compile {} µs, fork {} µs, plan {} µs, cgroup entry {} µs, namespaces {} µs, mounts {} µs, pivot {} µs, \
                      load {} µs, instantiate {} µs, credentials {} µs, seccomp {} µs; cache {}, tier {}",
                     started.elapsed().as_micros(),
                     t.hash_us,
                     t.lookup_us,
                     t.compile_us,
+                    t.fork_us,
+                    t.plan_us,
                     t.cgroup_us,
                     t.namespaces_us,
                     t.mounts_us,

@@ -3,8 +3,10 @@
 //! The steps, in the order they run (each a function of its own, each timed):
 //!
 //! 1. **birth**: close every descriptor inherited from the runner but this container's
-//!    own; a session of its own.
-//! 2. **plan**: read the container's plan and stdio from the shim on the control stream.
+//!    own; a session of its own. Timed from the fork in the parent (`fork`: the kernel's
+//!    copy of the parent, the scheduler, the first copy-on-write faults).
+//! 2. **plan**: read the container's plan and stdio from the shim on the control stream
+//!    (timed as the wait for it: the shim sends it once the runner has answered).
 //!    The runner never sees a plan: no container's env, and of its argv only `args[0]`
 //!    (the request's `module_name`), is in the memory later container processes are forked
 //!    from. The kernel shows the plan's env as the process's (`/proc/<pid>/environ`), not
@@ -126,6 +128,7 @@ fn prepare(
     res: Resolution,
 ) -> Result<ReadyToRun, StepError> {
     // 1. Birth.
+    let fork_us = res.forked.map_or(0, |t| micros(t.elapsed()));
     let mut keep: Vec<RawFd> = vec![control.as_raw_fd(), module.as_raw_fd()];
     keep.extend(runner.inherited_fds_to_keep(&res).map(|fd| fd.as_raw_fd()));
     close_fds_except(&keep);
@@ -133,7 +136,9 @@ fn prepare(
     let _ = nix::unistd::setsid();
 
     // 2. The plan, and the container's stdio in place of the runner's.
+    let t = Instant::now();
     let (plan, fds) = receive_plan(control)?;
+    let plan_us = micros(t.elapsed());
     let mut fds = fds.into_iter();
     for target in 0..3 {
         let fd = fds
@@ -149,6 +154,8 @@ fn prepare(
     // `spawn::RUNNER_ENV` and the node config (`spawn::CONFIG_ENV`).
     environ::show(&plan.env)?;
     let mut timings = Timings {
+        fork_us,
+        plan_us,
         hash_us: micros(res.hash),
         lookup_us: micros(res.lookup),
         cache: res.outcome,
