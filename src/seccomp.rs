@@ -6,11 +6,14 @@
 //! `RuntimeDefault`), so the shim compiles each distinct profile once and keeps the program
 //! ([`Compiled`]). The container process only makes the `seccomp(2)` call, with no library.
 //!
-//! The program is a binary search over syscall numbers (libseccomp's optimisation level 2),
-//! not libseccomp's default linear list: on attach the kernel runs the filter once per
-//! syscall number and architecture to build its allow-cache, which for containerd's default
-//! profile took about 0.9 ms linear against 0.3 ms as a tree here, and every syscall the
-//! cache does not cover walks a few comparisons instead of hundreds.
+//! A profile of more than [`TREE_ABOVE`] system call names (containerd's default, Kubernetes'
+//! `RuntimeDefault`) becomes a binary search over syscall numbers (libseccomp's optimisation
+//! level 2), not libseccomp's default linear list, as runc builds it: on attach the kernel
+//! runs the filter once per syscall number and architecture to build its allow-cache, which
+//! for containerd's default profile took about 0.9 ms linear against 0.3 ms as a tree here,
+//! and every syscall the cache does not cover walks a few comparisons instead of hundreds.
+//! Below that size the tree buys nothing (and libseccomp before 2.5.4 built a wrong tree of
+//! no rules); a libseccomp without the attribute (before 2.5) builds the linear list.
 //!
 //! The translation follows the OCI runtime spec as runc implements it: the default action
 //! and errno, the architectures, the filter flags, and each rule's action, errno and
@@ -121,13 +124,20 @@ fn condition(a: &LinuxSeccompArg) -> ScmpArgCompare {
 }
 
 /// libseccomp's `SCMP_FLTATR_CTL_OPTIMIZE` levels: rules in priority order, or a binary tree.
-#[cfg(test)]
 const LINEAR: u32 = 1;
 const TREE: u32 = 2;
+/// More system call names than this make the program a tree (runc's threshold).
+const TREE_ABOVE: usize = 32;
 
 /// Compiles one profile into its BPF program.
 pub fn compile(profile: &LinuxSeccomp) -> Result<Seccomp, SeccompError> {
-    compile_as(profile, TREE)
+    let names: usize = profile
+        .syscalls()
+        .iter()
+        .flatten()
+        .map(|r| r.names().len())
+        .sum();
+    compile_as(profile, if names > TREE_ABOVE { TREE } else { LINEAR })
 }
 
 fn compile_as(profile: &LinuxSeccomp, layout: u32) -> Result<Seccomp, SeccompError> {
@@ -142,7 +152,10 @@ fn compile_as(profile: &LinuxSeccomp, layout: u32) -> Result<Seccomp, SeccompErr
     // The filter is installed by the container process itself, after no_new_privs or while
     // it holds CAP_SYS_ADMIN; libseccomp must not set no_new_privs on its own.
     ctx.set_ctl_nnp(false).map_err(err)?;
-    ctx.set_ctl_optimize(layout).map_err(err)?;
+    if layout != LINEAR {
+        // Not fatal: a libseccomp before 2.5 has no such attribute, and builds the list.
+        let _ = ctx.set_ctl_optimize(layout);
+    }
     let mut arches = vec![ScmpArch::native()];
     for arch in profile.architectures().iter().flatten() {
         let name = serde_json::to_value(arch)
@@ -271,7 +284,11 @@ fn newest_syscalls<'a>(
             .filter(|&nr| nr >= 0)
             .max()
             .map(|nr| nr as u32);
-        let Some(largest) = largest else { continue };
+        // As runc: an architecture whose largest is 0 (or none) gets no section, so that a
+        // profile naming only `read` keeps its default action (a kill, say) for the rest.
+        let Some(largest) = largest.filter(|&nr| nr != 0) else {
+            continue;
+        };
         match arch {
             ScmpArch::X8664 => newest.x86_64 = Some(largest),
             ScmpArch::X32 => newest.x32 = Some(largest),
@@ -495,6 +512,12 @@ mod tests {
         ));
         let linear = compile_as(&p, LINEAR).unwrap();
         let tree = compile(&p).unwrap();
+        assert_ne!(
+            linear.program,
+            tree.program,
+            "{} names make a tree",
+            names.len()
+        );
         const ALLOW: u32 = 0x7fff_0000;
         const EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
         const ENOSYS: u32 = 0x0005_0000 | libc::ENOSYS as u32;
@@ -563,11 +586,42 @@ mod tests {
         // Without x32 in the profile, an x32 call is the profile's (libseccomp's) to decide.
         let p = profile(
             r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],
+                "syscalls":[{"names":["read","write"],"action":"SCMP_ACT_ALLOW"}]}"#,
+        );
+        let program = compile(&p).unwrap();
+        assert_eq!(run(&program, 2, [0; 6]).0, ENOSYS);
+        assert_ne!(run(&program, X32_BIT | 2, [0; 6]).0, ENOSYS);
+        // A largest number of 0 (only `read` on x86_64) makes no section, as in runc: the
+        // default action (here a kill) stays for every other call.
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_KILL_PROCESS","architectures":["SCMP_ARCH_X86_64"],
                 "syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW"}]}"#,
         );
         let program = compile(&p).unwrap();
-        assert_eq!(run(&program, 1, [0; 6]).0, ENOSYS);
-        assert_ne!(run(&program, X32_BIT | 1, [0; 6]).0, ENOSYS);
+        assert_eq!(run(&program, 0, [0; 6]).0, ALLOW);
+        assert_eq!(run(&program, 1, [0; 6]).0, 0x8000_0000);
+        assert_eq!(run(&program, 459, [0; 6]).0, 0x8000_0000);
+        // aarch64's and arm's sections (preadv2 is 286 on aarch64, 392 on arm).
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_AARCH64","SCMP_ARCH_ARM"],
+                "syscalls":[{"names":["read","preadv2"],"action":"SCMP_ACT_ALLOW"}]}"#,
+        );
+        let program = compile(&p).unwrap();
+        for (arch, nr, want) in [
+            (AUDIT_ARCH_AARCH64, 63, ALLOW),
+            (AUDIT_ARCH_AARCH64, 286, ALLOW),
+            (AUDIT_ARCH_AARCH64, 200, EPERM),
+            (AUDIT_ARCH_AARCH64, 287, ENOSYS),
+            (AUDIT_ARCH_ARM, 392, ALLOW),
+            (AUDIT_ARCH_ARM, 393, ENOSYS),
+            (AUDIT_ARCH_X86_64, 328, ENOSYS),
+        ] {
+            assert_eq!(
+                run_as(&program, arch, nr, [0; 6]).0,
+                want,
+                "arch {arch:#x}, syscall {nr}"
+            );
+        }
         // An allowing default needs no stub: a newer call is allowed, as the profile says.
         let p = profile(
             r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
