@@ -9,8 +9,8 @@
 # place, and the lifecycle tests that prove a Wasm container starts, fails, is OOM-killed and
 # leaves nothing on cgroup v2, and containerd 2 reading the runtime's info; OCI hooks (the
 # container process's pause between its mounts and its pivot), a pod's container's namespace
-# joins, and the compile worker's confinement (mount_setattr, namespaces, seccomp) on the
-# guest's kernel. In the guest WASMEDGE_SHIM_NODE_TESTS=1 turns every "needs
+# joins, the compile worker's confinement (mount_setattr, namespaces, seccomp) and each
+# container's seccomp program against runc's on the guest's kernel. In the guest WASMEDGE_SHIM_NODE_TESTS=1 turns every "needs
 # systemd" skip into a failure.
 #
 # Usage: node-tests.sh [CONTAINERD...]   guest paths of the containerds to test against
@@ -24,7 +24,7 @@ SUITE=(
   "cri a_pod_s_containers_get_their_cgroups a_wasm_pod_runs_through_cri a_pod_of_only_linux_containers a_runtimes_systemd_cgroup_must_agree"
   "lifecycle hello_prints exit_codes a_module_that_traps delete_leaves containerd_2_reads"
   "devices"
-  "isolation a_shared_root_propagation"
+  "isolation a_shared_root_propagation seccomp"
   "hooks hooks_run a_failing"
   "tenants a_pods_container"
   "compiles llvm_runs_unprivileged"

@@ -16,9 +16,10 @@
 //! no rules); a libseccomp without the attribute (before 2.5) builds the linear list.
 //!
 //! The translation follows the OCI runtime spec as runc implements it: the default action
-//! and errno, the architectures, the filter flags, and each rule's action, errno and
-//! argument conditions (conditions on one argument index AND together in one rule;
-//! several conditions on the same index become one rule each). A syscall name this
+//! and its errno (`defaultErrnoRet`, the default action's only: an errno rule without its
+//! own returns EPERM), the architectures, the filter flags, and each rule's action, errno
+//! and argument conditions (they AND together in one rule, unless two of them name the
+//! same argument: then each is a rule of its own, any of which matches). A syscall name this
 //! libseccomp does not know is skipped, as runc does; a rule whose action is the default
 //! adds nothing. Seccomp notification is refused by the spec translation. Where the default
 //! action denies, a system call newer than every one the profile names gets ENOSYS, as
@@ -77,23 +78,18 @@ impl Compiled {
     }
 }
 
-fn action(
-    a: LinuxSeccompAction,
-    errno: Option<u32>,
-    default_errno: u32,
-) -> Result<ScmpAction, SeccompError> {
+/// One action of the profile. An errno action without its errno returns EPERM, as the OCI
+/// spec says and runc does: `defaultErrnoRet` is the default action's, never a rule's.
+fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction, SeccompError> {
+    const EPERM: u32 = libc::EPERM as u32;
     Ok(match a {
         LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
             ScmpAction::KillThread
         }
         LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
         LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
-        LinuxSeccompAction::ScmpActErrno => {
-            ScmpAction::Errno(errno.unwrap_or(default_errno) as i32)
-        }
-        LinuxSeccompAction::ScmpActTrace => {
-            ScmpAction::Trace(errno.unwrap_or(default_errno) as u16)
-        }
+        LinuxSeccompAction::ScmpActErrno => ScmpAction::Errno(errno.unwrap_or(EPERM) as i32),
+        LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(errno.unwrap_or(EPERM) as u16),
         LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
         LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
         LinuxSeccompAction::ScmpActNotify => {
@@ -141,13 +137,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Seccomp, SeccompError> {
 }
 
 fn compile_as(profile: &LinuxSeccomp, layout: u32) -> Result<Seccomp, SeccompError> {
-    // EPERM unless the profile says otherwise, as runc.
-    let default_errno = profile.default_errno_ret().unwrap_or(libc::EPERM as u32);
-    let default = action(
-        profile.default_action(),
-        profile.default_errno_ret(),
-        default_errno,
-    )?;
+    let default = action(profile.default_action(), profile.default_errno_ret())?;
     let mut ctx = ScmpFilterContext::new(default).map_err(err)?;
     // The filter is installed by the container process itself, after no_new_privs or while
     // it holds CAP_SYS_ADMIN; libseccomp must not set no_new_privs on its own.
@@ -191,7 +181,7 @@ fn compile_as(profile: &LinuxSeccomp, layout: u32) -> Result<Seccomp, SeccompErr
         }
     }
     for rule in profile.syscalls().iter().flatten() {
-        let act = action(rule.action(), rule.errno_ret(), default_errno)?;
+        let act = action(rule.action(), rule.errno_ret())?;
         if act == default {
             continue;
         }
@@ -206,33 +196,25 @@ fn compile_as(profile: &LinuxSeccomp, layout: u32) -> Result<Seccomp, SeccompErr
             }
             per_index[a.index()] += 1;
         }
+        let conditions: Vec<ScmpArgCompare> = args.iter().map(condition).collect();
+        // As runc: the conditions AND together in one rule, unless two name the same
+        // argument; then each condition is a rule of its own (any one of them matches).
+        let one_each = per_index.iter().any(|&n| n > 1);
         for name in rule.names() {
             let Ok(syscall) = ScmpSyscall::from_name(name) else {
                 continue;
             };
-            let together: Vec<ScmpArgCompare> = args
-                .iter()
-                .filter(|a| per_index[a.index()] == 1)
-                .map(condition)
-                .collect();
-            let alone: Vec<ScmpArgCompare> = args
-                .iter()
-                .filter(|a| per_index[a.index()] > 1)
-                .map(condition)
-                .collect();
             let add = |ctx: &mut ScmpFilterContext, conds: &[ScmpArgCompare]| {
                 ctx.add_rule_conditional(act, syscall, conds)
                     .map(|_| ())
                     .map_err(|e| err(format!("rule for {name}: {e}")))
             };
-            if args.is_empty() {
-                add(&mut ctx, &[])?;
-            }
-            for c in &alone {
-                add(&mut ctx, std::slice::from_ref(c))?;
-            }
-            if !together.is_empty() {
-                add(&mut ctx, &together)?;
+            if one_each {
+                for c in &conditions {
+                    add(&mut ctx, std::slice::from_ref(c))?;
+                }
+            } else {
+                add(&mut ctx, &conditions)?;
             }
         }
     }
@@ -629,6 +611,42 @@ mod tests {
         let program = compile(&p).unwrap();
         assert_eq!(run(&program, 459, [0; 6]).0, ALLOW);
         assert_eq!(run(&program, 83, [0; 6]).0, EPERM);
+    }
+
+    #[test]
+    fn conditions_and_errnos_mean_what_they_mean_to_runc() {
+        const ALLOW: u32 = 0x7fff_0000;
+        let errno = |e: u32| 0x0005_0000 | e;
+        // mbind (237): two conditions name argument 0, so each of the four is a rule of its
+        // own; splice (275): conditions on distinct arguments AND together. ioprio_set
+        // (251): an errno rule without its errno is EPERM, not the default's 95.
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":95,"architectures":["SCMP_ARCH_X86_64"],
+                "syscalls":[
+                  {"names":["read","write","exit"],"action":"SCMP_ACT_ALLOW"},
+                  {"names":["mbind"],"action":"SCMP_ACT_ALLOW","args":[
+                    {"index":0,"value":1,"op":"SCMP_CMP_EQ"},{"index":0,"value":2,"op":"SCMP_CMP_EQ"},
+                    {"index":1,"value":5,"op":"SCMP_CMP_EQ"},{"index":2,"value":7,"op":"SCMP_CMP_EQ"}]},
+                  {"names":["splice"],"action":"SCMP_ACT_ALLOW","args":[
+                    {"index":1,"value":5,"op":"SCMP_CMP_EQ"},{"index":2,"value":7,"op":"SCMP_CMP_EQ"}]},
+                  {"names":["ioprio_set"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        );
+        let program = compile(&p).unwrap();
+        for (nr, args, want) in [
+            (237, [1, 0, 0], ALLOW),
+            (237, [2, 0, 0], ALLOW),
+            (237, [0, 5, 0], ALLOW),
+            (237, [0, 0, 7], ALLOW),
+            (237, [0, 0, 0], errno(95)),
+            (275, [0, 5, 7], ALLOW),
+            (275, [0, 5, 0], errno(95)),
+            (275, [0, 0, 7], errno(95)),
+            (251, [0, 0, 0], errno(libc::EPERM as u32)),
+            (200, [0, 0, 0], errno(95)),
+        ] {
+            let args = [args[0], args[1], args[2], 0, 0, 0];
+            assert_eq!(run(&program, nr, args).0, want, "syscall {nr}, {args:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::json;
+
 use common::{containerd, fixture, images, Rootfs, Run};
 
 /// A rootfs with the probe module at /probe.wasm and the native sleeper at /sleep.
@@ -872,32 +874,196 @@ fn the_seccomp_program_decides_every_system_call_as_runcs() {
     // Every system call of the x86_64, x32 (bit 30) and i386 tables, with arguments that
     // each conditional rule of the profile tells apart, and numbers past the newest the
     // profile names (runc answers those ENOSYS, so that a libc falls back).
-    let calls = (0..470u32)
+    let args: Vec<[u64; 6]> = [
+        0u64,
+        8,
+        0x20000,
+        0xffff_ffff,
+        libc::CLONE_NEWUSER as u64,
+        libc::AF_NETLINK as u64,
+        libc::AF_INET as u64,
+    ]
+    .into_iter()
+    .map(|a| [a, 0, 0, 0, 0, 0])
+    .collect();
+    let differ = differences(&w, &rc, &every_table(), &args);
+    assert!(differ.is_empty(), "{differ:#?}");
+}
+
+/// Every number of the x86_64, x32 (bit 30) and i386 tables, and some past them.
+fn every_table() -> Vec<(u32, u32)> {
+    (0..470u32)
         .map(|nr| (AUDIT_ARCH_X86_64, nr))
         .chain((0..560u32).map(|nr| (AUDIT_ARCH_X86_64, nr | 1 << 30)))
-        .chain((0..470u32).map(|nr| (AUDIT_ARCH_I386, nr)));
+        .chain((0..470u32).map(|nr| (AUDIT_ARCH_I386, nr)))
+        .collect()
+}
+
+/// Each call and arguments that programs `ours` and `theirs` decide differently.
+fn differences(
+    ours: &[Vec<(u16, u8, u8, u32)>],
+    theirs: &[Vec<(u16, u8, u8, u32)>],
+    calls: &[(u32, u32)],
+    args: &[[u64; 6]],
+) -> Vec<String> {
     let mut differ = Vec::new();
-    for (arch, nr) in calls {
-        for arg0 in [
-            0u64,
-            8,
-            0x20000,
-            0xffff_ffff,
-            libc::CLONE_NEWUSER as u64,
-            libc::AF_NETLINK as u64,
-            libc::AF_INET as u64,
-        ] {
-            let args = [arg0, 0, 0, 0, 0, 0];
-            let (ours, theirs) = (
-                decide_as(&w, arch, nr, args),
-                decide_as(&rc, arch, nr, args),
+    for &(arch, nr) in calls {
+        for a in args {
+            let (o, t) = (
+                decide_as(ours, arch, nr, *a),
+                decide_as(theirs, arch, nr, *a),
             );
-            if ours != theirs {
+            if o != t {
                 differ.push(format!(
-                    "arch {arch:#x} syscall {nr:#x} arg0 {arg0:#x}: ours {ours:#x}, runc's {theirs:#x}"
+                    "arch {arch:#x} syscall {nr:#x} args {a:x?}: ours {o:#x}, runc's {t:#x}"
                 ));
             }
         }
     }
+    differ
+}
+
+/// A profile of the pod author's own (`ctr run --seccomp-profile`) decides as under runc:
+/// every comparison operator, errno rules with and without their own errno beside a
+/// `defaultErrnoRet`, several conditions on distinct arguments (they AND together) and on
+/// one argument (each a rule of its own, as runc adds them), and every action. Before, an
+/// errno rule without its errno returned the default's errno instead of EPERM, and a rule
+/// with two conditions on one argument ANDed its other conditions together where runc
+/// lets any one of them match.
+#[test]
+fn a_pod_authors_seccomp_profile_decides_as_under_runc() {
+    if !common::can_run("seccomp_profile_as_runc") {
+        return;
+    }
+    // Everything x86_64 has is allowed but the calls the rules are about, which neither
+    // runtime makes to start a container.
+    let ruled = [
+        "setpriority",
+        "ioprio_set",
+        "kcmp",
+        "fadvise64",
+        "sync_file_range",
+        "tee",
+        "splice",
+        "vmsplice",
+        "mbind",
+        "personality",
+        "acct",
+        "swapon",
+        "ptrace",
+        "reboot",
+    ];
+    let allowed: Vec<String> = (0..460)
+        .filter_map(|nr| {
+            libseccomp::ScmpSyscall::from(nr)
+                .get_name_by_arch(libseccomp::ScmpArch::X8664)
+                .ok()
+        })
+        .filter(|n| !ruled.contains(&n.as_str()))
+        .collect();
+    let arg = |index: u32, op: &str, value: u64| json!({"index": index, "value": value, "op": op});
+    let rule = |name: &str, action: &str, errno: Option<u32>, args: Vec<serde_json::Value>| {
+        let mut r = json!({"names": [name], "action": action, "args": args});
+        if let Some(e) = errno {
+            r["errnoRet"] = json!(e);
+        }
+        r
+    };
+    let masked = json!({"index": 5, "value": 3, "valueTwo": 1, "op": "SCMP_CMP_MASKED_EQ"});
+    let profile = json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 95,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": allowed, "action": "SCMP_ACT_ALLOW"},
+            rule("setpriority", "SCMP_ACT_ERRNO", Some(5), vec![arg(0, "SCMP_CMP_EQ", 1)]),
+            rule("ioprio_set", "SCMP_ACT_ERRNO", None, vec![arg(1, "SCMP_CMP_NE", 0)]),
+            rule("kcmp", "SCMP_ACT_ALLOW", None, vec![arg(0, "SCMP_CMP_LT", 10)]),
+            rule("fadvise64", "SCMP_ACT_ERRNO", Some(8), vec![arg(3, "SCMP_CMP_LE", 4)]),
+            rule("sync_file_range", "SCMP_ACT_TRAP", None, vec![arg(3, "SCMP_CMP_GE", 2)]),
+            rule("tee", "SCMP_ACT_ALLOW", None, vec![arg(2, "SCMP_CMP_GT", 100)]),
+            rule("splice", "SCMP_ACT_ERRNO", Some(11), vec![masked]),
+            rule("vmsplice", "SCMP_ACT_ALLOW", None,
+                vec![arg(0, "SCMP_CMP_EQ", 0), arg(3, "SCMP_CMP_EQ", 1)]),
+            rule("mbind", "SCMP_ACT_ERRNO", Some(13), vec![
+                arg(0, "SCMP_CMP_EQ", 1),
+                arg(0, "SCMP_CMP_EQ", 2),
+                arg(1, "SCMP_CMP_EQ", 5),
+                arg(2, "SCMP_CMP_EQ", 7),
+            ]),
+            rule("personality", "SCMP_ACT_LOG", None, vec![arg(0, "SCMP_CMP_EQ", 0xffff)]),
+            rule("acct", "SCMP_ACT_KILL_PROCESS", None, vec![]),
+            rule("swapon", "SCMP_ACT_TRACE", None, vec![]),
+            rule("ptrace", "SCMP_ACT_KILL", None, vec![]),
+            rule("reboot", "SCMP_ACT_ERRNO", Some(1), vec![]),
+        ],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("profile.json");
+    std::fs::write(&file, serde_json::to_vec(&profile).unwrap()).unwrap();
+    let file = file.display().to_string();
+    let r = rootfs();
+    let ctd = containerd();
+    let flags = ["--seccomp", "--seccomp-profile", file.as_str()];
+    let (wasm, runc) = start_pair("iso-seccomp-own", &r, &flags);
+    let (w, rc) = (installed_filters(wasm), installed_filters(runc));
+    ctd.remove("iso-seccomp-own-wasm");
+    ctd.remove("iso-seccomp-own-runc");
+    // Arguments: all zero, each argument alone at values either side of every rule's, and
+    // the pairs the two-condition rules look at.
+    let values = [
+        0u64,
+        1,
+        2,
+        3,
+        4,
+        5,
+        7,
+        9,
+        10,
+        11,
+        100,
+        101,
+        0xffff,
+        1 << 32,
+        u64::MAX,
+    ];
+    let mut args = vec![[0u64; 6]];
+    for i in 0..6 {
+        for v in values {
+            let mut a = [0u64; 6];
+            a[i] = v;
+            args.push(a);
+        }
+    }
+    for (i, j) in [(0, 3), (1, 2), (0, 1), (0, 2)] {
+        for x in [0u64, 1, 2, 5, 7] {
+            for y in [0u64, 1, 2, 5, 7] {
+                let mut a = [0u64; 6];
+                (a[i], a[j]) = (x, y);
+                args.push(a);
+            }
+        }
+    }
+    let numbers: Vec<u32> = ruled
+        .iter()
+        .map(|n| {
+            libseccomp::ScmpSyscall::from_name(n)
+                .unwrap()
+                .as_raw_syscall() as u32
+        })
+        .collect();
+    let calls: Vec<(u32, u32)> = numbers.iter().map(|&nr| (AUDIT_ARCH_X86_64, nr)).collect();
+    let mut differ = differences(&w, &rc, &calls, &args);
+    differ.extend(differences(&w, &rc, &every_table(), &[[0; 6]]));
     assert!(differ.is_empty(), "{differ:#?}");
+    // The profile is not vacuous: each rule decides something for some arguments.
+    for nr in numbers {
+        let seen: std::collections::BTreeSet<u32> =
+            args.iter().map(|a| decide(&w, nr, *a)).collect();
+        assert!(
+            seen.len() > 1 || !seen.contains(&(0x0005_0000 | 95)),
+            "syscall {nr} only ever gets the default: {seen:x?}"
+        );
+    }
 }
